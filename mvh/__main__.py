@@ -1,0 +1,3 @@
+from mvh.cli import main
+
+main()

@@ -1,0 +1,50 @@
+"""The Typer apps and the one place where library errors become messages and exit codes."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from mvh.errors import MvhError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+app = typer.Typer(
+    name="mvh",
+    help="MV_Hybrid tile embeddings: extract from slides, store, search, evaluate, pretrain.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+index_app = typer.Typer(help="Build and inspect FAISS indexes over a store.", no_args_is_help=True)
+eval_app = typer.Typer(help="Evaluations from stored embeddings (the paper's protocols).", no_args_is_help=True)
+app.add_typer(index_app, name="index")
+app.add_typer(eval_app, name="eval")
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def guarded(fn: F) -> F:
+    """Turn an `MvhError` raised by the library into a one-line message and its exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except MvhError as exc:
+            message = " ".join(str(exc).split())
+            err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+def print_json(obj: Any) -> None:
+    """Write `obj` as JSON on stdout (for `--json`)."""
+    typer.echo(json.dumps(obj, indent=2, default=str))

@@ -1,0 +1,1 @@
+"""Slides, tissue detection, tiling, backbones (models/), preprocessing and batch extraction."""

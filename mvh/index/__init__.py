@@ -1,0 +1,1 @@
+"""The embedding store (LanceDB/Arrow) and vector indexes (FAISS). Knows no model."""

@@ -1,0 +1,1 @@
+"""DINOv2-style self-supervised pretraining of MV_Hybrid and the ViT baselines."""

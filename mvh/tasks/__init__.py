@@ -1,0 +1,1 @@
+"""Evaluations from stored embeddings: ST regression, classification, retrieval, survival."""

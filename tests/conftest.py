@@ -1,0 +1,44 @@
+"""Shared fixtures: paths of the real data in ../shared (tests skip with a reason when absent)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+SAMPLE_SLIDE = SHARED / "data" / "CMU-1-Small-Region.svs"
+HE_TILE = SHARED / "data" / "he_tile_1000px.png"
+GOLDEN = SHARED / "reference" / "golden_small.pt"
+KEYS_TSV = SHARED / "reference" / "mv_hybrid_state_dict_keys.tsv"
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"real data not found at {path} (the project's ../shared folder is absent)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def sample_slide() -> Path:
+    """The real H&E slide CMU-1-Small-Region.svs (0.499 um/px)."""
+    return _require(SAMPLE_SLIDE)
+
+
+@pytest.fixture(scope="session")
+def he_tile() -> Path:
+    """A real 1000x1000 H&E tile (PNG, no mpp)."""
+    return _require(HE_TILE)
+
+
+@pytest.fixture(scope="session")
+def golden_path() -> Path:
+    """The authors' golden small MV_Hybrid (weights, input, outputs)."""
+    return _require(GOLDEN)
+
+
+@pytest.fixture(scope="session")
+def keys_tsv() -> Path:
+    """The authors' full-size MV_Hybrid state-dict keys and shapes."""
+    return _require(KEYS_TSV)
