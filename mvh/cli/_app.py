@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from mvh.errors import MvhError
 
@@ -22,7 +23,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 index_app = typer.Typer(help="Build and inspect FAISS indexes over a store.", no_args_is_help=True)
-eval_app = typer.Typer(help="Evaluations from stored embeddings (the paper's protocols).", no_args_is_help=True)
+eval_app = typer.Typer(
+    help="Evaluations from stored embeddings (the paper's protocols).", no_args_is_help=True
+)
 app.add_typer(index_app, name="index")
 app.add_typer(eval_app, name="eval")
 
@@ -39,7 +42,7 @@ def guarded(fn: F) -> F:
             return fn(*args, **kwargs)
         except MvhError as exc:
             message = " ".join(str(exc).split())
-            err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from exc
 
     return wrapper  # type: ignore[return-value]

@@ -1,0 +1,197 @@
+"""A backbone ready to embed tiles: model + weights + preprocessing + device/precision policy.
+
+Precision: autocast runs on CUDA only (bf16 where the GPU supports it, else fp16, under
+`precision="auto"`); on CPU the model runs in float32. Random initialisation is seeded inside a forked
+RNG, so a random-init store can be re-embedded identically with `Embedder.from_fingerprint`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mvh.errors import CheckpointError, FingerprintMismatchError, UsageError
+from mvh.extractor.models import create_model, get_model_info, load_weights, require_weights
+from mvh.index.store import RANDOM_INIT, StoreFingerprint
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """`auto` -> cuda when available else cpu; `cpu`, `cuda`, `cuda:i` checked against the machine."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UsageError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:i") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"device {device!r} asked for but no CUDA GPU is visible: use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UsageError(f"device {device!r} does not exist: {torch.cuda.device_count()} GPU(s) visible")
+    elif dev.type != "cpu":
+        raise UsageError(f"device {device!r} is not supported: use auto, cpu, cuda or cuda:i")
+    return dev
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`auto` -> bf16 on a GPU that supports it, fp16 on other GPUs, fp32 on CPU."""
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    if device.type != "cuda":
+        if precision not in ("auto", "fp32"):
+            raise UsageError(f"--precision {precision} needs a CUDA device; on CPU use fp32 (or auto)")
+        return "fp32"
+    if precision == "auto":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return precision
+
+
+def _json(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
+class Embedder:
+    """Embeds tiles with a registered backbone; knows its preprocessing, weights and store fingerprint."""
+
+    def __init__(
+        self,
+        model_name: str,
+        weights: Path | str | None = None,
+        random_init: bool = False,
+        overrides: dict[str, Any] | None = None,
+        device: str = "auto",
+        precision: str = "auto",
+        seed: int = 0,
+    ) -> None:
+        info = get_model_info(model_name)
+        require_weights(model_name, weights, random_init)
+        self.model_name = model_name
+        self.overrides = dict(overrides or {})
+        self.model_config = _json({**info.default_config, **self.overrides})
+        self.seed = int(seed)
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            model = create_model(model_name, **self.overrides)
+        if weights is not None:
+            loaded = load_weights(model, weights)
+            self.weights_sha256 = loaded.sha256
+            self.weights_path: str | None = str(loaded.path)
+        else:
+            self.weights_sha256 = RANDOM_INIT
+            self.weights_path = None
+        self.model = model.eval().to(self.device)
+        self.dim = int(getattr(model, "output_dim", info.output_dim))
+        self.tile_px = info.tile_px
+        self.mean = tuple(float(v) for v in info.mean)
+        self.std = tuple(float(v) for v in info.std)
+        self._mean = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1)
+
+    @classmethod
+    def from_fingerprint(
+        cls,
+        fp: StoreFingerprint,
+        weights: Path | str | None = None,
+        device: str = "auto",
+        precision: str = "auto",
+    ) -> Embedder:
+        """Rebuild exactly the model a store was made with (FingerprintMismatchError on other weights)."""
+        if fp.weights_sha256 == RANDOM_INIT:
+            if weights is not None:
+                raise UsageError(f"{weights}: the store was made with random-init weights; give no --weights")
+            overrides = cls._overrides_for(fp)
+            return cls(fp.model, None, True, overrides, device, precision, seed=fp.seed)
+        path = weights if weights is not None else fp.weights_path
+        if path is None or not Path(path).exists():
+            raise CheckpointError(
+                f"{path}: the weights the store was made with (sha256 {fp.weights_sha256[:12]}...) are not "
+                "there; pass --weights FILE"
+            )
+        embedder = cls(fp.model, path, False, cls._overrides_for(fp), device, precision, seed=fp.seed)
+        if embedder.weights_sha256 != fp.weights_sha256:
+            raise FingerprintMismatchError(
+                f"{path}: weights sha256 {embedder.weights_sha256[:12]}... differ from the store's "
+                f"{fp.weights_sha256[:12]}...: pass the checkpoint the store was made with"
+            )
+        return embedder
+
+    @staticmethod
+    def _overrides_for(fp: StoreFingerprint) -> dict[str, Any]:
+        if fp.model.startswith("external:"):
+            raise UsageError(
+                f"model {fp.model!r} was imported from files made by another tool; it cannot be rebuilt"
+            )
+        default = _json(get_model_info(fp.model).default_config)
+        return {k: v for k, v in fp.model_config.items() if default.get(k) != v}
+
+    def fingerprint(self, mpp: float, tile_px: int, embedding_dtype: str = "float32") -> StoreFingerprint:
+        """The store fingerprint of embeddings made by this embedder from tiles of `tile_px` at `mpp`."""
+        return StoreFingerprint(
+            model=self.model_name,
+            model_config=self.model_config,
+            weights_sha256=self.weights_sha256,
+            weights_path=self.weights_path,
+            embed_dim=self.dim,
+            tile_px=tile_px,
+            mpp=mpp,
+            mean=self.mean,
+            std=self.std,
+            embedding_dtype=embedding_dtype,
+            seed=self.seed,
+            extra={"input_px": self.tile_px},
+        )
+
+    @contextlib.contextmanager
+    def _autocast(self) -> Iterator[None]:
+        if self.precision == "fp32":
+            yield
+        else:
+            with torch.autocast(device_type="cuda", dtype=_AUTOCAST_DTYPES[self.precision]):
+                yield
+
+    @torch.inference_mode()
+    def embed_tensor(self, x: torch.Tensor) -> np.ndarray:
+        """Embeddings float32 [B, dim] of normalised images x [B, 3, H, W]."""
+        x = x.to(self.device, non_blocking=True).float()
+        if x.shape[-2:] != (self.tile_px, self.tile_px):
+            x = F.interpolate(x, size=(self.tile_px, self.tile_px), mode="bilinear", antialias=True)
+        with self._autocast():
+            out = self.model(x)
+        return out.float().cpu().numpy()
+
+    @torch.inference_mode()
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images [B, H, W, 3] -> normalised float [B, 3, tile_px, tile_px] on the device."""
+        x = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+        if x.shape[-2:] != (self.tile_px, self.tile_px):
+            x = F.interpolate(x, size=(self.tile_px, self.tile_px), mode="bilinear", antialias=True)
+        return (x - self._mean) / self._std
+
+    def embed_uint8(self, images: torch.Tensor) -> np.ndarray:
+        """Embeddings float32 [B, dim] of uint8 RGB tiles [B, H, W, 3]."""
+        return self.embed_tensor(self.normalise(images))
+
+    def embed_images(self, images: Sequence[np.ndarray] | np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """Embeddings float32 [N, dim] of uint8 RGB images [N, H, W, 3] (a list may mix sizes)."""
+        out = np.empty((len(images), self.dim), dtype=np.float32)
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            shapes = {np.asarray(im).shape for im in chunk}
+            if len(shapes) == 1:
+                out[start : start + len(chunk)] = self.embed_uint8(torch.from_numpy(np.stack(chunk)))
+            else:
+                for j, image in enumerate(chunk):
+                    out[start + j] = self.embed_uint8(torch.from_numpy(np.asarray(image)[None]))[0]
+        return out

@@ -1,0 +1,232 @@
+"""Batch extraction into a store: end to end, failures, resume after SIGKILL, several processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from mvh.errors import FingerprintMismatchError, UsageError
+from mvh.extractor.embedder import Embedder
+from mvh.extractor.extract import ExtractConfig, embed_grid, extract_slides, find_slides, parse_devices
+from mvh.extractor.slide import open_slide
+from mvh.extractor.synthetic import write_synthetic_slide
+from mvh.extractor.tiling import make_tile_grid, read_tile
+from mvh.index.store import EmbeddingStore
+
+MODEL = "mv_hybrid_tiny"
+TINY = {"depth": 2, "embed_dim": 32}  # one Mamba + one attention block: the pipeline, fast on CPU
+CFG = ExtractConfig(MODEL, random_init=True, overrides=TINY, batch_size=4, workers=0)
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def slide_dir(tmp_path_factory) -> Path:
+    """Three small synthetic slides (5, 6 and 3 tissue tiles at 224 px, 0.5 um/px) and one corrupt file."""
+    folder = tmp_path_factory.mktemp("slides")
+    rects = {"s1": [(0, 0, 672, 448)], "s2": [(0, 0, 448, 672)], "s3": [(224, 224, 896, 448)]}
+    for i, (name, rect) in enumerate(rects.items()):
+        write_synthetic_slide(folder / f"{name}.tiff", 1120, 896, 0.5, tissue_rects=rect, levels=2, seed=i)
+    (folder / "broken.svs").write_bytes(b"this is not a slide" * 100)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def embedder() -> Embedder:
+    return Embedder(MODEL, random_init=True, overrides=TINY, device="cpu")
+
+
+def grid_of(path: Path):
+    with open_slide(path) as slide:
+        return make_tile_grid(slide, mpp=0.5, tile_px=224, min_tissue=0.25)
+
+
+def test_find_slides(slide_dir, tmp_path) -> None:
+    found = find_slides([slide_dir])
+    assert [s.slide_id for s in found] == ["broken", "s1", "s2", "s3"]
+    assert [s.slide_id for s in find_slides([slide_dir], glob="s*.tiff")] == ["s1", "s2", "s3"]
+    nested = tmp_path / "a" / "b"
+    nested.mkdir(parents=True)
+    (nested / "deep.svs").write_bytes(b"x")
+    assert find_slides([tmp_path], recursive=True)[0].slide_id == "deep"
+    with pytest.raises(UsageError, match="no slides found"):
+        find_slides([tmp_path])
+    csv = tmp_path / "list.csv"
+    csv.write_text(f"path,mpp\n{slide_dir / 's1.tiff'},0.25\n{slide_dir / 's2.tiff'},\n")
+    rows = find_slides(slides_csv=csv)
+    assert [(s.slide_id, s.mpp) for s in rows] == [("s1", 0.25), ("s2", None)]
+    (tmp_path / "a" / "deep.tiff").write_bytes(b"x")
+    with pytest.raises(UsageError, match="share the id 'deep'"):
+        find_slides([tmp_path], recursive=True)
+    assert parse_devices("0,1") == ["cuda:0", "cuda:1"] and parse_devices("cpu,cpu") == ["cpu", "cpu"]
+
+
+def test_embed_grid_matches_tile_by_tile_embedding(slide_dir, embedder) -> None:
+    grid = grid_of(slide_dir / "s1.tiff")
+    with open_slide(slide_dir / "s1.tiff") as slide:
+        want = embedder.embed_images([read_tile(slide, grid, i) for i in range(len(grid))])
+    np.testing.assert_allclose(embed_grid(embedder, grid, batch_size=3), want, atol=1e-5, rtol=0)
+
+
+def test_extract_with_a_corrupt_file_then_resume(slide_dir, embedder, tmp_path) -> None:
+    uri = tmp_path / "e.lance"
+    events: dict[str, int] = {}
+
+    def progress(event: str, n: int) -> None:
+        events[event] = events.get(event, 0) + n
+
+    summary = extract_slides([slide_dir], uri, CFG, device="cpu", progress=progress)
+    status = {r.slide_id: r.status for r in summary.slides}
+    assert status == {"broken": "failed", "s1": "done", "s2": "done", "s3": "done"}
+    assert summary.exit_code == 1 and "broken.svs" in summary.slides[0].error
+    store = EmbeddingStore.open(uri)
+    grids = {sid: grid_of(slide_dir / f"{sid}.tiff") for sid in ("s1", "s2", "s3")}
+    assert summary.n_tiles == sum(len(g) for g in grids.values()) == store.n_tiles
+    assert events == {
+        "slides_total": 4,
+        "slide_failed": 1,
+        "slide_done": 3,
+        "tiles_total": summary.n_tiles,
+        "tiles": summary.n_tiles,
+    }
+    # Batches of 4 span slide boundaries; each slide still gets exactly its own tiles' embeddings.
+    for sid, grid in grids.items():
+        emb, coords = store.slide_embeddings(sid)
+        with open_slide(slide_dir / f"{sid}.tiff") as slide:
+            want = embedder.embed_images([read_tile(slide, grid, i) for i in range(len(grid))])
+        order = np.lexsort((grid.x, grid.y))
+        np.testing.assert_array_equal(coords, np.stack([grid.x, grid.y], 1)[order])
+        np.testing.assert_allclose(emb, want[order], atol=1e-5, rtol=0)
+    failed = store.slides(status="failed").iloc[0]
+    assert failed["slide_id"] == "broken" and failed["error"]
+    before = store.slides().set_index("slide_id")["timestamp"]
+    again = extract_slides([slide_dir], uri, CFG, device="cpu")
+    assert [r.status for r in again.slides] == ["failed", "skipped", "skipped", "skipped"]
+    assert store.slides().set_index("slide_id")["timestamp"]["s1"] == before["s1"]
+    with pytest.raises(FingerprintMismatchError):
+        extract_slides(
+            [slide_dir], uri, ExtractConfig(MODEL, random_init=True, overrides=TINY, mpp=1.0), device="cpu"
+        )
+
+
+def test_real_slide_end_to_end(sample_slide, tmp_path) -> None:
+    cfg = ExtractConfig(MODEL, random_init=True, overrides=TINY, batch_size=32, dtype="float16")
+    summary = extract_slides([sample_slide], tmp_path / "real.lance", cfg, device="cpu")
+    assert summary.exit_code == 0
+    store = EmbeddingStore.open(tmp_path / "real.lance")
+    grid = grid_of(sample_slide)
+    emb, coords = store.slide_embeddings(sample_slide.stem)
+    assert len(emb) == len(grid) == summary.n_tiles > 10 and np.isfinite(emb).all()
+    assert {tuple(c) for c in coords} == set(zip(grid.x.tolist(), grid.y.tolist(), strict=True))
+    tiles = store.slide_tiles(sample_slide.stem)
+    assert set(tiles["tile_id"]) == set(grid.tile_ids)
+    assert set(tiles["model"]) == {MODEL} and set(tiles["weights_sha256"]) == {"random-init"}
+    row = store.slides().iloc[0]
+    assert (
+        row["mpp_source"] == "metadata"
+        and abs(row["mpp"] - 0.499) < 1e-3
+        and row["path"] == str(sample_slide)
+    )
+    assert (row["width"], row["height"]) == (2220, 2967) and row["size"] == sample_slide.stat().st_size
+    assert store.fingerprint.embedding_dtype == "float16" and row["mvh_version"]
+
+
+def test_unreadable_tiles_fail_their_slide_only(slide_dir, tmp_path) -> None:
+    """Planning works (tissue from level 1) but every level-0 tile is zeroed: the slide fails mid-stream."""
+    bad = write_synthetic_slide(
+        tmp_path / "a_zeroed.tiff", 1120, 896, 0.5, tissue_rects=[(0, 0, 672, 448)], levels=2
+    )
+    with tifffile.TiffFile(bad) as tif:
+        spans = list(zip(tif.pages[0].dataoffsets, tif.pages[0].databytecounts, strict=True))
+    data = bytearray(bad.read_bytes())
+    for offset, count in spans:
+        data[offset : offset + count] = bytes(count)
+    bad.write_bytes(bytes(data))
+    summary = extract_slides([bad, slide_dir / "s1.tiff"], tmp_path / "z.lance", CFG, device="cpu")
+    assert [(r.slide_id, r.status) for r in summary.slides] == [("a_zeroed", "failed"), ("s1", "done")]
+    assert "tile decode failed" in summary.slides[0].error
+    store = EmbeddingStore.open(summary.store)
+    assert store.slide_ids() == ["s1"] and store._tiles.count_rows() == store.n_tiles == summary.n_tiles
+
+
+def test_decode_workers_give_the_same_store(slide_dir, tmp_path) -> None:
+    cfg = ExtractConfig(MODEL, random_init=True, overrides=TINY, batch_size=4, workers=2)
+    events: list[tuple[str, int]] = []
+    summary = extract_slides(
+        [slide_dir], tmp_path / "w.lance", cfg, device="cpu", progress=lambda e, n: events.append((e, n))
+    )
+    assert [r.status for r in summary.slides] == ["failed", "done", "done", "done"]
+    assert sum(n for e, n in events if e == "tiles") == summary.n_tiles
+    ref = extract_slides([slide_dir], tmp_path / "ref.lance", CFG, glob="s*.tiff", device="cpu")
+    got, want = EmbeddingStore.open(summary.store), EmbeddingStore.open(ref.store)
+    rows, emb = got.all_embeddings()
+    ref_rows, ref_emb = want.all_embeddings()
+    assert rows.equals(ref_rows)
+    np.testing.assert_allclose(emb, ref_emb, atol=1e-5, rtol=0)
+
+
+KILL_SCRIPT = """
+import os, sys, time
+from mvh.extractor.extract import ExtractConfig, extract_slides
+
+def progress(event, n):
+    if event == "slide_done":
+        open(sys.argv[3], "w").write("committed")
+        time.sleep(600)
+
+cfg = ExtractConfig("mv_hybrid_tiny", random_init=True, overrides={"depth": 2, "embed_dim": 32}, batch_size=4)
+extract_slides([sys.argv[1]], sys.argv[2], cfg, glob="s*.tiff", device="cpu", progress=progress)
+"""
+
+
+def test_sigkill_after_first_commit_then_rerun(slide_dir, tmp_path) -> None:
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(KILL_SCRIPT))
+    uri, marker = tmp_path / "k.lance", tmp_path / "committed"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, str(script), str(slide_dir), str(uri), str(marker)], env=env)
+    try:
+        deadline = time.monotonic() + 240
+        while not marker.exists():
+            assert proc.poll() is None, "extraction exited before committing a slide"
+            assert time.monotonic() < deadline, "no slide committed in time"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    store = EmbeddingStore.open(uri)
+    assert store.slide_ids() == ["s1"]
+    first = store.slides().set_index("slide_id").loc["s1", "timestamp"]
+    summary = extract_slides([slide_dir], uri, CFG, glob="s*.tiff", device="cpu")
+    assert {r.slide_id: r.status for r in summary.slides} == {"s1": "skipped", "s2": "done", "s3": "done"}
+    assert store.slide_ids() == ["s1", "s2", "s3"]
+    assert store.slides().set_index("slide_id").loc["s1", "timestamp"] == first
+    raw = store._tiles.to_arrow()
+    ids = raw.column("tile_id").to_pylist()
+    assert len(ids) == len(set(ids)) == store.n_tiles
+    for sid in ("s1", "s2", "s3"):
+        assert len(store.slide_embeddings(sid)[0]) == len(grid_of(slide_dir / f"{sid}.tiff"))
+
+
+@pytest.mark.slow  # two spawned processes each import torch: ~40 s on the shared 2-core machine
+def test_two_processes_share_one_store(slide_dir, tmp_path) -> None:
+    uri = tmp_path / "multi.lance"
+    summary = extract_slides([slide_dir], uri, CFG, glob="s*.tiff", devices=["cpu", "cpu"])
+    assert summary.devices == ["cpu", "cpu"] and summary.exit_code == 0
+    assert [r.status for r in summary.slides] == ["done", "done", "done"]
+    store = EmbeddingStore.open(uri)
+    single = extract_slides([slide_dir], tmp_path / "single.lance", CFG, glob="s*.tiff", device="cpu")
+    ref = EmbeddingStore.open(single.store)
+    for sid in ("s1", "s2", "s3"):
+        np.testing.assert_allclose(store.slide_embeddings(sid)[0], ref.slide_embeddings(sid)[0], atol=1e-5)
+    assert store.n_tiles == ref.n_tiles
