@@ -1,0 +1,111 @@
+"""Metrics shared by the tasks: gene-expression regression and tile classification.
+
+Survival and retrieval metrics live beside their tasks (`survival_metrics.py`, `retrieval.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+def pearson_per_gene(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    """Pearson r of each column over all rows (pooled test spots) -> [G]; NaN where a column is constant."""
+    y_true = np.asarray(y_true, dtype=np.float64)
+    y_pred = np.asarray(y_pred, dtype=np.float64)
+    if y_true.shape != y_pred.shape or y_true.ndim != 2:
+        raise ValueError(f"shapes differ or are not 2-D: {y_true.shape} vs {y_pred.shape}")
+    a = y_true - y_true.mean(axis=0)
+    b = y_pred - y_pred.mean(axis=0)
+    na = np.sqrt((a * a).sum(axis=0))
+    nb = np.sqrt((b * b).sum(axis=0))
+    denom = na * nb
+    # A column whose spread is at rounding level is constant: its correlation is undefined.
+    tiny = (na <= 1e-12 * (1 + np.abs(y_true).max(axis=0) * np.sqrt(len(a)))) | (
+        nb <= 1e-12 * (1 + np.abs(y_pred).max(axis=0) * np.sqrt(len(b)))
+    )
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (a * b).sum(axis=0) / denom
+    r[tiny] = np.nan
+    return np.clip(r, -1.0, 1.0)
+
+
+def top_k_mean(values: np.ndarray, k: int = 10) -> float:
+    """Mean of the k largest finite values (all of them when fewer); NaN when none is finite."""
+    finite = np.sort(np.asarray(values, dtype=np.float64)[np.isfinite(values)])[::-1]
+    return float(finite[:k].mean()) if len(finite) else float("nan")
+
+
+def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray, top: int = 10) -> dict[str, Any]:
+    """PCC (mean of per-gene r, constant genes excluded and counted), PCC-top, MAE, MSE, per-gene r."""
+    r = pearson_per_gene(y_true, y_pred)
+    err = np.asarray(y_pred, dtype=np.float64) - np.asarray(y_true, dtype=np.float64)
+    finite = np.isfinite(r)
+    return {
+        "pcc": float(r[finite].mean()) if finite.any() else float("nan"),
+        "pcc10": top_k_mean(r, top),
+        "mae": float(np.abs(err).mean()),
+        "mse": float((err * err).mean()),
+        "per_gene": r,
+        "n_nan_genes": int((~finite).sum()),
+    }
+
+
+def summarize(values: Sequence[float]) -> dict[str, Any]:
+    """{"mean", "std", "folds"} over folds (population std, NaN folds ignored in mean/std, kept in folds)."""
+    arr = np.asarray(values, dtype=np.float64)
+    finite = arr[np.isfinite(arr)]
+    return {
+        "mean": float(finite.mean()) if len(finite) else float("nan"),
+        "std": float(finite.std()) if len(finite) else float("nan"),
+        "folds": [float(v) for v in arr],
+    }
+
+
+def classification_metrics(
+    y_true: np.ndarray, y_pred: np.ndarray, proba: np.ndarray | None, n_classes: int
+) -> dict[str, Any]:
+    """Balanced accuracy, weighted F1, macro one-vs-rest AUROC (NaN if undefined), confusion matrix.
+
+    Labels are integer class indices in [0, n_classes); `proba` is [N, n_classes] (rows sum to 1).
+    """
+    from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score, roc_auc_score
+
+    y_true = np.asarray(y_true)
+    y_pred = np.asarray(y_pred)
+    labels = np.arange(n_classes)
+    auroc = float("nan")
+    present = np.unique(y_true)
+    if proba is not None and len(present) >= 2:
+        proba = np.asarray(proba, dtype=np.float64)
+        if n_classes == 2:
+            auroc = float(roc_auc_score(y_true, proba[:, 1]))
+        else:
+            # Macro OvR over the classes present in this test set (a class without positives has no AUROC).
+            aucs = [roc_auc_score(y_true == c, proba[:, c]) for c in present]
+            auroc = float(np.mean(aucs))
+    return {
+        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
+        "weighted_f1": float(f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)),
+        "auroc": auroc,
+        "confusion": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+    }
+
+
+def jsonable(obj: Any) -> Any:
+    """`obj` as strict JSON values, recursively: NaN/inf -> None, numpy scalars/arrays -> Python."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
