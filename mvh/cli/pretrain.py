@@ -1,5 +1,176 @@
-"""CLI commands (placeholder: filled by the issue that owns it)."""
+"""`mvh pretrain`: DINOv2 self-supervised pretraining of MV_Hybrid (or a ViT baseline) on tiles or slides.
+
+Settings are merged once: the recipe's defaults, then `--config FILE.yaml`, then the options given here
+(`--set key=value` reaches every setting of `mvh.pretrain.config.PretrainConfig`). The merged result is
+saved as RUN_DIR/config.yaml. Multi-GPU: `torchrun --nproc-per-node N -m mvh pretrain ...` (same options).
+The trained-vs-random evidence on a slide is `python benchmarks/pretrain_evidence.py`.
+"""
 
 from __future__ import annotations
 
-from mvh.cli._app import app, eval_app, guarded, index_app  # noqa: F401
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from mvh.cli._app import app, console, err_console, guarded, print_json
+
+
+def _key_values(items: list[str] | None, source: str) -> dict[str, Any]:
+    """Repeated and/or comma-separated key=value items."""
+    flat = [part for item in items or [] for part in item.split(",") if part.strip()]
+    from mvh.pretrain.config import parse_key_values
+
+    return parse_key_values(flat, source)
+
+
+@app.command("pretrain")
+@guarded
+def pretrain_cmd(
+    inputs: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Folders of tile images and/or slide files (tiled on the fly at --mpp)."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Run directory (checkpoints, logs, curve).")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="Backbone to train (see `mvh models`).")
+    ] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--overrides", help="Architecture overrides key=value, e.g. embed_dim=64,depth=4,num_heads=2."
+        ),
+    ] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Epochs (recipe: 100).")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", help="Tiles per step and GPU (64).")
+    ] = None,
+    lr: Annotated[
+        float | None, typer.Option("--lr", help="Base lr, scaled by sqrt(batch/1024) (0.002).")
+    ] = None,
+    global_size: Annotated[
+        int | None, typer.Option("--global-size", help="Global crop side, px (256).")
+    ] = None,
+    local_size: Annotated[int | None, typer.Option("--local-size", help="Local crop side, px (112).")] = None,
+    local_crops: Annotated[
+        int | None, typer.Option("--local-crops", help="Local crops per tile (8).")
+    ] = None,
+    prototypes: Annotated[
+        int | None, typer.Option("--prototypes", help="DINO/iBOT prototypes (65536).")
+    ] = None,
+    mpp: Annotated[
+        float | None, typer.Option("--mpp", help="Tile resolution for slides, um/px (0.5).")
+    ] = None,
+    tile_px: Annotated[
+        int | None, typer.Option("--tile-px", help="Tile side for slides (--global-size).")
+    ] = None,
+    overlap: Annotated[
+        int | None, typer.Option("--overlap", help="Overlap of slide tiles, px at --mpp.")
+    ] = None,
+    max_tiles: Annotated[int | None, typer.Option("--max-tiles", help="Use at most this many tiles.")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="DataLoader processes (4).")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:i")] = None,
+    precision: Annotated[str | None, typer.Option("--precision", help="auto | fp32 | bf16 | fp16")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed of weights, crops and masks (0).")] = None,
+    save_every: Annotated[
+        int | None, typer.Option("--save-every", help="Checkpoint every N steps (500).")
+    ] = None,
+    max_steps: Annotated[
+        int | None, typer.Option("--max-steps", help="Stop after this step (schedules still span --epochs).")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue exactly from RUN_DIR/checkpoint.pt (same options).")
+    ] = False,
+    config: Annotated[Path | None, typer.Option("--config", help="YAML file of settings.")] = None,
+    settings: Annotated[
+        list[str] | None, typer.Option("--set", help="Any other setting key=value, e.g. head_hidden_dim=512.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the run summary as JSON.")] = False,
+) -> None:
+    """Pretrain a backbone with DINOv2 (DINO + iBOT + KoLeo, EMA teacher); checkpoints feed `mvh extract`."""
+    given: dict[str, Any] = _key_values(settings, "--set")
+    options = {
+        "out": out,
+        "model": model,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "global_size": global_size,
+        "local_size": local_size,
+        "local_crops": local_crops,
+        "prototypes": prototypes,
+        "mpp": mpp,
+        "tile_px": tile_px,
+        "overlap": overlap,
+        "max_tiles": max_tiles,
+        "workers": workers,
+        "device": device,
+        "precision": precision,
+        "seed": seed,
+        "save_every": save_every,
+        "max_steps": max_steps,
+    }
+    given.update({k: str(v) if isinstance(v, Path) else v for k, v in options.items() if v is not None})
+    if inputs:
+        given["inputs"] = [str(p) for p in inputs]
+    if overrides:
+        given["model_overrides"] = _key_values(overrides, "--overrides")
+    if resume:
+        given["resume"] = True
+    from mvh.pretrain.config import load_config
+    from mvh.pretrain.train import pretrain
+
+    cfg = load_config(config, given)
+    with Progress(
+        TextColumn("[bold]pretrain"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+        disable=as_json or int(os.environ.get("RANK", "0")) != 0,
+    ) as bar:
+        task = bar.add_task("", total=None)
+
+        def update(event: dict[str, Any]) -> None:
+            loss = event["loss"]
+            terms = " ".join(f"{k} {loss[k]:.3f}" for k in ("total", "dino", "ibot", "koleo") if k in loss)
+            text = f"{terms} | lr {event['lr']:.2e} | {event['images_per_second']:.1f} img/s"
+            bar.update(task, total=event["total_steps"], completed=event["done"], description=text)
+
+        result = pretrain(cfg, progress=update)
+    if result.rank != 0:
+        return  # under torchrun only the first process reports
+    if as_json:
+        print_json(result.to_dict())
+        return
+    table = Table(title=f"pretrain {cfg.model} -> {result.run_dir}")
+    for name in ("steps", "epochs", "tiles", "first loss", "last loss", "time (s)", "img/s"):
+        table.add_column(name, justify="right")
+    table.add_row(
+        f"{result.steps}/{result.total_steps}",
+        f"{result.epochs_done:.2f}",
+        str(result.n_tiles),
+        "-" if result.first_loss is None else f"{result.first_loss:.3f}",
+        "-" if result.last_loss is None else f"{result.last_loss:.3f}",
+        f"{result.seconds:.1f}",
+        f"{result.images_per_second:.1f}",
+    )
+    console.print(table)
+    console.print(
+        f"weights for `mvh extract --weights`: {result.teacher_checkpoint}", highlight=False, soft_wrap=True
+    )

@@ -1,0 +1,121 @@
+"""Multi-crop augmentation of the recipe: 2 global + N local crops, flips, colour jitter, H&E normalisation.
+
+Every random draw comes from a `torch.Generator` passed in, so a crop set depends only on (seed, epoch,
+tile): runs are reproducible with any number of loader workers and resume exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as TF
+
+HE_MEAN = (0.70322989, 0.53606487, 0.66096631)
+HE_STD = (0.21716536, 0.26081574, 0.20723464)
+
+
+def _uniform(lo: float, hi: float, generator: torch.Generator) -> float:
+    return lo + (hi - lo) * float(torch.rand((), generator=generator))
+
+
+def random_resized_crop_box(
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    generator: torch.Generator,
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> tuple[int, int, int, int]:
+    """(top, left, h, w) of a crop covering a random `scale` share of the area at a random aspect ratio."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * _uniform(scale[0], scale[1], generator)
+        aspect = math.exp(_uniform(*log_ratio, generator))
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, (), generator=generator))
+            left = int(torch.randint(0, width - w + 1, (), generator=generator))
+            return top, left, h, w
+    side = min(height, width)
+    return (height - side) // 2, (width - side) // 2, side, side
+
+
+def color_jitter(
+    image: Image.Image,
+    generator: torch.Generator,
+    brightness: float,
+    contrast: float,
+    saturation: float,
+    hue: float,
+) -> Image.Image:
+    """Brightness/contrast/saturation/hue changes in a random order (PIL's C code: fast on small crops)."""
+    ops = [
+        (TF.adjust_brightness, (max(0.0, 1 - brightness), 1 + brightness)),
+        (TF.adjust_contrast, (max(0.0, 1 - contrast), 1 + contrast)),
+        (TF.adjust_saturation, (max(0.0, 1 - saturation), 1 + saturation)),
+        (TF.adjust_hue, (-hue, hue)),
+    ]
+    for i in torch.randperm(len(ops), generator=generator).tolist():
+        fn, (lo, hi) = ops[i]
+        if hi > lo:
+            image = fn(image, _uniform(lo, hi, generator))
+    return image
+
+
+@dataclass(frozen=True)
+class MultiCropAugmentation:
+    """Tile uint8 [H, W, 3] -> {"global_crops": 2 x [3, G, G], "local_crops": n x [3, L, L]}, normalised."""
+
+    global_size: int = 256
+    local_size: int = 112
+    n_local_crops: int = 8
+    global_scale: tuple[float, float] = (0.32, 1.0)
+    local_scale: tuple[float, float] = (0.05, 0.32)
+    brightness: float = 0.2
+    contrast: float = 0.2
+    saturation: float = 0.2
+    hue: float = 0.1
+    jitter_probability: float = 0.8
+    vertical_flip: bool = True
+    mean: tuple[float, float, float] = HE_MEAN
+    std: tuple[float, float, float] = HE_STD
+
+    def view(
+        self, image: Image.Image, size: int, scale: tuple[float, float], generator: torch.Generator
+    ) -> torch.Tensor:
+        """One augmented, normalised view float32 [3, size, size] of an RGB image."""
+        top, left, h, w = random_resized_crop_box(image.height, image.width, scale, generator)
+        x = TF.resized_crop(image, top, left, h, w, [size, size], interpolation=InterpolationMode.BICUBIC)
+        if torch.rand((), generator=generator) < 0.5:
+            x = TF.hflip(x)
+        if self.vertical_flip and torch.rand((), generator=generator) < 0.5:
+            x = TF.vflip(x)
+        if torch.rand((), generator=generator) < self.jitter_probability:
+            x = color_jitter(x, generator, self.brightness, self.contrast, self.saturation, self.hue)
+        return TF.normalize(TF.to_tensor(x), list(self.mean), list(self.std))
+
+    def __call__(self, tile: np.ndarray | torch.Tensor, generator: torch.Generator) -> dict[str, list]:
+        """All crops of one tile, drawn from `generator`."""
+        array = np.asarray(tile)
+        if array.ndim == 3 and array.shape[0] == 3 and array.shape[-1] != 3:
+            array = array.transpose(1, 2, 0)
+        if array.ndim != 3 or array.shape[-1] != 3:
+            raise ValueError(f"expected an RGB tile [H, W, 3] or [3, H, W], got shape {array.shape}")
+        if array.dtype != np.uint8:
+            array = (np.clip(array, 0.0, 1.0) * 255).round().astype(np.uint8)
+        image = Image.fromarray(np.ascontiguousarray(array))
+        return {
+            "global_crops": [
+                self.view(image, self.global_size, self.global_scale, generator) for _ in range(2)
+            ],
+            "local_crops": [
+                self.view(image, self.local_size, self.local_scale, generator)
+                for _ in range(self.n_local_crops)
+            ],
+        }

@@ -1,0 +1,449 @@
+"""DINOv2 training loop: student/teacher with DINO + iBOT heads, EMA teacher, KoLeo, multi-crop, resume.
+
+Files in the run directory:
+- config.yaml (the merged configuration), log.jsonl (one JSON record per step), loss_curve.png,
+  summary.json;
+- checkpoint.pt (the state `resume` continues from exactly), teacher_checkpoint.pth and
+  backbone.safetensors (the weights for `mvh extract`): see `mvh.pretrain.checkpoint`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import math
+import multiprocessing as mp
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader
+
+from mvh.errors import CheckpointError, UsageError
+from mvh.pretrain.augment import MultiCropAugmentation
+from mvh.pretrain.checkpoint import (
+    BACKBONE_WEIGHTS,
+    TEACHER_CHECKPOINT,
+    TRAIN_STATE,
+    atomic_save,
+    load_train_state,
+    rng_state,
+    save_teacher,
+    set_rng_state,
+)
+from mvh.pretrain.config import PretrainConfig, save_config
+from mvh.pretrain.data import (
+    MultiCropDataset,
+    StepBatchSampler,
+    build_tile_source,
+    collate_multicrop,
+    keyed_generator,
+)
+from mvh.pretrain.dino_loss import TeacherCentering
+from mvh.pretrain.masking import sample_masks
+from mvh.pretrain.network import build_network, compute_losses, ema_update, param_groups
+from mvh.pretrain.schedules import build_schedules, scaled_lr
+
+logger = logging.getLogger(__name__)
+
+LOG_FILE = "log.jsonl"
+LOSS_PNG = "loss_curve.png"
+SUMMARY = "summary.json"
+
+ProgressFn = Callable[[dict[str, Any]], None]
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` -> cuda when available (this rank's GPU under torchrun), else cpu."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda: no CUDA device visible; use --device cpu")
+        if device.index is None:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return device
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype: bf16 by default on GPU, none (float32) on CPU."""
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def plot_losses(records: list[dict[str, Any]], path: Path) -> Path:
+    """Loss terms per step as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    steps = [r["step"] for r in records]
+    for key in ("total", "dino", "ibot", "koleo"):
+        values = [r["loss"].get(key) for r in records]
+        if any(v is not None for v in values):
+            ax.plot(steps, values, label=key)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+@dataclass
+class PretrainResult:
+    """What a run produced."""
+
+    run_dir: Path
+    steps: int
+    total_steps: int
+    epochs_done: float
+    n_tiles: int
+    first_loss: float | None
+    last_loss: float | None
+    seconds: float
+    images_per_second: float
+    teacher_checkpoint: Path
+    backbone_weights: Path
+    resumed_from: int | None
+    rank: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {k: str(v) if isinstance(v, Path) else v for k, v in self.__dict__.items()}
+
+
+class _Distributed:
+    """torchrun environment (WORLD_SIZE > 1) or a single process."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.started = False
+        if self.world_size > 1 and not dist.is_initialized():
+            if device.type == "cuda":
+                torch.cuda.set_device(device)
+            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+            self.started = True
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def close(self) -> None:
+        if self.started:
+            dist.destroy_process_group()
+
+
+def _load_log(path: Path, up_to_step: int) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in records if r["step"] < up_to_step]
+
+
+class Trainer:
+    """Everything one run trains and its per-step update; built from a config at the edge of the library."""
+
+    def __init__(
+        self, config: PretrainConfig, steps_per_epoch: int, device: torch.device, world_size: int
+    ) -> None:
+        from mvh.extractor.models import create_model
+
+        self.config, self.device, self.steps_per_epoch = config, device, steps_per_epoch
+        self.schedules = build_schedules(
+            epochs=config.epochs,
+            steps_per_epoch=steps_per_epoch,
+            peak_lr=scaled_lr(config.lr, config.batch_size * world_size, config.lr_reference_batch),
+            min_lr=config.min_lr,
+            warmup_epochs=config.warmup_epochs,
+            weight_decay=config.weight_decay,
+            weight_decay_end=config.weight_decay_end,
+            momentum=config.momentum,
+            momentum_end=config.momentum_end,
+            teacher_temp=config.teacher_temp,
+            warmup_teacher_temp=config.warmup_teacher_temp,
+            warmup_teacher_temp_epochs=config.warmup_teacher_temp_epochs,
+            freeze_last_layer_epochs=config.freeze_last_layer_epochs,
+            reference_epochs=config.reference_epochs,
+        )
+        torch.manual_seed(config.seed)
+        np.random.seed(config.seed)
+        random.seed(config.seed)
+        self.student = build_network(
+            create_model(config.model, **config.model_overrides),
+            prototypes=config.prototypes,
+            ibot_prototypes=config.ibot_prototypes,
+            hidden_dim=config.head_hidden_dim,
+            bottleneck_dim=config.head_bottleneck_dim,
+            n_layers=config.head_layers,
+        ).to(device)
+        self.teacher = copy.deepcopy(self.student).eval().requires_grad_(False)
+        ibot_prototypes = config.ibot_prototypes or config.prototypes
+        self.dino_centering = TeacherCentering(config.prototypes, config.centering).to(device)
+        self.ibot_centering = TeacherCentering(ibot_prototypes, config.centering).to(device)
+        self.optimizer = torch.optim.AdamW(param_groups(self.student), betas=(0.9, 0.999))
+        self.autocast_dtype = resolve_precision(config.precision, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.autocast_dtype == torch.float16)
+        self.model: nn.Module = self.student
+        if world_size > 1:
+            device_ids = [device.index] if device.type == "cuda" else None
+            self.model = nn.parallel.DistributedDataParallel(
+                self.student, device_ids=device_ids, find_unused_parameters=True
+            )
+        patch = int(self.student.backbone.patch_size)
+        self.mask_grid = (config.global_size // patch, config.global_size // patch)
+
+    def state_dict(self, step: int) -> dict[str, Any]:
+        """The full training state after `step` steps (what `resume` needs to continue exactly)."""
+        return {
+            "student": self.student.state_dict(),
+            "teacher": self.teacher.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "dino_centering": self.dino_centering.state_dict(),
+            "ibot_centering": self.ibot_centering.state_dict(),
+            "step": step,
+            "epoch": step // self.steps_per_epoch,
+            "batch_in_epoch": step % self.steps_per_epoch,
+            "rng": rng_state(),
+            "config": self.config.trajectory_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> int:
+        """Restore a state from `state_dict`; return its step."""
+        self.student.load_state_dict(state["student"])
+        self.teacher.load_state_dict(state["teacher"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.dino_centering.load_state_dict(state["dino_centering"])
+        self.ibot_centering.load_state_dict(state["ibot_centering"])
+        set_rng_state(state["rng"])
+        return int(state["step"])
+
+    def masks(self, n_images: int, step: int, rank: int) -> torch.Tensor | None:
+        """iBOT masks of this step's global crops [n_images, N], keyed by (seed, step, rank)."""
+        c = self.config
+        if c.mask_probability <= 0 or c.ibot_weight <= 0:
+            return None
+        generator = keyed_generator(c.seed, step, rank, 1)
+        return sample_masks(
+            n_images,
+            self.mask_grid,
+            generator,
+            c.mask_ratio[0],
+            c.mask_ratio[1],
+            c.mask_probability,
+            c.mask_mode,
+        ).to(self.device)
+
+    def step(self, batch: dict[str, torch.Tensor], step: int, rank: int = 0) -> dict[str, Any]:
+        """One optimisation step on a collated multi-crop batch; returns the step's log values."""
+        c = self.config
+        values = self.schedules.at(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = values["last_layer_lr" if group["last_layer"] else "lr"]
+            group["weight_decay"] = values["wd"] * group["wd_multiplier"]
+        global_crops = batch["global_crops"].to(self.device, non_blocking=True)
+        local_crops = batch["local_crops"].to(self.device, non_blocking=True) if c.local_crops else None
+        masks = self.masks(global_crops.shape[0], step, rank)
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.autocast_dtype)
+            if self.autocast_dtype is not None
+            else contextlib.nullcontext()
+        )
+        with autocast:
+            out = compute_losses(
+                self.model,
+                self.teacher,
+                global_crops,
+                local_crops,
+                masks,
+                values["teacher_temp"],
+                self.dino_centering,
+                self.ibot_centering,
+                student_temp=c.student_temp,
+                dino_weight=c.dino_weight,
+                ibot_weight=c.ibot_weight,
+                koleo_weight=c.koleo_weight,
+            )
+        if not math.isfinite(out.terms["total"]):
+            raise UsageError(f"pretrain: loss is {out.terms['total']} at step {step}; lower --lr")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(out.total).backward()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = 0.0
+        if c.grad_clip > 0:  # each part on its own, as DINOv2 does
+            grad_norm = float(nn.utils.clip_grad_norm_(self.student.backbone.parameters(), c.grad_clip))
+            nn.utils.clip_grad_norm_(self.student.dino_head.parameters(), c.grad_clip)
+            nn.utils.clip_grad_norm_(self.student.ibot_head.parameters(), c.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        ema_update(self.teacher, self.student, values["mom"])
+        return {
+            "step": step,
+            "epoch": step / self.steps_per_epoch,
+            "loss": out.terms,
+            "lr": values["lr"],
+            "wd": values["wd"],
+            "momentum": values["mom"],
+            "teacher_temp": values["teacher_temp"],
+            "grad_norm_backbone": grad_norm,
+        }
+
+
+def _check_resumable(config: PretrainConfig, run_dir: Path) -> dict[str, Any]:
+    state_path = run_dir / TRAIN_STATE
+    if not state_path.exists():
+        raise CheckpointError(f"{state_path}: no training state to resume; run without --resume")
+    state = load_train_state(state_path)
+    current = config.trajectory_dict()
+    changed = sorted(k for k in current if state["config"].get(k) != current[k])
+    if changed:
+        raise UsageError(
+            f"{state_path}: --resume with different settings ({', '.join(changed)}); "
+            "use the command line of the original run"
+        )
+    return state
+
+
+def _multicrop_dataset(config: PretrainConfig) -> MultiCropDataset:
+    from mvh.extractor.models import get_model_info
+
+    info = get_model_info(config.model)
+    brightness, contrast, saturation, hue = config.color_jitter
+    augmentation = MultiCropAugmentation(
+        global_size=config.global_size,
+        local_size=config.local_size,
+        n_local_crops=config.local_crops,
+        global_scale=config.global_scale,
+        local_scale=config.local_scale,
+        brightness=brightness,
+        contrast=contrast,
+        saturation=saturation,
+        hue=hue,
+        mean=tuple(info.mean),  # type: ignore[arg-type]
+        std=tuple(info.std),  # type: ignore[arg-type]
+    )
+    tiles = build_tile_source(
+        [Path(p) for p in config.inputs],
+        mpp=config.mpp,
+        tile_px=config.tile_px or config.global_size,
+        min_tissue=config.min_tissue,
+        max_tiles=config.max_tiles,
+        overlap=config.overlap,
+    )
+    return MultiCropDataset(tiles, augmentation, config.seed)
+
+
+def _loader(
+    dataset: MultiCropDataset, config: PretrainConfig, start: int, stop: int, env: _Distributed, pin: bool
+) -> DataLoader:
+    """Collated batches of global steps [start, stop) for this rank."""
+    sampler = StepBatchSampler(
+        len(dataset), config.batch_size, config.seed, start, stop, env.rank, env.world_size
+    )
+    # Workers start from a fresh interpreter: forking a process that holds LanceDB/OpenSlide state is unsafe.
+    context = "forkserver" if config.workers > 0 and "forkserver" in mp.get_all_start_methods() else None
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=config.workers,
+        collate_fn=collate_multicrop,
+        pin_memory=pin,
+        multiprocessing_context=context,
+    )
+
+
+def pretrain(config: PretrainConfig, progress: ProgressFn | None = None) -> PretrainResult:
+    """Train `config.model` with the DINOv2 recipe on `config.inputs`; write the run directory."""
+    if not config.inputs:
+        raise UsageError("pretrain: no inputs; pass folders of tile images or slide files")
+    run_dir = Path(config.out)
+    device = resolve_device(config.device)
+    env = _Distributed(device)
+    try:
+        state = _check_resumable(config, run_dir) if config.resume else None
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if env.main:
+            save_config(config, run_dir)
+        dataset = _multicrop_dataset(config)
+        global_batch = config.batch_size * env.world_size
+        steps_per_epoch = len(dataset) // global_batch
+        if steps_per_epoch == 0:
+            raise UsageError(
+                f"pretrain: {len(dataset)} tiles is less than one batch of {global_batch}; lower --batch-size"
+            )
+        trainer = Trainer(config, steps_per_epoch, device, env.world_size)
+        step = trainer.load_state_dict(state) if state is not None else 0
+        resumed_from = step if state is not None else None
+        total_steps = trainer.schedules.total_steps
+        last_step = total_steps if config.max_steps is None else min(total_steps, config.max_steps)
+        records = _load_log(run_dir / LOG_FILE, step) if env.main else []
+        if env.main:
+            (run_dir / LOG_FILE).write_text("".join(json.dumps(r) + "\n" for r in records))
+
+        start_time = time.perf_counter()
+        images_done = 0
+        first_loss = None
+        data = iter(_loader(dataset, config, step, last_step, env, pin=device.type == "cuda"))
+        trainer.student.train()
+        while step < last_step:
+            tick = time.perf_counter()
+            batch = next(data)
+            record = trainer.step(batch, step, env.rank)
+            step += 1
+            n_images = batch["global_crops"].shape[0] // 2 * env.world_size
+            images_done += n_images
+            record["images_per_second"] = n_images / max(time.perf_counter() - tick, 1e-9)
+            first_loss = record["loss"]["total"] if first_loss is None else first_loss
+            if env.main:
+                records.append(record)
+                with open(run_dir / LOG_FILE, "a") as fh:
+                    fh.write(json.dumps(record) + "\n")
+                if progress is not None:
+                    progress({**record, "total_steps": last_step, "done": step})
+                if step % config.save_every == 0 or step == last_step:
+                    atomic_save(trainer.state_dict(step), run_dir / TRAIN_STATE)
+                    save_teacher(trainer.teacher, run_dir)
+                    logger.info("step %d: saved the training state and teacher weights in %s", step, run_dir)
+
+        seconds = time.perf_counter() - start_time
+        if env.main and records:
+            plot_losses(records, run_dir / LOSS_PNG)
+        result = PretrainResult(
+            run_dir=run_dir,
+            steps=step,
+            total_steps=total_steps,
+            epochs_done=step / steps_per_epoch,
+            n_tiles=len(dataset),
+            first_loss=first_loss,
+            last_loss=records[-1]["loss"]["total"] if records else None,
+            seconds=seconds,
+            images_per_second=images_done / max(seconds, 1e-9),
+            teacher_checkpoint=run_dir / TEACHER_CHECKPOINT,
+            backbone_weights=run_dir / BACKBONE_WEIGHTS,
+            resumed_from=resumed_from,
+            rank=env.rank,
+        )
+        if env.main:
+            (run_dir / SUMMARY).write_text(json.dumps(result.to_dict(), indent=2))
+        return result
+    finally:
+        env.close()

@@ -1,0 +1,114 @@
+"""`mvh pretrain` end to end on a synthetic slide, then `mvh extract` with the checkpoint it wrote."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from mvh.cli import app
+
+runner = CliRunner()
+
+TINY_RUN = [
+    "--model", "mv_hybrid_tiny", "--epochs", "1", "--batch-size", "4", "--global-size", "48",
+    "--local-size", "32", "--local-crops", "1", "--prototypes", "32", "--workers", "0", "--tile-px", "64",
+    "--mpp", "1.0", "--max-tiles", "8", "--set", "head_hidden_dim=32,head_bottleneck_dim=16",
+]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def slide(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from mvh.extractor.synthetic import write_synthetic_slide
+
+    folder = tmp_path_factory.mktemp("slides")
+    return write_synthetic_slide(folder / "s1.tiff", 640, 512, mpp=0.5, tissue_rects=[(0, 0, 640, 512)])
+
+
+def test_pretrain_slide_then_extract_with_its_checkpoint(slide: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["pretrain", str(slide), "--out", str(run), *TINY_RUN, "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["steps"] == 2 and summary["n_tiles"] == 8
+    assert (run / "teacher_checkpoint.pth").exists() and (run / "backbone.safetensors").exists()
+    assert "head_hidden_dim: 32" in (run / "config.yaml").read_text()
+
+    store = tmp_path / "emb.lance"
+    extract = runner.invoke(
+        app,
+        ["extract", str(slide), "--store", str(store), "--model", "mv_hybrid_tiny",
+         "--weights", str(run / "teacher_checkpoint.pth"), "--tile", "64", "--mpp", "1.0", "--workers", "0",
+         "--device", "cpu", "--json"],
+    )  # fmt: skip
+    assert extract.exit_code == 0, extract.output
+    from mvh.index.store import EmbeddingStore
+
+    opened = EmbeddingStore.open(str(store))
+    assert opened.n_tiles > 0 and opened.fingerprint.weights_sha256 != "random-init"
+
+
+def test_pretrain_table_output_and_resume_needs_state(slide: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    ok = runner.invoke(app, ["pretrain", str(slide), "--out", str(run), *TINY_RUN, "--overrides", "depth=2"])
+    assert ok.exit_code == 0, ok.output
+    assert str(run / "teacher_checkpoint.pth") in ok.stdout and "pretrain mv_hybrid_tiny" in ok.stdout
+    missing = runner.invoke(
+        app, ["pretrain", str(slide), "--out", str(tmp_path / "new"), *TINY_RUN, "--resume"]
+    )
+    assert missing.exit_code == 2 and "no training state" in missing.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--overrides", "depth"], "key=value"),
+        (["--set", "epoch=3"], "unknown setting"),
+        (["--precision", "fp8"], "precision"),
+    ],
+)
+def test_pretrain_usage_errors_exit_2(slide: Path, tmp_path: Path, args: list[str], message: str) -> None:
+    result = runner.invoke(app, ["pretrain", str(slide), "--out", str(tmp_path / "r"), *TINY_RUN, *args])
+    assert result.exit_code == 2 and message in result.output
+
+
+def test_pretrain_missing_input_exits_2(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["pretrain", str(tmp_path / "nope"), "--out", str(tmp_path / "r"), *TINY_RUN])
+    assert result.exit_code == 2 and "no such file" in result.output
+
+
+@pytest.mark.slow
+def test_pretrain_under_torchrun_two_processes(tmp_path: Path) -> None:
+    """DDP on CPU (gloo): the same command line, each rank half of every batch, one report."""
+    import os
+    import subprocess
+    import sys
+
+    import numpy as np
+    from PIL import Image
+
+    tiles = tmp_path / "tiles"
+    tiles.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(tiles / f"{i}.png")
+    run = tmp_path / "run"
+    args = [a for a in TINY_RUN if a not in ("--max-tiles", "8")]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "mvh", "pretrain",
+           str(tiles), "--out", str(run), *args, "--batch-size", "2", "--json"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count('"steps"') == 1  # rank 0 only
+    assert json.loads(done.stdout)["steps"] == 2  # 8 tiles / (2 ranks x 2) per step
