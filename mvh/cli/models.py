@@ -8,7 +8,6 @@ import typer
 from rich.table import Table
 
 from mvh.cli._app import app, console, guarded, print_json
-from mvh.extractor.models import list_models
 
 
 def _triple(values: tuple[float, float, float]) -> str:
@@ -21,6 +20,8 @@ def models_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the registry as JSON.")] = False,
 ) -> None:
     """List backbones: output dim, tile size, mean/std, um/px, weights source, description."""
+    from mvh.extractor.models import list_models
+
     infos = list_models()
     if as_json:
         print_json([info.to_dict() for info in infos])
