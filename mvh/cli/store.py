@@ -7,7 +7,7 @@ metadata lacks it is given with `--slide-mpp` (or an `mpp` column of `--slides-c
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import (
@@ -24,9 +24,9 @@ from rich.table import Table
 from rich.text import Text
 
 from mvh.cli._app import app, console, err_console, guarded, print_json
-from mvh.extractor.extract import ExtractConfig, ExtractSummary, extract_slides, parse_devices
-from mvh.index.interop import export_store, import_h5
-from mvh.index.store import RANDOM_INIT, EmbeddingStore
+
+if TYPE_CHECKING:
+    from mvh.extractor.extract import ExtractSummary
 
 
 class _RateColumn(ProgressColumn):
@@ -74,6 +74,8 @@ def _summary_table(summary: ExtractSummary) -> Table:
 
 
 def _weights_line(sha256: str) -> str:
+    from mvh.index.store import RANDOM_INIT
+
     if sha256 == RANDOM_INIT:
         return "weights: random-init (NOT trained weights: for trying the pipeline, not for results)"
     return f"weights: sha256 {sha256}"
@@ -123,6 +125,8 @@ def extract_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Embed the tissue tiles of slides into a LanceDB store (resumable; done slides are skipped)."""
+    from mvh.extractor.extract import ExtractConfig, extract_slides, parse_devices
+
     cfg = ExtractConfig(
         model=model,
         weights=None if weights is None else str(weights),
@@ -179,6 +183,8 @@ def info_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the description as JSON.")] = False,
 ) -> None:
     """Describe a store: fingerprint, counts, slides by status and table schemas."""
+    from mvh.index.store import EmbeddingStore
+
     info = EmbeddingStore.open(store).info()
     if as_json:
         print_json(info)
@@ -215,6 +221,9 @@ def export_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the written paths as JSON.")] = False,
 ) -> None:
     """Export a store's done slides as TRIDENT/CLAM h5 files or one Parquet file."""
+    from mvh.index.interop import export_store
+    from mvh.index.store import EmbeddingStore
+
     paths = export_store(EmbeddingStore.open(store), fmt, out)
     if as_json:
         print_json({"format": fmt, "files": [str(p) for p in paths]})
@@ -235,6 +244,8 @@ def import_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the store description as JSON.")] = False,
 ) -> None:
     """Index features made by another tool (model recorded as external:<name>)."""
+    from mvh.index.interop import import_h5
+
     info = import_h5(h5_dir, store, model, mpp=mpp, tile_px=tile_px).info()
     if as_json:
         print_json(info)
