@@ -273,8 +273,8 @@ class Slide:
             if k == 1:
                 out[r0 : r0 + rows] = band
             else:
-                block = band.reshape(rows, k, out_w, k, 3).mean(axis=(1, 3), dtype=np.float32)
-                out[r0 : r0 + rows] = (block + 0.5).astype(np.uint8)
+                # Pillow's reduce is the same k x k box mean in C, several times faster than numpy here
+                out[r0 : r0 + rows] = np.asarray(Image.fromarray(band).reduce(k))
         return out, k * level_ds
 
     def thumbnail(self, max_size: int | tuple[int, int] = 1024) -> np.ndarray:
