@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
 
 from mvh.errors import MvhError
 
@@ -42,7 +42,9 @@ def guarded(fn: F) -> F:
             return fn(*args, **kwargs)
         except MvhError as exc:
             message = " ".join(str(exc).split())
-            err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+            # Text, not markup: messages hold brackets and colons (s1:0:0) Rich would read as markup/emoji
+            line = Text.assemble(("error: ", "bold red"), message)
+            err_console.print(line, highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from exc
 
     return wrapper  # type: ignore[return-value]

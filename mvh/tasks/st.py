@@ -39,7 +39,7 @@ Progress = Callable[[str, int], None]
 
 
 class HestRidge(RegressorMixin, BaseEstimator):
-    """HEST-benchmark ridge: no intercept, alpha = `scale / (n_features * n_targets)` of the data it is fit on.
+    """HEST-benchmark ridge: no intercept, alpha = `scale / (n_features * n_targets)` of its training data.
 
     The features reaching it are standardised on the training split, so their columns have mean zero and
     the coefficients do not depend on the targets' means: they are exactly HEST's. HEST's raw predictions

@@ -72,7 +72,8 @@ def test_hest_pipeline_matches_reference_composition():
     ref = ridge.predict(pca.transform(sc.transform(Xte))) + ytr.mean(axis=0)
     np.testing.assert_allclose(model.predict(Xte), ref, rtol=1e-6, atol=1e-8)
     with_intercept = Ridge(alpha=100 / (16 * 7)).fit(pca.transform(sc.transform(Xtr)), ytr)
-    np.testing.assert_allclose(model.predict(Xte), with_intercept.predict(pca.transform(sc.transform(Xte))), atol=1e-8)
+    expected = with_intercept.predict(pca.transform(sc.transform(Xte)))
+    np.testing.assert_allclose(model.predict(Xte), expected, atol=1e-8)
     assert model.named_steps["head"].alpha_ == pytest.approx(100 / (16 * 7))
 
 

@@ -1,0 +1,314 @@
+"""Queries against a store: an image, a stored tile or a whole slide; results as rows and a montage PNG.
+
+A query image is embedded with exactly the store's model, weights and preprocessing
+(`Embedder.from_fingerprint`), after being brought to the store's physical tile size: with its um/px
+(`query_mpp`) the centre region covering `tile_px * store_mpp` um is cut and resized to `tile_px`;
+without it, the centre square is resized to `tile_px` and a note says so. Hits are read back from
+their slides for the montage the way extraction read them (`make_tile_grid_at` + `read_tile`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
+
+from mvh.errors import FingerprintMismatchError, MvhError, UsageError
+from mvh.extractor.embedder import Embedder
+from mvh.extractor.slide import open_slide
+from mvh.extractor.tiling import make_tile_grid_at, read_tile
+from mvh.index.store import EmbeddingStore
+from mvh.index.vector import load_index, search, search_slides
+
+log = logging.getLogger(__name__)
+
+_CAPTION_PX = 30
+_MONTAGE_COLUMNS = 6
+
+
+@dataclass
+class QueryResult:
+    """Hits of a query (tile rows, or ranked slides when `slide_level`) with notes for the user."""
+
+    hits: pd.DataFrame
+    slide_level: bool
+    query: dict[str, Any]
+    index: str
+    notes: list[str] = field(default_factory=list)
+    montage: Path | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (hits as a list of records)."""
+        return {
+            "query": self.query,
+            "slide_level": self.slide_level,
+            "index": self.index,
+            "notes": self.notes,
+            "montage": None if self.montage is None else str(self.montage),
+            "hits": self.hits.to_dict(orient="records"),
+        }
+
+
+# ---------------------------------------------------------------------------- query images
+def load_image(path: Path) -> np.ndarray:
+    """An image file as RGB uint8 [H, W, 3] (UsageError naming the file when unreadable)."""
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except (OSError, UnidentifiedImageError) as exc:
+        raise UsageError(f"cannot read query image {path}: {exc}; give a PNG/JPEG/TIFF tile") from exc
+
+
+def _centre_crop(image: np.ndarray, h: int, w: int) -> np.ndarray:
+    top = (image.shape[0] - h) // 2
+    left = (image.shape[1] - w) // 2
+    return image[top : top + h, left : left + w]
+
+
+def prepare_query_image(
+    image: np.ndarray, tile_px: int, mpp: float, query_mpp: float | None = None
+) -> tuple[np.ndarray, list[str]]:
+    """Bring an RGB image [H, W, 3] to the store's tile (tile_px at mpp): the tile and notes for the user."""
+    h, w = image.shape[:2]
+    notes: list[str] = []
+    if query_mpp is not None:
+        if not query_mpp > 0:
+            raise UsageError(f"--query-mpp must be positive, got {query_mpp}")
+        side = tile_px * mpp / query_mpp  # the store's physical tile, in query pixels
+        if min(h, w) >= side:
+            crop = max(1, int(round(side)))
+            region = _centre_crop(image, crop, crop)
+            if (h, w) != (crop, crop):
+                notes.append(
+                    f"query image {w}x{h} px at {query_mpp:g} um/px: its centre {crop} px "
+                    f"({tile_px * mpp:g} um) was used, resized to {tile_px} px at {mpp:g} um/px"
+                )
+        else:
+            crop = min(h, w)
+            region = _centre_crop(image, crop, crop)
+            notes.append(
+                f"query image {w}x{h} px at {query_mpp:g} um/px covers less than a store tile "
+                f"({tile_px * mpp:g} um): its centre square was upscaled to {tile_px} px"
+            )
+    else:
+        crop = min(h, w)
+        region = _centre_crop(image, crop, crop)
+        if (h, w) != (tile_px, tile_px):
+            notes.append(
+                f"query image {w}x{h} px has no --query-mpp: its centre {crop} px square was resized to "
+                f"{tile_px} px; pass --query-mpp to match the store's {mpp:g} um/px"
+            )
+    if region.shape[:2] != (tile_px, tile_px):
+        resized = Image.fromarray(np.ascontiguousarray(region)).resize(
+            (tile_px, tile_px), Image.Resampling.BILINEAR
+        )
+        region = np.asarray(resized)
+    return np.ascontiguousarray(region), notes
+
+
+def query_embedder(store: EmbeddingStore, weights: Path | None = None, device: str = "auto") -> Embedder:
+    """The store's own model (FingerprintMismatchError when the weights or config differ)."""
+    embedder = Embedder.from_fingerprint(store.fingerprint, weights=weights, device=device)
+    fp = store.fingerprint
+    rebuilt = embedder.fingerprint(fp.mpp, fp.tile_px, fp.embedding_dtype)
+    if not rebuilt.matches(fp):
+        raise FingerprintMismatchError(
+            f"the query model [{rebuilt.describe()}] differs from store {store.uri} "
+            f"[{fp.describe()}]: pass the store's checkpoint with --weights"
+        )
+    return embedder
+
+
+def embed_query_image(
+    store: EmbeddingStore,
+    image: np.ndarray,
+    query_mpp: float | None = None,
+    embedder: Embedder | None = None,
+    weights: Path | None = None,
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Embedding [1, dim] of an RGB image [H, W, 3], the tile it was cut to, and notes."""
+    fp = store.fingerprint
+    tile, notes = prepare_query_image(image, fp.tile_px, fp.mpp, query_mpp)
+    embedder = embedder if embedder is not None else query_embedder(store, weights)
+    return embedder.embed_images([tile]), tile, notes
+
+
+# ---------------------------------------------------------------------------- stored queries
+def parse_tile_ref(text: str) -> tuple[str, int, int]:
+    """Parse `<slide_id>:<x>:<y>` (level-0 px; the slide id may itself contain colons)."""
+    parts = text.rsplit(":", 2)
+    try:
+        if len(parts) != 3 or not parts[0]:
+            raise ValueError(text)
+        return parts[0], int(parts[1]), int(parts[2])
+    except ValueError as exc:
+        raise UsageError(
+            f"--query-tile {text!r} is not <slide_id>:<x>:<y> (level-0 pixels, e.g. slide1:448:896)"
+        ) from exc
+
+
+def _require_slide(store: EmbeddingStore, slide_id: str) -> None:
+    if slide_id not in store.slide_ids():
+        raise UsageError(
+            f"slide {slide_id!r} is not a done slide of store {store.uri}: list them with `mvh info`"
+        )
+
+
+def tile_embedding(store: EmbeddingStore, slide_id: str, x: int, y: int) -> np.ndarray:
+    """The stored embedding [1, dim] of the tile of `slide_id` whose top-left is (x, y)."""
+    _require_slide(store, slide_id)
+    emb, coords = store.slide_embeddings(slide_id)
+    match = np.flatnonzero((coords[:, 0] == x) & (coords[:, 1] == y))
+    if match.size == 0:
+        nearest = coords[np.argmin(np.abs(coords - np.array([x, y])).sum(axis=1))]
+        raise UsageError(
+            f"no tile at ({x}, {y}) in slide {slide_id} of store {store.uri}: "
+            f"the nearest stored tile is {slide_id}:{nearest[0]}:{nearest[1]}"
+        )
+    return emb[match[:1]]
+
+
+# ---------------------------------------------------------------------------- montage
+def read_stored_tile(store: EmbeddingStore, slide_id: str, x: int, y: int, mpp: float) -> np.ndarray | None:
+    """A stored tile read back from its slide [tile_px, tile_px, 3], or None if the slide is unreadable."""
+    rows = store.slides()
+    row = rows[rows["slide_id"] == slide_id]
+    if row.empty or not isinstance(row.iloc[0]["path"], str) or not Path(row.iloc[0]["path"]).exists():
+        return None
+    record = row.iloc[0]
+    user_mpp = float(record["mpp"]) if record.get("mpp_source") == "user" else None
+    try:
+        with open_slide(record["path"], mpp=user_mpp) as slide:
+            grid = make_tile_grid_at(slide, [x], [y], mpp=mpp, tile_px=store.fingerprint.tile_px)
+            return read_tile(slide, grid, 0)
+    except (MvhError, OSError, ValueError) as exc:
+        log.warning("cannot read tile %s:%d:%d back from %s: %s", slide_id, x, y, record["path"], exc)
+        return None
+
+
+def _cell(image: np.ndarray | None, caption: str, size: int) -> Image.Image:
+    cell = Image.new("RGB", (size, size + _CAPTION_PX), "white")
+    if image is None:
+        cell.paste(Image.new("RGB", (size, size), (200, 200, 200)), (0, 0))
+        ImageDraw.Draw(cell).text((8, size // 2), "slide not found", fill="black")
+    else:
+        cell.paste(ImageOps.pad(Image.fromarray(image), (size, size), color="white"), (0, 0))
+    draw = ImageDraw.Draw(cell)
+    for i, line in enumerate(caption.split("\n")[:2]):
+        draw.text((4, size + 2 + 13 * i), line, fill="black")
+    return cell
+
+
+def write_montage(
+    store: EmbeddingStore, query_image: np.ndarray | None, hits: pd.DataFrame, out: Path, query_caption: str
+) -> tuple[Path, list[str]]:
+    """A PNG grid: the query, then each hit read back from its slide with rank, slide, x, y and score."""
+    size = store.fingerprint.tile_px
+    cells = [_cell(query_image, query_caption, size)]
+    missing = set()
+    for hit in hits.itertuples(index=False):
+        tile = read_stored_tile(store, hit.slide_id, int(hit.x), int(hit.y), float(hit.mpp))
+        if tile is None:
+            missing.add(hit.slide_id)
+        caption = f"#{hit.rank} {hit.slide_id}\n({hit.x}, {hit.y}) {hit.score:.3f}"
+        cells.append(_cell(tile, caption, size))
+    columns = min(_MONTAGE_COLUMNS, len(cells))
+    rows = (len(cells) + columns - 1) // columns
+    sheet = Image.new("RGB", (columns * size, rows * (size + _CAPTION_PX)), "white")
+    for i, cell in enumerate(cells):
+        sheet.paste(cell, ((i % columns) * size, (i // columns) * (size + _CAPTION_PX)))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        sheet.save(out, format="PNG")
+    except OSError as exc:
+        raise UsageError(f"cannot write montage {out}: {exc}") from exc
+    if missing:
+        return out, [f"montage: slides not found at their stored paths: {', '.join(sorted(missing))}"]
+    return out, []
+
+
+# ---------------------------------------------------------------------------- the query job
+def run_query(
+    store_uri: str | Path,
+    *,
+    image: Path | None = None,
+    tile: str | None = None,
+    slide: str | None = None,
+    k: int = 10,
+    slide_level: bool = False,
+    exclude_slides: list[str] | None = None,
+    query_mpp: float | None = None,
+    weights: Path | None = None,
+    montage: Path | None = None,
+    embedder: Embedder | None = None,
+) -> QueryResult:
+    """Search the store with one query (an image file, a stored tile `SLIDE:X:Y`, or a slide)."""
+    given = [name for name, value in (("--query", image), ("--query-tile", tile), ("--query-slide", slide))
+             if value is not None]
+    if len(given) != 1:
+        raise UsageError(f"give exactly one of --query, --query-tile, --query-slide (got {given or 'none'})")
+    if k < 1:
+        raise UsageError(f"-k must be at least 1, got {k}")
+    store = EmbeddingStore.open(store_uri)
+    index = load_index(store)
+    exclude = list(exclude_slides or [])
+    notes: list[str] = []
+    query_image: np.ndarray | None = None
+    if image is not None:
+        emb, query_image, notes = embed_query_image(
+            store, load_image(Path(image)), query_mpp, embedder=embedder, weights=weights
+        )
+        query: dict[str, Any] = {"kind": "image", "source": str(image), "n_tiles": 1}
+        caption = f"query\n{Path(image).name}"
+    elif tile is not None:
+        slide_id, x, y = parse_tile_ref(tile)
+        emb = tile_embedding(store, slide_id, x, y)
+        query = {"kind": "tile", "source": f"{slide_id}:{x}:{y}", "n_tiles": 1}
+        if montage is not None:
+            query_image = read_stored_tile(store, slide_id, x, y, store.fingerprint.mpp)
+        caption = f"query\n{slide_id} ({x}, {y})"
+    elif slide is not None:
+        _require_slide(store, slide)
+        emb, _ = store.slide_embeddings(slide)
+        slide_level = True
+        if slide not in exclude:
+            exclude.append(slide)
+            notes.append(f"slide {slide} itself is excluded from its own ranking")
+        query = {"kind": "slide", "source": slide, "n_tiles": int(len(emb))}
+        caption = f"query slide\n{slide}"
+    if slide_level:
+        hits = search_slides(store, emb, k=k, exclude_slides=exclude, index=index)
+    else:
+        hits = search(store, emb, k=k, exclude_slides=exclude, index=index).drop(columns="query")
+    if len(hits) < k:
+        what = "slide(s)" if slide_level else "tile(s)"
+        notes.append(f"only {len(hits)} {what} found: the store holds fewer candidates than -k {k}")
+    result = QueryResult(
+        hits=hits, slide_level=slide_level, query=query, index=index.params.describe(), notes=notes
+    )
+    if montage is not None:
+        if query_image is None and query["kind"] == "slide":
+            query_image = _slide_thumbnail(store, slide, store.fingerprint.tile_px)
+        result.montage, extra = write_montage(store, query_image, hits, montage, caption)
+        result.notes.extend(extra)
+    return result
+
+
+def _slide_thumbnail(store: EmbeddingStore, slide_id: str | None, size: int) -> np.ndarray | None:
+    rows = store.slides()
+    row = rows[rows["slide_id"] == slide_id]
+    if row.empty or not isinstance(row.iloc[0]["path"], str) or not Path(row.iloc[0]["path"]).exists():
+        return None
+    try:
+        with open_slide(row.iloc[0]["path"], mpp=float(row.iloc[0]["mpp"])) as handle:
+            return handle.thumbnail(size)
+    except (MvhError, OSError, ValueError) as exc:
+        log.warning("cannot read a thumbnail of %s: %s", slide_id, exc)
+        return None
+
