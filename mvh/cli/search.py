@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -11,10 +11,9 @@ from rich.text import Text
 
 from mvh.cli._app import app, console, err_console, eval_app, guarded, index_app, print_json
 from mvh.errors import UsageError
-from mvh.index.store import EmbeddingStore
-from mvh.index.vector import KINDS, build_index, index_info
-from mvh.tasks.query import QueryResult, run_query
-from mvh.tasks.retrieval import run_retrieval_eval
+
+if TYPE_CHECKING:
+    from mvh.tasks.query import QueryResult
 
 StoreOption = Annotated[str, typer.Option("--store", help="Store directory (or LanceDB URI).")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
@@ -29,7 +28,7 @@ def _notes(notes: list[str]) -> None:
 @guarded
 def index_build_cmd(
     store: StoreOption = "embeddings.lance",
-    kind: Annotated[str, typer.Option("--kind", help=f"{' | '.join(KINDS)}")] = "auto",
+    kind: Annotated[str, typer.Option("--kind", help="auto | flat | ivfpq | hnsw")] = "auto",
     nlist: Annotated[int | None, typer.Option("--nlist", help="IVF cells (ivfpq).")] = None,
     m: Annotated[int | None, typer.Option("--m", help="PQ sub-quantisers; must divide the dim.")] = None,
     nbits: Annotated[int | None, typer.Option("--nbits", help="Bits per PQ code (4 = fast-scan).")] = None,
@@ -43,6 +42,9 @@ def index_build_cmd(
 ) -> None:
     """Build the store's FAISS index (exact Flat up to 200k tiles, IVF-PQ above) inside the store."""
     with err_console.status("building the index"):
+        from mvh.index.store import EmbeddingStore
+        from mvh.index.vector import build_index
+
         result = build_index(
             EmbeddingStore.open(store), kind, nlist=nlist, m=m, nbits=nbits, nprobe=nprobe, hnsw_m=hnsw_m,
             ef_search=ef, update=update,
@@ -65,6 +67,9 @@ def index_build_cmd(
 @guarded
 def index_info_cmd(store: StoreOption = "embeddings.lance", as_json: JsonOption = False) -> None:
     """Describe the store's index: kind, parameters, size, and whether it is stale."""
+    from mvh.index.store import EmbeddingStore
+    from mvh.index.vector import index_info
+
     info = index_info(EmbeddingStore.open(store))
     if as_json:
         print_json(info)
@@ -134,6 +139,8 @@ def search_cmd(
     as_json: JsonOption = False,
 ) -> None:
     """Find the tiles (or slides) of the store most similar to a query image, tile or slide."""
+    from mvh.tasks.query import run_query
+
     result = run_query(
         store, image=query, tile=query_tile, slide=query_slide, k=k, slide_level=slide_level,
         exclude_slides=exclude_slide, query_mpp=query_mpp, weights=weights, montage=montage,
@@ -176,6 +183,8 @@ def eval_retrieval_cmd(
     as_json: JsonOption = False,
 ) -> None:
     """Patch retrieval: Acc@k, MV@5, mAP@5 by exact search, and the index's recall@k against it."""
+    from mvh.tasks.retrieval import run_retrieval_eval
+
     result = run_retrieval_eval(store, labels, _parse_ks(ks), leave_one_slide_out, out)
     if as_json:
         print_json(result)
