@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m mvh.demo --out $(DEMO_DIR)
+	MVH=$(BIN)/mvh bash scripts/demo.sh $(DEMO_DIR)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

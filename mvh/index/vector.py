@@ -39,6 +39,7 @@ from typing import Any
 import faiss
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from mvh.errors import IndexNotFoundError, StaleIndexError, StoreError, UsageError
 from mvh.index.store import DONE, EmbeddingStore
@@ -559,7 +560,9 @@ def _load(store: EmbeddingStore, meta: dict[str, Any]) -> VectorIndex:
     folder = store.index_dir
     try:
         index = faiss.read_index(str(folder / meta["index_file"]))
-        rows = pd.read_parquet(folder / meta["rows_file"])
+        # pyarrow directly: pandas' read_parquet path intermittently aborts the interpreter at exit
+        # (pandas 2.3 + pyarrow 26, "terminate called without an active exception")
+        rows = pq.read_table(folder / meta["rows_file"]).to_pandas()
     except (OSError, RuntimeError) as exc:
         raise StoreError(
             f"index files in {folder} are unreadable ({exc}): rebuild with `mvh index build`"
