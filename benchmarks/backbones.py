@@ -15,30 +15,12 @@ import time
 from collections.abc import Callable, Iterator
 
 import torch
-import torch.nn.functional as F
+from scan import per_token_scan  # benchmarks/ is on sys.path when a script here runs
 
 from mvh.extractor.models import create_model, mv_hybrid
 from mvh.extractor.models.ssm import mamba_selective_scan_fn, selective_scan_torch
 
 MODELS = ("mv_hybrid", "vit_s12_dinov2", "vit_s24_dinov2")
-
-
-def per_token_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False):
-    """The plain recurrence, one token at a time (float32)."""
-    dtype = u.dtype
-    u, delta, B, C = u.float(), delta.float(), B.float(), C.float()
-    if delta_bias is not None:
-        delta = delta + delta_bias[:, None]
-    if delta_softplus:
-        delta = F.softplus(delta)
-    h = u.new_zeros(u.shape[0], u.shape[1], A.shape[1])
-    ys = []
-    for t in range(u.shape[-1]):
-        dt = delta[:, :, t, None]
-        h = torch.exp(dt * A) * h + dt * B[:, None, :, t] * u[:, :, t, None]
-        ys.append((h * C[:, None, :, t]).sum(-1))
-    y = torch.stack(ys, dim=-1)
-    return (y if D is None else y + u * D[:, None]).to(dtype)
 
 
 @contextlib.contextmanager

@@ -17,16 +17,23 @@ import torch.nn.functional as F
 from mvh.extractor.models.ssm import selective_scan_torch
 
 
-def per_token_loop(u, delta, A, B, C, D, delta_bias):
-    """The plain recurrence, one token at a time (the slow baseline)."""
-    delta = F.softplus(delta + delta_bias[:, None])
+def per_token_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False):
+    """The plain recurrence, one token at a time (float32)."""
+    dtype = u.dtype
+    u, delta, B, C = u.float(), delta.float(), B.float(), C.float()
+    if delta_bias is not None:
+        delta = delta + delta_bias[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
     h = u.new_zeros(u.shape[0], u.shape[1], A.shape[1])
     ys = []
     for t in range(u.shape[-1]):
         dt = delta[:, :, t, None]
         h = torch.exp(dt * A) * h + dt * B[:, None, :, t] * u[:, :, t, None]
         ys.append((h * C[:, None, :, t]).sum(-1))
-    return torch.stack(ys, dim=-1) + u * D[:, None]
+    y = torch.stack(ys, dim=-1)
+    return (y if D is None else y + u * D[:, None]).to(dtype)
+
 
 
 def materialised_ref(u, delta, A, B, C, D, delta_bias):
@@ -69,6 +76,9 @@ def main() -> None:
         torch.randn(d, generator=g),
         torch.randn(d, generator=g) * 0.1,
     )
+    def per_token_loop(*args: torch.Tensor) -> torch.Tensor:
+        return per_token_scan(*args, delta_softplus=True)
+
     impls = {
         "ours": ours,
         "per-token loop": per_token_loop,
