@@ -8,10 +8,11 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import typer
+import yaml
 from rich.console import Console
 from rich.text import Text
 
-from mvh.errors import MvhError
+from mvh.errors import MvhError, UsageError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -53,3 +54,17 @@ def guarded(fn: F) -> F:
 def print_json(obj: Any) -> None:
     """Write `obj` as JSON on stdout (for `--json`)."""
     typer.echo(json.dumps(obj, indent=2, default=str))
+
+
+def parse_key_values(items: list[str] | None, source: str = "--overrides") -> dict[str, Any]:
+    """Repeated and/or comma-separated `key=value` options -> dict (values parsed as YAML scalars).
+
+    `["embed_dim=64,depth=4", "x=0.5"]` -> {"embed_dim": 64, "depth": 4, "x": 0.5}.
+    """
+    parsed: dict[str, Any] = {}
+    for item in (part for entry in items or [] for part in entry.split(",") if part.strip()):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"{source}: {item!r} is not key=value; write e.g. embed_dim=64")
+        parsed[key.strip()] = yaml.safe_load(value)
+    return parsed

@@ -23,15 +23,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from mvh.cli._app import app, console, err_console, guarded, print_json
-
-
-def _key_values(items: list[str] | None, source: str) -> dict[str, Any]:
-    """Repeated and/or comma-separated key=value items."""
-    flat = [part for item in items or [] for part in item.split(",") if part.strip()]
-    from mvh.pretrain.config import parse_key_values
-
-    return parse_key_values(flat, source)
+from mvh.cli._app import app, console, err_console, guarded, parse_key_values, print_json
 
 
 @app.command("pretrain")
@@ -100,7 +92,7 @@ def pretrain_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the run summary as JSON.")] = False,
 ) -> None:
     """Pretrain a backbone with DINOv2 (DINO + iBOT + KoLeo, EMA teacher); checkpoints feed `mvh extract`."""
-    given: dict[str, Any] = _key_values(settings, "--set")
+    given: dict[str, Any] = parse_key_values(settings, "--set")
     options = {
         "out": out,
         "model": model,
@@ -126,7 +118,7 @@ def pretrain_cmd(
     if inputs:
         given["inputs"] = [str(p) for p in inputs]
     if overrides:
-        given["model_overrides"] = _key_values(overrides, "--overrides")
+        given["model_overrides"] = parse_key_values(overrides, "--overrides")
     if resume:
         given["resume"] = True
     from mvh.pretrain.config import load_config

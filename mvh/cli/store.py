@@ -23,7 +23,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from mvh.cli._app import app, console, err_console, guarded, print_json
+from mvh.cli._app import app, console, err_console, guarded, parse_key_values, print_json
 
 if TYPE_CHECKING:
     from mvh.extractor.extract import ExtractSummary
@@ -96,6 +96,13 @@ def extract_cmd(
         bool,
         typer.Option("--random-init", help="Embed with seeded random weights (recorded as random-init)."),
     ] = False,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--overrides",
+            help="Architecture overrides key=value (recorded in the store), e.g. depth=2,embed_dim=32.",
+        ),
+    ] = None,
     mpp: Annotated[float, typer.Option("--mpp", help="Target resolution of the tiles, um/px.")] = 0.5,
     tile: Annotated[int, typer.Option("--tile", help="Tile side in px at --mpp.")] = 224,
     min_tissue: Annotated[
@@ -131,6 +138,7 @@ def extract_cmd(
         model=model,
         weights=None if weights is None else str(weights),
         random_init=random_init,
+        overrides=parse_key_values(overrides, "--overrides"),
         mpp=mpp,
         tile_px=tile,
         min_tissue=min_tissue,

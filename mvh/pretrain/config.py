@@ -109,17 +109,6 @@ def _coerce(name: str, value: Any, source: str) -> Any:
     return value
 
 
-def parse_key_values(items: list[str], source: str = "--overrides") -> dict[str, Any]:
-    """`["embed_dim=64", "depth=4"]` -> {"embed_dim": 64, "depth": 4} (values parsed as YAML scalars)."""
-    parsed: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"{source}: {item!r} is not key=value; write e.g. embed_dim=64")
-        parsed[key.strip()] = yaml.safe_load(value)
-    return parsed
-
-
 def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> PretrainConfig:
     """Defaults, then the YAML file at `path`, then `overrides` (the options given on the command line)."""
     merged: dict[str, Any] = {}

@@ -136,3 +136,25 @@ def test_export_import_round_trip(extracted, tmp_path) -> None:
     assert pq.exit_code == 0 and (tmp_path / "pq" / "tiles.parquet").exists()
     bad = runner.invoke(app, ["export", "--store", str(store), "--format", "csv", "--out", str(tmp_path)])
     assert bad.exit_code == 2
+
+
+def test_architecture_overrides_are_recorded_and_part_of_the_fingerprint(slides, extracted, tmp_path) -> None:
+    store, _ = extracted
+    other = tmp_path / "shallow.lance"
+    result = runner.invoke(
+        app, ["extract", str(slides), "--store", str(other), *BASE, "--overrides", "depth=1"]
+    )
+    assert result.exit_code == 0, result.output
+    assert EmbeddingStore.open(other).fingerprint.model_config["depth"] == 1
+    assert EmbeddingStore.open(store).fingerprint.model_config["depth"] != 1
+    mixed = runner.invoke(
+        app, ["extract", str(slides), "--store", str(store), *BASE, "--overrides", "depth=1"]
+    )
+    assert mixed.exit_code == 2 and "another --store" in mixed.stderr
+
+
+def test_unknown_override_exits_2(slides, tmp_path) -> None:
+    result = runner.invoke(
+        app, ["extract", str(slides), "--store", str(tmp_path / "y"), *BASE, "--overrides", "depht=1"]
+    )
+    assert result.exit_code == 2 and "depht" in result.stderr

@@ -11,7 +11,7 @@ from PIL import Image
 
 from mvh.errors import DataError, UsageError
 from mvh.pretrain.augment import HE_MEAN, HE_STD, MultiCropAugmentation, random_resized_crop_box
-from mvh.pretrain.config import load_config, parse_key_values
+from mvh.pretrain.config import load_config
 from mvh.pretrain.data import MultiCropDataset, StepBatchSampler, build_tile_source, collate_multicrop
 from mvh.pretrain.masking import block_mask, sample_masks
 from mvh.pretrain.schedules import build_schedules, cosine_schedule, scaled_lr
@@ -124,10 +124,7 @@ def test_config_merges_defaults_yaml_and_overrides(tmp_path) -> None:
     assert (cfg.epochs, cfg.lr, cfg.batch_size) == (3, 0.02, 64)
     assert cfg.model_overrides == {"embed_dim": 64, "depth": 2}
     assert cfg.global_scale == (0.5, 1.0)
-    assert parse_key_values(["embed_dim=64", "x=0.5", "n=abc"]) == {"embed_dim": 64, "x": 0.5, "n": "abc"}
     with pytest.raises(UsageError, match="unknown setting"):
         load_config(None, {"epoch": 3})
-    with pytest.raises(UsageError, match="key=value"):
-        parse_key_values(["depth"])
     with pytest.raises(UsageError, match="mask_ratio"):
         load_config(None, {"mask_ratio": [0.6, 0.2]})
