@@ -73,3 +73,15 @@ def test_dataloader_workers_read_every_tile_once(grids, workers: int) -> None:
     assert index.tolist() == list(range(len(ds)))
     np.testing.assert_array_equal(torch.cat(batches).numpy(), np.stack(_expected(grids)))
     ds.close()
+
+
+def test_open_handles_are_bounded_and_reopened_on_demand(grids) -> None:
+    ds = TileDataset([grids[0], grids[1], grids[0]], max_open_slides=1)
+    expected = _expected([grids[0], grids[1], grids[0]])
+    for index in (0, 196, 245, 5, 200):  # alternate between slides so handles are evicted and reopened
+        tile, _ = ds[index]
+        np.testing.assert_array_equal(tile, expected[index])
+        assert len(ds._slides) == 1
+    ds.close()
+    with pytest.raises(ValueError, match="max_open_slides"):
+        TileDataset(grids, max_open_slides=0)
