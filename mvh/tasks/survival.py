@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 
 from mvh.errors import CohortError, DataError, SlideError, UsageError
+from mvh.extractor.device import resolve_device
 from mvh.extractor.slide import open_slide
 from mvh.index.store import EmbeddingStore
 from mvh.tasks.mil import ABMIL, pad_bags
@@ -253,19 +254,6 @@ class SurvivalConfig:
         for name, value, ok, rule in checks:
             if not ok:
                 raise UsageError(f"{name} {value} is out of range: it must be {rule}")
-
-
-def resolve_device(device: str) -> torch.device:
-    """'auto' -> cuda when available, else cpu; any other value is passed to torch.device."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as exc:
-        raise UsageError(f"--device {device!r} is not a torch device; use auto, cpu or cuda") from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {device}: CUDA is not available here; use --device cpu")
-    return resolved
 
 
 # ---------------------------------------------------------------------------------------------- folds

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from safetensors.torch import load_file as load_safetensors
 from torch import Tensor, nn
 
 from mvh.errors import CheckpointError, WeightsRequiredError
+from mvh.extractor.hashing import sha256_file
 
 SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 WRAPPER_KEYS = ("teacher", "state_dict", "model")
@@ -63,15 +63,6 @@ def _summary(keys: list[str] | tuple[str, ...]) -> str:
     shown = ", ".join(keys[:_SHOW])
     more = f", ... (+{len(keys) - _SHOW} more)" if len(keys) > _SHOW else ""
     return f"{len(keys)} ({shown}{more})"
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes (streamed)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_checkpoint(path: Path) -> Any:
@@ -186,7 +177,7 @@ def load_weights(model: nn.Module, path: Path | str | None) -> WeightsInfo:
     model.load_state_dict(state_dict, strict=True)
     return WeightsInfo(
         path=path.resolve(),
-        sha256=file_sha256(path),
+        sha256=sha256_file(path),
         n_tensors=len(state_dict),
         wrapper=wrapper,
         stripped_prefixes=tuple(stripped),
