@@ -15,8 +15,7 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-HE_MEAN = (0.70322989, 0.53606487, 0.66096631)
-HE_STD = (0.21716536, 0.26081574, 0.20723464)
+from mvh.extractor.models.mv_hybrid import HE_MEAN, HE_STD
 
 
 def _uniform(lo: float, hi: float, generator: torch.Generator) -> float:
