@@ -1,20 +1,24 @@
-"""The `mvh` command line: thin Typer commands, one module per group of user jobs.
+"""The `mvh` command line: thin Typer commands, each in the module named after it.
 
-Each module below registers its commands on the apps of `mvh.cli._app` when imported.
+Each module below registers its command on the apps of `mvh.cli._app` when imported.
 """
 
 from __future__ import annotations
 
 from mvh.cli import (  # noqa: F401  (imported for their command registrations)
-    eval_st,
-    eval_survival,
+    export,
+    extract,
+    import_,
+    index,
+    info,
     models,
     pretrain,
+    sample,
     search,
-    slides,
-    store,
+    tile,
 )
 from mvh.cli._app import app
+from mvh.cli.eval import classify, retrieval, st, survival  # noqa: F401
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""`mvh extract`, `mvh info`, `mvh export`, `mvh import`: fill, describe and exchange an embedding store.
+"""`mvh extract`: embed the tissue tiles of slides into a store.
 
 `--mpp` is the TARGET resolution of the tiles (as in `mvh tile`); the scan resolution of slides whose
 metadata lacks it is given with `--slide-mpp` (or an `mpp` column of `--slides-csv`).
@@ -24,6 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from mvh.cli._app import app, console, err_console, guarded, parse_key_values, print_json
+from mvh.cli._render import weights_line
 
 if TYPE_CHECKING:
     from mvh.extractor.extract import ExtractSummary
@@ -71,14 +72,6 @@ def _summary_table(summary: ExtractSummary) -> Table:
         f"{d['tiles_per_s']:.1f}",
     )
     return table
-
-
-def _weights_line(sha256: str) -> str:
-    from mvh.index.store import RANDOM_INIT
-
-    if sha256 == RANDOM_INIT:
-        return "weights: random-init (NOT trained weights: for trying the pipeline, not for results)"
-    return f"weights: sha256 {sha256}"
 
 
 @app.command("extract")
@@ -174,7 +167,7 @@ def extract_cmd(
         print_json(summary.to_dict())
     else:
         console.print(_summary_table(summary))
-        console.print(_weights_line(summary.weights_sha256), highlight=False)
+        console.print(weights_line(summary.weights_sha256), highlight=False)
     for r in summary.slides:
         if r.status == "failed":
             err_console.print(
@@ -182,84 +175,3 @@ def extract_cmd(
             )
     if summary.exit_code:
         raise typer.Exit(summary.exit_code)
-
-
-@app.command("info")
-@guarded
-def info_cmd(
-    store: Annotated[str, typer.Option("--store", help="Store directory (or LanceDB URI).")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print the description as JSON.")] = False,
-) -> None:
-    """Describe a store: fingerprint, counts, slides by status and table schemas."""
-    from mvh.index.store import EmbeddingStore
-
-    info = EmbeddingStore.open(store).info()
-    if as_json:
-        print_json(info)
-        return
-    fp = info["fingerprint"]
-    head = Table(title=f"store {info['uri']} (version {info['version']})", show_header=False)
-    head.add_column("key", style="bold")
-    head.add_column("value")
-    rows = [
-        ("model", fp["model"]),
-        ("model config", str(fp["model_config"])),
-        ("weights", _weights_line(fp["weights_sha256"]).removeprefix("weights: ")),
-        ("tiles", f"{fp['tile_px']} px at {fp['mpp']} um/px, mean {fp['mean']} std {fp['std']}"),
-        ("embedding", f"{fp['embedding_dtype']} x {fp['embed_dim']}"),
-        ("slides", ", ".join(f"{k} {v}" for k, v in sorted(info["slides_by_status"].items())) or "none"),
-        ("tiles stored", str(info["n_tiles"])),
-        ("created", f"{info['created']} by mvh {info['mvh_version']}"),
-    ]
-    for key, value in rows:
-        head.add_row(key, value)
-    console.print(head)
-    for name, fields in info["schema"].items():
-        console.print(f"[bold]{name}[/]: " + ", ".join(fields), highlight=False)
-
-
-@app.command("export")
-@guarded
-def export_cmd(
-    store: Annotated[str, typer.Option("--store", help="Store directory (or LanceDB URI).")],
-    out: Annotated[Path, typer.Option("--out", help="Output folder (or .parquet file).")],
-    fmt: Annotated[
-        str, typer.Option("--format", help="h5 (one TRIDENT/CLAM file per slide) | parquet.")
-    ] = "h5",
-    as_json: Annotated[bool, typer.Option("--json", help="Print the written paths as JSON.")] = False,
-) -> None:
-    """Export a store's done slides as TRIDENT/CLAM h5 files or one Parquet file."""
-    from mvh.index.interop import export_store
-    from mvh.index.store import EmbeddingStore
-
-    paths = export_store(EmbeddingStore.open(store), fmt, out)
-    if as_json:
-        print_json({"format": fmt, "files": [str(p) for p in paths]})
-    else:
-        console.print(f"wrote {len(paths)} {fmt} file(s) to {out}", highlight=False)
-
-
-@app.command("import")
-@guarded
-def import_cmd(
-    h5_dir: Annotated[Path, typer.Argument(help="Folder of TRIDENT/CLAM h5 files (features, coords).")],
-    store: Annotated[str, typer.Option("--store", help="Store directory (or LanceDB URI) to fill.")],
-    model: Annotated[str, typer.Option("--model", help="Name of the tool/model that made the features.")],
-    mpp: Annotated[
-        float | None, typer.Option("--mpp", help="um/px of the tiles, if the files lack it.")
-    ] = None,
-    tile_px: Annotated[int | None, typer.Option("--tile-px", help="Tile px, if the files lack it.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the store description as JSON.")] = False,
-) -> None:
-    """Index features made by another tool (model recorded as external:<name>)."""
-    from mvh.index.interop import import_h5
-
-    info = import_h5(h5_dir, store, model, mpp=mpp, tile_px=tile_px).info()
-    if as_json:
-        print_json(info)
-    else:
-        console.print(
-            f"imported {info['n_slides']} slide(s), {info['n_tiles']} tiles into {store} "
-            f"as {info['fingerprint']['model']}",
-            highlight=False,
-        )

@@ -1,7 +1,7 @@
-"""`mvh sample` and `mvh tile`: the real sample slide, and tissue tile grids at an exact um/px.
+"""`mvh tile`: tissue tile grids at an exact um/px.
 
-In `mvh tile`, `--mpp` is the TARGET resolution of the tiles (as in `mvh extract --mpp 0.5`); the scan
-resolution of a slide without metadata (a PNG tile...) is given with `--slide-mpp`.
+`--mpp` is the TARGET resolution of the tiles (as in `mvh extract --mpp 0.5`); the scan resolution of a
+slide without metadata (a PNG tile...) is given with `--slide-mpp`.
 """
 
 from __future__ import annotations
@@ -14,24 +14,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from mvh.cli._app import app, console, err_console, guarded, print_json
-from mvh.extractor.sample import sample_slide_path
-
-
-@app.command("sample")
-@guarded
-def sample_cmd(
-    dest: Annotated[
-        Path | None,
-        typer.Option("--dest", help="Copy the slide into this folder (default: use it in place)."),
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help='Print {"path": ...} as JSON.')] = False,
-) -> None:
-    """Print the path of the real sample slide CMU-1-Small-Region.svs (shared data, cache, or download)."""
-    path = sample_slide_path(dest)
-    if as_json:
-        print_json({"path": str(path)})
-    else:
-        typer.echo(str(path))
 
 
 @app.command("tile")

@@ -1,0 +1,35 @@
+"""Rendering helpers and option types shared by several commands."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.text import Text
+
+from mvh.cli._app import err_console
+
+StoreOption = Annotated[str, typer.Option("--store", help="Store directory (or LanceDB URI).")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def print_notes(notes: list[str]) -> None:
+    """Print library notes on stderr, one `note:` line each."""
+    for note in notes:  # Text, not markup: notes quote paths and ids that may hold [brackets] or :colons:
+        err_console.print(Text.assemble(("note: ", "yellow"), note), highlight=False, soft_wrap=True)
+
+
+def weights_line(sha256: str) -> str:
+    """`weights: ...` line of a store's fingerprint, loud about random-init weights."""
+    from mvh.index.store import RANDOM_INIT
+
+    if sha256 == RANDOM_INIT:
+        return "weights: random-init (NOT trained weights: for trying the pipeline, not for results)"
+    return f"weights: sha256 {sha256}"
+
+
+def fmt_mean_std(mean: Any, std: Any = None) -> str:
+    """`0.412 ± 0.031`, `0.412`, or `n/a` for a missing/NaN mean."""
+    if mean is None or mean != mean:
+        return "n/a"
+    return f"{mean:.3f}" if std is None or std != std else f"{mean:.3f} ± {std:.3f}"

@@ -1,0 +1,1 @@
+"""`mvh eval ...`: one module per evaluation."""

@@ -1,0 +1,78 @@
+"""`mvh index build|info`: FAISS indexes over a store."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from mvh.cli._app import console, err_console, guarded, index_app, print_json
+from mvh.cli._render import JsonOption, StoreOption, print_notes
+
+
+@index_app.command("build")
+@guarded
+def index_build_cmd(
+    store: StoreOption = "embeddings.lance",
+    kind: Annotated[str, typer.Option("--kind", help="auto | flat | ivfpq | hnsw")] = "auto",
+    nlist: Annotated[int | None, typer.Option("--nlist", help="IVF cells (ivfpq).")] = None,
+    m: Annotated[int | None, typer.Option("--m", help="PQ sub-quantisers; must divide the dim.")] = None,
+    nbits: Annotated[int | None, typer.Option("--nbits", help="Bits per PQ code (4 = fast-scan).")] = None,
+    nprobe: Annotated[int | None, typer.Option("--nprobe", help="IVF cells visited per query.")] = None,
+    hnsw_m: Annotated[int | None, typer.Option("--hnsw-m", help="HNSW links per node.")] = None,
+    ef: Annotated[int | None, typer.Option("--ef", help="HNSW efSearch.")] = None,
+    update: Annotated[
+        bool, typer.Option("--update", help="Add new slides only (rebuilds when slides were removed).")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Build the store's FAISS index (exact Flat up to 200k tiles, IVF-PQ above) inside the store."""
+    with err_console.status("building the index"):
+        from mvh.index.store import EmbeddingStore
+        from mvh.index.vector import build_index
+
+        result = build_index(
+            EmbeddingStore.open(store), kind, nlist=nlist, m=m, nbits=nbits, nprobe=nprobe, hnsw_m=hnsw_m,
+            ef_search=ef, update=update,
+        )
+    if as_json:
+        print_json(result.to_dict())
+        return
+    table = Table(title=Text(f"index of {store}"))
+    for name in ("index", "tiles", "added", "store version", "device", "seconds"):
+        table.add_column(name, justify="left" if name == "index" else "right")
+    table.add_row(
+        Text(result.params.describe()), str(result.n_tiles), str(result.n_added), str(result.store_version),
+        result.device, f"{result.seconds:.2f}",
+    )
+    console.print(table)
+    print_notes(list(result.notes))
+
+
+@index_app.command("info")
+@guarded
+def index_info_cmd(store: StoreOption = "embeddings.lance", as_json: JsonOption = False) -> None:
+    """Describe the store's index: kind, parameters, size, and whether it is stale."""
+    from mvh.index.store import EmbeddingStore
+    from mvh.index.vector import index_info
+
+    info = index_info(EmbeddingStore.open(store))
+    if as_json:
+        print_json(info)
+        return
+    if not info["exists"]:
+        n = info["n_tiles_in_store"]
+        console.print(Text(f"no index for {store} ({n} tiles): run `mvh index build --store {store}`"))
+        return
+    table = Table(title=Text(f"index of {store}"), show_header=False)
+    keys = ("description", "n_tiles", "n_slides", "built_from_version", "store_version", "built_at", "bytes")
+    for key in keys:
+        table.add_row(key, Text(str(info[key])))
+    if info["stale"]:
+        state = Text.assemble(("stale", "red"), f": {info['stale_reason']}")
+    else:
+        state = Text("up to date", style="green")
+    table.add_row("state", state)
+    console.print(table)

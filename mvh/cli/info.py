@@ -1,0 +1,45 @@
+"""`mvh info`: describe a store."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from mvh.cli._app import app, console, guarded, print_json
+from mvh.cli._render import weights_line
+
+
+@app.command("info")
+@guarded
+def info_cmd(
+    store: Annotated[str, typer.Option("--store", help="Store directory (or LanceDB URI).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the description as JSON.")] = False,
+) -> None:
+    """Describe a store: fingerprint, counts, slides by status and table schemas."""
+    from mvh.index.store import EmbeddingStore
+
+    info = EmbeddingStore.open(store).info()
+    if as_json:
+        print_json(info)
+        return
+    fp = info["fingerprint"]
+    head = Table(title=f"store {info['uri']} (version {info['version']})", show_header=False)
+    head.add_column("key", style="bold")
+    head.add_column("value")
+    rows = [
+        ("model", fp["model"]),
+        ("model config", str(fp["model_config"])),
+        ("weights", weights_line(fp["weights_sha256"]).removeprefix("weights: ")),
+        ("tiles", f"{fp['tile_px']} px at {fp['mpp']} um/px, mean {fp['mean']} std {fp['std']}"),
+        ("embedding", f"{fp['embedding_dtype']} x {fp['embed_dim']}"),
+        ("slides", ", ".join(f"{k} {v}" for k, v in sorted(info["slides_by_status"].items())) or "none"),
+        ("tiles stored", str(info["n_tiles"])),
+        ("created", f"{info['created']} by mvh {info['mvh_version']}"),
+    ]
+    for key, value in rows:
+        head.add_row(key, value)
+    console.print(head)
+    for name, fields in info["schema"].items():
+        console.print(f"[bold]{name}[/]: " + ", ".join(fields), highlight=False)
