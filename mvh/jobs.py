@@ -1,0 +1,95 @@
+"""The one job shape: `cfg = XConfig(...)` validates itself, `run_x(cfg, *, progress=None) -> XResult`.
+
+`JobResult` gives every result dataclass `to_dict()` (results.json is exactly that: JSON-ready values,
+paths as strings, NaN as null) and `from_dict()` (nested dataclass fields rebuilt from their type hints).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from enum import Enum
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+R = TypeVar("R", bound="JobResult")
+
+
+def jsonable(value: Any) -> Any:
+    """`value` as plain JSON types: dataclasses and mappings as dicts, paths as str, NaN/inf as None."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if isinstance(value, Enum):
+        return jsonable(value.value)
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _rebuild(hint: Any, value: Any) -> Any:
+    if value is None:
+        return None
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint) and isinstance(value, dict):
+        return _from_fields(hint, value)
+    if origin in (list, tuple) and args and isinstance(value, list):
+        inner = args[0]
+        items = [_rebuild(inner, v) for v in value]
+        return items if origin is list else tuple(items)
+    if origin is dict and len(args) == 2 and isinstance(value, dict):
+        return {k: _rebuild(args[1], v) for k, v in value.items()}
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            if arg is type(None):
+                continue
+            if isinstance(arg, type) and dataclasses.is_dataclass(arg) and isinstance(value, dict):
+                return _from_fields(arg, value)
+            if arg is Path and isinstance(value, str):
+                return Path(value)
+        return value
+    if hint is Path and isinstance(value, str):
+        return Path(value)
+    return value
+
+
+def _from_fields(cls: type, data: dict[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    kwargs = {f.name: _rebuild(hints.get(f.name, Any), data[f.name]) for f in dataclasses.fields(cls)
+              if f.init and f.name in data}
+    return cls(**kwargs)
+
+
+class JobResult:
+    """Mixin for result dataclasses: `to_dict()`, `from_dict()`, `write_json(path)`."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of every field (results.json is exactly this)."""
+        return jsonable(self)
+
+    @classmethod
+    def from_dict(cls: type[R], data: dict[str, Any]) -> R:
+        """Rebuild a result from `to_dict()` output."""
+        return _from_fields(cls, data)
+
+    def write_json(self, path: Path) -> Path:
+        """Write `to_dict()` to `path` (results.json) and return the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
+        return path
