@@ -144,6 +144,11 @@ def selective_scan_torch(
     return y.to(dtype_in)
 
 
+def scan_kernel_for(u: Tensor) -> Callable[..., Tensor] | None:
+    """The fused kernel for tensors like `u`: mamba_ssm's on a CUDA device when it imports, else None."""
+    return mamba_selective_scan_fn() if u.is_cuda else None
+
+
 def selective_scan_cuda(
     kernel: Callable[..., Tensor],
     u: Tensor,
@@ -155,19 +160,25 @@ def selective_scan_cuda(
     delta_bias: Tensor | None = None,
     delta_softplus: bool = False,
 ) -> Tensor:
-    """Call mamba_ssm's `selective_scan_fn` with its API (contiguous inputs, float32 A/D/delta_bias)."""
-    return kernel(
-        u.contiguous(),
-        delta.contiguous(),
-        A.float().contiguous(),
-        B.contiguous(),
-        C.contiguous(),
-        None if D is None else D.float(),
-        z=None,
-        delta_bias=None if delta_bias is None else delta_bias.float(),
-        delta_softplus=delta_softplus,
-        return_last_state=False,
-    )
+    """Call mamba_ssm's `selective_scan_fn` with every input float32 and contiguous, autocast off.
+
+    The kernel casts nothing and its C++ entry requires delta, B, C (and dout in backward) of u's dtype.
+    Under autocast the mixer hands over float32 u (conv weights are float32) with bfloat16/float16 delta,
+    B, C, so everything is made float32 here: the scan runs in float32 on every path, as ours does.
+    """
+    with torch.autocast(device_type=u.device.type, enabled=False):
+        return kernel(
+            u.float().contiguous(),
+            delta.float().contiguous(),
+            A.float().contiguous(),
+            B.float().contiguous(),
+            C.float().contiguous(),
+            None if D is None else D.float().contiguous(),
+            z=None,
+            delta_bias=None if delta_bias is None else delta_bias.float().contiguous(),
+            delta_softplus=delta_softplus,
+            return_last_state=False,
+        )
 
 
 def selective_scan(
@@ -181,8 +192,7 @@ def selective_scan(
     delta_softplus: bool = False,
 ) -> Tensor:
     """Selective scan y [B, D, L] (u's dtype): mamba_ssm's CUDA kernel on GPU when it imports, else ours."""
-    if u.is_cuda:
-        kernel = mamba_selective_scan_fn()
-        if kernel is not None:
-            return selective_scan_cuda(kernel, u, delta, A, B, C, D, delta_bias, delta_softplus)
+    kernel = scan_kernel_for(u)
+    if kernel is not None:
+        return selective_scan_cuda(kernel, u, delta, A, B, C, D, delta_bias, delta_softplus)
     return selective_scan_torch(u, delta, A, B, C, D, delta_bias=delta_bias, delta_softplus=delta_softplus)
