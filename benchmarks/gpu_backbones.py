@@ -2,7 +2,10 @@
 
 1. Selective scan on CUDA at B=32, D=384, L=197, N=16: mamba_ssm's `selective_scan_fn` (when it imports)
    against our PyTorch scan, float32: max abs difference of y and of every gradient, and median times.
-2. bf16 autocast throughput (batch 32, 224 px) of mv_hybrid (kernel and our scan), vit_s12, vit_s24.
+2. The whole mv_hybrid (seeded random init, batch 8, 224 px) under bf16 and fp16 autocast on CUDA,
+   through the dispatch (the real kernel when mamba_ssm imports), forward and backward, against the
+   float32 CPU path with our scan: max abs difference of the embeddings printed; any raise is a failure.
+3. bf16 autocast throughput (batch 32, 224 px) of mv_hybrid (kernel and our scan), vit_s12, vit_s24.
 Exits 0 with a message when no CUDA device is present. Usage: python benchmarks/gpu_backbones.py
 """
 
@@ -83,6 +86,38 @@ def check_scan(kernel) -> bool:
     return ok
 
 
+def check_autocast_end_to_end() -> bool:
+    """Full mv_hybrid under bf16/fp16 autocast on CUDA (forward + backward) vs the float32 CPU path."""
+    from mvh.extractor.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("mv_hybrid").eval()
+    x = torch.randn(8, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        reference = model(x)
+    model = model.cuda()
+    ok = True
+    for dtype in (torch.bfloat16, torch.float16):
+        model.zero_grad(set_to_none=True)
+        try:
+            with torch.autocast("cuda", dtype=dtype):
+                out = model(x.cuda())
+            out.float().square().mean().backward()
+        except RuntimeError as exc:
+            print(f"  {dtype}: RAISED {type(exc).__name__}: {str(exc).splitlines()[0]}")
+            ok = False
+            continue
+        diff = (out.float().cpu() - reference).abs().max().item()
+        scale = reference.abs().max().item()
+        finite = all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+        print(
+            f"  {dtype}: max|autocast GPU - fp32 CPU| = {diff:.3e} (max|ref| {scale:.2f}); "
+            f"grads finite {finite}"
+        )
+        ok &= finite and diff < 0.05 * scale
+    return ok
+
+
 def main() -> int:
     if not torch.cuda.is_available():
         print("gpu_backbones: no CUDA device here; nothing to check (run it on a GPU machine).")
@@ -95,7 +130,9 @@ def main() -> int:
     else:
         print("1. selective scan, B=32 D=384 L=197 N=16, float32: mamba_ssm kernel vs ours")
         ok = check_scan(kernel)
-    print("2. backbones, bf16 autocast:")
+    print("2. mv_hybrid end to end under autocast through the dispatch, vs fp32 CPU:")
+    ok &= check_autocast_end_to_end()
+    print("3. backbones, bf16 autocast:")
     from backbones import MODELS, run  # benchmarks/ is on sys.path when this file runs as a script
 
     run(list(MODELS), torch.device("cuda"), batch=32, size=224, repeats=10)
