@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mvh.errors import DataError
-from mvh.tasks.survival_losses import cox_ph_loss, nll_risk, nll_survival_loss, time_bin_edges, time_to_bin
+from mvh.tasks.survival.losses import cox_ph_loss, nll_risk, nll_survival_loss, time_bin_edges, time_to_bin
 
 
 def _breslow_loop(risk: np.ndarray, time: np.ndarray, event: np.ndarray) -> float:

@@ -8,7 +8,7 @@ from lifelines.utils import concordance_index
 from sksurv.metrics import concordance_index_censored
 
 from mvh.errors import DataError
-from mvh.tasks.survival_metrics import concordance_counts, harrell_c, uno_c
+from mvh.tasks.survival.metrics import concordance_counts, harrell_c, uno_c
 
 
 def _random(seed: int, n: int = 40) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
