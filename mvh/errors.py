@@ -54,6 +54,18 @@ class FingerprintMismatchError(StoreError, UsageError):
     """Embeddings of another model, weights or tile geometry would be mixed into a store."""
 
 
+class StoreDamagedError(StoreError):
+    """A store's files are unreadable or its data fails an integrity check (exit 1)."""
+
+
+class StoreUnusableError(StoreError, UsageError):
+    """A store location cannot be used as given (a file, read-only, no meta table, an older layout)."""
+
+
+class StoreWriteError(StoreError):
+    """Writing to a store failed (disk full, I/O error); committed slides are kept."""
+
+
 class StaleIndexError(StoreError, UsageError):
     """The vector index was built from an older version of the store."""
 
