@@ -134,7 +134,7 @@ def test_auto_params_thresholds() -> None:
     assert auto_params(5000, 768, "hnsw").ef_search < auto_params(10**6, 768, "hnsw").ef_search
     with pytest.raises(UsageError, match="must divide"):
         auto_params(5000, 768, "ivfpq", m=100)
-    with pytest.raises(UsageError, match="unknown index kind"):
+    with pytest.raises(UsageError, match="--kind .lsh. is unknown"):
         auto_params(5000, 768, "lsh")
 
 

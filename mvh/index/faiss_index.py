@@ -1,0 +1,154 @@
+"""A FAISS index in memory: build one from embeddings, search it, turn row ids back into tile rows.
+
+Embeddings are L2-normalised (`mvh.index.exact.l2_normalise`) and compared by inner product, so every
+score is a cosine similarity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import faiss
+import numpy as np
+import pandas as pd
+
+from mvh.errors import DataError, UsageError
+from mvh.index.exact import l2_normalise
+from mvh.index.params import IndexParams
+
+ROW_COLUMNS = ("slide_id", "tile_id", "x", "y", "tile_px", "mpp")
+HIT_COLUMNS = ("query", "rank", "slide_id", "tile_id", "x", "y", "mpp", "score")
+
+
+def build_faiss_index(
+    embeddings: np.ndarray, params: IndexParams, seed: int = 0, use_gpu: bool | None = None
+) -> faiss.Index:
+    """A trained FAISS index over the L2-normalised `embeddings` [N, D] (row i gets id i), on CPU."""
+    x = l2_normalise(embeddings)
+    n, dim = x.shape
+    index = faiss.index_factory(dim, params.factory_string(), faiss.METRIC_INNER_PRODUCT)
+    if params.kind == "hnsw":
+        faiss.downcast_index(index).hnsw.efConstruction = int(params.ef_construction or 40)
+    target = to_gpu(index) if want_gpu(use_gpu) and params.kind == "flat" else index
+    if params.kind == "ivfpq":
+        train_n = min(n, max(64 * int(params.nlist or 1), 50_000))
+        rows = np.sort(np.random.default_rng(seed).choice(n, size=train_n, replace=False))
+        ivf = faiss.extract_index_ivf(index)
+        ivf.cp.seed = seed
+        gpu_quantizer = to_gpu(faiss.IndexFlatIP(dim)) if want_gpu(use_gpu) else None
+        if gpu_quantizer is not None:
+            ivf.clustering_index = gpu_quantizer  # k-means assignment on the GPU
+        index.train(x[rows])
+        if gpu_quantizer is not None:
+            ivf.clustering_index = None
+    target.add(x)
+    return faiss.index_gpu_to_cpu(target) if target is not index else index
+
+
+def want_gpu(use_gpu: bool | None) -> bool:
+    """Whether to use FAISS GPUs: `None` = when there are any."""
+    return (faiss.get_num_gpus() > 0) if use_gpu is None else bool(use_gpu and faiss.get_num_gpus() > 0)
+
+
+def to_gpu(index: faiss.Index) -> faiss.Index:
+    """`index` cloned onto all GPUs (exact inner product; float32 storage, no float16 shortcuts)."""
+    options = faiss.GpuMultipleClonerOptions()
+    options.useFloat16 = False
+    return faiss.index_cpu_to_all_gpus(index, co=options)
+
+
+def _search_parameters(params: IndexParams, k: int, selector: Any) -> Any:
+    """Per-call FAISS search parameters (selector, nprobe, efSearch, k_factor) for `index`."""
+    if params.kind == "ivfpq":
+        base = faiss.SearchParametersIVF(sel=selector, nprobe=int(params.nprobe or 1))
+        if params.refine is None:
+            return base
+        return faiss.IndexRefineSearchParameters(k_factor=float(params.k_factor or 1), base_index_params=base)
+    if params.kind == "hnsw":
+        return faiss.SearchParametersHNSW(sel=selector, efSearch=max(int(params.ef_search or 16), k))
+    return faiss.SearchParameters(sel=selector)
+
+
+def check_queries(queries: np.ndarray, dim: int) -> np.ndarray:
+    """Queries as float32 [Q, dim] (a single [dim] vector becomes [1, dim]); DataError if not finite."""
+    q = np.asarray(queries, dtype=np.float32)
+    if q.ndim == 1:
+        q = q[None, :]
+    if q.ndim != 2 or q.shape[1] != dim:
+        raise UsageError(f"queries have shape {q.shape} but the index holds dim {dim}")
+    if not np.isfinite(q).all():
+        bad = np.flatnonzero(~np.isfinite(q).all(axis=1))
+        raise DataError(
+            f"query embedding(s) {bad[:5].tolist()} hold NaN/inf values: check the query image, or run "
+            "`mvh verify` on the store the query tile came from"
+        )
+    return q
+
+
+@dataclass
+class VectorIndex:
+    """A FAISS index with its row table (row i -> tile) and build metadata."""
+
+    index: faiss.Index
+    rows: pd.DataFrame
+    params: IndexParams
+    meta: dict[str, Any] = field(default_factory=dict)
+    gpu_index: faiss.Index | None = None
+
+    @property
+    def n(self) -> int:
+        """Number of indexed tiles."""
+        return int(self.index.ntotal)
+
+    def search_ids(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Scores [Q, k] and row ids [Q, k] (-1 when fewer rows qualify) of the top-k rows per query.
+
+        `allowed` [n] bool restricts the candidate rows (a FAISS ID selector on the CPU index).
+        """
+        if k < 1:
+            raise UsageError(f"-k must be at least 1, got {k}")
+        q = l2_normalise(check_queries(queries, self.index.d))
+        if allowed is None and self.gpu_index is not None:
+            scores, ids = self.gpu_index.search(q, k)
+            return scores, ids.astype(np.int64)
+        selector = None
+        if allowed is not None:
+            allowed = np.asarray(allowed, dtype=bool)
+            if allowed.shape != (self.n,):
+                raise UsageError(f"allowed mask has shape {allowed.shape}, expected ({self.n},)")
+            bitmap = np.packbits(allowed, bitorder="little")
+            selector = faiss.IDSelectorBitmap(self.n, faiss.swig_ptr(bitmap))
+        # The selector borrows `bitmap`, which stays alive in this frame until the search returns.
+        params = _search_parameters(self.params, k, selector)
+        scores, ids = self.index.search(q, k, params=params)
+        return scores, ids.astype(np.int64)
+
+    def hits(self, scores: np.ndarray, ids: np.ndarray) -> pd.DataFrame:
+        """Search results as tile rows: query, rank, slide_id, tile_id, x, y, mpp, score."""
+        q_idx, rank = np.nonzero(ids >= 0)
+        rows = self.rows.iloc[ids[q_idx, rank]].reset_index(drop=True)
+        return pd.DataFrame(
+            {
+                "query": q_idx.astype(np.int64),
+                "rank": (rank + 1).astype(np.int64),
+                "slide_id": rows["slide_id"].to_numpy(),
+                "tile_id": rows["tile_id"].to_numpy(),
+                "x": rows["x"].to_numpy(np.int64),
+                "y": rows["y"].to_numpy(np.int64),
+                "mpp": rows["mpp"].to_numpy(np.float64),
+                "score": scores[q_idx, rank].astype(np.float64),
+            }
+        )
+
+    def slide_mask(self, slide_ids: Sequence[str]) -> np.ndarray:
+        """Bool [n]: True for rows of the given slides."""
+        return self.rows["slide_id"].isin(list(slide_ids)).to_numpy()
+
+    def tile_rows(self, tile_ids: Sequence[str]) -> np.ndarray:
+        """Row ids [len(tile_ids)] of the given tile ids in the index (-1 for ids it does not hold)."""
+        position = pd.Series(np.arange(self.n), index=self.rows["tile_id"].to_numpy())
+        return position.reindex(list(tile_ids)).fillna(-1).to_numpy(np.int64)

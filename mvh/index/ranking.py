@@ -1,0 +1,88 @@
+"""Search a store's index: the top-k tiles of each query, or slides ranked by a multi-tile query."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from mvh.index.faiss_index import VectorIndex, check_queries
+from mvh.index.index_files import load_index
+from mvh.index.store import EmbeddingStore
+
+SLIDE_COLUMNS = (
+    "rank", "slide_id", "score", "n_hits", "n_query_tiles", "tile_id", "x", "y", "mpp", "tile_score",
+)
+
+
+def search(
+    store: EmbeddingStore,
+    query_embeddings: np.ndarray,
+    k: int = 10,
+    exclude_slides: Sequence[str] | None = None,
+    index: VectorIndex | None = None,
+    exclude_tiles: Sequence[str | None] | None = None,
+) -> pd.DataFrame:
+    """Top-k tiles per query [Q, dim] as rows: query, rank, slide_id, tile_id, x, y, mpp, score (cosine).
+
+    `exclude_tiles` [Q] names, per query, a tile it must not retrieve (its own tile, for a stored-tile
+    query; None = none): one more hit is searched and that tile dropped, so k hits remain when possible.
+    """
+    index = index if index is not None else load_index(store)
+    queries = check_queries(query_embeddings, index.index.d)
+    allowed = ~index.slide_mask(exclude_slides) if exclude_slides else None
+    own = None if exclude_tiles is None else [t for t in exclude_tiles]
+    if own is not None and len(own) != len(queries):
+        raise ValueError(f"exclude_tiles has {len(own)} entries for {len(queries)} queries")
+    extra = 1 if own is not None and any(t is not None for t in own) else 0
+    scores, ids = index.search_ids(queries, min(k + extra, max(index.n, 1)), allowed=allowed)
+    hits = index.hits(scores, ids)
+    if extra:
+        drop = hits["tile_id"].to_numpy() == np.asarray(own, dtype=object)[hits["query"].to_numpy()]
+        hits = hits[~drop].copy()
+        hits["rank"] = hits.groupby("query").cumcount().to_numpy(np.int64) + 1
+        hits = hits[hits["rank"] <= k].reset_index(drop=True)
+    return hits
+
+
+def search_slides(
+    store: EmbeddingStore,
+    query_embeddings: np.ndarray,
+    k: int = 10,
+    exclude_slides: Sequence[str] | None = None,
+    index: VectorIndex | None = None,
+    tiles_per_query: int | None = None,
+) -> pd.DataFrame:
+    """Slides ranked by similarity to a query made of one or more tiles [Q, dim] (see below).
+
+    For each query tile q the index returns its K best tiles (K = `tiles_per_query`, default
+    max(100, 10 k)). A target slide S gets best_q(S) = the best score among q's hits in S, or, when
+    none of q's K hits is in S, q's K-th score (an upper bound of S's true best). The slide score is the
+    mean of best_q(S) over the query tiles, so a slide ranks high when most query tiles find a close
+    tile in it. Columns: rank, slide_id, score, n_hits (query tiles with a hit in S), n_query_tiles, and
+    the best-scoring tile of S (tile_id, x, y, mpp, tile_score).
+    """
+    index = index if index is not None else load_index(store)
+    queries = check_queries(query_embeddings, index.index.d)
+    big_k = min(index.n, tiles_per_query or max(100, 10 * k))
+    hits = search(store, queries, k=big_k, exclude_slides=exclude_slides, index=index)
+    if hits.empty:
+        return pd.DataFrame(columns=list(SLIDE_COLUMNS))
+    floor = hits.groupby("query")["score"].min()
+    best = hits.sort_values("score", ascending=False, kind="stable").drop_duplicates(["query", "slide_id"])
+    table = best.pivot(index="query", columns="slide_id", values="score")
+    table = table.reindex(range(queries.shape[0]))
+    n_hits = table.notna().sum(axis=0)
+    filled = table.apply(lambda col: col.fillna(floor.reindex(table.index)))
+    slide_score = filled.mean(axis=0)
+    top_tile = best.drop_duplicates("slide_id").set_index("slide_id")
+    out = pd.DataFrame({"slide_id": slide_score.index, "score": slide_score.to_numpy(np.float64)})
+    out["n_hits"] = n_hits.reindex(out["slide_id"]).to_numpy(np.int64)
+    out["n_query_tiles"] = int(queries.shape[0])
+    for col in ("tile_id", "x", "y", "mpp"):
+        out[col] = top_tile.loc[out["slide_id"], col].to_numpy()
+    out["tile_score"] = top_tile.loc[out["slide_id"], "score"].to_numpy(np.float64)
+    out = out.sort_values(["score", "slide_id"], ascending=[False, True], kind="stable").head(k)
+    out.insert(0, "rank", np.arange(1, len(out) + 1))
+    return out[list(SLIDE_COLUMNS)].reset_index(drop=True)
