@@ -19,7 +19,7 @@ def _triple(values: tuple[float, float, float]) -> str:
 def models_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the registry as JSON.")] = False,
 ) -> None:
-    """List backbones: output dim, tile size, mean/std, um/px, weights source, description."""
+    """List backbones: aliases (e.g. TRIDENT's names), output dim, tile size, mean/std, um/px, weights."""
     from mvh.extractor.models import list_models
 
     infos = list_models()
@@ -27,7 +27,9 @@ def models_cmd(
         print_json([info.to_dict() for info in infos])
         return
     table = Table(title="mvh backbones", show_lines=False)
-    for column in ("name", "dim", "tile px"):
+    table.add_column("name", no_wrap=True)
+    table.add_column("aliases")
+    for column in ("dim", "tile px"):
         table.add_column(column, no_wrap=True)
     table.add_column("mean", min_width=5)
     table.add_column("std", min_width=5)
@@ -37,6 +39,7 @@ def models_cmd(
     for info in infos:
         table.add_row(
             info.name,
+            ", ".join(info.aliases),
             str(info.output_dim),
             str(info.tile_px),
             _triple(info.mean),

@@ -20,6 +20,7 @@ def test_models_json_lists_every_backbone():
     assert by_name["h_optimus_0"]["output_dim"] == 1536
     assert by_name["uni"]["mean"] == list(get_model_info("uni").mean)
     assert by_name["mv_hybrid"]["default_config"]["depth"] == 24
+    assert by_name["uni"]["aliases"] == ["uni_v1"] and by_name["h_optimus_0"]["aliases"] == ["hoptimus0"]
 
 
 def test_models_table_shows_names_and_dims():
@@ -28,3 +29,4 @@ def test_models_table_shows_names_and_dims():
     for info in list_models():
         assert info.name in result.output
     assert "768" in result.output and "1536" in result.output and "um/px" in result.output
+    assert "uni_v1" in result.output and "hoptimus0" in result.output

@@ -3,13 +3,23 @@
 from mvh.extractor.models import mv_hybrid as _mv_hybrid  # noqa: F401  (registers its variants)
 from mvh.extractor.models import vit as _vit  # noqa: F401  (registers its variants)
 from mvh.extractor.models.checkpoint import WeightsInfo, load_weights, require_weights
-from mvh.extractor.models.registry import ModelInfo, create_model, get_model_info, list_models, register_model
+from mvh.extractor.models.registry import (
+    ModelInfo,
+    canonical_name,
+    create_model,
+    get_model_info,
+    list_aliases,
+    list_models,
+    register_model,
+)
 
 __all__ = [
     "ModelInfo",
     "WeightsInfo",
+    "canonical_name",
     "create_model",
     "get_model_info",
+    "list_aliases",
     "list_models",
     "load_weights",
     "register_model",

@@ -16,7 +16,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from mvh.extractor.models.mv_hybrid import HE_MEAN, HE_STD
-from mvh.extractor.models.registry import ModelInfo, register_model
+from mvh.extractor.models.registry import ModelInfo, register_alias, register_model
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -286,3 +286,10 @@ def phikon_v2(**overrides: Any) -> MaskedVisionTransformer:
 def h_optimus_0(**overrides: Any) -> MaskedVisionTransformer:
     """H-optimus-0: ViT-g/14 with 4 registers, 1536-d cls token."""
     return _create_vit("h_optimus_0", **overrides)
+
+
+# TRIDENT's encoder names for the same published weights (trident/patch_encoder_models/load.py,
+# `encoder_factory`); its `phikon_v2` is already our name.
+TRIDENT_ALIASES = {"uni_v1": "uni", "hoptimus0": "h_optimus_0"}
+for _alias, _name in TRIDENT_ALIASES.items():
+    register_alias(_alias, _name)

@@ -114,3 +114,43 @@ def test_model_info_is_plain_data():
     assert info.default_config["depth"] == 24
     model = create_model("mv_hybrid_tiny")
     assert model.model_name == "mv_hybrid_tiny"
+
+
+@pytest.mark.parametrize(
+    "name, overrides, message",
+    [
+        ("mv_hybrid_tiny", {"depth": "abc"}, "depth='abc'.*integer >= 1"),
+        ("mv_hybrid_tiny", {"depth": -1}, "depth=-1.*integer >= 1"),
+        ("mv_hybrid_tiny", {"embed_dim": 0}, "embed_dim=0"),
+        ("mv_hybrid_tiny", {"mlp_ratio": "x"}, "mlp_ratio='x'.*number > 0"),
+        ("mv_hybrid_tiny", {"depth": True}, "depth=True"),
+        ("vit_dinov2_tiny", {"depth": 1.5}, "depth=1.5"),
+        ("vit_dinov2_tiny", {"qkv_bias": "yes"}, "qkv_bias='yes'.*true or false"),
+        ("mv_hybrid_tiny", {"embed_dim": 30, "num_heads": 4}, "cannot be built"),
+    ],
+)
+def test_bad_override_values_are_usage_errors_naming_the_option(name, overrides, message):
+    with pytest.raises(UsageError, match=f"^--overrides .*{message}"):
+        create_model(name, **overrides)
+
+
+def test_trident_encoder_names_are_aliases_of_the_same_weights():
+    from mvh.extractor.models import canonical_name, list_aliases
+
+    # TRIDENT (mahmoodlab/TRIDENT, trident/patch_encoder_models/load.py): uni_v1, hoptimus0, phikon_v2.
+    assert list_aliases() == {"hoptimus0": "h_optimus_0", "uni_v1": "uni"}
+    assert canonical_name("uni_v1") == "uni" and canonical_name("phikon_v2") == "phikon_v2"
+    assert get_model_info("hoptimus0") == get_model_info("h_optimus_0")
+    assert get_model_info("uni").aliases == ("uni_v1",)
+    model = create_model("uni_v1", embed_dim=32, depth=1, num_heads=2)
+    assert model.model_name == "uni" and model.embed_dim == 32
+    assert "uni_v1" not in NAMES  # aliases are not listed as backbones of their own
+
+
+def test_an_alias_cannot_shadow_a_name():
+    from mvh.extractor.models.registry import register_alias
+
+    with pytest.raises(ValueError, match="already taken"):
+        register_alias("uni", "h_optimus_0")
+    with pytest.raises(ValueError, match="already taken"):
+        register_alias("uni_v1", "uni")
