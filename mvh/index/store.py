@@ -3,28 +3,39 @@
 Layout (three tables):
 
 - `tiles`: one row per embedded tile (slide_id, tile_id, x, y at level 0, tile_px, mpp, tissue_fraction,
-  model, weights_sha256, embedding fixed_size_list<float32|float16>[dim]).
-- `slides`: one row per slide (path, size, level-0 dims, mpp and its source, status done|failed, error,
-  n_tiles, seconds, model, weights, mvh_version, timestamp).
+  model, weights_sha256, commit, embedding fixed_size_list<float32|float16>[dim]).
+- `slides`: one row per slide (path, size, file_hash, level-0 dims, mpp and its source, status done|failed,
+  error, n_tiles, seconds, model, weights, mvh_version, timestamp, commit, checksum, attrs).
 - `meta`: key/value rows (JSON values): `fingerprint` (model name + config, preprocessing, weights sha256,
   dim, dtype), `mvh_version` and `created` of the store. It is written last on creation, so a directory
-  without it is not a store.
+  without it is not a store: an empty leftover of an interrupted creation is cleaned up, tables holding
+  data without `meta` are refused as damaged.
 
-Commit protocol: a slide's tiles are written in ONE Lance commit, then its `done` row in the slides
-table. Readers only trust tiles of slides whose row is `done`, so a crash between the two writes leaves
-no visible half slide; the next `add_slide` of that slide deletes the orphan tiles before appending.
-Re-embedding a slide that is already done replaces its tiles in one `merge_insert` commit, so a reader
-sees the old or the new tiles, never a mixture. Several processes may write to one store at once: Lance
-appends do not conflict, and any commit conflict (e.g. two upserts of the slides table racing) is retried.
+Commit protocol (idempotent per slide, safe with concurrent writers): a slide's tiles are appended in ONE
+Lance commit under a fresh commit id, then ONE upsert of its slides row (status done, that commit id, the
+checksum of its embedding bytes) switches readers to them. Readers only see tiles whose commit id is the
+one named by the slide's row, so a crash, a lost race between two writers of one slide, or a failed
+re-embedding (`--overwrite`) leaves only invisible rows behind and the old tiles stay readable until the
+new ones are committed. Lance does not detect two concurrent inserts of one key, so two racing upserts can
+leave two rows for a slide: readers keep the latest. Tiles of a superseded commit are deleted after the
+switch; invisible leftovers older than an hour are deleted by the next commit of their slide.
+
+Reads that hand embeddings on check that every value is finite and that each slide has the tiles its row
+counts (`StoreDamagedError` otherwise); `mvh.index.integrity.verify_store` re-computes the checksums.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
+import os
+import shutil
+import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -39,7 +50,14 @@ import pyarrow.compute as pc
 from lancedb.index import BTree
 
 from mvh import __version__
-from mvh.errors import FingerprintMismatchError, StoreError, StoreNotFoundError
+from mvh.errors import (
+    FingerprintMismatchError,
+    StoreDamagedError,
+    StoreError,
+    StoreNotFoundError,
+    StoreUnusableError,
+    StoreWriteError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +71,9 @@ FAILED = "failed"
 _DTYPES = {"float32": pa.float32(), "float16": pa.float16()}
 _TILE_INPUT_COLUMNS = ("tile_id", "x", "y", "tile_px", "mpp", "tissue_fraction")
 _COMMIT_RETRIES = 8
+_READ_RETRIES = 5
+_ORPHAN_AGE_S = 3600.0
+_LANCE_ERRORS = (OSError, RuntimeError, ValueError)
 T = TypeVar("T")
 
 
@@ -148,6 +169,7 @@ def tiles_schema(dim: int, dtype: str = "float32") -> pa.Schema:
             pa.field("tissue_fraction", pa.float32()),
             pa.field("model", pa.string(), nullable=False),
             pa.field("weights_sha256", pa.string(), nullable=False),
+            pa.field("commit", pa.string(), nullable=False),
             pa.field("embedding", pa.list_(_DTYPES[dtype], dim), nullable=False),
         ]
     )
@@ -158,6 +180,7 @@ SLIDES_SCHEMA = pa.schema(
         pa.field("slide_id", pa.string(), nullable=False),
         pa.field("path", pa.string()),
         pa.field("size", pa.int64()),
+        pa.field("file_hash", pa.string()),
         pa.field("width", pa.int64()),
         pa.field("height", pa.int64()),
         pa.field("mpp", pa.float64()),
@@ -170,6 +193,9 @@ SLIDES_SCHEMA = pa.schema(
         pa.field("weights", pa.string()),
         pa.field("mvh_version", pa.string()),
         pa.field("timestamp", pa.timestamp("us", tz="UTC")),
+        pa.field("commit", pa.string()),
+        pa.field("checksum", pa.string()),
+        pa.field("attrs", pa.string()),
     ]
 )
 
@@ -186,12 +212,16 @@ def _is_commit_conflict(exc: Exception) -> bool:
     return "conflict" in text or "retryable" in text
 
 
+def _reason(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300] or type(exc).__name__
+
+
 def _retry(op: Callable[[], T], what: str) -> T:
     """Run a Lance write, retrying on commit conflicts with concurrent writers."""
     for attempt in range(_COMMIT_RETRIES):
         try:
             return op()
-        except (OSError, RuntimeError, ValueError) as exc:
+        except _LANCE_ERRORS as exc:
             if not _is_commit_conflict(exc) or attempt == _COMMIT_RETRIES - 1:
                 raise
             log.debug("commit conflict on %s (attempt %d): %s", what, attempt + 1, exc)
@@ -213,8 +243,53 @@ def embeddings_to_arrow(embeddings: np.ndarray, dtype: str) -> pa.FixedSizeListA
     return pa.FixedSizeListArray.from_arrays(pa.array(flat, type=_DTYPES[dtype]), embeddings.shape[1])
 
 
+def embedding_checksum(tile_ids: pa.Array | pa.ChunkedArray, embedding: pa.Array | pa.ChunkedArray) -> str:
+    """`sha256:<hex>` of a slide's embedding values as stored (little-endian), rows in tile_id order."""
+    if isinstance(tile_ids, pa.ChunkedArray):
+        tile_ids = tile_ids.combine_chunks() if tile_ids.num_chunks else pa.array([], pa.string())
+    if isinstance(embedding, pa.ChunkedArray):
+        embedding = embedding.combine_chunks() if embedding.num_chunks else pa.array([], embedding.type)
+    values = embedding.take(pc.sort_indices(tile_ids)).flatten().to_numpy(zero_copy_only=False)
+    little = values.astype(values.dtype.newbyteorder("<"), copy=False)
+    return "sha256:" + hashlib.sha256(np.ascontiguousarray(little).tobytes()).hexdigest()
+
+
+def _new_commit() -> str:
+    """A unique commit id that starts with its creation time (ms, hex), so leftovers can be aged."""
+    return f"{int(time.time() * 1000):012x}-{uuid.uuid4().hex[:16]}"
+
+
+def _commit_age_s(commit: str) -> float:
+    try:
+        return time.time() - int(commit.split("-", 1)[0], 16) / 1000.0
+    except ValueError:
+        return 0.0
+
+
+def _attrs_json(value: Any, slide_id: str) -> str | None:
+    """Per-slide extra attributes as a JSON object string (None when absent)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise StoreError(f"slide {slide_id}: attrs is not JSON ({exc})") from exc
+    if not isinstance(value, dict):
+        raise StoreError(f"slide {slide_id}: attrs must be a JSON object, got {type(value).__name__}")
+    return json.dumps(value, sort_keys=True, allow_nan=False)
+
+
 def _now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def _local_path(uri: str | Path) -> Path | None:
+    """The directory of a local store, None for object-store URIs."""
+    text = str(uri)
+    if text.startswith("file://"):
+        return Path(text.removeprefix("file://"))
+    return None if "://" in text else Path(text)
 
 
 class EmbeddingStore:
@@ -225,12 +300,27 @@ class EmbeddingStore:
         self._db = db
         self.fingerprint = fingerprint
         self.meta = meta
-        self._tiles = db.open_table(TILES)
-        self._slides = db.open_table(SLIDES)
+        try:
+            self._tiles = db.open_table(TILES)
+            self._slides = db.open_table(SLIDES)
+            names = set(self._slides.schema.names)
+        except _LANCE_ERRORS as exc:
+            raise StoreDamagedError(
+                f"store {uri} is damaged: its tiles/slides tables cannot be read ({_reason(exc)}); restore "
+                "the store from a copy, or re-extract into a new --store"
+            ) from exc
+        # Stores written before commit ids and checksums: readable, not writable.
+        self.legacy = "commit" not in names or "commit" not in self._tiles.schema.names
 
     # ---------------------------------------------------------------- opening
     @staticmethod
     def _connect(uri: str | Path) -> Any:
+        local = _local_path(uri)
+        if local is not None and local.exists() and not local.is_dir():
+            raise StoreUnusableError(
+                f"--store {uri} is a regular file, not a store directory: give a folder path (new or "
+                "existing)"
+            )
         # Consistency interval 0: every read sees commits made by other processes.
         return lancedb.connect(str(uri), read_consistency_interval=timedelta(0))
 
@@ -248,24 +338,54 @@ class EmbeddingStore:
     @classmethod
     def exists(cls, uri: str | Path) -> bool:
         """True when a complete store (with its `meta` table) is at `uri`."""
-        if "://" not in str(uri) and not Path(uri).exists():
+        local = _local_path(uri)
+        if local is not None and not local.exists():
             return False
         return META in cls._table_names(cls._connect(uri))
+
+    @classmethod
+    def _check_no_stray_tables(cls, uri: str, db: Any) -> None:
+        """Refuse a location holding store tables but no meta; remove an empty interrupted creation."""
+        stray = sorted(cls._table_names(db) & {TILES, SLIDES})
+        if not stray:
+            return
+        local = _local_path(uri)
+        if local is not None and all(_holds_no_data(local / f"{name}.lance") for name in stray):
+            # Left by a run killed while creating the store: empty tables, no meta. Nothing to lose.
+            log.warning("store %s: removing the empty tables %s of an interrupted creation", uri, stray)
+            for name in stray:
+                shutil.rmtree(local / f"{name}.lance")
+            return
+        raise StoreUnusableError(
+            f"store {uri} holds tables {stray} but no meta table, so the model that made its embeddings is "
+            "unknown: it is damaged. Restore its meta.lance from a copy of the store, or delete the folder "
+            "and re-extract"
+        )
 
     @classmethod
     def open(cls, uri: str | Path) -> EmbeddingStore:
         """Open an existing store (StoreNotFoundError if there is none at `uri`)."""
         uri = str(uri)
         if not cls.exists(uri):
+            local = _local_path(uri)
+            if local is None or local.exists():
+                cls._check_no_stray_tables(uri, cls._connect(uri))
             raise StoreNotFoundError(
                 f"no embedding store at {uri}: create one with `mvh extract ... --store {uri}`"
             )
         db = cls._connect(uri)
-        rows = db.open_table(META).to_arrow().to_pylist()
-        meta = {row["key"]: json.loads(row["value"]) for row in rows}
+        try:
+            rows = db.open_table(META).to_arrow().to_pylist()
+            meta = {row["key"]: json.loads(row["value"]) for row in rows}
+        except (*_LANCE_ERRORS, KeyError, TypeError) as exc:
+            raise StoreDamagedError(
+                f"store {uri} is damaged: its meta table cannot be read ({_reason(exc)}); restore "
+                f"{uri}/meta.lance from a copy of the store, or re-extract into a new --store"
+            ) from exc
         if "fingerprint" not in meta:
-            raise StoreError(
-                f"store {uri} has no fingerprint in its meta table: it is damaged; re-extract it"
+            raise StoreDamagedError(
+                f"store {uri} is damaged: its meta table has no fingerprint; restore it from a copy, or "
+                "re-extract into a new --store"
             )
         return cls(uri, db, StoreFingerprint.from_dict(meta["fingerprint"]), meta)
 
@@ -275,10 +395,16 @@ class EmbeddingStore:
         uri = str(uri)
         if cls.exists(uri):
             raise StoreError(f"a store already exists at {uri}: open it, or choose another --store path")
-        db = cls._connect(uri)
-        schema = tiles_schema(fingerprint.embed_dim, fingerprint.embedding_dtype)
-        db.create_table(TILES, data=schema.empty_table(), exist_ok=True)
-        db.create_table(SLIDES, data=SLIDES_SCHEMA.empty_table(), exist_ok=True)
+        try:
+            db = cls._connect(uri)
+            cls._check_no_stray_tables(uri, db)
+            schema = tiles_schema(fingerprint.embed_dim, fingerprint.embedding_dtype)
+            db.create_table(TILES, data=schema.empty_table(), exist_ok=True)
+            db.create_table(SLIDES, data=SLIDES_SCHEMA.empty_table(), exist_ok=True)
+        except OSError as exc:
+            raise StoreUnusableError(
+                f"cannot create the store at {uri} ({_reason(exc)}): choose a writable --store path"
+            ) from exc
         meta = {
             "fingerprint": fingerprint.to_dict(),
             "mvh_version": __version__,
@@ -289,10 +415,10 @@ class EmbeddingStore:
         )
         try:
             db.create_table(META, data=rows)
-        except (OSError, RuntimeError, ValueError) as exc:
+        except _LANCE_ERRORS as exc:
             # Another process created the store between our check and now: use theirs if it agrees.
             if META not in cls._table_names(db):
-                raise StoreError(f"cannot create the store at {uri}: {exc}") from exc
+                raise StoreUnusableError(f"cannot create the store at {uri}: {_reason(exc)}") from exc
             return cls._checked(cls.open(uri), fingerprint)
         store = cls(uri, db, fingerprint, meta)
         if store._tiles.schema.field("embedding").type != schema.field("embedding").type:
@@ -317,6 +443,28 @@ class EmbeddingStore:
             )
         return store
 
+    def check_writable(self) -> None:
+        """Raise StoreUnusableError unless this process can write to the store (local: a probe file)."""
+        if self.legacy:
+            raise StoreUnusableError(
+                f"store {self.uri} was written by an older mvh (no per-slide commit ids or checksums): it "
+                "stays readable, but new slides go into a new store (`mvh export` it, then `mvh import` into "
+                "a new --store)"
+            )
+        local = _local_path(self.uri)
+        if local is None:
+            return
+        for folder in (local, local / f"{TILES}.lance", local / f"{SLIDES}.lance"):
+            try:
+                fd, probe = tempfile.mkstemp(prefix=".mvh-write-probe-", dir=folder)
+                os.close(fd)
+                os.unlink(probe)
+            except OSError as exc:
+                raise StoreUnusableError(
+                    f"store {self.uri} is not writable ({_reason(exc)}): fix its permissions or mount, or "
+                    "choose another --store"
+                ) from exc
+
     # ---------------------------------------------------------------- properties
     @property
     def dim(self) -> int:
@@ -337,17 +485,29 @@ class EmbeddingStore:
     @property
     def index_dir(self) -> Path:
         """The folder inside the store where vector indexes live (local stores only)."""
-        if "://" in self.uri and not self.uri.startswith("file://"):
+        local = _local_path(self.uri)
+        if local is None:
             raise StoreError(f"store {self.uri} is remote: build vector indexes from a local copy")
-        return Path(self.uri.removeprefix("file://")) / INDEX_DIRNAME
+        return local / INDEX_DIRNAME
 
     def schema(self) -> dict[str, pa.Schema]:
         """Arrow schemas of the tables."""
         return {TILES: self._tiles.schema, SLIDES: self._slides.schema}
 
     # ---------------------------------------------------------------- writing
+    def _write(self, op: Callable[[], T], what: str) -> T:
+        """A retried Lance write; a failure that is not a conflict becomes one StoreWriteError line."""
+        try:
+            return _retry(op, what)
+        except _LANCE_ERRORS as exc:
+            raise StoreWriteError(
+                f"cannot write {what} to store {self.uri} ({_reason(exc)}): free space or fix the storage "
+                "and rerun; slides committed before stay intact"
+            ) from exc
+
     def add_slide(self, record: dict[str, Any], tiles: pd.DataFrame, embeddings: np.ndarray) -> None:
         """Commit a slide's tiles [N] and embeddings [N, dim] atomically and mark it done."""
+        self.check_writable()
         slide_id = str(record["slide_id"])
         embeddings = np.asarray(embeddings)
         if embeddings.ndim != 2 or embeddings.shape[1] != self.dim or embeddings.shape[0] != len(tiles):
@@ -362,39 +522,54 @@ class EmbeddingStore:
             raise StoreError(f"slide {slide_id}: tiles frame lacks columns {missing}")
         if tiles["tile_id"].duplicated().any():
             raise StoreError(f"slide {slide_id}: duplicate tile ids; tile ids must be unique")
-        table = self._tiles_table(slide_id, tiles, embeddings)
-        where = f"slide_id = {_quote(slide_id)}"
+        attrs = _attrs_json(record.get("attrs"), slide_id)
+        commit = _new_commit()
+        table = self._tiles_table(slide_id, tiles, embeddings, commit)
+        checksum = embedding_checksum(table.column("tile_id"), table.column("embedding"))
+        previous = self._slide_row(slide_id)
+        self._append_tiles(slide_id, table)
+        row = self._slide_record(record, status=DONE, error="", n_tiles=len(table))
+        self._upsert_slide(row, commit=commit, checksum=checksum, attrs=attrs)
+        self._drop_stale_tiles(
+            slide_id, keep=commit, superseded=None if previous is None else previous["commit"]
+        )
+
+    def _append_tiles(self, slide_id: str, table: pa.Table) -> None:
+        """Append a slide's tiles (invisible until its slides row names their commit)."""
+        if len(table):
+            self._write(lambda: self._tiles.add(table), f"the tiles of slide {slide_id}")
+
+    def _drop_stale_tiles(self, slide_id: str, keep: str, superseded: str | None) -> None:
+        """Delete a slide's superseded tiles and its invisible leftovers older than an hour (best effort)."""
+        commits = self._tiles.search().where(f"slide_id = {_quote(slide_id)}").select(["commit"]).to_arrow()
+        stale = {
+            c
+            for c in set(commits.column("commit").to_pylist())
+            if c != keep and (c == superseded or _commit_age_s(c) > _ORPHAN_AGE_S)
+        }
+        if not stale:
+            return
+        where = f"slide_id = {_quote(slide_id)} AND commit IN ({', '.join(map(_quote, sorted(stale)))})"
+        try:
+            _retry(lambda: self._tiles.delete(where), f"delete stale tiles of {slide_id}")
+        except _LANCE_ERRORS as exc:
+            log.warning("store %s: stale tiles of %s kept (%s); they are invisible", self.uri, slide_id, exc)
+
+    def add_failed_slide(self, record: dict[str, Any], error: str) -> bool:
+        """Record a slide that could not be embedded; a done slide keeps its tiles (returns False then)."""
+        self.check_writable()
+        slide_id = str(record["slide_id"])
         previous = self._slide_row(slide_id)
         if previous is not None and previous["status"] == DONE:
-            # Replace a visible slide in one commit so readers never see it half-written.
-            _retry(
-                lambda: (
-                    self._tiles.merge_insert("tile_id")
-                    .when_matched_update_all()
-                    .when_not_matched_insert_all()
-                    .when_not_matched_by_source_delete(where)
-                    .execute(table)
-                ),
-                f"replace tiles of {slide_id}",
-            )
-        else:
-            if self._tiles.count_rows(where):
-                log.info("slide %s: deleting orphan tiles of an interrupted run", slide_id)
-                _retry(lambda: self._tiles.delete(where), f"delete orphans of {slide_id}")
-            if len(table):
-                _retry(lambda: self._tiles.add(table), f"append tiles of {slide_id}")
-        row = self._slide_record(record, status=DONE, error="", n_tiles=len(table))
-        self._upsert_slide(row)
+            log.info("slide %s: re-embedding failed (%s); its committed tiles are kept", slide_id, error)
+            return False
+        row = self._slide_record(record, status=FAILED, error=error, n_tiles=0)
+        self._upsert_slide(row, commit=None, checksum=None, attrs=_attrs_json(record.get("attrs"), slide_id))
+        return True
 
-    def add_failed_slide(self, record: dict[str, Any], error: str) -> None:
-        """Record a slide that could not be embedded (its tiles, if any, are removed)."""
-        slide_id = str(record["slide_id"])
-        self._upsert_slide(self._slide_record(record, status=FAILED, error=error, n_tiles=0))
-        where = f"slide_id = {_quote(slide_id)}"
-        if self._tiles.count_rows(where):
-            _retry(lambda: self._tiles.delete(where), f"delete tiles of failed {slide_id}")
-
-    def _tiles_table(self, slide_id: str, tiles: pd.DataFrame, embeddings: np.ndarray) -> pa.Table:
+    def _tiles_table(
+        self, slide_id: str, tiles: pd.DataFrame, embeddings: np.ndarray, commit: str
+    ) -> pa.Table:
         n = len(tiles)
         fp = self.fingerprint
         columns = {
@@ -407,11 +582,12 @@ class EmbeddingStore:
             "tissue_fraction": pa.array(tiles["tissue_fraction"].to_numpy(np.float32)),
             "model": pa.array([fp.model] * n, pa.string()),
             "weights_sha256": pa.array([fp.weights_sha256] * n, pa.string()),
+            "commit": pa.array([commit] * n, pa.string()),
             "embedding": embeddings_to_arrow(embeddings, fp.embedding_dtype),
         }
         return pa.table(columns, schema=tiles_schema(self.dim, fp.embedding_dtype))
 
-    def _slide_record(self, record: dict[str, Any], status: str, error: str, n_tiles: int) -> pa.Table:
+    def _slide_record(self, record: dict[str, Any], status: str, error: str, n_tiles: int) -> dict[str, Any]:
         row = {name: record.get(name) for name in SLIDES_SCHEMA.names}
         row.update(
             slide_id=str(record["slide_id"]),
@@ -427,17 +603,22 @@ class EmbeddingStore:
         for name in ("mpp", "seconds"):
             if row[name] is not None and not math.isfinite(float(row[name])):
                 row[name] = None
-        return pa.Table.from_pylist([row], schema=SLIDES_SCHEMA)
+        return row
 
-    def _upsert_slide(self, row: pa.Table) -> None:
-        _retry(
+    def _upsert_slide(
+        self, row: dict[str, Any], commit: str | None, checksum: str | None, attrs: str | None
+    ) -> None:
+        table = pa.Table.from_pylist(
+            [dict(row, commit=commit, checksum=checksum, attrs=attrs)], schema=SLIDES_SCHEMA
+        )
+        self._write(
             lambda: (
                 self._slides.merge_insert("slide_id")
                 .when_matched_update_all()
                 .when_not_matched_insert_all()
-                .execute(row)
+                .execute(table)
             ),
-            "slides row",
+            f"the slides row of {row['slide_id']}",
         )
 
     def optimize(self) -> None:
@@ -454,41 +635,87 @@ class EmbeddingStore:
                     _retry(lambda c=column: self._tiles.create_index(c, config=BTree()), f"index {column}")
             _retry(self._tiles.optimize, "optimize tiles")
             _retry(self._slides.optimize, "optimize slides")
-        except (OSError, RuntimeError, ValueError) as exc:
+        except _LANCE_ERRORS as exc:
             log.warning("store %s: optimisation skipped (%s); reads stay correct", self.uri, exc)
 
-    def _slide_row(self, slide_id: str) -> dict[str, Any] | None:
-        rows = self._slides.search().where(f"slide_id = {_quote(slide_id)}").to_arrow().to_pylist()
-        return rows[0] if rows else None
-
     # ---------------------------------------------------------------- reading
+    def _slide_rows(self, where: str | None = None) -> pd.DataFrame:
+        """Slides rows, one per slide (the latest when racing writers left two), sorted by slide_id."""
+        query = self._slides.search()
+        if where is not None:
+            query = query.where(where)
+        try:
+            frame = query.to_arrow().to_pandas()
+        except _LANCE_ERRORS as exc:
+            raise StoreDamagedError(
+                f"store {self.uri} is damaged: its slides table cannot be read ({_reason(exc)}); restore it "
+                "from a copy"
+            ) from exc
+        if self.legacy:
+            for name in ("commit", "checksum", "attrs", "file_hash"):
+                if name not in frame.columns:
+                    frame[name] = None
+        frame = frame.sort_values(["slide_id", "timestamp"], kind="stable")
+        frame = frame.drop_duplicates("slide_id", keep="last")
+        return frame.reset_index(drop=True)
+
+    def _slide_row(self, slide_id: str) -> dict[str, Any] | None:
+        rows = self._slide_rows(f"slide_id = {_quote(slide_id)}")
+        return rows.iloc[0].to_dict() if len(rows) else None
+
     def slides(self, status: str | None = None) -> pd.DataFrame:
         """One row per slide (sorted by slide_id), optionally only those with `status`."""
-        query = self._slides.search()
+        frame = self._slide_rows()
         if status is not None:
-            query = query.where(f"status = {_quote(status)}")
-        frame = query.to_arrow().to_pandas()
-        return frame.sort_values("slide_id", kind="stable").reset_index(drop=True)
+            frame = frame[frame["status"] == status].reset_index(drop=True)
+        return frame
 
     def slide_ids(self, status: str | None = DONE) -> list[str]:
         """Sorted ids of slides with `status` (all slides when None)."""
-        query = self._slides.search().select(["slide_id"])
-        if status is not None:
-            query = query.where(f"status = {_quote(status)}")
-        return sorted(query.to_arrow().column("slide_id").to_pylist())
+        return [str(s) for s in self.slides(status)["slide_id"]]
 
-    def _require_done(self, slide_id: str) -> None:
+    def slide_attrs(self, slide_id: str) -> dict[str, Any]:
+        """A slide's extra attributes (the `attrs` JSON object given at commit; {} when none)."""
+        row = self._slide_row(slide_id)
+        if row is None:
+            raise StoreError(f"slide {slide_id} is absent in store {self.uri}: list slides with `mvh info`")
+        text = row.get("attrs")
+        return {} if text is None or (isinstance(text, float) and math.isnan(text)) else json.loads(text)
+
+    def _done_row(self, slide_id: str) -> dict[str, Any]:
         row = self._slide_row(slide_id)
         if row is None or row["status"] != DONE:
             state = "absent" if row is None else row["status"]
             raise StoreError(f"slide {slide_id} is {state} in store {self.uri}: list slides with `mvh info`")
+        return row
+
+    def _tiles_where(self, row: dict[str, Any]) -> str:
+        where = f"slide_id = {_quote(row['slide_id'])}"
+        return where if self.legacy else f"{where} AND commit = {_quote(row['commit'])}"
+
+    def _visible(self, table: pa.Table, done: pd.DataFrame) -> pa.Table:
+        """Rows of `table` that belong to the committed tiles of the `done` slides."""
+        if self.legacy:
+            return table.filter(
+                pc.is_in(table.column("slide_id"), value_set=pa.array(list(done["slide_id"]), pa.string()))
+            )
+        return table.filter(
+            pc.is_in(table.column("commit"), value_set=pa.array(list(done["commit"]), pa.string()))
+        )
 
     def _read_tiles(self, where: str | None, columns: Sequence[str]) -> pa.Table:
         query = self._tiles.search()
         if where is not None:
             query = query.where(where)
-        wanted = list(dict.fromkeys([*columns, "slide_id", "x", "y", "tile_id"]))
-        table = query.select(wanted).to_arrow()
+        extra = [] if self.legacy else ["commit"]
+        wanted = list(dict.fromkeys([*columns, "slide_id", "x", "y", "tile_id", *extra]))
+        try:
+            table = query.select(wanted).to_arrow()
+        except _LANCE_ERRORS as exc:
+            raise StoreDamagedError(
+                f"store {self.uri} is damaged: its tiles cannot be read ({_reason(exc)}); run "
+                f"`mvh verify --store {self.uri}` and restore the store from a copy"
+            ) from exc
         order = pc.sort_indices(
             table,
             sort_keys=[
@@ -500,51 +727,93 @@ class EmbeddingStore:
         )
         return table.take(order)
 
+    def _counts_match(self, table: pa.Table, done: pd.DataFrame) -> bool:
+        """True when `table` holds exactly n_tiles rows of each done slide (no concurrent swap in between)."""
+        got = pd.Series(table.column("slide_id").to_pylist(), dtype=object).value_counts()
+        want = done.set_index("slide_id")["n_tiles"]
+        return bool(got.reindex(want.index, fill_value=0).astype(int).equals(want.astype(int)))
+
+    def _mismatch(self, slide_ids: Sequence[str]) -> StoreDamagedError:
+        return StoreDamagedError(
+            f"store {self.uri}: slides {list(slide_ids)[:5]} do not hold the tiles their rows count; run "
+            f"`mvh verify --store {self.uri}`, then re-extract them with --overwrite"
+        )
+
+    def raw_slide_tiles(
+        self, slide_id: str, columns: Sequence[str] = ("embedding",)
+    ) -> tuple[dict[str, Any], pa.Table]:
+        """A done slide's row and its committed tile rows as stored, UNCHECKED (for integrity checks)."""
+        row = self._done_row(slide_id)
+        return row, self._read_tiles(self._tiles_where(row), columns)
+
+    def _slide_table(self, slide_id: str, columns: Sequence[str]) -> pa.Table:
+        """A done slide's committed tiles, re-read if a concurrent overwrite swapped them mid-read."""
+        for _ in range(_READ_RETRIES):
+            row, table = self.raw_slide_tiles(slide_id, columns)
+            if table.num_rows == int(row["n_tiles"]):
+                return table
+        raise self._mismatch([slide_id])
+
+    def _finite(self, emb: np.ndarray, slide_ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """`emb`, or StoreDamagedError naming the slides holding NaN/inf (bit rot, a damaged data file)."""
+        bad = ~np.isfinite(emb).all(axis=1)
+        if bad.any():
+            names = sorted(set(np.asarray(slide_ids.to_pylist(), dtype=object)[bad]))
+            raise StoreDamagedError(
+                f"store {self.uri}: non-finite embedding values in slide(s) {names[:5]} (a damaged data "
+                f"file); run `mvh verify --store {self.uri}`, then re-extract them with --overwrite"
+            )
+        return emb
+
     def slide_tiles(self, slide_id: str) -> pd.DataFrame:
         """A done slide's tile rows (no embeddings), ordered by (y, x)."""
-        self._require_done(slide_id)
-        columns = [n for n in self._tiles.schema.names if n != "embedding"]
-        return self._read_tiles(f"slide_id = {_quote(slide_id)}", columns).select(columns).to_pandas()
+        columns = [n for n in self._tiles.schema.names if n not in ("embedding", "commit")]
+        return self._slide_table(slide_id, columns).select(columns).to_pandas()
 
     def slide_embeddings(self, slide_id: str) -> tuple[np.ndarray, np.ndarray]:
         """A done slide's embeddings [N, dim] float32 and level-0 coords [N, 2] int64 (x, y), by (y, x)."""
-        self._require_done(slide_id)
-        table = self._read_tiles(f"slide_id = {_quote(slide_id)}", ["embedding"])
-        return self._split(table)
+        return self._split(self._slide_table(slide_id, ["embedding"]))
 
     def _split(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-        emb = embeddings_to_numpy(table.column("embedding"), self.dim)
+        emb = self._finite(embeddings_to_numpy(table.column("embedding"), self.dim), table.column("slide_id"))
         coords = np.stack([table.column("x").to_numpy(), table.column("y").to_numpy()], axis=1)
         return emb, coords.astype(np.int64, copy=False)
 
     def iter_slides(self) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
         """Yield (slide_id, embeddings [N, dim], coords [N, 2]) for each done slide in id order."""
         for slide_id in self.slide_ids(DONE):
-            table = self._read_tiles(f"slide_id = {_quote(slide_id)}", ["embedding"])
-            emb, coords = self._split(table)
+            emb, coords = self.slide_embeddings(slide_id)
             yield slide_id, emb, coords
 
     def all_embeddings(
         self, columns: Sequence[str] = ("slide_id", "tile_id", "x", "y", "tile_px", "mpp")
     ) -> tuple[pd.DataFrame, np.ndarray]:
         """Rows (chosen columns) and embeddings [N, dim] float32 of all done tiles, by (slide_id, y, x)."""
-        done = self.slide_ids(DONE)
-        table = self._read_tiles(None, [*columns, "embedding"])
-        table = table.filter(pc.is_in(table.column("slide_id"), value_set=pa.array(done, pa.string())))
-        emb = embeddings_to_numpy(table.column("embedding"), self.dim)
+        for _ in range(_READ_RETRIES):
+            done = self.slides(DONE)
+            table = self._visible(self._read_tiles(None, [*columns, "embedding"]), done)
+            if self._counts_match(table, done):
+                break
+        else:
+            raise self._mismatch(list(done["slide_id"]))
+        emb = self._finite(embeddings_to_numpy(table.column("embedding"), self.dim), table.column("slide_id"))
         return table.select(list(columns)).to_pandas(), emb
 
     def rows_by_tile_ids(self, tile_ids: Sequence[str], with_embeddings: bool = False) -> pd.DataFrame:
         """Tile rows of done slides in the order of `tile_ids` (StoreError naming any missing id)."""
-        columns = [n for n in self._tiles.schema.names if with_embeddings or n != "embedding"]
+        columns = [
+            n for n in self._tiles.schema.names if (with_embeddings or n != "embedding") and n != "commit"
+        ]
         wanted = list(dict.fromkeys(str(t) for t in tile_ids))
         parts = []
+        extra = [] if self.legacy else ["commit"]
         for start in range(0, len(wanted), 1000):
             chunk = ", ".join(_quote(t) for t in wanted[start : start + 1000])
-            parts.append(self._tiles.search().where(f"tile_id IN ({chunk})").select(columns).to_arrow())
-        table = pa.concat_tables(parts) if parts else self._tiles.schema.empty_table().select(columns)
-        done = pa.array(self.slide_ids(DONE), pa.string())
-        table = table.filter(pc.is_in(table.column("slide_id"), value_set=done))
+            parts.append(
+                self._tiles.search().where(f"tile_id IN ({chunk})").select([*columns, *extra]).to_arrow()
+            )
+        empty = self._tiles.schema.empty_table().select([*columns, *extra])
+        table = self._visible(pa.concat_tables(parts) if parts else empty, self.slides(DONE))
         position = pc.index_in(
             pa.array([str(t) for t in tile_ids], pa.string()), value_set=table.column("tile_id")
         )
@@ -556,8 +825,22 @@ class EmbeddingStore:
         table = table.take(position)
         frame = table.select([c for c in columns if c != "embedding"]).to_pandas()
         if with_embeddings:
-            frame["embedding"] = list(embeddings_to_numpy(table.column("embedding"), self.dim))
+            emb = self._finite(
+                embeddings_to_numpy(table.column("embedding"), self.dim), table.column("slide_id")
+            )
+            frame["embedding"] = list(emb)
         return frame
+
+    def orphan_tile_count(self) -> int:
+        """Tile rows no slide row names (interrupted or lost concurrent commits): invisible, harmless."""
+        if self.legacy:
+            return 0
+        commits = self._tiles.search().select(["commit"]).to_arrow().column("commit")
+        named = pa.array([c for c in self.slides(DONE)["commit"] if c is not None], pa.string())
+        if not len(commits):
+            return 0
+        visible = pc.sum(pc.is_in(commits, value_set=named)).as_py() or 0
+        return len(commits) - int(visible)
 
     def info(self) -> dict[str, Any]:
         """A JSON-ready description: fingerprint, counts, slides by status, schemas."""
@@ -574,3 +857,9 @@ class EmbeddingStore:
             "n_tiles": int(slides.loc[slides["status"] == DONE, "n_tiles"].sum()) if len(slides) else 0,
             "schema": {name: [f"{f.name}: {f.type}" for f in s] for name, s in self.schema().items()},
         }
+
+
+def _holds_no_data(table_dir: Path) -> bool:
+    """True when a Lance table folder has no data files (an empty or interrupted creation)."""
+    data = table_dir / "data"
+    return not data.exists() or not any(p.is_file() for p in data.rglob("*"))

@@ -140,7 +140,7 @@ def test_version_changes_on_every_commit(store) -> None:
 def test_crash_between_tiles_and_done_row_leaves_no_visible_half_slide(store, monkeypatch) -> None:
     store.add_slide(record("a"), tiles_of("a", 4), np.ones((4, DIM)))
 
-    def crash(row: pa.Table) -> None:
+    def crash(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt("killed between the two writes")
 
     monkeypatch.setattr(store, "_upsert_slide", crash)
@@ -155,23 +155,27 @@ def test_crash_between_tiles_and_done_row_leaves_no_visible_half_slide(store, mo
         reader.slide_embeddings("b")
     with pytest.raises(StoreError, match="not in store"):
         reader.rows_by_tile_ids(["b:0:0:448"])
-    # The rerun deletes the orphans before appending: no duplicates.
+    assert reader.orphan_tile_count() == 6
+    # The rerun commits under a new commit id: the orphans stay invisible, never duplicated in reads.
     store.add_slide(record("b"), tiles_of("b", 6), np.full((6, DIM), 3.0))
-    raw = store._tiles.to_arrow()
-    assert raw.num_rows == 10 and len(set(raw.column("tile_id").to_pylist())) == 10
     np.testing.assert_array_equal(store.slide_embeddings("b")[0], np.full((6, DIM), 3.0))
+    rows, emb = store.all_embeddings()
+    assert len(rows) == 10 and rows["tile_id"].is_unique
+    assert len(store.rows_by_tile_ids(["b:0:0:448"])) == 1
 
 
-def test_overwrite_replaces_tiles_and_failure_removes_them(store) -> None:
+def test_overwrite_replaces_tiles_and_a_failed_rerun_keeps_them(store) -> None:
     store.add_slide(record("a"), tiles_of("a", 8), np.zeros((8, DIM)))
     store.add_slide(record("a"), tiles_of("a", 5), np.ones((5, DIM)))
     emb, _ = store.slide_embeddings("a")
     np.testing.assert_array_equal(emb, np.ones((5, DIM)))
-    assert store._tiles.count_rows() == 5
-    store.add_failed_slide(record("a"), "decode error in tile 3")
+    assert store._tiles.count_rows() == 5  # the superseded commit's tiles are deleted after the switch
+    assert store.add_failed_slide(record("a"), "decode error in tile 3") is False
     row = store.slides().iloc[0]
-    assert (row["status"], row["error"], row["n_tiles"]) == ("failed", "decode error in tile 3", 0)
-    assert store._tiles.count_rows() == 0 and store.slide_ids() == [] and store.slide_ids(None) == ["a"]
+    assert (row["status"], row["n_tiles"]) == ("done", 5)
+    np.testing.assert_array_equal(store.slide_embeddings("a")[0], np.ones((5, DIM)))
+    assert store.add_failed_slide(record("z"), "unreadable") is True
+    assert store.slide_ids() == ["a"] and store.slide_ids(None) == ["a", "z"]
 
 
 def test_rows_by_tile_ids_in_the_order_asked(store) -> None:
