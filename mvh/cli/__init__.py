@@ -15,6 +15,7 @@ from mvh.cli import (  # noqa: F401  (imported for their command registrations)
     pretrain,
     sample,
     search,
+    serve,
     tile,
 )
 from mvh.cli._app import app

@@ -1,0 +1,194 @@
+"""The stores the app serves, looked up by name; slides looked up by id in the store's own table.
+
+Nothing a request sends is used as a path: a store is one of the names given at start-up, a slide is a
+row of that store's `slides` table, and its file is the path recorded there.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mvh.errors import UsageError
+from mvh.extractor.embedder import Embedder
+from mvh.index.store import DONE, RANDOM_INIT, EmbeddingStore
+from mvh.tasks.query import query_embedder
+
+
+class NotFound(UsageError):
+    """A store, slide or tile named by a request does not exist (HTTP 404)."""
+
+
+@dataclass(frozen=True)
+class SlideRecord:
+    """Where a done slide's file is and how to open it (from the store's `slides` table)."""
+
+    slide_id: str
+    path: Path | None
+    mpp: float | None
+    user_mpp: float | None
+    width: int | None
+    height: int | None
+    n_tiles: int
+
+
+def _store_name(uri: str) -> str:
+    name = Path(uri.rstrip("/")).name or uri
+    return name.removesuffix(".lance") or name
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value is None or pd.isna(value) else int(value)
+
+
+class StoreEntry:
+    """One served store: its name, the opened store, a cached slide table and a lazily built embedder."""
+
+    def __init__(self, name: str, store: EmbeddingStore) -> None:
+        self.name = name
+        self.store = store
+        self._lock = threading.Lock()
+        self._slides: tuple[int, dict[str, SlideRecord]] | None = None
+        self._tiles: dict[str, np.ndarray] = {}
+        self._embedder: Embedder | None = None
+
+    def image_queries(self) -> tuple[bool, str]:
+        """(whether an uploaded image can be embedded here, why not)."""
+        fp = self.store.fingerprint
+        if fp.model.startswith("external:"):
+            return False, f"model {fp.model} was imported from another tool and cannot embed images here"
+        if fp.weights_sha256 == RANDOM_INIT:
+            return True, ""
+        if fp.weights_path is None or not Path(fp.weights_path).is_file():
+            return False, (
+                f"the weights file this store was made with ({fp.weights_path}, sha256 "
+                f"{fp.weights_sha256[:12]}...) is not on this machine: query by stored tile (SLIDE:X:Y) only"
+            )
+        return True, ""
+
+    def embedder(self) -> Embedder:
+        """The store's own model, built once (FingerprintMismatchError/CheckpointError as `mvh search`)."""
+        with self._lock:
+            if self._embedder is None:
+                self._embedder = query_embedder(self.store)
+            return self._embedder
+
+    def slide_records(self) -> dict[str, SlideRecord]:
+        """Done slides by id, re-read when the store's version changes."""
+        version = self.store.version
+        with self._lock:
+            if self._slides is not None and self._slides[0] == version:
+                return self._slides[1]
+        frame = self.store.slides(status=DONE)
+        records = {}
+        for row in frame.to_dict(orient="records"):
+            path = row.get("path")
+            mpp = None if row.get("mpp") is None or pd.isna(row["mpp"]) else float(row["mpp"])
+            records[str(row["slide_id"])] = SlideRecord(
+                slide_id=str(row["slide_id"]),
+                path=Path(path) if isinstance(path, str) and path else None,
+                mpp=mpp,
+                user_mpp=mpp if row.get("mpp_source") == "user" else None,
+                width=_optional_int(row.get("width")),
+                height=_optional_int(row.get("height")),
+                n_tiles=int(row.get("n_tiles") or 0),
+            )
+        with self._lock:
+            self._slides = (version, records)
+            self._tiles = {}
+        return records
+
+    def slide(self, slide_id: str) -> SlideRecord:
+        """The done slide `slide_id` (NotFound otherwise)."""
+        record = self.slide_records().get(slide_id)
+        if record is None:
+            raise NotFound(f"slide {slide_id!r} is not a done slide of store {self.name!r}")
+        return record
+
+    def tile_coords(self, slide_id: str) -> np.ndarray:
+        """Level-0 top-left (x, y) [N, 2] of the slide's stored tiles, ordered by (y, x)."""
+        self.slide(slide_id)
+        with self._lock:
+            cached = self._tiles.get(slide_id)
+        if cached is not None:
+            return cached
+        tiles = self.store.slide_tiles(slide_id)
+        coords = tiles[["x", "y"]].to_numpy(np.int64)
+        with self._lock:
+            self._tiles[slide_id] = coords
+        return coords
+
+    def require_tile(self, slide_id: str, x: int, y: int) -> None:
+        """NotFound unless (x, y) is the top-left of a stored tile of the slide."""
+        coords = self.tile_coords(slide_id)
+        if not ((coords[:, 0] == x) & (coords[:, 1] == y)).any():
+            raise NotFound(f"no stored tile at ({x}, {y}) in slide {slide_id!r} of store {self.name!r}")
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready summary for `/api/stores`."""
+        fp = self.store.fingerprint
+        ok, why = self.image_queries()
+        info = self.store.info()
+        return {
+            "name": self.name,
+            "uri": self.store.uri,
+            "version": info["version"],
+            "model": fp.model,
+            "weights_sha256": fp.weights_sha256,
+            "embed_dim": fp.embed_dim,
+            "tile_px": fp.tile_px,
+            "mpp": fp.mpp,
+            "n_slides": info["n_slides"],
+            "n_tiles": info["n_tiles"],
+            "slides_by_status": info["slides_by_status"],
+            "image_queries": ok,
+            "image_queries_reason": why,
+            "fingerprint": info["fingerprint"],
+            "mvh_version": info.get("mvh_version"),
+            "created": info.get("created"),
+            "tags": info.get("tags"),
+            "versions": info.get("versions"),
+        }
+
+
+class Catalog:
+    """The served stores by name (names are the store folders' names, made unique)."""
+
+    def __init__(self, uris: list[str]) -> None:
+        self.entries: dict[str, StoreEntry] = {}
+        for uri in uris:
+            base = _store_name(str(uri))
+            name, n = base, 1
+            while name in self.entries:
+                n += 1
+                name = f"{base}-{n}"
+            self.entries[name] = StoreEntry(name, EmbeddingStore.open(uri))
+
+    def get(self, name: str | None) -> StoreEntry:
+        """The store called `name`; with None, the only store (UsageError when there are several)."""
+        if name is None or name == "":
+            if len(self.entries) == 1:
+                return next(iter(self.entries.values()))
+            raise UsageError(f"several stores are served: name one with store= ({', '.join(self.entries)})")
+        entry = self.entries.get(name)
+        if entry is None:
+            raise NotFound(f"no store named {name!r}; served stores: {', '.join(self.entries)}")
+        return entry
+
+    def holding(self, slide_id: str, name: str | None) -> StoreEntry:
+        """The store named `name`, or the only one holding `slide_id` (NotFound / UsageError otherwise)."""
+        if name:
+            return self.get(name)
+        owners = [e for e in self.entries.values() if slide_id in e.slide_records()]
+        if not owners:
+            raise NotFound(f"slide {slide_id!r} is in none of the served stores")
+        if len(owners) > 1:
+            raise UsageError(
+                f"slide {slide_id!r} is in several stores ({', '.join(e.name for e in owners)}): add store="
+            )
+        return owners[0]

@@ -1,0 +1,82 @@
+"""Searches from the web app go through `mvh.tasks.query.run_query`, as `mvh search` does.
+
+So a query gives the same hits in the browser as on the command line. The uploaded bytes are checked
+(`uploads.decode_upload`) before the model sees them, then handed to `run_query` as a file in a private
+temporary folder (never in a store); the store's embedder is built once per store and reused.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from mvh.errors import UsageError
+from mvh.jobs import jsonable
+from mvh.serve.catalog import Catalog, StoreEntry
+from mvh.serve.config import ServeConfig
+from mvh.serve.uploads import decode_upload, png_data_url
+from mvh.tasks.query import QueryResult, parse_tile_ref, prepare_query_image, run_query
+
+
+def tile_url(store: str, slide_id: str, x: int, y: int) -> str:
+    """URL of a stored tile's JPEG."""
+    return f"/api/tiles/{quote(slide_id, safe='')}/{int(x)}/{int(y)}.jpg?store={quote(store, safe='')}"
+
+
+def viewer_url(store: str, slide_id: str, x: int, y: int) -> str:
+    """URL of the slide viewer centred on a tile."""
+    return f"/slides/{quote(slide_id, safe='')}?store={quote(store, safe='')}&x={int(x)}&y={int(y)}"
+
+
+class SearchService:
+    """Image and stored-tile searches over the catalog's stores."""
+
+    def __init__(self, catalog: Catalog, config: ServeConfig) -> None:
+        self.catalog = catalog
+        self.config = config
+
+    def _response(self, entry: StoreEntry, result: QueryResult, query: dict[str, Any]) -> dict[str, Any]:
+        tile_px = entry.store.fingerprint.tile_px
+        hits = []
+        for row in jsonable(result.hits.to_dict(orient="records")):
+            row["tile_px"] = tile_px
+            row["thumbnail_url"] = tile_url(entry.name, row["slide_id"], row["x"], row["y"])
+            row["viewer_url"] = viewer_url(entry.name, row["slide_id"], row["x"], row["y"])
+            hits.append(row)
+        return {"hits": hits, "query": query, "store": entry.name, "slide_level": result.slide_level,
+                "index": result.index, "notes": list(result.notes)}
+
+    def image_search(
+        self, store: str | None, data: bytes, filename: str, k: int, slide_level: bool,
+        query_mpp: float | None,
+    ) -> dict[str, Any]:
+        """Embed an uploaded image with the store's model and search (UsageError for bad uploads)."""
+        entry = self.catalog.get(store)
+        ok, why = entry.image_queries()
+        if not ok:
+            raise UsageError(why)
+        pixels = decode_upload(data, self.config.max_upload_bytes, self.config.max_pixels)
+        fp = entry.store.fingerprint
+        fed, _ = prepare_query_image(pixels, fp.tile_px, fp.mpp, query_mpp)
+        with tempfile.TemporaryDirectory(prefix="mvh-serve-") as tmp:
+            path = Path(tmp) / "query"
+            path.write_bytes(data)
+            result = run_query(
+                entry.store.uri, image=path, k=k, slide_level=slide_level, query_mpp=query_mpp,
+                embedder=entry.embedder(),
+            )
+        query = {**jsonable(result.query), "source": Path(filename).name, "query_mpp": query_mpp,
+                 "width": int(pixels.shape[1]), "height": int(pixels.shape[0]), "image": png_data_url(fed)}
+        return self._response(entry, result, query)
+
+    def tile_search(self, store: str | None, tile: str, k: int, slide_level: bool) -> dict[str, Any]:
+        """Search with a stored tile `SLIDE:X:Y` as the query."""
+        slide_id, x, y = parse_tile_ref(tile)
+        entry = self.catalog.holding(slide_id, store)
+        entry.slide(slide_id)
+        result = run_query(entry.store.uri, tile=tile, k=k, slide_level=slide_level)
+        query = {**jsonable(result.query), "slide_id": slide_id, "x": x, "y": y,
+                 "image": tile_url(entry.name, slide_id, x, y)}
+        return self._response(entry, result, query)

@@ -1,0 +1,183 @@
+"""Pixels for the browser: DeepZoom tiles (OpenSlide's DeepZoomGenerator, JPEG) and stored tiles as JPEG.
+
+Both are cached (LRU, bounded by entry count); DeepZoom generators keep their slide open, bounded too.
+Slides are opened only through the path the store recorded for a slide id (see `catalog`).
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+import openslide
+from openslide.deepzoom import DeepZoomGenerator
+from PIL import Image
+
+from mvh.errors import MvhError, SlideError
+from mvh.extractor.slide import open_slide
+from mvh.extractor.tiling import make_tile_grid_at, read_tile
+from mvh.serve.catalog import NotFound, SlideRecord, StoreEntry
+
+DZ_TILE = 254
+DZ_OVERLAP = 1
+JPEG_QUALITY = 85
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class LruCache(Generic[K, V]):
+    """A thread-safe least-recently-used cache of at most `size` entries."""
+
+    def __init__(self, size: int, on_evict: Callable[[V], None] | None = None) -> None:
+        self.size = size
+        self._items: OrderedDict[K, V] = OrderedDict()
+        self._lock = threading.Lock()
+        self._on_evict = on_evict
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: K) -> V | None:
+        """The cached value (marked as recently used) or None."""
+        with self._lock:
+            value = self._items.get(key)
+            if value is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+            return value
+
+    def put(self, key: K, value: V) -> V:
+        """Store `value` (evicting the least recently used entry when full); return the cached value."""
+        evicted = []
+        with self._lock:
+            if key in self._items:
+                return self._items[key]
+            self._items[key] = value
+            while len(self._items) > self.size:
+                evicted.append(self._items.popitem(last=False)[1])
+        for item in evicted:
+            if self._on_evict is not None:
+                self._on_evict(item)
+        return value
+
+
+def _jpeg(image: Image.Image | np.ndarray) -> bytes:
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    return buffer.getvalue()
+
+
+def _open_deepzoom_source(record: SlideRecord) -> Any:
+    """An OpenSlide (or ImageSlide for plain images) over the recorded file of a slide."""
+    if record.path is None or not record.path.is_file():
+        raise NotFound(f"the file of slide {record.slide_id!r} is not at its recorded path on this machine")
+    try:
+        if openslide.OpenSlide.detect_format(str(record.path)) is not None:
+            return openslide.OpenSlide(str(record.path))
+        return openslide.ImageSlide(str(record.path))
+    except (openslide.OpenSlideError, OSError, ValueError) as exc:
+        raise SlideError(f"slide {record.slide_id!r} cannot be opened for viewing: {exc}") from exc
+
+
+class TileServer:
+    """DeepZoom descriptors and tiles, and stored tiles as JPEG, with caches shared by all requests."""
+
+    def __init__(self, generators: int = 16, tiles: int = 4096) -> None:
+        self._generators: LruCache[tuple[str, str], tuple[Any, DeepZoomGenerator]] = LruCache(
+            generators, on_evict=lambda pair: pair[0].close()
+        )
+        self._open_lock = threading.Lock()
+        self.dz_tiles: LruCache[tuple[str, str, int, int, int], bytes] = LruCache(tiles)
+        self.stored_tiles: LruCache[tuple[str, str, int, int], bytes] = LruCache(tiles)
+
+    def _generator(self, entry: StoreEntry, slide_id: str) -> DeepZoomGenerator:
+        key = (entry.name, slide_id)
+        cached = self._generators.get(key)
+        if cached is not None:
+            return cached[1]
+        with self._open_lock:
+            cached = self._generators.get(key)
+            if cached is not None:
+                return cached[1]
+            source = _open_deepzoom_source(entry.slide(slide_id))
+            # limit_bounds=False: DeepZoom pixel coordinates are level-0 pixels, as the store's x, y
+            generator = DeepZoomGenerator(source, tile_size=DZ_TILE, overlap=DZ_OVERLAP, limit_bounds=False)
+            return self._generators.put(key, (source, generator))[1]
+
+    def descriptor(self, entry: StoreEntry, slide_id: str, files_url: str) -> dict[str, Any]:
+        """The DZI descriptor as OpenSeadragon's JSON form, its tiles under `files_url`."""
+        generator = self._generator(entry, slide_id)
+        width, height = generator.level_dimensions[-1]
+        return {
+            "Image": {
+                "xmlns": "http://schemas.microsoft.com/deepzoom/2008",
+                "Url": files_url,
+                "Format": "jpeg",
+                "Overlap": str(DZ_OVERLAP),
+                "TileSize": str(DZ_TILE),
+                "Size": {"Width": str(width), "Height": str(height)},
+            }
+        }
+
+    def deepzoom_tile(self, entry: StoreEntry, slide_id: str, level: int, col: int, row: int) -> bytes:
+        """One DeepZoom tile as JPEG bytes (NotFound outside the pyramid)."""
+        key = (entry.name, slide_id, level, col, row)
+        cached = self.dz_tiles.get(key)
+        if cached is not None:
+            return cached
+        generator = self._generator(entry, slide_id)
+        if not 0 <= level < generator.level_count:
+            raise NotFound(f"DeepZoom level {level} is outside 0..{generator.level_count - 1}")
+        cols, rows = generator.level_tiles[level]
+        if not (0 <= col < cols and 0 <= row < rows):
+            raise NotFound(f"DeepZoom tile ({col}, {row}) is outside level {level} ({cols} x {rows} tiles)")
+        try:
+            image = generator.get_tile(level, (col, row))
+        except (openslide.OpenSlideError, OSError, ValueError) as exc:
+            raise SlideError(f"slide {slide_id!r}: tile {level}/{col}_{row} cannot be read: {exc}") from exc
+        return self.dz_tiles.put(key, _jpeg(image))
+
+    def stored_tile(self, entry: StoreEntry, slide_id: str, x: int, y: int) -> bytes:
+        """A stored tile read back from its slide at the store's geometry, as JPEG bytes."""
+        key = (entry.name, slide_id, x, y)
+        cached = self.stored_tiles.get(key)
+        if cached is not None:
+            return cached
+        entry.require_tile(slide_id, x, y)
+        pixels = read_stored_pixels(entry, slide_id, x, y)
+        return self.stored_tiles.put(key, _jpeg(pixels))
+
+    def footprint(self, entry: StoreEntry, slide_id: str) -> int:
+        """The level-0 side of the slide's stored tiles (as extraction computed it)."""
+        record = entry.slide(slide_id)
+        fp = entry.store.fingerprint
+        with _open(record) as slide:
+            return int(make_tile_grid_at(slide, [], [], mpp=fp.mpp, tile_px=fp.tile_px).size_l0)
+
+
+def _open(record: SlideRecord) -> Any:
+    if record.path is None or not record.path.is_file():
+        raise NotFound(f"the file of slide {record.slide_id!r} is not at its recorded path on this machine")
+    return open_slide(record.path, mpp=record.user_mpp)
+
+
+def read_stored_pixels(entry: StoreEntry, slide_id: str, x: int, y: int) -> np.ndarray:
+    """RGB uint8 [tile_px, tile_px, 3] of the stored tile at (x, y), read as extraction read it."""
+    record = entry.slide(slide_id)
+    fp = entry.store.fingerprint
+    try:
+        with _open(record) as slide:
+            grid = make_tile_grid_at(slide, [x], [y], mpp=fp.mpp, tile_px=fp.tile_px)
+            return read_tile(slide, grid, 0)
+    except NotFound:
+        raise
+    except (MvhError, OSError, ValueError) as exc:
+        raise SlideError(f"slide {slide_id!r}: tile ({x}, {y}) cannot be read back: {exc}") from exc
