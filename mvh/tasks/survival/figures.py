@@ -12,32 +12,20 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 
-def logrank_split(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> tuple[np.ndarray, float]:
-    """High-risk mask [N] (risk above the median) and the log-rank p of high vs low (NaN if one group)."""
-    from lifelines.statistics import logrank_test
-
-    time = np.asarray(time, dtype=np.float64)
-    event = np.asarray(event).astype(bool)
-    high = np.asarray(risk, dtype=np.float64) > np.median(risk)
-    if high.all() or not high.any():
-        return high, float("nan")
-    test = logrank_test(time[high], time[~high], event_observed_A=event[high], event_observed_B=event[~high])
-    return high, float(test.p_value)
-
-
 def plot_km(
-    path: Path, time: np.ndarray, event: np.ndarray, risk: np.ndarray, title: str = "Kaplan-Meier"
-) -> float:
-    """Write Kaplan-Meier curves of high vs low risk (median split) to `path`; return the log-rank p."""
+    path: Path, time: np.ndarray, event: np.ndarray, groups: np.ndarray, p_value: float,
+    title: str = "Kaplan-Meier",
+) -> None:
+    """Write Kaplan-Meier curves of the risk `groups` [N] (1 high, 0 low, -1 left out) to `path`."""
     from lifelines import KaplanMeierFitter
 
     time = np.asarray(time, dtype=np.float64)
     event = np.asarray(event).astype(bool)
-    high, p_value = logrank_split(time, event, risk)
+    groups = np.asarray(groups)
     fig = Figure(figsize=(5.5, 4.2), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    for mask, label, color in ((~high, "low risk", "tab:blue"), (high, "high risk", "tab:red")):
+    for mask, label, color in ((groups == 0, "low risk", "tab:blue"), (groups == 1, "high risk", "tab:red")):
         if mask.any():
             kmf = KaplanMeierFitter(label=f"{label} (n={int(mask.sum())})")
             kmf.fit(time[mask], event_observed=event[mask])
@@ -50,7 +38,6 @@ def plot_km(
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
-    return p_value
 
 
 def attention_canvas(

@@ -1,0 +1,174 @@
+"""Patient bags: every tile embedding of a patient's slides, read from the store in one scan.
+
+A cohort of a thousand slides used to cost one filtered LanceDB scan per slide (most of a GBSG2-scale
+run). `StoreBags.load` instead counts each slide's rows from the store's `slides` table, allocates one
+array for the whole cohort, streams the `tiles` table once (filtered to the cohort's slides) and writes
+each batch straight to its rows; patient bags are then contiguous views of that array. Within a slide,
+tiles are ordered by (y, x, tile_id), as `EmbeddingStore.slide_embeddings` orders them. Embeddings keep
+the store's dtype (float16 stores stay half the size in memory); training casts each batch to float32.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+
+import lancedb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from mvh.errors import DataError, StoreError
+from mvh.index.store import DONE, TILES, EmbeddingStore
+from mvh.progress import TILES as TILES_TASK
+from mvh.progress import Event, Progress, report
+from mvh.tasks.survival.cohort import listing
+
+SCAN_BATCH_ROWS = 65536
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _ranks_within_groups(group: np.ndarray) -> np.ndarray:
+    """0, 1, 2, ... counted separately for each value of `group` [N], in row order."""
+    order = np.argsort(group, kind="stable")
+    sorted_group = group[order]
+    starts = np.r_[True, sorted_group[1:] != sorted_group[:-1]]
+    first = np.maximum.accumulate(np.where(starts, np.arange(len(order)), 0))
+    ranks = np.empty(len(order), dtype=np.int64)
+    ranks[order] = np.arange(len(order)) - first
+    return ranks
+
+
+class StoreBags(Mapping[str, np.ndarray]):
+    """patient_id -> tile embeddings [N_i, dim] of all its slides (slides in the given order)."""
+
+    def __init__(
+        self,
+        embeddings: np.ndarray,
+        coords: np.ndarray,
+        slides_by_patient: Mapping[str, Sequence[str]],
+        slide_rows: Mapping[str, tuple[int, int]],
+    ) -> None:
+        self.embeddings = embeddings
+        self.coords = coords
+        self.slides_by_patient = {str(k): list(v) for k, v in slides_by_patient.items()}
+        self.slide_rows = dict(slide_rows)
+
+    @classmethod
+    def load(
+        cls,
+        store: EmbeddingStore,
+        slides_by_patient: Mapping[str, Sequence[str]],
+        *,
+        batch_rows: int = SCAN_BATCH_ROWS,
+        progress: Progress | None = None,
+    ) -> StoreBags:
+        """Read every tile of the patients' slides in one scan of the store's tiles table."""
+        order = [str(s) for slides in slides_by_patient.values() for s in slides]
+        repeated = sorted(s for s, n in Counter(order).items() if n > 1)
+        if repeated:
+            raise DataError(f"slide(s) {listing(repeated)} belong to several patients; keep one per slide")
+        done = store.slides(status=DONE).set_index("slide_id")["n_tiles"]
+        absent = [s for s in order if s not in done.index]
+        if absent:
+            raise StoreError(
+                f"slide(s) {listing(absent)} are not done in store {store.uri}; extract them or drop them"
+            )
+        counts = done.reindex(order).to_numpy(np.int64)
+        offsets = np.concatenate([[0], np.cumsum(counts)])
+        total = int(offsets[-1])
+        table = lancedb.connect(store.uri).open_table(TILES)
+        dtype = table.schema.field("embedding").type.value_type.to_pandas_dtype()
+        embeddings = np.empty((total, store.dim), dtype=dtype)
+        coords = np.empty((total, 2), dtype=np.int64)
+        fill = offsets[:-1].copy()
+        id_chunks: list[pa.Array] = []
+        id_rows: list[np.ndarray] = []
+        value_set = pa.array(order, pa.string())
+        report(progress, Event.TOTAL, TILES_TASK, total)
+        if order:
+            where = f"slide_id IN ({', '.join(_quote(s) for s in order)})"
+            query = table.search().where(where).select(["slide_id", "tile_id", "x", "y", "embedding"])
+            for batch in query.to_batches(batch_rows):
+                if batch.num_rows == 0:
+                    continue
+                slide = pc.index_in(batch.column("slide_id"), value_set=value_set).to_numpy(
+                    zero_copy_only=False
+                ).astype(np.int64)
+                rows = fill[slide] + _ranks_within_groups(slide)
+                fill += np.bincount(slide, minlength=len(order))
+                over = rows >= offsets[slide + 1]
+                if over.any():
+                    extra = sorted({order[i] for i in slide[over]})
+                    raise StoreError(
+                        f"store {store.uri}: slide(s) {listing(extra)} have more tile rows than their "
+                        "recorded n_tiles (duplicated tiles); re-extract them with --overwrite"
+                    )
+                flat = batch.column("embedding").flatten().to_numpy(zero_copy_only=False)
+                values = flat.reshape(-1, store.dim)
+                bad = ~np.isfinite(values).all(axis=1)
+                if bad.any():
+                    broken = sorted({order[i] for i in slide[bad]})
+                    raise DataError(
+                        f"store {store.uri}: slide(s) {listing(broken)} hold NaN or inf embeddings "
+                        "(damaged data); re-extract them with --overwrite"
+                    )
+                embeddings[rows] = values
+                coords[rows, 0] = batch.column("x").to_numpy()
+                coords[rows, 1] = batch.column("y").to_numpy()
+                id_chunks.append(batch.column("tile_id"))
+                id_rows.append(rows)
+                report(progress, Event.ADVANCE, TILES_TASK, batch.num_rows)
+        short = [order[i] for i in np.flatnonzero(fill != offsets[1:])]
+        if short:
+            raise StoreError(
+                f"store {store.uri}: slide(s) {listing(short)} have fewer tile rows than their recorded "
+                "n_tiles (damaged store); re-extract them with --overwrite"
+            )
+        tile_ids = np.empty(total, dtype=object)
+        for chunk, rows in zip(id_chunks, id_rows, strict=True):
+            tile_ids[rows] = chunk.to_numpy(zero_copy_only=False)
+        slide_of_row = np.repeat(np.arange(len(order)), counts)
+        perm = np.lexsort((tile_ids, coords[:, 0], coords[:, 1], slide_of_row))
+        for i in range(len(order)):
+            start, stop = int(offsets[i]), int(offsets[i + 1])
+            block = perm[start:stop]
+            embeddings[start:stop] = embeddings[block]
+            coords[start:stop] = coords[block]
+        slide_rows = {s: (int(offsets[i]), int(offsets[i + 1])) for i, s in enumerate(order)}
+        return cls(embeddings, coords, slides_by_patient, slide_rows)
+
+    def _patient_rows(self, patient_id: str) -> tuple[int, int]:
+        slides = self.slides_by_patient[patient_id]
+        if not slides:
+            return 0, 0
+        return self.slide_rows[slides[0]][0], self.slide_rows[slides[-1]][1]
+
+    def __getitem__(self, patient_id: str) -> np.ndarray:
+        start, stop = self._patient_rows(patient_id)
+        return self.embeddings[start:stop]
+
+    def slide_span(self, patient_id: str, slide_id: str) -> tuple[int, int]:
+        """Rows [start, stop) of `slide_id` inside the bag of `patient_id`."""
+        first = self._patient_rows(patient_id)[0]
+        start, stop = self.slide_rows[slide_id]
+        return start - first, stop - first
+
+    def slide_coords(self, slide_id: str) -> np.ndarray:
+        """Level-0 (x, y) [N, 2] of a slide's tiles, in the bag's row order."""
+        start, stop = self.slide_rows[slide_id]
+        return self.coords[start:stop]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.slides_by_patient)
+
+    def __len__(self) -> int:
+        return len(self.slides_by_patient)
+
+
+def mean_pool(bags: Mapping[str, np.ndarray], patient_ids: Sequence[str]) -> np.ndarray:
+    """Mean tile embedding of each patient's bag -> [P, dim] float64."""
+    return np.stack([np.asarray(bags[p], dtype=np.float64).mean(axis=0) for p in patient_ids])
