@@ -82,5 +82,9 @@ class CohortError(DataError):
     """A survival cohort table fails validation."""
 
 
+class FigureError(MvhError):
+    """A figure could not be drawn; the numbers it would show were already written (exit 1)."""
+
+
 class DependencyError(MvhError):
     """An optional dependency needed for the requested path is not installed."""
