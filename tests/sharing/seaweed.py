@@ -91,7 +91,8 @@ class SeaweedS3:
             "-master.port", str(self.master_port), "-volume.port", str(volume), "-filer.port", str(filer),
             "-s3.port", str(self.s3_port), "-s3.config", str(config), "-s3.port.iceberg", "0",
             "-s3.port.lance", "0", "-master.volumeSizeLimitMB", "64", "-volume.max", "50",
-            "-filer.localSocket", str(self.root / "filer.sock"), "-s3.localSocket", str(self.root / "s3.sock"),
+            "-filer.localSocket", str(self.root / "filer.sock"),
+            "-s3.localSocket", str(self.root / "s3.sock"),
         ]
         log = (self.root / "weed.log").open("wb")
         self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
