@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from mvh.cli._app import console, err_console, guarded, index_app, print_json
+from mvh.cli._app import console, guarded, index_app, print_json
 from mvh.cli._render import JsonOption, StoreOption, print_notes
 
 
@@ -29,14 +29,13 @@ def index_build_cmd(
     as_json: JsonOption = False,
 ) -> None:
     """Build the store's FAISS index (exact Flat up to 200k tiles, IVF-PQ above) inside the store."""
-    with err_console.status("building the index"):
-        from mvh.index.store import EmbeddingStore
-        from mvh.index.vector import build_index
+    from mvh.cli._progress import progress_reporter
+    from mvh.index.build import IndexBuildConfig, run_index_build
 
-        result = build_index(
-            EmbeddingStore.open(store), kind, nlist=nlist, m=m, nbits=nbits, nprobe=nprobe, hnsw_m=hnsw_m,
-            ef_search=ef, update=update,
-        )
+    cfg = IndexBuildConfig(store=store, kind=kind, nlist=nlist, m=m, nbits=nbits, nprobe=nprobe,
+                           hnsw_m=hnsw_m, ef_search=ef, update=update)
+    with progress_reporter(enabled=not as_json) as progress:
+        result = run_index_build(cfg, progress=progress)
     if as_json:
         print_json(result.to_dict())
         return
@@ -44,19 +43,19 @@ def index_build_cmd(
     for name in ("index", "tiles", "added", "store version", "device", "seconds"):
         table.add_column(name, justify="left" if name == "index" else "right")
     table.add_row(
-        Text(result.params.describe()), str(result.n_tiles), str(result.n_added), str(result.store_version),
+        Text(result.description), str(result.n_tiles), str(result.n_added), str(result.store_version),
         result.device, f"{result.seconds:.2f}",
     )
     console.print(table)
-    print_notes(list(result.notes))
+    print_notes(result.notes)
 
 
 @index_app.command("info")
 @guarded
 def index_info_cmd(store: StoreOption = "embeddings.lance", as_json: JsonOption = False) -> None:
     """Describe the store's index: kind, parameters, size, and whether it is stale."""
+    from mvh.index.index_files import index_info
     from mvh.index.store import EmbeddingStore
-    from mvh.index.vector import index_info
 
     info = index_info(EmbeddingStore.open(store))
     if as_json:

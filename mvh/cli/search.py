@@ -43,16 +43,23 @@ def search_cmd(
     query: Annotated[Path | None, typer.Option("--query", help="Query image (PNG/JPEG/TIFF).")] = None,
     query_tile: Annotated[
         str | None,
-        typer.Option("--query-tile", help="A stored tile: slide id, level-0 x, y with colons (s1:448:896)."),
+        typer.Option(
+            "--query-tile",
+            help="A stored tile: its tile id as --json prints it (s1:448:896:448) or slide:x:y (s1:448:896).",
+        ),
     ] = None,
     query_slide: Annotated[
         str | None, typer.Option("--query-slide", help="Rank slides by similarity to this stored slide.")
     ] = None,
-    k: Annotated[int, typer.Option("-k", "--k", help="Number of hits.")] = 10,
+    k: Annotated[int, typer.Option("-k", "--k", help="Number of hits (a count).")] = 10,
     slide_level: Annotated[bool, typer.Option("--slide-level", help="Rank slides instead of tiles.")] = False,
     exclude_slide: Annotated[
         list[str] | None, typer.Option("--exclude-slide", help="Leave out this slide (repeatable).")
     ] = None,
+    include_self: Annotated[
+        bool,
+        typer.Option("--include-self", help="Keep the query tile (or slide) itself among its hits."),
+    ] = False,
     query_mpp: Annotated[
         float | None, typer.Option("--query-mpp", help="um/px of the query image (to match the store's).")
     ] = None,
@@ -65,12 +72,16 @@ def search_cmd(
     as_json: JsonOption = False,
 ) -> None:
     """Find the tiles (or slides) of the store most similar to a query image, tile or slide."""
-    from mvh.tasks.query import run_query
+    from mvh.cli._progress import progress_reporter
+    from mvh.tasks.query import SearchConfig, run_search
 
-    result = run_query(
-        store, image=query, tile=query_tile, slide=query_slide, k=k, slide_level=slide_level,
-        exclude_slides=exclude_slide, query_mpp=query_mpp, weights=weights, montage=montage,
+    cfg = SearchConfig(
+        store=store, image=query, tile=query_tile, slide=query_slide, k=k, slide_level=slide_level,
+        exclude_slides=tuple(exclude_slide or ()), include_self=include_self, query_mpp=query_mpp,
+        weights=weights, montage=montage,
     )
+    with progress_reporter(enabled=not as_json) as progress:
+        result = run_search(cfg, progress=progress)
     if as_json:
         print_json(result.to_dict())
         return

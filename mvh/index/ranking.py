@@ -53,6 +53,7 @@ def search_slides(
     exclude_slides: Sequence[str] | None = None,
     index: VectorIndex | None = None,
     tiles_per_query: int | None = None,
+    exclude_tiles: Sequence[str | None] | None = None,
 ) -> pd.DataFrame:
     """Slides ranked by similarity to a query made of one or more tiles [Q, dim] (see below).
 
@@ -61,12 +62,13 @@ def search_slides(
     none of q's K hits is in S, q's K-th score (an upper bound of S's true best). The slide score is the
     mean of best_q(S) over the query tiles, so a slide ranks high when most query tiles find a close
     tile in it. Columns: rank, slide_id, score, n_hits (query tiles with a hit in S), n_query_tiles, and
-    the best-scoring tile of S (tile_id, x, y, mpp, tile_score).
+    the best-scoring tile of S (tile_id, x, y, mpp, tile_score). `exclude_tiles` as in `search`.
     """
     index = index if index is not None else load_index(store)
     queries = check_queries(query_embeddings, index.index.d)
     big_k = min(index.n, tiles_per_query or max(100, 10 * k))
-    hits = search(store, queries, k=big_k, exclude_slides=exclude_slides, index=index)
+    hits = search(store, queries, k=big_k, exclude_slides=exclude_slides, index=index,
+                  exclude_tiles=exclude_tiles)
     if hits.empty:
         return pd.DataFrame(columns=list(SLIDE_COLUMNS))
     floor = hits.groupby("query")["score"].min()

@@ -10,6 +10,7 @@ their slides for the montage the way extraction read them (`make_tile_grid_at` +
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,11 @@ from mvh.errors import FingerprintMismatchError, MvhError, UsageError
 from mvh.extractor.embedder import Embedder
 from mvh.extractor.slide import open_slide
 from mvh.extractor.tiling import make_tile_grid_at, read_tile
+from mvh.index.faiss_index import VectorIndex
+from mvh.index.index_files import load_index
+from mvh.index.ranking import search, search_slides
 from mvh.index.store import EmbeddingStore
-from mvh.index.vector import load_index, search, search_slides
+from mvh.progress import STEPS, Event, Progress, report
 
 log = logging.getLogger(__name__)
 
@@ -139,17 +143,49 @@ def embed_query_image(
 
 
 # ---------------------------------------------------------------------------- stored queries
+def tile_ref_candidates(text: str) -> list[tuple[str, int, int]]:
+    """Readings of a tile reference as (slide_id, x, y): the tile id `--json` prints
+    (`<slide_id>:<x>:<y>:<size>`) first, then `<slide_id>:<x>:<y>` (slide ids may contain colons)."""
+    out = []
+    for fields in (4, 3):
+        parts = text.rsplit(":", fields - 1)
+        if len(parts) != fields or not parts[0]:
+            continue
+        try:
+            numbers = [int(p) for p in parts[1:]]
+        except ValueError:
+            continue
+        out.append((parts[0], numbers[0], numbers[1]))
+    return out
+
+
 def parse_tile_ref(text: str) -> tuple[str, int, int]:
-    """Parse `<slide_id>:<x>:<y>` (level-0 px; the slide id may itself contain colons)."""
-    parts = text.rsplit(":", 2)
-    try:
-        if len(parts) != 3 or not parts[0]:
-            raise ValueError(text)
-        return parts[0], int(parts[1]), int(parts[2])
-    except ValueError as exc:
+    """Parse a tile id `<slide_id>:<x>:<y>:<size>` or `<slide_id>:<x>:<y>` (level-0 px) -> (slide, x, y)."""
+    candidates = tile_ref_candidates(text)
+    if not candidates:
         raise UsageError(
-            f"--query-tile {text!r} is not <slide_id>:<x>:<y> (level-0 pixels, e.g. slide1:448:896)"
-        ) from exc
+            f"--query-tile {text!r} is not <slide_id>:<x>:<y> (level-0 pixels, e.g. slide1:448:896) "
+            "or a tile id as `--json` prints it (slide1:448:896:448)"
+        )
+    return candidates[0]
+
+
+def resolve_tile_ref(store: EmbeddingStore, index: VectorIndex, text: str) -> tuple[str, int, int, str]:
+    """(slide_id, x, y, tile_id) of the stored tile `text` names: an exact tile id of the index, or the
+    first reading of `tile_ref_candidates` that names a tile; UsageError naming the nearest tile else."""
+    rows = index.rows
+    row = int(index.tile_rows([text])[0])
+    if row >= 0:
+        hit = rows.iloc[row]
+        return str(hit["slide_id"]), int(hit["x"]), int(hit["y"]), str(hit["tile_id"])
+    parse_tile_ref(text)
+    for slide_id, x, y in tile_ref_candidates(text):
+        match = rows[(rows["slide_id"] == slide_id) & (rows["x"] == x) & (rows["y"] == y)]
+        if len(match):
+            return slide_id, x, y, str(match["tile_id"].iloc[0])
+    slide_id, x, y = tile_ref_candidates(text)[-1]
+    tile_embedding(store, slide_id, x, y)  # raises with the nearest stored tile
+    raise UsageError(f"--query-tile {text!r} is not in the index of {store.uri}: run `mvh index build`")
 
 
 def _require_slide(store: EmbeddingStore, slide_id: str) -> None:
@@ -234,6 +270,105 @@ def write_montage(
 
 
 # ---------------------------------------------------------------------------- the query job
+@dataclass(frozen=True)
+class SearchConfig:
+    """Settings of `mvh search` (validated on construction: UsageError naming the flag).
+
+    A stored-tile query never returns its own tile and a slide query never ranks its own slide, unless
+    `include_self` (`--include-self`).
+    """
+
+    store: str
+    image: Path | None = None
+    tile: str | None = None
+    slide: str | None = None
+    k: int = 10
+    slide_level: bool = False
+    exclude_slides: tuple[str, ...] = ()
+    include_self: bool = False
+    query_mpp: float | None = None
+    weights: Path | None = None
+    montage: Path | None = None
+
+    def __post_init__(self) -> None:
+        given = [name for name, value in
+                 (("--query", self.image), ("--query-tile", self.tile), ("--query-slide", self.slide))
+                 if value is not None]
+        if len(given) != 1:
+            raise UsageError(
+                f"give exactly one of --query, --query-tile, --query-slide (got {given or 'none'})"
+            )
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+            raise UsageError(f"-k must be at least 1, got {self.k}: it is the number of hits")
+        if self.query_mpp is not None and not (math.isfinite(self.query_mpp) and self.query_mpp > 0):
+            raise UsageError(f"--query-mpp must be a positive number of um/px, got {self.query_mpp}")
+        if self.include_self and self.image is not None:
+            raise UsageError("--include-self is for --query-tile and --query-slide, not an image query")
+        if self.tile is not None:
+            parse_tile_ref(self.tile)
+        object.__setattr__(self, "exclude_slides", tuple(self.exclude_slides))
+
+
+def run_search(
+    cfg: SearchConfig, *, progress: Progress | None = None, embedder: Embedder | None = None
+) -> QueryResult:
+    """Search the store with one query (an image file, a stored tile, or a slide)."""
+    store = EmbeddingStore.open(cfg.store)
+    report(progress, Event.STATUS, STEPS, 0, "loading the index")
+    index = load_index(store)
+    exclude = list(cfg.exclude_slides)
+    slide_level = cfg.slide_level
+    notes: list[str] = []
+    own_tile: str | None = None
+    query_image: np.ndarray | None = None
+    if cfg.image is not None:
+        report(progress, Event.STATUS, STEPS, 0, "embedding the query image")
+        emb, query_image, notes = embed_query_image(
+            store, load_image(Path(cfg.image)), cfg.query_mpp, embedder=embedder, weights=cfg.weights
+        )
+        query: dict[str, Any] = {"kind": "image", "source": str(cfg.image), "n_tiles": 1}
+        caption = f"query\n{Path(cfg.image).name}"
+    elif cfg.tile is not None:
+        slide_id, x, y, tile_id = resolve_tile_ref(store, index, cfg.tile)
+        emb = tile_embedding(store, slide_id, x, y)
+        query = {"kind": "tile", "source": f"{slide_id}:{x}:{y}", "tile_id": tile_id, "n_tiles": 1,
+                 "include_self": cfg.include_self}
+        if not cfg.include_self:
+            own_tile = tile_id
+            notes.append(f"the query tile {tile_id} itself is left out of its hits (--include-self keeps it)")
+        if cfg.montage is not None:
+            query_image = read_stored_tile(store, slide_id, x, y, store.fingerprint.mpp)
+        caption = f"query\n{slide_id} ({x}, {y})"
+    else:
+        slide = str(cfg.slide)
+        _require_slide(store, slide)
+        emb, _ = store.slide_embeddings(slide)
+        slide_level = True
+        if not cfg.include_self and slide not in exclude:
+            exclude.append(slide)
+            notes.append(f"slide {slide} itself is excluded from its own ranking (--include-self keeps it)")
+        query = {"kind": "slide", "source": slide, "n_tiles": int(len(emb)), "include_self": cfg.include_self}
+        caption = f"query slide\n{slide}"
+    own = None if own_tile is None else [own_tile]
+    if slide_level:
+        hits = search_slides(store, emb, k=cfg.k, exclude_slides=exclude, index=index, exclude_tiles=own)
+    else:
+        hits = search(store, emb, k=cfg.k, exclude_slides=exclude, index=index, exclude_tiles=own)
+        hits = hits.drop(columns="query")
+    if len(hits) < cfg.k:
+        what = "slide(s)" if slide_level else "tile(s)"
+        notes.append(f"only {len(hits)} {what} found: the store holds fewer candidates than -k {cfg.k}")
+    result = QueryResult(
+        hits=hits, slide_level=slide_level, query=query, index=index.params.describe(), notes=notes
+    )
+    if cfg.montage is not None:
+        if query_image is None and query["kind"] == "slide":
+            query_image = _slide_thumbnail(store, cfg.slide, store.fingerprint.tile_px)
+        result.montage, extra = write_montage(store, query_image, hits, cfg.montage, caption)
+        result.notes.extend(extra)
+    return result
+
+
 def run_query(
     store_uri: str | Path,
     *,
@@ -243,61 +378,19 @@ def run_query(
     k: int = 10,
     slide_level: bool = False,
     exclude_slides: list[str] | None = None,
+    include_self: bool = False,
     query_mpp: float | None = None,
     weights: Path | None = None,
     montage: Path | None = None,
     embedder: Embedder | None = None,
 ) -> QueryResult:
-    """Search the store with one query (an image file, a stored tile `SLIDE:X:Y`, or a slide)."""
-    given = [name for name, value in (("--query", image), ("--query-tile", tile), ("--query-slide", slide))
-             if value is not None]
-    if len(given) != 1:
-        raise UsageError(f"give exactly one of --query, --query-tile, --query-slide (got {given or 'none'})")
-    if k < 1:
-        raise UsageError(f"-k must be at least 1, got {k}")
-    store = EmbeddingStore.open(store_uri)
-    index = load_index(store)
-    exclude = list(exclude_slides or [])
-    notes: list[str] = []
-    query_image: np.ndarray | None = None
-    if image is not None:
-        emb, query_image, notes = embed_query_image(
-            store, load_image(Path(image)), query_mpp, embedder=embedder, weights=weights
-        )
-        query: dict[str, Any] = {"kind": "image", "source": str(image), "n_tiles": 1}
-        caption = f"query\n{Path(image).name}"
-    elif tile is not None:
-        slide_id, x, y = parse_tile_ref(tile)
-        emb = tile_embedding(store, slide_id, x, y)
-        query = {"kind": "tile", "source": f"{slide_id}:{x}:{y}", "n_tiles": 1}
-        if montage is not None:
-            query_image = read_stored_tile(store, slide_id, x, y, store.fingerprint.mpp)
-        caption = f"query\n{slide_id} ({x}, {y})"
-    elif slide is not None:
-        _require_slide(store, slide)
-        emb, _ = store.slide_embeddings(slide)
-        slide_level = True
-        if slide not in exclude:
-            exclude.append(slide)
-            notes.append(f"slide {slide} itself is excluded from its own ranking")
-        query = {"kind": "slide", "source": slide, "n_tiles": int(len(emb))}
-        caption = f"query slide\n{slide}"
-    if slide_level:
-        hits = search_slides(store, emb, k=k, exclude_slides=exclude, index=index)
-    else:
-        hits = search(store, emb, k=k, exclude_slides=exclude, index=index).drop(columns="query")
-    if len(hits) < k:
-        what = "slide(s)" if slide_level else "tile(s)"
-        notes.append(f"only {len(hits)} {what} found: the store holds fewer candidates than -k {k}")
-    result = QueryResult(
-        hits=hits, slide_level=slide_level, query=query, index=index.params.describe(), notes=notes
+    """`run_search` with keyword arguments (the web app's entry point)."""
+    cfg = SearchConfig(
+        store=str(store_uri), image=image, tile=tile, slide=slide, k=k, slide_level=slide_level,
+        exclude_slides=tuple(exclude_slides or ()), include_self=include_self, query_mpp=query_mpp,
+        weights=weights, montage=montage,
     )
-    if montage is not None:
-        if query_image is None and query["kind"] == "slide":
-            query_image = _slide_thumbnail(store, slide, store.fingerprint.tile_px)
-        result.montage, extra = write_montage(store, query_image, hits, montage, caption)
-        result.notes.extend(extra)
-    return result
+    return run_search(cfg, embedder=embedder)
 
 
 def _slide_thumbnail(store: EmbeddingStore, slide_id: str | None, size: int) -> np.ndarray | None:

@@ -1,46 +1,56 @@
 """Patch retrieval evaluation (protocols.md section 3): Acc@k, MV@5, mAP@5, recall of approximate search.
 
 Every labelled tile is a query, and the database is the labelled tiles of the store. A query never
-retrieves itself; with leave-one-slide-out (the default, since query and database come from one store)
-it never retrieves any tile of its own slide. Exact cosine search is the reference; when the store has
-a FAISS index, the same metrics are computed with it, plus its recall@k against the exact neighbours.
+retrieves itself; with `leave_out="slide"` (the default, since query and database come from one store)
+it never retrieves a tile of its own slide, with `leave_out="patient"` none of its own patient (a
+`patient` column in the labels file). Exact cosine search (`mvh.index.exact.exact_search`, the index's
+own reference, with its L2 normalisation) gives the reported numbers; when the store has a FAISS index,
+the same metrics are computed with it, plus its recall@k against the exact neighbours.
 
-Metric definitions, for a query of label y and its ranked retrieved labels r_1..r_K:
+Metric definitions (Patho-Bench / UNI), for a query of label y, its ranked retrieved labels r_1..r_K and
+R = the number of database tiles of label y it may retrieve (itself and left-out tiles excluded):
 
-- Acc@k: 1 if y is among r_1..r_k, else 0; averaged over queries.
-- MV@k (k = 5): 1 if the majority label of r_1..r_k is y; a tie between labels is won by the label
-  that appears first in the ranking; averaged over queries.
-- mAP@k (k = 5): AP@k = sum_{i<=k} P@i * rel_i / sum_{i<=k} rel_i, with rel_i = [r_i == y] and
-  P@i = (1/i) sum_{j<=i} rel_j; AP@k = 0 when no relevant tile is in the top k. mAP@k is the mean of
-  AP@k over queries. (Normalising by the relevant tiles retrieved, not by min(k, all relevant tiles),
-  so that a database with thousands of tiles per label does not cap the score.)
+- Acc@k: 1 if y is among r_1..r_k, else 0; mean over queries.
+- MV@k (k = 5): 1 if y is among the most frequent labels of r_1..r_k, ties counted as hits (a 2-2-1 vote
+  is a hit for both labels with 2 votes, as Patho-Bench counts it); mean over queries.
+- mAP@k (k = 5): AP@k = sum_{i<=k} P@i * rel_i / min(k, R), with rel_i = [r_i == y] and
+  P@i = (1/i) sum_{j<=i} rel_j; mAP@k is the mean of AP@k over the queries with R > 0 (a query whose label
+  has no other tile in its database has no AP; such queries are counted in the result). One hit at rank 1
+  of five possible scores 0.2, not 1.0.
 
 Missing ranks (fewer than k candidates) count as wrong labels.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from mvh.errors import DataError
+from mvh.errors import DataError, UsageError
+from mvh.index.exact import exact_search, recall_at_k
+from mvh.index.faiss_index import VectorIndex
+from mvh.index.index_files import index_info, load_index
 from mvh.index.store import EmbeddingStore
-from mvh.index.vector import (
-    VectorIndex,
-    index_info,
-    l2_normalise,
-    load_index,
-    recall_at_k,
-)
+from mvh.jobs import JobResult
+from mvh.progress import Event, Progress, report
 
 DEFAULT_KS = (1, 3, 5)
-_BLOCK = 1 << 26  # similarity entries per block: 256 MB of float32
+LEAVE_OUT = ("slide", "patient", "none")
+QUERIES = "queries"
+DEFINITIONS = {
+    "acc@k": "1 if the query's label is among its top-k retrieved labels; mean over queries",
+    "mv@5": "1 if the query's label is among the most frequent labels of the top 5 (ties count as hits, "
+            "Patho-Bench); mean over queries",
+    "map@5": "mean over queries with R > 0 of sum_{i<=5} P@i * rel_i / min(5, R), R = retrievable tiles "
+             "of the query's label (Patho-Bench/UNI)",
+    "recall@k": "mean over queries of |index top-k & exact top-k| / |exact top-k|",
+}
 
 
 # ---------------------------------------------------------------------------- metrics
@@ -52,64 +62,79 @@ def acc_at_k(query_labels: Sequence[Any], retrieved: np.ndarray, k: int) -> floa
     return float(np.mean((np.asarray(retrieved, dtype=object)[:, :k] == y).any(axis=1)))
 
 
-def majority_label(labels: Sequence[Any]) -> Any:
-    """The most frequent label; ties go to the label ranked first. None entries never win."""
+def majority_labels(labels: Sequence[Any]) -> set[Any]:
+    """The most frequent labels (all of them when tied); None entries never count."""
     counts: dict[Any, int] = {}
     for label in labels:
         if label is not None:
             counts[label] = counts.get(label, 0) + 1
     if not counts:
-        return None
+        return set()
     best = max(counts.values())
-    return next(label for label in labels if label is not None and counts[label] == best)
+    return {label for label, n in counts.items() if n == best}
 
 
 def mv_at_k(query_labels: Sequence[Any], retrieved: np.ndarray, k: int = 5) -> float:
-    """Fraction of queries whose label is the majority vote of their top-k retrieved labels."""
+    """Fraction of queries whose label is among the majority labels of their top k (ties are hits)."""
     if not len(query_labels):
         return float("nan")
-    hits = [majority_label(list(row[:k])) == y for y, row in zip(query_labels, retrieved, strict=True)]
+    hits = [y in majority_labels(list(row[:k])) for y, row in zip(query_labels, retrieved, strict=True)]
     return float(np.mean(hits))
 
 
-def average_precision_at_k(query_label: Any, retrieved: Sequence[Any], k: int = 5) -> float:
-    """AP@k of one ranked list: mean of P@i over the relevant ranks i <= k (0 when none is relevant)."""
-    rel = np.array([label == query_label for label in list(retrieved)[:k]], dtype=np.float64)
-    if rel.sum() == 0:
-        return 0.0
-    precision = np.cumsum(rel) / np.arange(1, rel.size + 1)
-    return float((precision * rel).sum() / rel.sum())
-
-
-def map_at_k(query_labels: Sequence[Any], retrieved: np.ndarray, k: int = 5) -> float:
-    """Mean over queries of AP@k (see the module docstring)."""
-    if not len(query_labels):
+def average_precision_at_k(query_label: Any, retrieved: Sequence[Any], n_relevant: int, k: int = 5) -> float:
+    """AP@k = sum_{i<=k} P@i * rel_i / min(k, R) of one ranked list (NaN when R = `n_relevant` is 0)."""
+    if n_relevant <= 0:
         return float("nan")
-    pairs = zip(query_labels, retrieved, strict=True)
-    return float(np.mean([average_precision_at_k(y, row, k) for y, row in pairs]))
+    rel = np.array([label == query_label for label in list(retrieved)[:k]], dtype=np.float64)
+    precision = np.cumsum(rel) / np.arange(1, rel.size + 1)
+    return float((precision * rel).sum() / min(k, n_relevant))
+
+
+def map_at_k(
+    query_labels: Sequence[Any], retrieved: np.ndarray, n_relevant: Sequence[int], k: int = 5
+) -> float:
+    """Mean of AP@k over the queries with at least one retrievable relevant tile (NaN if none)."""
+    aps = [average_precision_at_k(y, row, int(r), k)
+           for y, row, r in zip(query_labels, retrieved, n_relevant, strict=True)]
+    finite = [a for a in aps if a == a]
+    return float(np.mean(finite)) if finite else float("nan")
 
 
 def retrieval_metrics(
-    query_labels: Sequence[Any], retrieved: np.ndarray, ks: Sequence[int] = DEFAULT_KS
+    query_labels: Sequence[Any], retrieved: np.ndarray, n_relevant: Sequence[int],
+    ks: Sequence[int] = DEFAULT_KS,
 ) -> dict[str, float]:
     """Acc@k for each k in `ks`, MV@5 and mAP@5 of ranked retrieved labels [Q, K]."""
     out = {f"acc@{k}": acc_at_k(query_labels, retrieved, k) for k in ks}
     out["mv@5"] = mv_at_k(query_labels, retrieved, 5)
-    out["map@5"] = map_at_k(query_labels, retrieved, 5)
+    out["map@5"] = map_at_k(query_labels, retrieved, n_relevant, 5)
     return out
 
 
+def relevant_counts(labels: Sequence[Any], groups: Sequence[Any] | None) -> np.ndarray:
+    """R per query: database rows of its label, minus itself and (with `groups`) the rows of its group."""
+    labels = pd.Series(np.asarray(labels, dtype=object))
+    same_label = labels.map(labels.value_counts()).to_numpy(np.int64)
+    if groups is None:
+        return same_label - 1
+    frame = pd.DataFrame({"label": labels, "group": np.asarray(groups, dtype=object)})
+    same_group = frame.groupby(["label", "group"])["label"].transform("size").to_numpy(np.int64)
+    return same_label - same_group
+
+
 # ---------------------------------------------------------------------------- labels
-def load_labels(path: Path) -> pd.DataFrame:
-    """Read a labels CSV with columns (tile_id, label) or (slide_id, label) (DataError otherwise)."""
+def load_labels(path: Path) -> tuple[pd.DataFrame, list[str]]:
+    """Read a labels CSV: (tile_id or slide_id), label[, patient] -> (table, notes); DataError otherwise."""
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read labels {path}: {exc}") from exc
-    return _check_labels(frame, str(path))
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read labels {path}: {exc}; give a CSV with tile_id,label") from exc
+    return check_labels(frame, str(path))
 
 
-def _check_labels(labels: pd.DataFrame, name: str) -> pd.DataFrame:
+def check_labels(labels: pd.DataFrame, name: str) -> tuple[pd.DataFrame, list[str]]:
+    """Validate a labels table (rows with an empty label are dropped and counted in a note)."""
     keys = [c for c in ("tile_id", "slide_id") if c in labels.columns]
     if "label" not in labels.columns or not keys:
         raise DataError(
@@ -117,167 +142,226 @@ def _check_labels(labels: pd.DataFrame, name: str) -> pd.DataFrame:
             f"got {list(labels.columns)}"
         )
     key = keys[0]
-    frame = labels[[key, "label"]].astype(str)
-    frame = frame[frame["label"].str.len() > 0]
+    columns = [key, "label", *(["patient"] if "patient" in labels.columns else [])]
+    frame = labels[columns].astype(str)
+    empty = frame["label"].str.len() == 0
+    notes = []
+    if empty.any():
+        notes.append(f"labels {name}: {int(empty.sum())} row(s) without a label were left out")
+    frame = frame[~empty]
     duplicated = frame[key].duplicated(keep=False)
     if duplicated.any():
         raise DataError(f"labels {name}: {key} {frame[key][duplicated].iloc[0]!r} has several rows; keep one")
-    return frame.reset_index(drop=True)
+    if "patient" in frame.columns and (frame["patient"].str.len() == 0).any():
+        raise DataError(f"labels {name}: empty `patient` cells; fill them or drop the column")
+    return frame.reset_index(drop=True), notes
 
 
-def _labelled_tiles(store: EmbeddingStore, labels: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
-    """Rows and embeddings of the store's labelled tiles, with a `label` column."""
-    labels = _check_labels(labels, "table")
+def labelled_tiles(
+    store: EmbeddingStore, labels: pd.DataFrame, source: str
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Rows (with `label`, and `patient` when given) and embeddings of the labelled tiles: one store scan."""
     key = "tile_id" if "tile_id" in labels.columns else "slide_id"
     rows, emb = store.all_embeddings()
     known = set(rows[key])
     unknown = [v for v in labels[key] if v not in known]
     if unknown:
         raise DataError(
-            f"{len(unknown)} labelled {key}s are not in store {store.uri} (e.g. {unknown[:3]}): "
-            "check the labels file against `mvh info`"
+            f"labels file {source}: {len(unknown)} {key}(s) are not done tiles/slides of store {store.uri} "
+            f"(e.g. {unknown[:3]}): fix or remove those rows (list the store with `mvh info`)"
         )
-    mapping = dict(zip(labels[key], labels["label"], strict=True))
-    label = rows[key].map(mapping)
+    table = labels.set_index(key)
+    label = rows[key].map(table["label"])
     keep = label.notna().to_numpy()
-    rows = rows[keep].reset_index(drop=True)
-    rows["label"] = label[keep].to_numpy()
-    return rows, emb[keep]
+    out = rows[keep].reset_index(drop=True)
+    out["label"] = label[keep].to_numpy()
+    if "patient" in table.columns:
+        out["patient"] = rows[key].map(table["patient"])[keep].to_numpy()
+    return out, emb[keep]
 
 
 # ---------------------------------------------------------------------------- neighbours
-def exact_neighbours(
-    embeddings: np.ndarray, slide_ids: Sequence[str], k: int, leave_one_slide_out: bool = True
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact cosine top-k of every row against all others: scores [N, k], ids [N, k] (-1 past the end).
+def group_codes(rows: pd.DataFrame, leave_out: str) -> np.ndarray | None:
+    """Integer group per labelled row for `leave_out` (slide or patient), None for "none"."""
+    if leave_out == "none":
+        return None
+    column = "slide_id" if leave_out == "slide" else "patient"
+    return np.unique(rows[column].to_numpy().astype(str), return_inverse=True)[1]
 
-    A row never retrieves itself and, with `leave_one_slide_out`, no row of its own slide.
-    """
-    x = l2_normalise(embeddings)
-    _, slide_code = np.unique(np.asarray(slide_ids, dtype=object).astype(str), return_inverse=True)
-    n = x.shape[0]
-    scores = np.full((n, k), -np.inf, dtype=np.float32)
-    ids = np.full((n, k), -1, dtype=np.int64)
-    chunk = max(1, _BLOCK // max(n, 1))
-    for start in range(0, n, chunk):
-        stop = min(n, start + chunk)
-        sims = x[start:stop] @ x.T
-        if leave_one_slide_out:
-            sims[slide_code[start:stop, None] == slide_code[None, :]] = -np.inf
-        sims[np.arange(stop - start), np.arange(start, stop)] = -np.inf
-        kk = min(k, n)
-        if kk < n:
-            part = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
-        else:
-            part = np.tile(np.arange(n), (stop - start, 1))
-        part_scores = np.take_along_axis(sims, part, axis=1)
-        order = np.lexsort((part, -part_scores), axis=1)[:, :k]
-        top = np.take_along_axis(part, order, axis=1)
-        top_scores = np.take_along_axis(sims, top, axis=1)
-        valid = np.isfinite(top_scores)
-        scores[start:stop, : top.shape[1]] = np.where(valid, top_scores, -np.inf)
-        ids[start:stop, : top.shape[1]] = np.where(valid, top, -1)
-    return scores, ids
+
+def exact_neighbours(embeddings: np.ndarray, k: int, groups: np.ndarray | None) -> np.ndarray:
+    """Exact top-k of every row against the others (never itself, never its own group): ids [N, k]."""
+    n = len(embeddings)
+    _, ids = exact_search(embeddings, embeddings, k, exclude_rows=np.arange(n), query_groups=groups,
+                          database_groups=groups)
+    return ids
 
 
 def index_neighbours(
-    index: VectorIndex, rows: pd.DataFrame, embeddings: np.ndarray, k: int, leave_one_slide_out: bool = True
+    index: VectorIndex, rows: pd.DataFrame, embeddings: np.ndarray, k: int, groups: np.ndarray | None,
+    progress: Progress | None = None,
 ) -> np.ndarray:
     """Top-k of every labelled row through the FAISS index, as positions into `rows` [N, k] (-1 = none).
 
-    The candidates are restricted to the labelled rows (and to other slides with leave-one-slide-out) by
-    an ID selector, one search per query slide; the query itself is dropped.
+    Candidates are restricted to the labelled rows of other groups by an ID selector, one search per
+    query group (or one in all without groups); the query itself is dropped.
     """
-    position = pd.Series(np.arange(len(rows)), index=rows["tile_id"].to_numpy())
-    index_pos = pd.Series(np.arange(index.n), index=index.rows["tile_id"].to_numpy())
-    labelled = np.zeros(index.n, dtype=bool)
-    labelled[index_pos.reindex(rows["tile_id"]).to_numpy()] = True
+    in_index = index.tile_rows(rows["tile_id"].tolist())
+    if (in_index < 0).any():
+        raise DataError(
+            f"the index of {index.meta.get('store_uri')} misses labelled tiles: run `mvh index build`"
+        )
+    position = np.full(index.n, -1, dtype=np.int64)
+    position[in_index] = np.arange(len(rows))
+    labelled = position >= 0
+    row_group = np.full(index.n, -1, dtype=np.int64)
+    if groups is not None:
+        row_group[in_index] = groups
     out = np.full((len(rows), k), -1, dtype=np.int64)
-    for slide_id, group in rows.groupby("slide_id", sort=True):
-        allowed = labelled.copy()
-        if leave_one_slide_out:
-            allowed &= index.rows["slide_id"].to_numpy() != slide_id
-        extra = 0 if leave_one_slide_out else 1
-        _, ids = index.search_ids(embeddings[group.index.to_numpy()], k + extra, allowed=allowed)
-        tile_ids = np.where(ids >= 0, index.rows["tile_id"].to_numpy()[np.maximum(ids, 0)], None)
-        for row_i, found in zip(group.index.to_numpy(), tile_ids, strict=True):
-            hits = [position[t] for t in found if t is not None and position[t] != row_i][:k]
-            out[row_i, : len(hits)] = hits
+    if groups is None:
+        batches = [np.arange(len(rows))]
+    else:
+        batches = [np.flatnonzero(groups == g) for g in np.unique(groups)]
+    for members in batches:
+        allowed = labelled if groups is None else labelled & (row_group != groups[members[0]])
+        _, ids = index.search_ids(embeddings[members], k + 1, allowed=allowed)
+        found = np.where(ids >= 0, position[np.maximum(ids, 0)], -1)
+        for row_i, hits in zip(members, found, strict=True):
+            kept = [h for h in hits if h >= 0 and h != row_i][:k]
+            out[row_i, : len(kept)] = kept
+        report(progress, Event.ADVANCE, QUERIES, len(members))
     return out
 
 
 def _labels_of(ids: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    out = np.where(ids >= 0, labels[np.maximum(ids, 0)], None)
-    return out.astype(object)
+    return np.where(ids >= 0, labels[np.maximum(ids, 0)], None).astype(object)
 
 
-# ---------------------------------------------------------------------------- evaluation
+# ---------------------------------------------------------------------------- the job
+@dataclass(frozen=True)
+class RetrievalConfig:
+    """Settings of `mvh eval retrieval` (validated on construction: UsageError naming the flag)."""
+
+    store: str
+    labels: Path
+    ks: tuple[int, ...] = DEFAULT_KS
+    leave_out: str = "slide"
+    out: Path | None = None
+    use_index: bool = True
+
+    def __post_init__(self) -> None:
+        ks = tuple(self.ks)
+        if not ks or any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 for k in ks):
+            raise UsageError(f"--ks {list(ks)}: give positive integers, e.g. --ks 1,3,5")
+        object.__setattr__(self, "ks", tuple(sorted({int(k) for k in ks})))
+        if self.leave_out not in LEAVE_OUT:
+            raise UsageError(f"--leave-out {self.leave_out!r}: use one of {', '.join(LEAVE_OUT)}")
+        object.__setattr__(self, "labels", Path(self.labels))
+        if not self.labels.is_file():
+            raise UsageError(f"--labels {self.labels}: no such file; give a CSV of tile_id,label")
+
+
+@dataclass
+class RetrievalResult(JobResult):
+    """Retrieval metrics (results.json of `mvh eval retrieval`)."""
+
+    store: str
+    labels: str
+    n_queries: int
+    n_database: int
+    n_slides: int
+    n_patients: int | None
+    label_counts: dict[str, int]
+    leave_out: str
+    ks: list[int]
+    exact: dict[str, float]
+    index: dict[str, Any] | None
+    n_queries_without_relevant: int
+    definitions: dict[str, str] = field(default_factory=lambda: dict(DEFINITIONS))
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
 def evaluate_retrieval(
     store: EmbeddingStore,
-    labels_df: pd.DataFrame,
+    labels: pd.DataFrame,
     ks: Sequence[int] = DEFAULT_KS,
-    leave_one_slide_out: bool = True,
+    leave_out: str = "slide",
     index: VectorIndex | None = None,
-) -> dict[str, Any]:
+    use_index: bool = True,
+    source: str = "table",
+    progress: Progress | None = None,
+) -> RetrievalResult:
     """Retrieval metrics of the labelled tiles (exact reference, and the store's index when present)."""
     start = time.perf_counter()
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 1:
-        raise DataError(f"--k values must be positive integers, got {list(ks)}")
-    rows, emb = _labelled_tiles(store, labels_df)
+        raise UsageError(f"--ks values must be positive integers, got {list(ks)}")
+    if leave_out not in LEAVE_OUT:
+        raise UsageError(f"--leave-out {leave_out!r}: use one of {', '.join(LEAVE_OUT)}")
+    labels, notes = check_labels(labels, source)
+    if leave_out == "patient" and "patient" not in labels.columns:
+        raise DataError(f"labels {source}: --leave-out patient needs a `patient` column")
+    rows, emb = labelled_tiles(store, labels, source)
     if len(rows) < 2:
         raise DataError(f"only {len(rows)} labelled tile(s) in store {store.uri}: label more tiles or slides")
     depth = max(*ks, 5)
-    labels = rows["label"].to_numpy(dtype=object)
-    _, exact_ids = exact_neighbours(emb, rows["slide_id"].to_numpy(), depth, leave_one_slide_out)
-    result: dict[str, Any] = {
-        "store": store.uri,
-        "n_queries": int(len(rows)),
-        "n_database": int(len(rows)),
-        "n_slides": int(rows["slide_id"].nunique()),
-        "labels": {str(k): int(v) for k, v in rows["label"].value_counts().sort_index().items()},
-        "leave_one_slide_out": bool(leave_one_slide_out),
-        "ks": ks,
-        "exact": retrieval_metrics(labels, _labels_of(exact_ids, labels), ks),
-        "index": None,
-        "notes": [],
-    }
-    if index is None:
+    label_arr = rows["label"].to_numpy(dtype=object)
+    groups = group_codes(rows, leave_out)
+    n_relevant = relevant_counts(label_arr, groups)
+    without = int((n_relevant <= 0).sum())
+    if without:
+        notes.append(f"{without} queries have no retrievable tile of their label (leave-out {leave_out}): "
+                     "they count as misses in Acc@k and MV@5 and are left out of mAP@5")
+    use_index = use_index or index is not None
+    report(progress, Event.TOTAL, QUERIES, len(rows) * (2 if use_index else 1))
+    report(progress, Event.STATUS, QUERIES, 0, "exact search")
+    exact_ids = exact_neighbours(emb, depth, groups)
+    report(progress, Event.ADVANCE, QUERIES, len(rows))
+    metrics_index = None
+    if index is None and use_index:
         info = index_info(store)
         if not info["exists"]:
-            result["notes"].append("no FAISS index: exact search only (build one with `mvh index build`)")
+            notes.append("no FAISS index: exact search only (build one with `mvh index build`)")
         elif info["stale"]:
-            result["notes"].append(f"FAISS index skipped: it is stale ({info['stale_reason']})")
+            notes.append(f"FAISS index skipped: it is stale ({info['stale_reason']})")
         else:
             index = load_index(store)
     if index is not None:
-        approx_ids = index_neighbours(index, rows, emb, depth, leave_one_slide_out)
-        metrics = retrieval_metrics(labels, _labels_of(approx_ids, labels), ks)
-        metrics.update({f"recall@{k}": recall_at_k(approx_ids, exact_ids, k) for k in ks})
-        metrics["kind"] = index.params.kind
-        metrics["description"] = index.params.describe()
-        result["index"] = metrics
-    result["seconds"] = time.perf_counter() - start
-    return result
-
-
-def run_retrieval_eval(
-    store_uri: str | Path,
-    labels_path: Path,
-    ks: Sequence[int] = DEFAULT_KS,
-    leave_one_slide_out: bool = True,
-    out: Path | None = None,
-) -> dict[str, Any]:
-    """`mvh eval retrieval`: open the store, read the labels CSV, evaluate, write JSON to `out` if given."""
-    result = evaluate_retrieval(
-        EmbeddingStore.open(store_uri), load_labels(Path(labels_path)), ks, leave_one_slide_out
+        report(progress, Event.STATUS, QUERIES, 0, f"index {index.params.describe()}")
+        approx_ids = index_neighbours(index, rows, emb, depth, groups, progress)
+        metrics_index = dict(retrieval_metrics(label_arr, _labels_of(approx_ids, label_arr), n_relevant, ks))
+        metrics_index.update({f"recall@{k}": recall_at_k(approx_ids, exact_ids, k) for k in ks})
+        metrics_index["kind"] = index.params.kind
+        metrics_index["description"] = index.params.describe()
+    return RetrievalResult(
+        store=store.uri,
+        labels=source,
+        n_queries=int(len(rows)),
+        n_database=int(len(rows)),
+        n_slides=int(rows["slide_id"].nunique()),
+        n_patients=int(rows["patient"].nunique()) if "patient" in rows.columns else None,
+        label_counts={str(k): int(v) for k, v in rows["label"].value_counts().sort_index().items()},
+        leave_out=leave_out,
+        ks=ks,
+        exact=retrieval_metrics(label_arr, _labels_of(exact_ids, label_arr), n_relevant, ks),
+        index=metrics_index,
+        n_queries_without_relevant=without,
+        notes=notes,
+        seconds=time.perf_counter() - start,
     )
-    if out is not None:
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
+
+
+def run_retrieval(cfg: RetrievalConfig, *, progress: Progress | None = None) -> RetrievalResult:
+    """`mvh eval retrieval`: open the store, read the labels CSV, evaluate, write results.json to `out`."""
+    store = EmbeddingStore.open(cfg.store)
+    labels, notes = load_labels(cfg.labels)
+    result = evaluate_retrieval(store, labels, cfg.ks, cfg.leave_out, use_index=cfg.use_index,
+                                source=str(cfg.labels), progress=progress)
+    result.notes[:0] = notes
+    if cfg.out is not None:
         try:
-            out.write_text(json.dumps(result, indent=2, default=str))
+            result.write_json(cfg.out)
         except OSError as exc:
-            raise DataError(f"cannot write {out}: {exc}") from exc
-        result["out"] = str(out)
+            raise DataError(f"cannot write --out {cfg.out}: {exc}") from exc
     return result

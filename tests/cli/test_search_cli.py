@@ -77,7 +77,19 @@ def test_search_by_tile_slide_and_exclusion(store: str) -> None:
     result = runner.invoke(app, ["search", "--store", store, "--query-tile", "s1:224:0", "-k", "5", "--json"])
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
-    assert out["query"]["kind"] == "tile" and (out["hits"][0]["x"], out["hits"][0]["y"]) == (224, 0)
+    own = out["query"]["tile_id"]
+    assert out["query"]["kind"] == "tile" and own.startswith("s1:224:0:")
+    # A stored-tile query leaves its own tile out by default, and says so.
+    assert own not in {h["tile_id"] for h in out["hits"]} and len(out["hits"]) == 5
+    assert any("--include-self" in note for note in out["notes"])
+    args = ["search", "--store", store, "--query-tile", "s1:224:0", "-k", "5", "--include-self", "--json"]
+    kept = json.loads(runner.invoke(app, args).stdout)["hits"]
+    assert kept[0]["tile_id"] == own
+    assert [h["tile_id"] for h in kept[1:]] == [h["tile_id"] for h in out["hits"][:4]]
+    # The tile id that --json prints is accepted as --query-tile.
+    hit = out["hits"][0]["tile_id"]
+    again = json.loads(runner.invoke(app, ["search", "--store", store, "--query-tile", hit, "--json"]).stdout)
+    assert again["query"]["tile_id"] == hit and hit not in {h["tile_id"] for h in again["hits"]}
     args = ["search", "--store", store, "--query-tile", "s1:224:0", "--exclude-slide", "s1", "--json"]
     hits = json.loads(runner.invoke(app, args).stdout)["hits"]
     assert hits and {h["slide_id"] for h in hits} == {"s2"}
@@ -94,6 +106,8 @@ def test_search_by_tile_slide_and_exclusion(store: str) -> None:
         (["--query-tile", "s1:0"], "is not <slide_id>:<x>:<y>"),
         (["--query-tile", "nope:0:0"], "not a done slide"),
         (["--query-tile", "s1:0:0", "-k", "0"], "at least 1"),
+        (["--query-tile", "s1:1:1"], "nearest stored tile is s1:0:0"),
+        (["--query", "x.png", "--include-self"], "--include-self is for --query-tile"),
     ],
 )
 def test_search_usage_errors(store: str, args: list[str], message: str) -> None:
@@ -122,14 +136,27 @@ def test_eval_retrieval(store: str, tmp_path: Path) -> None:
     side = rows["x"].map(lambda x: "left" if x < 224 else "right")
     pd.DataFrame({"tile_id": rows["tile_id"], "label": side}).to_csv(labels, index=False)
     out = tmp_path / "res" / "retrieval.json"
-    args = ["eval", "retrieval", "--store", store, "--labels", str(labels), "--k", "1,3", "--out", str(out)]
+    args = ["eval", "retrieval", "--store", store, "--labels", str(labels), "--ks", "1,3", "--out", str(out)]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "acc@1" in result.stdout and "recall@3 vs exact" in result.stdout
     saved = json.loads(out.read_text())
-    assert saved["leave_one_slide_out"] and set(saved["exact"]) == {"acc@1", "acc@3", "mv@5", "map@5"}
+    assert saved["leave_out"] == "slide" and set(saved["exact"]) == {"acc@1", "acc@3", "mv@5", "map@5"}
     assert saved["index"]["recall@1"] == 1.0 and saved["n_queries"] == len(rows)
-    result = runner.invoke(app, [*args[:-2], "--same-slide-ok", "--json"])
-    assert json.loads(result.stdout)["leave_one_slide_out"] is False
-    result = runner.invoke(app, [*args[:-4], "--k", "1,x"])
+    result = runner.invoke(app, [*args[:-2], "--leave-out", "none", "--json"])
+    assert json.loads(result.stdout)["leave_out"] == "none"
+    result = runner.invoke(app, [*args[:-4], "--ks", "1,x"])
     assert result.exit_code == 2 and "comma-separated" in result.stderr
+    result = runner.invoke(app, [*args[:-4], "--leave-out", "patient"])
+    assert result.exit_code == 2 and "patient" in result.stderr and str(labels) in result.stderr
+    bad = tmp_path / "bad.csv"
+    pd.DataFrame({"tile_id": ["nope:0:0:448"], "label": ["x"]}).to_csv(bad, index=False)
+    result = runner.invoke(app, ["eval", "retrieval", "--store", store, "--labels", str(bad)])
+    assert result.exit_code == 2 and str(bad) in result.stderr and "Traceback" not in result.output
+
+
+def test_index_build_bad_parameters_exit_2(store: str) -> None:
+    for flag, value in (("--hnsw-m", "-1"), ("--nlist", "0"), ("--nbits", "3")):
+        result = runner.invoke(app, ["index", "build", "--store", store, "--kind", "auto", flag, value])
+        assert result.exit_code == 2 and flag in result.stderr, result.output
+        assert len(result.stderr.strip().splitlines()) == 1

@@ -16,9 +16,15 @@ from mvh.extractor.extract import ExtractConfig, extract_slides
 from mvh.extractor.slide import open_slide
 from mvh.extractor.synthetic import write_synthetic_slide
 from mvh.extractor.tiling import make_tile_grid_at, read_tile
+from mvh.index.build import build_index
 from mvh.index.store import EmbeddingStore
-from mvh.index.vector import build_index
-from mvh.tasks.query import parse_tile_ref, prepare_query_image, query_embedder, run_query
+from mvh.tasks.query import (
+    parse_tile_ref,
+    prepare_query_image,
+    query_embedder,
+    run_query,
+    tile_ref_candidates,
+)
 
 MODEL = "mv_hybrid_tiny"
 CFG = ExtractConfig(MODEL, random_init=True, batch_size=32, workers=0)
@@ -90,12 +96,17 @@ def test_query_by_stored_tile_and_by_slide(real_store: Path, tmp_path: Path) -> 
     store = EmbeddingStore.open(real_store)
     rows, _ = store.all_embeddings()
     row = rows.iloc[5]
-    result = run_query(real_store, tile=f"{row.slide_id}:{row.x}:{row.y}", k=4, montage=tmp_path / "m.png")
+    ref = f"{row.slide_id}:{row.x}:{row.y}"
+    result = run_query(real_store, tile=ref, k=4, include_self=True, montage=tmp_path / "m.png")
     assert result.hits.iloc[0]["tile_id"] == row.tile_id
     assert result.hits.iloc[0]["score"] == pytest.approx(1.0, abs=1e-5)
     assert (tmp_path / "m.png").exists() and result.query == {
-        "kind": "tile", "source": f"{row.slide_id}:{row.x}:{row.y}", "n_tiles": 1
+        "kind": "tile", "source": ref, "tile_id": row.tile_id, "n_tiles": 1, "include_self": True
     }
+    # By default the query tile is not its own hit; the tile id form names the same tile.
+    default = run_query(real_store, tile=row.tile_id, k=4)
+    assert default.query["source"] == ref and row.tile_id not in set(default.hits["tile_id"])
+    assert default.hits["tile_id"].tolist()[:3] == result.hits["tile_id"].tolist()[1:]
     with pytest.raises(UsageError, match="nearest stored tile"):
         run_query(real_store, tile=f"{row.slide_id}:{row.x + 3}:{row.y}")
     # A slide query excludes the slide itself: with one slide in the store nothing is left.
@@ -149,6 +160,8 @@ def test_prepare_query_image_physical_size() -> None:
 
 def test_parse_tile_ref() -> None:
     assert parse_tile_ref("case:7:A:448:896") == ("case:7:A", 448, 896)
+    assert parse_tile_ref("s1:448:896:224") == ("s1", 448, 896)  # a tile id as --json prints it
+    assert tile_ref_candidates("s1:448:896:224") == [("s1", 448, 896), ("s1:448", 896, 224)]
     for bad in ("slide:1", "slide:x:2", ":1:2"):
         with pytest.raises(UsageError, match="<slide_id>:<x>:<y>"):
             parse_tile_ref(bad)

@@ -1,7 +1,9 @@
-"""Retrieval metrics against hand-computed examples, and the evaluation on a planted store."""
+"""Retrieval metrics against hand-computed examples and an independent implementation written here."""
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -9,19 +11,24 @@ import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score
 
-from mvh.errors import DataError
+from mvh.errors import DataError, UsageError
+from mvh.index.build import build_index
 from mvh.index.store import EmbeddingStore, StoreFingerprint
-from mvh.index.vector import build_index
+from mvh.progress import Event, Recorder
 from mvh.tasks.retrieval import (
+    QUERIES,
+    RetrievalConfig,
+    RetrievalResult,
     acc_at_k,
     average_precision_at_k,
     evaluate_retrieval,
-    exact_neighbours,
     load_labels,
-    majority_label,
+    majority_labels,
     map_at_k,
     mv_at_k,
+    relevant_counts,
     retrieval_metrics,
+    run_retrieval,
 )
 
 
@@ -32,59 +39,83 @@ def test_acc_at_k_hand_example() -> None:
     assert acc_at_k(["a", "c"], retrieved, 3) == 1.0
 
 
-def test_majority_vote_ties_go_to_the_first_ranked_label() -> None:
+def test_majority_vote_ties_count_as_hits_for_every_tied_label() -> None:
+    # Patho-Bench: the query's label among the tied majority labels is a hit.
     ranked = ["a", "b", "b", "a", "c"]
-    assert majority_label(ranked) == "a"
-    assert majority_label(["c", "b", "b", "a", "a"]) == "b"
-    assert majority_label([None, None, "c"]) == "c"
-    assert mv_at_k(["a", "b"], np.array([ranked, ranked], dtype=object), 5) == 0.5
+    assert majority_labels(ranked) == {"a", "b"}
+    assert majority_labels([None, None, "c"]) == {"c"}
+    retrieved = np.array([ranked, ranked, ranked], dtype=object)
+    assert mv_at_k(["a", "b", "c"], retrieved, 5) == pytest.approx(2 / 3)
+    # A strict majority still has one winner.
+    assert mv_at_k(["a"], np.array([["b", "a", "b", "c", "b"]], dtype=object), 5) == 0.0
 
 
-def test_average_precision_hand_example_and_sklearn() -> None:
+def ap_reference(query_label, ranked, n_relevant, k):
+    """Independent AP@k: precision at each relevant rank, summed, over min(k, R)."""
+    total, hits = 0.0, 0
+    for i, label in enumerate(ranked[:k], start=1):
+        if label == query_label:
+            hits += 1
+            total += hits / i
+    return total / min(k, n_relevant)
+
+
+def test_average_precision_divides_by_min_k_and_relevant() -> None:
+    # One hit at rank 1 of five possible scores 0.2, not 1.0 (the issue-13 bug).
+    assert average_precision_at_k("a", ["a", "b", "b", "b", "b"], n_relevant=50, k=5) == pytest.approx(0.2)
+    assert average_precision_at_k("a", ["a", "b", "b", "b", "b"], n_relevant=1, k=5) == pytest.approx(1.0)
     ranked = ["a", "b", "a", "c", "a"]
     expected = (1 / 1 + 2 / 3 + 3 / 5) / 3
-    assert average_precision_at_k("a", ranked, 5) == pytest.approx(expected)
-    # When every relevant item is in the list, AP@k equals sklearn's average precision of the ranking.
+    assert average_precision_at_k("a", ranked, 3, 5) == pytest.approx(expected)
+    # Every relevant item in the list: AP@k equals sklearn's average precision of the ranking.
     rel = [label == "a" for label in ranked]
     assert expected == pytest.approx(average_precision_score(rel, -np.arange(5)))
-    assert average_precision_at_k("a", ranked, 2) == pytest.approx(1.0)
-    assert average_precision_at_k("z", ranked, 5) == 0.0
-    assert map_at_k(["a", "z"], np.array([ranked, ranked], dtype=object), 5) == pytest.approx(expected / 2)
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        row = list(rng.choice(["a", "b", "c"], size=7))
+        r = int(rng.integers(1, 12))
+        assert average_precision_at_k("a", row, r, 5) == pytest.approx(ap_reference("a", row, r, 5))
+    assert np.isnan(average_precision_at_k("z", ranked, 0, 5))
+    rows = np.array([ranked, ranked], dtype=object)
+    assert map_at_k(["a", "z"], rows, [3, 0], 5) == pytest.approx(expected)  # R = 0: no AP, left out
+
+
+def test_relevant_counts_against_brute_force() -> None:
+    rng = np.random.default_rng(3)
+    labels = rng.choice(["a", "b", "c"], size=40)
+    groups = rng.integers(0, 5, size=40)
+    brute = [sum(labels[j] == labels[i] and groups[j] != groups[i] for j in range(40)) for i in range(40)]
+    assert relevant_counts(labels, groups).tolist() == brute
+    brute = [sum(labels[j] == labels[i] for j in range(40) if j != i) for i in range(40)]
+    assert relevant_counts(labels, None).tolist() == brute
 
 
 def test_retrieval_metrics_keys() -> None:
-    out = retrieval_metrics(["a"], np.array([["a", None, None, None, None]], dtype=object), ks=(1, 3))
+    out = retrieval_metrics(["a"], np.array([["a", None, None, None, None]], dtype=object), [1], ks=(1, 3))
     assert out == {"acc@1": 1.0, "acc@3": 1.0, "mv@5": 1.0, "map@5": 1.0}
 
 
-def test_exact_neighbours_masks_self_and_own_slide() -> None:
-    emb = np.array([[1, 0], [1, 0.01], [0.9, 0.3], [0, 1]], dtype=np.float32)
-    slides = ["s1", "s1", "s2", "s2"]
-    _, ids = exact_neighbours(emb, slides, 3, leave_one_slide_out=False)
-    assert ids[0].tolist() == [1, 2, 3]
-    _, ids = exact_neighbours(emb, slides, 3, leave_one_slide_out=True)
-    assert ids[0].tolist() == [2, 3, -1] and ids[3].tolist() == [1, 0, -1]
+def make_store(tmp_path: Path, dim: int = 4) -> EmbeddingStore:
+    fp = StoreFingerprint(
+        model="synthetic", model_config={}, weights_sha256="random-init", weights_path=None,
+        embed_dim=dim, tile_px=224, mpp=0.5, mean=None, std=None,
+    )
+    return EmbeddingStore.create(tmp_path / "store", fp)
+
+
+def add(store: EmbeddingStore, slide_id: str, tile_ids: list[str], emb: np.ndarray) -> None:
+    xs = np.arange(len(tile_ids)) * 448
+    frame = pd.DataFrame({"tile_id": tile_ids, "x": xs, "y": 0, "tile_px": 224, "mpp": 0.5,
+                          "tissue_fraction": 1.0})
+    store.add_slide({"slide_id": slide_id, "path": None}, frame, emb.astype(np.float32))
 
 
 @pytest.fixture
 def planted_store(tmp_path: Path) -> EmbeddingStore:
     """Two slides of two tiles each; hand-worked neighbours in the tests below."""
-    fp = StoreFingerprint(
-        model="synthetic", model_config={}, weights_sha256="random-init", weights_path=None,
-        embed_dim=4, tile_px=224, mpp=0.5, mean=None, std=None,
-    )
-    store = EmbeddingStore.create(tmp_path / "store", fp)
-    planted = {
-        "S1": [("p", [1, 0, 0, 0]), ("q", [0, 1, 0, 0])],
-        "S2": [("r", [0.9, 0.1, 0, 0]), ("s", [0.8, 0.6, 0, 0])],
-    }
-    for slide_id, tiles in planted.items():
-        frame = pd.DataFrame(
-            {"tile_id": [t for t, _ in tiles], "x": [0, 448], "y": [0, 0], "tile_px": 224, "mpp": 0.5,
-             "tissue_fraction": 1.0}
-        )
-        emb = np.array([e for _, e in tiles], dtype=np.float32)
-        store.add_slide({"slide_id": slide_id, "path": None}, frame, emb)
+    store = make_store(tmp_path)
+    add(store, "S1", ["p", "q"], np.array([[1, 0, 0, 0], [0, 1, 0, 0]]))
+    add(store, "S2", ["r", "s"], np.array([[0.9, 0.1, 0, 0], [0.8, 0.6, 0, 0]]))
     return store
 
 
@@ -92,33 +123,91 @@ TILE_LABELS = pd.DataFrame({"tile_id": ["p", "q", "r", "s"], "label": ["a", "b",
 
 
 def test_evaluate_leave_one_slide_out_hand_worked(planted_store: EmbeddingStore) -> None:
-    # p -> r(a) q; q -> s(b) r; r -> p(a) q; s -> p(a) q(b): s is the one miss at rank 1.
-    out = evaluate_retrieval(planted_store, TILE_LABELS, ks=(1, 2), leave_one_slide_out=True)
-    assert out["n_queries"] == 4 and out["index"] is None
-    assert out["exact"] == pytest.approx({"acc@1": 0.75, "acc@2": 1.0, "mv@5": 0.75, "map@5": 3.5 / 4})
+    # p -> r(a) s(b); q -> s(b) r(a); r -> p(a) q(b); s -> p(a) q(b). R = 1 for every query.
+    # MV@5: every 2-tile vote is a 1:1 tie, which counts as a hit; mAP: s finds its tile at rank 2.
+    out = evaluate_retrieval(planted_store, TILE_LABELS, ks=(1, 2), leave_out="slide")
+    assert out.n_queries == 4 and out.index is None
+    assert out.exact == pytest.approx({"acc@1": 0.75, "acc@2": 1.0, "mv@5": 1.0, "map@5": 3.5 / 4})
 
 
 def test_evaluate_same_slide_allowed_and_index_recall(planted_store: EmbeddingStore) -> None:
-    # Without LOSO: p -> r(a) s(b) q(b); q -> s(b) r(a) p(a); r -> p(a) s(b) q(b); s -> r(a) p(a) q(b).
-    # Every vote of three goes 2:1 against the query's label; AP@5 of s = 1/3, of the others 1.
-    out = evaluate_retrieval(planted_store, TILE_LABELS, ks=(1,), leave_one_slide_out=False)
-    assert out["exact"] == pytest.approx({"acc@1": 0.75, "mv@5": 0.0, "map@5": (3 + 1 / 3) / 4})
+    # Without leave-out: p -> r(a) s(b) q(b); q -> s(b) r(a) p(a); r -> p(a) s(b) q(b); s -> r(a) p(a) q(b).
+    # Every vote of three goes 2:1 against the query's label; AP@5 of s = (1/3) / min(5, 1).
+    out = evaluate_retrieval(planted_store, TILE_LABELS, ks=(1,), leave_out="none")
+    assert out.exact == pytest.approx({"acc@1": 0.75, "mv@5": 0.0, "map@5": (3 + 1 / 3) / 4})
     build_index(planted_store)
-    for loso in (True, False):
-        out = evaluate_retrieval(planted_store, TILE_LABELS, ks=(1, 3), leave_one_slide_out=loso)
-        index = out.pop("index")
+    for leave_out in ("slide", "none"):
+        out = evaluate_retrieval(planted_store, TILE_LABELS, ks=(1, 3), leave_out=leave_out)
+        index = out.index
         assert index["kind"] == "flat" and index["recall@1"] == 1.0 and index["recall@3"] == 1.0
-        assert {k: index[k] for k in out["exact"]} == pytest.approx(out["exact"])
+        assert {k: index[k] for k in out.exact} == pytest.approx(out.exact)
 
 
-def test_slide_labels_and_errors(planted_store: EmbeddingStore, tmp_path: Path) -> None:
+def independent_evaluation(emb, labels, groups, ks):
+    """The protocol from its definitions: float64 cosine, self and own group removed, stable order."""
+    x = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    sims = x.astype(np.float64) @ x.astype(np.float64).T
+    acc = {k: [] for k in ks}
+    mv, aps = [], []
+    for i in range(len(x)):
+        order = [j for j in np.argsort(-sims[i], kind="stable") if j != i and groups[j] != groups[i]]
+        ranked = [labels[j] for j in order]
+        for k in ks:
+            acc[k].append(labels[i] in ranked[:k])
+        top = Counter(ranked[:5])
+        mv.append(bool(top) and top[labels[i]] == max(top.values()))
+        r = sum(labels[j] == labels[i] for j in order)
+        if r:
+            aps.append(ap_reference(labels[i], ranked, r, 5))
+    out = {f"acc@{k}": float(np.mean(acc[k])) for k in ks}
+    return {**out, "mv@5": float(np.mean(mv)), "map@5": float(np.mean(aps))}
+
+
+@pytest.mark.parametrize("leave_out", ["slide", "patient", "none"])
+def test_evaluation_equals_independent_implementation(tmp_path: Path, leave_out: str) -> None:
+    rng = np.random.default_rng(7)
+    store = make_store(tmp_path, dim=8)
+    centres = rng.standard_normal((3, 8))
+    rows = []
+    for s in range(4):
+        labels = rng.integers(0, 3, size=12)
+        emb = centres[labels] + 0.9 * rng.standard_normal((12, 8))
+        ids = [f"S{s}:{i}" for i in range(12)]
+        add(store, f"S{s}", ids, emb)
+        rows += [(t, f"c{lab}", f"P{s // 2}", f"S{s}", e) for t, lab, e in zip(ids, labels, emb, strict=True)]
+    table = pd.DataFrame([r[:3] for r in rows], columns=["tile_id", "label", "patient"])
+    out = evaluate_retrieval(store, table, ks=(1, 3, 5), leave_out=leave_out)
+    emb = np.array([r[4] for r in rows], dtype=np.float32)
+    labels = [r[1] for r in rows]
+    groups = {"slide": [r[3] for r in rows], "patient": [r[2] for r in rows], "none": list(range(len(rows)))}
+    assert out.exact == pytest.approx(independent_evaluation(emb, labels, groups[leave_out], (1, 3, 5)))
+    assert out.n_patients == 2 and out.leave_out == leave_out
+
+
+def test_slide_labels_errors_and_job_shape(planted_store: EmbeddingStore, tmp_path: Path) -> None:
     path = tmp_path / "labels.csv"
     pd.DataFrame({"slide_id": ["S1", "S2"], "label": ["x", "y"]}).to_csv(path, index=False)
-    out = evaluate_retrieval(planted_store, load_labels(path), leave_one_slide_out=True)
-    assert out["labels"] == {"x": 2, "y": 2} and out["exact"]["acc@5"] == 0.0
-    out = evaluate_retrieval(planted_store, load_labels(path), ks=(1,), leave_one_slide_out=False)
-    assert out["exact"]["acc@1"] == 0.25  # only s has its same-slide neighbour (r) first
-    with pytest.raises(DataError, match="not in store"):
-        evaluate_retrieval(planted_store, pd.DataFrame({"tile_id": ["p", "zz"], "label": ["a", "b"]}))
+    labels, _ = load_labels(path)
+    out = evaluate_retrieval(planted_store, labels, leave_out="slide")
+    assert out.label_counts == {"x": 2, "y": 2} and out.exact["acc@5"] == 0.0
+    assert out.n_queries_without_relevant == 4 and any("no retrievable tile" in n for n in out.notes)
+    out = evaluate_retrieval(planted_store, labels, ks=(1,), leave_out="none")
+    assert out.exact["acc@1"] == 0.25  # only s has its same-slide neighbour (r) first
+    with pytest.raises(DataError, match="labels file lab.csv: 1 tile_id"):
+        evaluate_retrieval(planted_store, pd.DataFrame({"tile_id": ["p", "zz"], "label": ["a", "b"]}),
+                           source="lab.csv")
     with pytest.raises(DataError, match="need a `label` column"):
         evaluate_retrieval(planted_store, pd.DataFrame({"tile": ["p"], "label": ["a"]}))
+    with pytest.raises(DataError, match="needs a `patient` column"):
+        evaluate_retrieval(planted_store, TILE_LABELS, leave_out="patient")
+    with pytest.raises(UsageError, match="--ks"):
+        RetrievalConfig(store=planted_store.uri, labels=path, ks=(0, 3))
+    with pytest.raises(UsageError, match="--leave-out"):
+        RetrievalConfig(store=planted_store.uri, labels=path, leave_out="study")
+    tile_path = tmp_path / "tiles.csv"
+    TILE_LABELS.to_csv(tile_path, index=False)
+    recorder = Recorder()
+    cfg = RetrievalConfig(store=planted_store.uri, labels=tile_path, ks=(2, 1), out=tmp_path / "r.json")
+    result = run_retrieval(cfg, progress=recorder)
+    assert result.ks == [1, 2] and recorder.count(Event.ADVANCE, QUERIES) == 4
+    assert RetrievalResult.from_dict(json.loads((tmp_path / "r.json").read_text())) == result
