@@ -1,4 +1,4 @@
-"""`mvh export`: a store's done slides as TRIDENT/CLAM h5 files or Parquet."""
+"""`mvh export`: a store's done slides as TRIDENT-complete h5, CLAM's h5_files/pt_files, or Parquet."""
 
 from __future__ import annotations
 
@@ -8,24 +8,44 @@ from typing import Annotated
 import typer
 
 from mvh.cli._app import app, console, guarded, print_json
+from mvh.cli._progress import progress_reporter
+from mvh.cli._render import JsonOption, StoreOption
 
 
 @app.command("export")
 @guarded
 def export_cmd(
-    store: Annotated[str, typer.Option("--store", help="Store directory (or LanceDB URI).")],
-    out: Annotated[Path, typer.Option("--out", help="Output folder (or .parquet file).")],
+    store: StoreOption,
+    out: Annotated[
+        Path, typer.Option("--out", help="Output folder (or .parquet file); not an existing file.")
+    ],
     fmt: Annotated[
-        str, typer.Option("--format", help="h5 (one TRIDENT/CLAM file per slide) | parquet.")
+        str,
+        typer.Option(
+            "--format",
+            help="h5 (one TRIDENT-complete file per slide) | clam (h5_files/, pt_files/) | parquet.",
+        ),
     ] = "h5",
-    as_json: Annotated[bool, typer.Option("--json", help="Print the written paths as JSON.")] = False,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify", help="Verify the store (as `mvh verify`) first; export nothing if it fails."
+        ),
+    ] = False,
+    as_json: JsonOption = False,
 ) -> None:
-    """Export a store's done slides as TRIDENT/CLAM h5 files or one Parquet file."""
-    from mvh.index.interop import export_store
-    from mvh.index.store import EmbeddingStore
+    """Export a store's done slides for TRIDENT, CLAM, Patho-Bench or Parquet readers."""
+    from mvh.index.interop import ExportConfig, run_export
 
-    paths = export_store(EmbeddingStore.open(store), fmt, out)
+    cfg = ExportConfig(store=store, out=out, fmt=fmt, verify=verify)
+    with progress_reporter(enabled=not as_json) as progress:
+        result = run_export(cfg, progress=progress)
     if as_json:
-        print_json({"format": fmt, "files": [str(p) for p in paths]})
-    else:
-        console.print(f"wrote {len(paths)} {fmt} file(s) to {out}", highlight=False)
+        print_json(result.to_dict())
+        return
+    checked = " (store verified first)" if result.verified else ""
+    console.print(
+        f"wrote {len(result.files)} {fmt} file(s) for {result.n_slides} slide(s), {result.n_tiles} tiles "
+        f"to {out}{checked}",
+        highlight=False,
+    )

@@ -1,4 +1,4 @@
-"""`mvh import`: index features made by another tool (TRIDENT/CLAM h5)."""
+"""`mvh import`: index features made by another tool (TRIDENT/CLAM per-slide h5 files)."""
 
 from __future__ import annotations
 
@@ -8,29 +8,57 @@ from typing import Annotated
 import typer
 
 from mvh.cli._app import app, console, guarded, print_json
+from mvh.cli._progress import progress_reporter
+from mvh.cli._render import JsonOption, StoreOption, print_notes
 
 
 @app.command("import")
 @guarded
 def import_cmd(
     h5_dir: Annotated[Path, typer.Argument(help="Folder of TRIDENT/CLAM h5 files (features, coords).")],
-    store: Annotated[str, typer.Option("--store", help="Store directory (or LanceDB URI) to fill.")],
+    store: StoreOption,
     model: Annotated[str, typer.Option("--model", help="Name of the tool/model that made the features.")],
     mpp: Annotated[
-        float | None, typer.Option("--mpp", help="um/px of the tiles, if the files lack it.")
+        float | None,
+        typer.Option("--mpp", help="um/px of the tiles, for files without target_magnification/mpp."),
     ] = None,
-    tile_px: Annotated[int | None, typer.Option("--tile-px", help="Tile px, if the files lack it.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the store description as JSON.")] = False,
+    tile_px: Annotated[
+        int | None, typer.Option("--tile-px", help="Tile px, for files without patch_size.")
+    ] = None,
+    slide_mpp: Annotated[
+        float | None,
+        typer.Option(
+            "--slide-mpp", help="Level-0 um/px, for files without patch_size_level0/level0_magnification."
+        ),
+    ] = None,
+    dtype: Annotated[
+        str, typer.Option("--dtype", help="Stored embedding type: float32 | float16.")
+    ] = "float32",
+    as_json: JsonOption = False,
 ) -> None:
-    """Index features made by another tool (model recorded as external:<name>)."""
-    from mvh.index.interop import import_h5
+    """Index features made by another tool (model recorded as external:<name>); exit 1 if a file failed."""
+    from mvh.index.interop import ImportConfig, run_import
 
-    info = import_h5(h5_dir, store, model, mpp=mpp, tile_px=tile_px).info()
+    cfg = ImportConfig(
+        h5_dir=h5_dir,
+        store=store,
+        model=model,
+        mpp=mpp,
+        tile_px=tile_px,
+        slide_mpp=slide_mpp,
+        embedding_dtype=dtype,
+    )
+    with progress_reporter(enabled=not as_json) as progress:
+        result = run_import(cfg, progress=progress)
     if as_json:
-        print_json(info)
+        print_json(result.to_dict())
     else:
+        model_name = (result.fingerprint or {}).get("model", model)
         console.print(
-            f"imported {info['n_slides']} slide(s), {info['n_tiles']} tiles into {store} "
-            f"as {info['fingerprint']['model']}",
+            f"imported {len(result.imported)} slide(s) ({len(result.empty)} empty), {result.n_tiles} tiles "
+            f"into {store} as {model_name}; {len(result.failed)} file(s) failed",
             highlight=False,
         )
+        print_notes([f"failed: {f.error}" for f in result.failed])
+    if result.exit_code:
+        raise typer.Exit(result.exit_code)

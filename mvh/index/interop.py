@@ -1,81 +1,553 @@
-"""Exchange embeddings with other tools: TRIDENT/CLAM-style per-slide h5 files, and one Parquet file.
+"""Exchange embeddings with TRIDENT, CLAM and Patho-Bench (per-slide h5 files) and Parquet users.
 
-h5 layout (one `<slide_id>.h5` per slide, as TRIDENT and CLAM write it):
-- `features` float32 [N, dim], `coords` int64 [N, 2] (level-0 top-left x, y);
-- attributes on `coords`: `patch_size` (tile px as embedded), `patch_size_level0` (tile footprint in
-  level-0 px), `mpp` (um/px as embedded), `slide_mpp`, `name` (slide id);
-- mvh extras read back on import when present: `tile_ids` and `tissue_fraction` datasets, and file
-  attributes `slide_path`, `width`, `height`, `mpp_source`, `model`, `weights_sha256`.
+Import (`run_import`): a folder of per-slide h5 files (TRIDENT's or CLAM's, or mvh's own export) into a
+store with model `external:<name>`. Each file's geometry comes from its attributes (see
+`mvh.index.trident`) or the flags that supply what is missing; every attribute, the dataset dtypes and
+the file's tile order are kept in the slide row's `attrs` column, so an export writes them back exactly.
+A broken file fails alone (recorded, exit 1); an empty slide (TRIDENT's `features` of shape (0,)) is
+done with 0 tiles.
 
-Parquet: the tiles table of done slides (embedding as fixed_size_list) with the store fingerprint
-as JSON in the schema metadata key `mvh.fingerprint`.
+Export (`run_export`): `h5` (one TRIDENT-complete `<slide_id>.h5` per done slide), `clam` (CLAM's
+`h5_files/<slide_id>.h5` and `pt_files/<slide_id>.pt`), or `parquet` (the tiles table of done slides,
+the store fingerprint as JSON in the schema metadata key `mvh.fingerprint`).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mvh.errors import DataError, UsageError
+from mvh.errors import DataError, StoreError, UsageError
+from mvh.index.slide_ids import check_slide_id, path_inside
 from mvh.index.store import DONE, EmbeddingStore, StoreFingerprint, embeddings_to_arrow
+from mvh.index.trident import (
+    Geometry,
+    H5Slide,
+    decode_attrs,
+    encode_attrs,
+    read_h5,
+    read_h5_header,
+    resolve_geometry,
+    trident_coords_attrs,
+    write_h5,
+)
+from mvh.jobs import JobResult
+from mvh.progress import FILES, SLIDES, Event, Progress, report
 
 EXTERNAL_WEIGHTS = "external"
-FORMATS = ("h5", "parquet")
+FORMATS = ("h5", "clam", "parquet")
+ATTRS = "attrs"  # the slides table's nullable JSON column of per-slide attributes
+INTERNAL_COLUMNS = ("commit",)  # store bookkeeping, not exported
+CONVENTION_NOTE = (
+    "TRIDENT magnifications read as um/px = 10 / magnification (TRIDENT's convention: 20x = 0.5)"
+)
 
 
-def _tile_id(slide_id: str, x: int, y: int, size_l0: int) -> str:
-    # Same naming as mvh.extractor.tiling.tile_id (index must not import extractor).
-    return f"{slide_id}:{x}:{y}:{size_l0}"
+def _positive(value: float | None, flag: str) -> None:
+    if value is not None and (not math.isfinite(value) or value <= 0):
+        raise UsageError(f"{flag} must be a finite number > 0, got {value}")
 
 
-def _size_l0(tile_px: int, mpp: float, slide_mpp: float | None) -> int:
-    if slide_mpp is None or not math.isfinite(slide_mpp) or slide_mpp <= 0:
-        return int(tile_px)
-    return int(round(tile_px * mpp / slide_mpp))
+# ---------------------------------------------------------------- import
+@dataclass
+class ImportConfig:
+    """`mvh import`: which folder, which store, and the geometry the files may lack."""
 
+    h5_dir: Path
+    store: str
+    model: str
+    mpp: float | None = None
+    tile_px: int | None = None
+    slide_mpp: float | None = None
+    embedding_dtype: str = "float32"
 
-def export_h5(store: EmbeddingStore, out_dir: Path | str) -> list[Path]:
-    """Write one TRIDENT/CLAM-style `<slide_id>.h5` per done slide into `out_dir`; return the paths."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    slides = store.slides(status=DONE).set_index("slide_id")
-    fp = store.fingerprint
-    paths = []
-    for slide_id, emb, coords in store.iter_slides():
-        rec = slides.loc[slide_id]
-        tiles = store.slide_tiles(slide_id)
-        slide_mpp = None if pd.isna(rec["mpp"]) else float(rec["mpp"])
-        path = out / f"{slide_id}.h5"
-        with h5py.File(path, "w") as f:
-            f.create_dataset("features", data=emb.astype(np.float32))
-            ds = f.create_dataset("coords", data=coords.astype(np.int64))
-            ds.attrs["patch_size"] = int(fp.tile_px)
-            ds.attrs["patch_size_level0"] = _size_l0(fp.tile_px, fp.mpp, slide_mpp)
-            ds.attrs["mpp"] = float(fp.mpp)
-            ds.attrs["slide_mpp"] = float("nan") if slide_mpp is None else slide_mpp
-            ds.attrs["name"] = slide_id
-            f.create_dataset(
-                "tile_ids", data=tiles["tile_id"].to_numpy(dtype=object), dtype=h5py.string_dtype()
+    def __post_init__(self) -> None:
+        self.h5_dir = Path(self.h5_dir)
+        self.store = str(self.store)
+        if not self.h5_dir.is_dir():
+            raise UsageError(
+                f"{self.h5_dir}: not a folder; point H5_DIR at a folder of TRIDENT/CLAM .h5 files"
             )
-            f.create_dataset("tissue_fraction", data=tiles["tissue_fraction"].to_numpy(np.float32))
-            for key in ("path", "mpp_source"):
-                f.attrs["slide_path" if key == "path" else key] = "" if rec[key] is None else str(rec[key])
-            for key in ("width", "height"):
-                f.attrs[key] = -1 if pd.isna(rec[key]) else int(rec[key])
-            f.attrs["model"] = fp.model
-            f.attrs["weights_sha256"] = fp.weights_sha256
-            f.attrs["fingerprint"] = json.dumps(fp.to_dict())
-        paths.append(path)
-    return paths
+        if not self.files():
+            raise UsageError(
+                f"{self.h5_dir}: no .h5 files found; point at a folder of TRIDENT/CLAM feature files"
+            )
+        if not self.model.strip():
+            raise UsageError("--model is empty; name the tool/model that made the features")
+        _positive(self.mpp, "--mpp")
+        _positive(self.slide_mpp, "--slide-mpp")
+        if self.tile_px is not None and self.tile_px <= 0:
+            raise UsageError(f"--tile-px must be > 0, got {self.tile_px}")
+        if self.embedding_dtype not in ("float32", "float16"):
+            raise UsageError(f"--dtype {self.embedding_dtype!r}: use float32 or float16")
+
+    def files(self) -> list[Path]:
+        """The h5 files to import, sorted by name."""
+        return sorted(p for p in self.h5_dir.glob("*.h5") if p.is_file())
+
+
+@dataclass
+class ImportedFile:
+    """One imported file."""
+
+    file: str
+    slide_id: str
+    n_tiles: int
+
+
+@dataclass
+class FailedFile:
+    """One file that could not be imported, and why."""
+
+    file: str
+    slide_id: str | None
+    error: str
+
+
+@dataclass
+class ImportResult(JobResult):
+    """What `run_import` did: files imported, empty slides, failures, notes, the store's fingerprint."""
+
+    store: str
+    model: str
+    n_files: int
+    imported: list[ImportedFile] = field(default_factory=list)
+    empty: list[str] = field(default_factory=list)
+    failed: list[FailedFile] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    fingerprint: dict[str, Any] | None = None
+
+    @property
+    def n_tiles(self) -> int:
+        """Tiles imported in this run."""
+        return sum(f.n_tiles for f in self.imported)
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every file was imported, 1 when some failed."""
+        return 1 if self.failed else 0
+
+
+class _Notes:
+    """Notes of a job: kept for results.json and reported as progress NOTE events, each once."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self.progress = progress
+        self.items: list[str] = []
+
+    def __call__(self, text: str) -> None:
+        if text not in self.items:
+            self.items.append(text)
+            report(self.progress, Event.NOTE, FILES, 0, text)
+
+
+def _scan(cfg: ImportConfig, result: ImportResult) -> list[tuple[str, H5Slide, Geometry]]:
+    """Headers and geometry of every file; slide ids checked before anything is written."""
+    owners: dict[str, Path] = {}
+    good = []
+    for path in cfg.files():
+        header, error = None, ""
+        try:
+            header = read_h5_header(path)
+        except DataError as exc:
+            error = str(exc)
+        name = path.stem if header is None or header.name is None else header.name
+        slide_id = check_slide_id(name, f"{path} (attribute coords.name or file name)")
+        if slide_id in owners:
+            raise UsageError(
+                f"{path} and {owners[slide_id]} both hold slide {slide_id!r}; rename one or import separately"
+            )
+        owners[slide_id] = path
+        if header is not None:
+            try:
+                good.append((slide_id, header, resolve_geometry(header, cfg.tile_px, cfg.mpp, cfg.slide_mpp)))
+                continue
+            except DataError as exc:
+                error = str(exc)
+        result.failed.append(FailedFile(str(path), slide_id, error))
+    return good
+
+
+def _fingerprint(cfg: ImportConfig, geometry: Geometry, dim: int) -> StoreFingerprint:
+    return StoreFingerprint(
+        model=cfg.model if cfg.model.startswith("external:") else f"external:{cfg.model}",
+        model_config={},
+        weights_sha256=EXTERNAL_WEIGHTS,
+        weights_path=None,
+        embed_dim=dim,
+        tile_px=geometry.tile_px,
+        mpp=geometry.mpp,
+        mean=None,
+        std=None,
+        embedding_dtype=cfg.embedding_dtype,
+        extra={"imported_from": str(cfg.h5_dir.resolve())},
+    )
+
+
+def _open_store(cfg: ImportConfig, scanned: list[tuple[str, H5Slide, Geometry]]) -> EmbeddingStore | None:
+    with_dim = [(h, g) for _, h, g in scanned if h.dim is not None]
+    if with_dim:
+        header, geometry = with_dim[0]
+        return EmbeddingStore.open_or_create(cfg.store, _fingerprint(cfg, geometry, int(header.dim)))  # type: ignore[arg-type]
+    if EmbeddingStore.exists(cfg.store):
+        return EmbeddingStore.open(cfg.store)
+    if scanned:
+        raise UsageError(
+            f"{cfg.h5_dir}: no file holds embeddings, so their dim is unknown; "
+            "import them into an existing store of that dim (--store)"
+        )
+    return None
+
+
+def _file_order(x: np.ndarray, y: np.ndarray, tile_ids: list[str]) -> str | list[int] | None:
+    """How the file's rows map onto the store's (y, x, tile_id) order: None (same), col-major, or a list."""
+    ids = np.asarray(tile_ids, dtype=object).astype(str)
+    by_row = np.lexsort((ids, x, y))
+    if np.array_equal(by_row, np.arange(len(x))):
+        return None
+    if np.array_equal(np.lexsort((ids, y, x)), np.arange(len(x))):
+        return "col-major"
+    return by_row.tolist()
+
+
+def _slide_attrs(slide: H5Slide, geometry: Geometry, order: Any, note: _Notes) -> dict[str, Any]:
+    encoded: dict[str, Any] = {}
+    for where, attrs in (
+        ("coords", slide.coords_attrs),
+        ("features", slide.features_attrs),
+        ("file", slide.file_attrs),
+    ):
+        encoded[where], skipped = encode_attrs(attrs)
+        if skipped:
+            note(
+                f"{slide.path}: {where} attributes {skipped} have types mvh cannot keep (not exported)"
+            )
+    out = {
+        "format": "h5",
+        "file": slide.path.name,
+        "h5": encoded,
+        "dtypes": slide.dtypes,
+        "order": order,
+        "geometry": {
+            "patch_size": geometry.tile_px,
+            "patch_size_level0": geometry.size_l0,
+            "mpp": geometry.mpp,
+            "slide_mpp": geometry.slide_mpp,
+            "overlap": geometry.overlap,
+            "sources": geometry.sources,
+        },
+    }
+    if slide.empty:
+        out["features_shape"] = list(slide.features_shape)
+    return out
+
+
+def _int_attr(attrs: dict[str, Any], key: str) -> int | None:
+    value = attrs.get(key)
+    if isinstance(value, (np.integer, int)) and not isinstance(value, bool) and int(value) >= 0:
+        return int(value)
+    return None
+
+
+def _text_attr(attrs: dict[str, Any], key: str) -> str | None:
+    value = attrs.get(key)
+    if isinstance(value, (bytes, np.bytes_)):
+        value = bytes(value).decode("utf-8", errors="replace")
+    return value if isinstance(value, str) and value else None
+
+
+def _commit(store: EmbeddingStore, slide_id: str, slide: H5Slide, geometry: Geometry, note: _Notes) -> int:
+    fp = store.fingerprint
+    x, y = slide.coords[:, 0], slide.coords[:, 1]
+    n = len(slide.coords)
+    tile_ids = slide.tile_ids or [f"{slide_id}:{a}:{b}:{geometry.size_l0}" for a, b in zip(x, y, strict=True)]
+    tiles = pd.DataFrame(
+        {
+            "tile_id": pd.Series(tile_ids, dtype=object),
+            "x": x,
+            "y": y,
+            "tile_px": np.full(n, fp.tile_px),
+            "mpp": np.full(n, fp.mpp),
+            "tissue_fraction": slide.tissue_fraction
+            if slide.tissue_fraction is not None
+            else np.full(n, np.nan, np.float32),
+        }
+    )
+    fa, ca = slide.file_attrs, slide.coords_attrs
+    width = _int_attr(fa, "width") if "width" in fa else _int_attr(ca, "level0_width")
+    height = _int_attr(fa, "height") if "height" in fa else _int_attr(ca, "level0_height")
+    record = {
+        "slide_id": slide_id,
+        "path": _text_attr(fa, "slide_path") or str(slide.path),
+        "size": slide.path.stat().st_size,
+        "width": width,
+        "height": height,
+        "mpp": geometry.slide_mpp,
+        "mpp_source": _text_attr(fa, "mpp_source") or geometry.sources.get("slide_mpp", "unknown"),
+        "seconds": 0.0,
+    }
+    if ATTRS in store.schema()["slides"].names:
+        order = _file_order(x, y, tile_ids)
+        record[ATTRS] = json.dumps(_slide_attrs(slide, geometry, order, note))
+    else:
+        note(f"store {store.uri} has no `{ATTRS}` column: the files' attributes are not kept for export")
+    dim = slide.features.shape[1] if slide.features.ndim == 2 and slide.features.shape[1] else store.dim
+    features = slide.features if n else np.empty((0, dim), np.float32)
+    store.add_slide(record, tiles, features)
+    return n
+
+
+def run_import(cfg: ImportConfig, *, progress: Progress | None = None) -> ImportResult:
+    """Index a folder of per-slide h5 files into a store; a broken file fails alone."""
+    result = ImportResult(store=cfg.store, model=cfg.model, n_files=len(cfg.files()))
+    note = _Notes(progress)
+    report(progress, Event.TOTAL, FILES, result.n_files)
+    scanned = _scan(cfg, result)
+    report(progress, Event.ADVANCE, FILES, len(result.failed))
+    store = _open_store(cfg, scanned)
+    if any("10/mag" in v for _, _, g in scanned for v in g.sources.values()):
+        note(CONVENTION_NOTE)
+    for slide_id, header, geometry in scanned:
+        report(progress, Event.STATUS, FILES, 0, header.path.name)
+        try:
+            fp = store.fingerprint  # type: ignore[union-attr]
+            if (geometry.tile_px, round(geometry.mpp, 6)) != (fp.tile_px, round(fp.mpp, 6)):
+                raise DataError(
+                    f"{header.path}: tiles of {geometry.tile_px} px at {geometry.mpp:g} um/px, but the store "
+                    f"holds {fp.tile_px} px at {fp.mpp:g} um/px; import this file into another --store"
+                )
+            if header.dim is not None and header.dim != fp.embed_dim:
+                raise DataError(
+                    f"{header.path}: features have dim {header.dim}, the store {cfg.store} has {fp.embed_dim}"
+                )
+            n = _commit(store, slide_id, read_h5(header.path), geometry, note)  # type: ignore[arg-type]
+        except (DataError, StoreError) as exc:
+            result.failed.append(FailedFile(str(header.path), slide_id, " ".join(str(exc).split())))
+        else:
+            result.imported.append(ImportedFile(str(header.path), slide_id, n))
+            if n == 0:
+                result.empty.append(slide_id)
+                note(f"{header.path}: slide {slide_id} has no tiles; recorded as done with 0 tiles")
+        report(progress, Event.ADVANCE, FILES, 1)
+    _record_failures(store, result, note)
+    result.notes = note.items
+    result.fingerprint = None if store is None else store.fingerprint.to_dict()
+    return result
+
+
+def _record_failures(store: EmbeddingStore | None, result: ImportResult, note: _Notes) -> None:
+    if store is None:
+        if result.failed:
+            note("no file could be read, so no store was created")
+        return
+    done = set(store.slide_ids(DONE))
+    for failed in result.failed:
+        if failed.slide_id in done:
+            note(f"{failed.file} failed; the slide {failed.slide_id} already in the store is kept as it was")
+            continue
+        path = Path(failed.file)
+        record = {"slide_id": failed.slide_id, "path": str(path), "size": path.stat().st_size}
+        store.add_failed_slide(record, failed.error)
+
+
+def import_h5(
+    h5_dir: Path | str,
+    store_uri: str | Path,
+    model: str,
+    mpp: float | None = None,
+    tile_px: int | None = None,
+    slide_mpp: float | None = None,
+) -> EmbeddingStore:
+    """Import a folder of h5 files and return the store (DataError if any file failed)."""
+    result = run_import(
+        ImportConfig(Path(h5_dir), str(store_uri), model, mpp=mpp, tile_px=tile_px, slide_mpp=slide_mpp)
+    )
+    if result.failed:
+        raise DataError("; ".join(f.error for f in result.failed))
+    return EmbeddingStore.open(store_uri)
+
+
+# ---------------------------------------------------------------- export
+@dataclass
+class ExportConfig:
+    """`mvh export`: which store, where, in which format, verified first or not."""
+
+    store: str
+    out: Path
+    fmt: str = "h5"
+    verify: bool = False
+
+    def __post_init__(self) -> None:
+        self.store = str(self.store)
+        self.out = Path(self.out)
+        if self.fmt not in FORMATS:
+            raise UsageError(f"--format {self.fmt!r} is unknown: use one of {', '.join(FORMATS)}")
+        if self.out.exists() and not self.out.is_dir():
+            raise UsageError(f"--out {self.out} is an existing file; remove it or name a new folder")
+        if self.fmt != "parquet" and self.out.suffix == ".parquet":
+            raise UsageError(f"--out {self.out} names a Parquet file; use --format parquet or name a folder")
+
+
+@dataclass
+class ExportResult(JobResult):
+    """What `run_export` wrote."""
+
+    store: str
+    format: str
+    out: str
+    files: list[str] = field(default_factory=list)
+    n_slides: int = 0
+    n_tiles: int = 0
+    verified: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def _saved_attrs(rec: pd.Series) -> dict[str, Any] | None:
+    raw = rec.get(ATTRS)
+    if raw is None or (isinstance(raw, float) and math.isnan(raw)) or raw == "":
+        return None
+    try:
+        saved = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise StoreError(f"slide {rec.name}: its `{ATTRS}` column is not JSON ({exc}); re-import it") from exc
+    return saved if isinstance(saved, dict) and saved.get("format") == "h5" else None
+
+
+def _to_file_order(order: Any, tiles: pd.DataFrame) -> np.ndarray | None:
+    if order is None:
+        return None
+    if order == "col-major":
+        ids = tiles["tile_id"].to_numpy(dtype=object).astype(str)
+        return np.lexsort((ids, tiles["y"].to_numpy(), tiles["x"].to_numpy()))
+    return np.argsort(np.asarray(order, dtype=np.int64), kind="stable")
+
+
+def _size_l0(tiles: pd.DataFrame, fp: StoreFingerprint, slide_mpp: float | None, slide_id: str) -> int:
+    sizes = {t.rsplit(":", 1)[-1] for t in tiles["tile_id"]}
+    if len(sizes) == 1 and next(iter(sizes)).isdigit():
+        return int(next(iter(sizes)))  # the extractor names tiles slide:x:y:size_l0
+    if slide_mpp is None:
+        raise DataError(f"slide {slide_id}: its level-0 um/px is unknown; re-extract it with --slide-mpp")
+    return int(round(fp.tile_px * fp.mpp / slide_mpp))
+
+
+def _mvh_file_attrs(store: EmbeddingStore, rec: pd.Series) -> dict[str, Any]:
+    fp = store.fingerprint
+    return {
+        "slide_path": "" if rec["path"] is None else str(rec["path"]),
+        "width": np.int64(-1 if pd.isna(rec["width"]) else int(rec["width"])),
+        "height": np.int64(-1 if pd.isna(rec["height"]) else int(rec["height"])),
+        "mpp_source": "" if rec["mpp_source"] is None else str(rec["mpp_source"]),
+        "model": fp.model,
+        "weights_sha256": fp.weights_sha256,
+        "fingerprint": json.dumps(fp.to_dict()),
+    }
+
+
+@dataclass
+class _SlideFile:
+    features: np.ndarray
+    coords: np.ndarray
+    coords_attrs: dict[str, Any]
+    features_attrs: dict[str, Any]
+    file_attrs: dict[str, Any]
+    extras: dict[str, np.ndarray]
+
+
+def _slide_file(store: EmbeddingStore, slide_id: str, rec: pd.Series, savetodir: str) -> _SlideFile:
+    fp = store.fingerprint
+    emb, coords = store.slide_embeddings(slide_id)
+    tiles = store.slide_tiles(slide_id)
+    saved = _saved_attrs(rec)
+    extras = {
+        "tile_ids": tiles["tile_id"].to_numpy(dtype=object),
+        "tissue_fraction": tiles["tissue_fraction"].to_numpy(np.float32),
+    }
+    mvh_attrs = _mvh_file_attrs(store, rec)
+    if saved is None:
+        slide_mpp = None if pd.isna(rec["mpp"]) else float(rec["mpp"])
+        width = None if pd.isna(rec["width"]) else int(rec["width"])
+        height = None if pd.isna(rec["height"]) else int(rec["height"])
+        geometry = Geometry(fp.tile_px, fp.mpp, slide_mpp, _size_l0(tiles, fp, slide_mpp, slide_id), 0, {})
+        return _SlideFile(
+            features=emb.astype(np.float32),
+            coords=coords.astype(np.int64),
+            coords_attrs=trident_coords_attrs(slide_id, geometry, width, height, savetodir),
+            features_attrs={"name": slide_id, "savetodir": savetodir, "encoder": fp.model},
+            file_attrs=mvh_attrs,
+            extras=extras,
+        )
+    order = _to_file_order(saved.get("order"), tiles)
+    if order is not None:
+        emb, coords = emb[order], coords[order]
+        extras = {k: v[order] for k, v in extras.items()}
+    dtypes = saved["dtypes"]
+    features = emb.astype(np.dtype(dtypes["features"]))
+    if saved.get("features_shape") is not None and len(emb) == 0:
+        features = np.empty(saved["features_shape"], np.dtype(dtypes["features"]))
+    h5 = saved["h5"]
+    return _SlideFile(
+        features=features,
+        coords=coords.astype(np.dtype(dtypes["coords"])),
+        coords_attrs=decode_attrs(h5["coords"]),
+        features_attrs=decode_attrs(h5["features"]),
+        file_attrs={**decode_attrs(h5["file"]), **mvh_attrs},
+        extras=extras,
+    )
+
+
+def _write_pt(path: Path, features: np.ndarray) -> None:
+    import torch  # CLAM's pt_files are torch tensors; torch is imported only for this format
+
+    torch.save(torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)), path)
+
+
+def _export_slides(
+    store: EmbeddingStore, cfg: ExportConfig, result: ExportResult, progress: Progress | None
+) -> None:
+    h5_dir = cfg.out / "h5_files" if cfg.fmt == "clam" else cfg.out
+    pt_dir = cfg.out / "pt_files"
+    h5_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.fmt == "clam":
+        pt_dir.mkdir(parents=True, exist_ok=True)
+    slides = store.slides(status=DONE).set_index("slide_id")
+    report(progress, Event.TOTAL, SLIDES, len(slides))
+    native = False
+    for slide_id, rec in slides.iterrows():
+        sid = str(slide_id)
+        target = path_inside(h5_dir, f"{sid}.h5")
+        data = _slide_file(store, sid, rec, str(h5_dir))
+        native = native or _saved_attrs(rec) is None
+        write_h5(
+            target,
+            data.features,
+            data.coords,
+            data.coords_attrs,
+            data.features_attrs,
+            data.file_attrs,
+            data.extras,
+        )
+        result.files.append(str(target))
+        if cfg.fmt == "clam":
+            pt = path_inside(pt_dir, f"{sid}.pt")
+            _write_pt(pt, data.features)
+            result.files.append(str(pt))
+        result.n_slides += 1
+        result.n_tiles += len(data.coords)
+        report(progress, Event.ADVANCE, SLIDES, 1)
+    if native:
+        result.notes.append(
+            "slides mvh tiled carry TRIDENT attributes with magnification = 10 / um-per-px "
+            "(TRIDENT's convention) and overlap 0 (mvh's grid)"
+        )
 
 
 def export_parquet(store: EmbeddingStore, out: Path | str) -> Path:
@@ -83,11 +555,15 @@ def export_parquet(store: EmbeddingStore, out: Path | str) -> Path:
     out = Path(out)
     if out.suffix != ".parquet":
         out.mkdir(parents=True, exist_ok=True)
-        out = out / "tiles.parquet"
+        out = path_inside(out, "tiles.parquet")
     else:
         out.parent.mkdir(parents=True, exist_ok=True)
     fp = store.fingerprint
-    schema = store.schema()["tiles"].with_metadata({b"mvh.fingerprint": json.dumps(fp.to_dict()).encode()})
+    tiles_schema = store.schema()["tiles"]
+    internal = [tiles_schema.get_field_index(n) for n in INTERNAL_COLUMNS if n in tiles_schema.names]
+    for index in sorted(internal, reverse=True):
+        tiles_schema = tiles_schema.remove(index)
+    schema = tiles_schema.with_metadata({b"mvh.fingerprint": json.dumps(fp.to_dict()).encode()})
     with pq.ParquetWriter(out, schema) as writer:
         for slide_id in store.slide_ids(DONE):
             tiles = store.slide_tiles(slide_id)
@@ -98,133 +574,38 @@ def export_parquet(store: EmbeddingStore, out: Path | str) -> Path:
     return out
 
 
-def export_store(store: EmbeddingStore, fmt: str, out: Path | str) -> list[Path]:
-    """Export a store as `h5` (one file per slide) or `parquet` (one file); return the written paths."""
-    if fmt == "h5":
-        return export_h5(store, out)
-    if fmt == "parquet":
-        return [export_parquet(store, out)]
-    raise UsageError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
+def _verify(store: EmbeddingStore, result: ExportResult) -> None:
+    from mvh.index.integrity import verify_store
 
-
-def _attr(attrs: Any, key: str, default: Any = None) -> Any:
-    if key not in attrs:
-        return default
-    value = attrs[key]
-    if isinstance(value, bytes):
-        return value.decode()
-    return value.item() if isinstance(value, np.generic) else value
-
-
-def _read_h5(path: Path) -> dict[str, Any]:
-    try:
-        with h5py.File(path, "r") as f:
-            if "features" not in f or "coords" not in f:
-                raise DataError(
-                    f"{path}: no `features` and `coords` datasets; expected TRIDENT/CLAM h5 files"
-                )
-            coords_attrs = dict(f["coords"].attrs)
-            out = {
-                "features": np.asarray(f["features"][()], dtype=np.float32),
-                "coords": np.asarray(f["coords"][()], dtype=np.int64),
-                "coords_attrs": coords_attrs,
-                "file_attrs": dict(f.attrs),
-                "tile_ids": [t.decode() if isinstance(t, bytes) else str(t) for t in f["tile_ids"][()]]
-                if "tile_ids" in f
-                else None,
-                "tissue_fraction": np.asarray(f["tissue_fraction"][()], np.float32)
-                if "tissue_fraction" in f
-                else None,
-            }
-    except OSError as exc:
-        raise DataError(f"{path}: not a readable h5 file ({exc}); check the file") from exc
-    feats, coords = out["features"], out["coords"]
-    if feats.ndim != 2 or coords.ndim != 2 or coords.shape[1] != 2 or len(feats) != len(coords):
-        raise DataError(
-            f"{path}: features {feats.shape} and coords {coords.shape} must be [N, dim] and [N, 2]"
+    verdict = verify_store(store)
+    if not verdict.ok:
+        found = "; ".join(f"{p.slide_id}: {p.kind} ({p.detail})" for p in verdict.problems[:3])
+        raise StoreError(
+            f"store {store.uri} failed verification ({len(verdict.problems)} problem(s): {found}); nothing "
+            f"was exported; see `mvh verify --store {store.uri}`"
         )
-    return out
+    result.verified = True
 
 
-def import_h5(
-    h5_dir: Path | str,
-    store_uri: str | Path,
-    model: str,
-    mpp: float | None = None,
-    tile_px: int | None = None,
-    embedding_dtype: str = "float32",
-    progress: Callable[[str, int], None] | None = None,
-) -> EmbeddingStore:
-    """Index a folder of TRIDENT/CLAM h5 files into a store with model `external:<model>`."""
-    files = sorted(Path(h5_dir).glob("*.h5"))
-    if not files:
-        raise UsageError(f"{h5_dir}: no .h5 files found; point at a folder of TRIDENT/CLAM feature files")
-    first = _read_h5(files[0])
-    tile_px = tile_px if tile_px is not None else _attr(first["coords_attrs"], "patch_size")
-    mpp = mpp if mpp is not None else _attr(first["coords_attrs"], "mpp")
-    if tile_px is None or mpp is None or (isinstance(mpp, float) and not math.isfinite(mpp)):
-        raise UsageError(
-            f"{files[0]}: no patch_size/mpp attributes; pass --tile-px and --mpp for these features"
-        )
-    name = model if model.startswith("external:") else f"external:{model}"
-    fp = StoreFingerprint(
-        model=name,
-        model_config={},
-        weights_sha256=EXTERNAL_WEIGHTS,
-        weights_path=None,
-        embed_dim=first["features"].shape[1],
-        tile_px=int(tile_px),
-        mpp=float(mpp),
-        mean=None,
-        std=None,
-        embedding_dtype=embedding_dtype,
-        extra={"imported_from": str(Path(h5_dir).resolve())},
-    )
-    store = EmbeddingStore.open_or_create(store_uri, fp)
-    if progress is not None:
-        progress("slides_total", len(files))
-    for path in files:
-        data = first if path == files[0] else _read_h5(path)
-        _import_one(store, path, data)
-        if progress is not None:
-            progress("slide_done", 1)
-    return store
+def run_export(cfg: ExportConfig, *, progress: Progress | None = None) -> ExportResult:
+    """Export a store's done slides as TRIDENT-complete h5, CLAM's h5_files/pt_files, or Parquet."""
+    store = EmbeddingStore.open(cfg.store)
+    result = ExportResult(store=cfg.store, format=cfg.fmt, out=str(cfg.out))
+    if cfg.verify:
+        _verify(store, result)
+    if cfg.fmt == "parquet":
+        result.files.append(str(export_parquet(store, cfg.out)))
+        result.n_slides = len(store.slide_ids(DONE))
+        result.n_tiles = store.n_tiles
+    else:
+        _export_slides(store, cfg, result, progress)
+    for text in result.notes:
+        report(progress, Event.NOTE, SLIDES, 0, text)
+    return result
 
 
-def _import_one(store: EmbeddingStore, path: Path, data: dict[str, Any]) -> None:
-    fp = store.fingerprint
-    feats, coords = data["features"], data["coords"]
-    if feats.shape[1] != fp.embed_dim:
-        raise DataError(
-            f"{path}: features have dim {feats.shape[1]}, the store {store.uri} has {fp.embed_dim}"
-        )
-    ca, fa = data["coords_attrs"], data["file_attrs"]
-    slide_id = str(_attr(ca, "name", path.stem)) or path.stem
-    slide_mpp = _attr(ca, "slide_mpp")
-    slide_mpp = None if slide_mpp is None or not math.isfinite(float(slide_mpp)) else float(slide_mpp)
-    size_l0 = int(_attr(ca, "patch_size_level0", _size_l0(fp.tile_px, fp.mpp, slide_mpp)))
-    n = len(coords)
-    tile_ids = data["tile_ids"] or [_tile_id(slide_id, int(x), int(y), size_l0) for x, y in coords]
-    tissue = data["tissue_fraction"]
-    tiles = pd.DataFrame(
-        {
-            "tile_id": tile_ids,
-            "x": coords[:, 0],
-            "y": coords[:, 1],
-            "tile_px": np.full(n, fp.tile_px),
-            "mpp": np.full(n, fp.mpp),
-            "tissue_fraction": tissue if tissue is not None else np.full(n, np.nan, np.float32),
-        }
-    )
-    width, height = _attr(fa, "width", -1), _attr(fa, "height", -1)
-    record = {
-        "slide_id": slide_id,
-        "path": _attr(fa, "slide_path") or str(path),
-        "size": path.stat().st_size,
-        "width": None if width is None or int(width) < 0 else int(width),
-        "height": None if height is None or int(height) < 0 else int(height),
-        "mpp": slide_mpp,
-        "mpp_source": _attr(fa, "mpp_source") or "imported",
-        "seconds": 0.0,
-    }
-    store.add_slide(record, tiles, feats)
+def export_h5(store: EmbeddingStore, out_dir: Path | str) -> list[Path]:
+    """Write one TRIDENT-complete `<slide_id>.h5` per done slide into `out_dir`; return the paths."""
+    result = ExportResult(store=store.uri, format="h5", out=str(out_dir))
+    _export_slides(store, ExportConfig(store.uri, Path(out_dir), "h5"), result, None)
+    return [Path(p) for p in result.files]
