@@ -1,8 +1,7 @@
-"""Survival protocol: cohort validation, patient folds, planted-signal ABMIL, determinism, store bags."""
+"""Survival protocol: cohort validation, patient folds, planted-signal ABMIL, determinism."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -10,21 +9,17 @@ import pandas as pd
 import pytest
 import torch
 
-from mvh.errors import CohortError, SlideError
-from mvh.index.store import EmbeddingStore, StoreFingerprint
+from mvh.errors import CohortError
 from mvh.tasks.survival import (
-    StoreBags,
-    SurvivalConfig,
+    SurvivalSettings,
     cross_validate_survival,
     inner_split,
     patient_folds,
     predict_abmil,
     read_cohort,
-    run_survival,
     train_abmil,
 )
-from mvh.tasks.survival_figures import attention_canvas
-from mvh.tasks.survival_metrics import harrell_c
+from mvh.tasks.survival.metrics import harrell_c
 
 DIM = 32
 EPOCHS = 12
@@ -130,7 +125,8 @@ def test_folds_never_split_a_patient_and_are_stratified(tmp_path: Path) -> None:
     table.to_csv(tmp_path / "c.csv", index=False)
     cohort = read_cohort(tmp_path / "c.csv")
     pats = cohort.patients
-    folds = patient_folds(pats["event"].to_numpy(), pats["site"].to_numpy(), 4, seed=0)
+    folds, notes = patient_folds(pats["event"].to_numpy(), pats["site"].to_numpy(), 4, seed=0)
+    assert notes == []
     test_of = {}
     for fold in folds:
         assert not set(fold.train) & set(fold.test)
@@ -151,19 +147,43 @@ def test_too_few_events_for_the_folds() -> None:
         patient_folds(np.array([1, 1, 0, 0, 0, 0]), None, 3)
 
 
+def test_fold_fallbacks_are_notes_not_silent() -> None:
+    folds, notes = patient_folds(np.array([1] * 10 + [0]), None, 3)
+    assert len(folds) == 3 and notes and "not stratified by event" in notes[0]
+    site = np.array(["A"] * 10 + ["B"] * 2)
+    _, notes = patient_folds(np.array([1, 0] * 6), site, 3)
+    assert notes and "stratified by event only" in notes[0]
+
+
+def test_too_few_training_events_for_the_coxph_inner_cv_fail_before_training(planted, monkeypatch) -> None:
+    bags, patients, _ = planted
+    few = patients.iloc[:20].assign(event=[1] * 6 + [0] * 14)
+    monkeypatch.setattr("mvh.tasks.survival.cv.train_abmil", lambda *a, **k: pytest.fail("trained"))
+    with pytest.raises(CohortError, match="fewer than --coxph-folds 5.*lower --coxph-folds"):
+        cross_validate_survival(bags, few, SurvivalSettings(folds=3, **FAST))
+
+
+def test_no_validation_split_is_a_recorded_note(planted) -> None:
+    bags, patients, _ = planted
+    cv = cross_validate_survival(bags, patients.iloc[:15], SurvivalSettings(folds=3, epochs=1, coxph_folds=2,
+                                                                            **FAST))
+    assert any("without early stopping" in n for n in cv.notes), cv.notes
+    assert not any(f.early_stopping for f in cv.folds) and all(f.epochs_run == 1 for f in cv.folds)
+
+
 # ------------------------------------------------------------------------------------------ planted signal
 def test_abmil_finds_the_planted_signal_and_attends_to_cluster_b(planted) -> None:
     bags, patients, is_b = planted
-    config = SurvivalConfig(epochs=EPOCHS, **FAST)
+    config = SurvivalSettings(epochs=EPOCHS, **FAST)
     cv = cross_validate_survival(bags, patients, config, attention_for=list(bags))
-    abmil = cv.summary("abmil")["c_index"]
-    assert abmil["mean"] >= 0.7, abmil
-    assert len(abmil["folds"]) == 5 and np.std(abmil["folds"]) == pytest.approx(abmil["std"])
+    abmil = cv.c_index("abmil")
+    assert abmil.mean >= 0.7, abmil
+    assert len(abmil.folds) == 5 and np.std(abmil.folds) == pytest.approx(abmil.std)
     for fold in range(5):
         rows = cv.patients[cv.patients["fold"] == fold]
         expected = harrell_c(rows["event"], rows["time"], rows["risk_abmil"])
-        assert abmil["folds"][fold] == pytest.approx(expected)
-    assert cv.summary("coxph")["c_index"]["mean"] > 0.6
+        assert abmil.folds[fold] == pytest.approx(expected)
+    assert cv.c_index("coxph").mean > 0.6
     assert (cv.patients["fold"] >= 0).all() and cv.patients["risk_abmil"].notna().all()
     frac_b = np.array([is_b[p].mean() for p in cv.patients["patient_id"]])
     high = [p for p, f in zip(cv.patients["patient_id"], frac_b, strict=True) if 0.5 < f < 0.98]
@@ -173,8 +193,8 @@ def test_abmil_finds_the_planted_signal_and_attends_to_cluster_b(planted) -> Non
 
 def test_nll_loss_also_finds_the_signal(planted) -> None:
     bags, patients, _ = planted
-    cv = cross_validate_survival(bags, patients, SurvivalConfig(loss="nll", epochs=EPOCHS, **FAST))
-    assert cv.summary("abmil")["c_index"]["mean"] >= 0.7
+    cv = cross_validate_survival(bags, patients, SurvivalSettings(loss="nll", epochs=EPOCHS, **FAST))
+    assert cv.c_index("abmil").mean >= 0.7
 
 
 def test_shuffled_labels_stay_near_chance(planted) -> None:
@@ -185,8 +205,8 @@ def test_shuffled_labels_stay_near_chance(planted) -> None:
         shuffled = patients.assign(
             time=patients["time"].to_numpy()[perm], event=patients["event"].to_numpy()[perm]
         )
-        cv = cross_validate_survival(bags, shuffled, SurvivalConfig(epochs=EPOCHS, **FAST))
-        scores.append(cv.summary("abmil")["c_index"]["mean"])
+        cv = cross_validate_survival(bags, shuffled, SurvivalSettings(epochs=EPOCHS, **FAST))
+        scores.append(cv.c_index("abmil").mean)
     assert abs(np.mean(scores) - 0.5) < 0.1 and max(scores) < 0.65, scores
 
 
@@ -194,90 +214,21 @@ def test_same_seed_gives_identical_results(planted) -> None:
     bags, patients, _ = planted
     subset = patients.iloc[:30]
     fast = {**FAST, "max_tiles": 16}
-    config = SurvivalConfig(epochs=3, folds=3, **fast)
+    config = SurvivalSettings(epochs=3, folds=3, **fast)
     first = cross_validate_survival(bags, subset, config)
     second = cross_validate_survival(bags, subset, config)
     np.testing.assert_array_equal(first.patients["risk_abmil"], second.patients["risk_abmil"])
     np.testing.assert_array_equal(first.patients["risk_coxph"], second.patients["risk_coxph"])
-    assert first.fold_c == second.fold_c
-    other = cross_validate_survival(bags, subset, SurvivalConfig(epochs=3, folds=3, seed=1, **fast))
+    assert first.c_index("abmil") == second.c_index("abmil") and first.folds == second.folds
+    other = cross_validate_survival(bags, subset, SurvivalSettings(epochs=3, folds=3, seed=1, **fast))
     assert not np.array_equal(first.patients["risk_abmil"], other.patients["risk_abmil"])
 
 
 def test_max_tiles_samples_training_bags_only(planted) -> None:
     bags, patients, _ = planted
     ids = patients["patient_id"].tolist()[:20]
-    config = SurvivalConfig(epochs=1, **{**FAST, "max_tiles": 4})
+    config = SurvivalSettings(epochs=1, **{**FAST, "max_tiles": 4})
     model, report = train_abmil([bags[p] for p in ids], patients["time"][:20], patients["event"][:20], config)
     _, attention = predict_abmil(model, [bags[p] for p in ids], "cox", torch.device("cpu"))
     assert [len(a) for a in attention] == [len(bags[p]) for p in ids]
     assert report.epochs_run == 1
-
-
-# ------------------------------------------------------------------------------------------ store
-def _fingerprint(dim: int) -> StoreFingerprint:
-    return StoreFingerprint(
-        model="synthetic", model_config={}, weights_sha256="random-init", weights_path=None, embed_dim=dim,
-        tile_px=224, mpp=0.5, mean=None, std=None,
-    )
-
-
-def _add(store: EmbeddingStore, slide_id: str, emb: np.ndarray, path: str | None = None) -> None:
-    n = len(emb)
-    tiles = pd.DataFrame({
-        "tile_id": [f"{slide_id}:{i}" for i in range(n)], "x": np.arange(n) * 448, "y": np.zeros(n, int),
-        "tile_px": 224, "mpp": 0.5, "tissue_fraction": 1.0,
-    })
-    store.add_slide({"slide_id": slide_id, "path": path, "mpp": 0.25, "width": 448 * n, "height": 448},
-                    tiles, emb)
-
-
-def test_store_bags_concatenate_slides_and_evict(tmp_path: Path) -> None:
-    store = EmbeddingStore.create(tmp_path / "store", _fingerprint(4))
-    rng = np.random.default_rng(0)
-    a, b, c = (rng.normal(size=(n, 4)).astype(np.float32) for n in (3, 5, 2))
-    for sid, emb in (("s_a", a), ("s_b", b), ("s_c", c)):
-        _add(store, sid, emb)
-    bags = StoreBags(store, {"P1": ["s_a", "s_b"], "P2": ["s_c"]}, cache_bytes=a.nbytes + b.nbytes)
-    np.testing.assert_array_equal(bags["P1"], np.concatenate([a, b]))
-    np.testing.assert_array_equal(bags["P2"], c)
-    np.testing.assert_array_equal(bags["P1"], np.concatenate([a, b]))
-    assert list(bags) == ["P1", "P2"] and len(bags) == 2
-    assert bags.slide_span("P1", "s_a") == (0, 3) and bags.slide_span("P1", "s_b") == (3, 8)
-    start, stop = bags.slide_span("P1", "s_b")
-    np.testing.assert_array_equal(bags["P1"][start:stop], store.slide_embeddings("s_b")[0])
-
-
-def test_attention_canvas_paints_tiles_at_thumbnail_scale() -> None:
-    coords = np.array([[0, 0], [500, 0]])
-    canvas = attention_canvas((50, 200), (2000, 500), coords, np.array([500.0, 250.0]), np.array([0.2, 0.9]))
-    assert np.all(canvas[:, :50] == 0.2) and np.all(canvas[:25, 50:75] == 0.9)
-    assert np.isnan(canvas[25:, 50:75]).all() and np.isnan(canvas[:, 75:]).all()
-
-
-def test_run_survival_writes_results_json(tmp_path: Path, planted) -> None:
-    bags, patients, _ = planted
-    store = EmbeddingStore.create(tmp_path / "store", _fingerprint(DIM))
-    rows = []
-    for pid, t, e in patients.iloc[:24].itertuples(index=False):
-        half = len(bags[pid]) // 2
-        for j, part in enumerate((bags[pid][:half], bags[pid][half:])):
-            _add(store, f"{pid}_{j}", part, path=str(tmp_path / "gone.svs"))
-            rows.append((f"{pid}_{j}", pid, t, e))
-    cohort = tmp_path / "cohort.csv"
-    pd.DataFrame(rows, columns=["slide_id", "patient_id", "time", "event"]).to_csv(cohort, index=False)
-    config = SurvivalConfig(epochs=2, folds=3, **FAST)
-    with pytest.raises(SlideError, match="gone.svs is gone"):
-        run_survival(cohort, store.uri, config, tmp_path / "out", heatmap="p000_0")
-    assert not (tmp_path / "out").exists()
-    results = run_survival(cohort, store.uri, config, tmp_path / "out")
-    saved = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert saved["settings"]["folds"] == 3 and saved["settings"]["n_slides"] == 48
-    for model in ("abmil", "coxph"):
-        c = saved[model]["c_index"]
-        assert len(c["folds"]) == 3 and c["mean"] == pytest.approx(np.mean(c["folds"]))
-        assert c["std"] == pytest.approx(np.std(c["folds"]))
-        assert (tmp_path / "out" / f"km_{model}.png").read_bytes()[:4] == b"\x89PNG"
-    assert [p["patient_id"] for p in saved["patients"]] == sorted(patients["patient_id"][:24])
-    assert {p["fold"] for p in saved["patients"]} == {0, 1, 2}
-    assert results["abmil"] == saved["abmil"]
