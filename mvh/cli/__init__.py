@@ -17,6 +17,7 @@ from mvh.cli import (  # noqa: F401  (imported for their command registrations)
     search,
     serve,
     tile,
+    verify,
 )
 from mvh.cli._app import app
 from mvh.cli.eval import classify, retrieval, st, survival  # noqa: F401

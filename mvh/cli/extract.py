@@ -7,69 +7,40 @@ metadata lacks it is given with `--slide-mpp` (or an `mpp` column of `--slides-c
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 from rich.text import Text
 
 from mvh.cli._app import app, console, err_console, guarded, parse_key_values, print_json
+from mvh.cli._progress import progress_reporter
 from mvh.cli._render import weights_line
+from mvh.errors import UsageError
 
 if TYPE_CHECKING:
-    from mvh.extractor.extract import ExtractSummary
+    from mvh.extractor.extract import ExtractResult
 
 
-class _RateColumn(ProgressColumn):
-    """Tiles per second of a task."""
-
-    def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text("" if speed is None else f"{speed:.1f} tiles/s", style="progress.data.speed")
-
-
-class _Bars:
-    """Rich bars driven by the library's progress events: one for slides, one for tiles."""
-
-    def __init__(self, progress: Progress) -> None:
-        self.progress = progress
-        self.slides = progress.add_task("slides", total=None)
-        self.tiles = progress.add_task("tiles", total=0)
-
-    def __call__(self, event: str, n: int) -> None:
-        p = self.progress
-        if event == "slides_total":
-            p.update(self.slides, total=n)
-        elif event in ("slide_done", "slide_failed", "slide_skipped"):
-            p.update(self.slides, advance=n)
-        elif event == "tiles_total":
-            p.update(self.tiles, total=(p.tasks[self.tiles].total or 0) + n)
-        elif event == "tiles":
-            p.update(self.tiles, advance=n)
+def tile_px_option(tile_px: int | None, tile: int | None, default: int = 224) -> int:
+    """The tile side from `--tile-px` or its hidden old name `--tile` (both given and different: exit 2)."""
+    if tile_px is not None and tile is not None and tile_px != tile:
+        raise UsageError(f"--tile-px {tile_px} and --tile {tile} disagree: give --tile-px only")
+    chosen = tile_px if tile_px is not None else tile
+    return default if chosen is None else chosen
 
 
-def _summary_table(summary: ExtractSummary) -> Table:
-    d = summary.to_dict()
-    table = Table(title=f"{summary.model} -> {summary.store}")
+def _summary_table(result: ExtractResult) -> Table:
+    table = Table(title=f"{result.model} -> {result.store}")
     for name in ("slides done", "skipped", "failed", "tiles", "time (s)", "tiles/s"):
         table.add_column(name, justify="right")
     table.add_row(
-        str(d["slides_done"]),
-        str(d["slides_skipped"]),
-        f"[red]{d['slides_failed']}[/]" if d["slides_failed"] else "0",
-        str(d["tiles"]),
-        f"{d['seconds']:.1f}",
-        f"{d['tiles_per_s']:.1f}",
+        str(result.slides_done),
+        str(result.slides_skipped),
+        f"[red]{result.slides_failed}[/]" if result.slides_failed else "0",
+        str(result.tiles),
+        f"{result.seconds:.1f}",
+        f"{result.tiles_per_s:.1f}",
     )
     return table
 
@@ -97,13 +68,23 @@ def extract_cmd(
         ),
     ] = None,
     mpp: Annotated[float, typer.Option("--mpp", help="Target resolution of the tiles, um/px.")] = 0.5,
-    tile: Annotated[int, typer.Option("--tile", help="Tile side in px at --mpp.")] = 224,
+    tile_px: Annotated[
+        int | None, typer.Option("--tile-px", help="Tile side in px at --mpp [default: 224].")
+    ] = None,
+    tile: Annotated[int | None, typer.Option("--tile", hidden=True)] = None,
     min_tissue: Annotated[
-        float, typer.Option("--min-tissue", help="Minimum tissue fraction of a tile.")
+        float, typer.Option("--min-tissue", help="Minimum tissue fraction of a tile (0 to 1).")
     ] = 0.25,
     slide_mpp: Annotated[
         float | None, typer.Option("--slide-mpp", help="Scan um/px of slides whose metadata lacks it.")
     ] = None,
+    slide_id_from: Annotated[
+        str,
+        typer.Option(
+            "--slide-id-from",
+            help="stem: ids are file stems; path: ids are paths below the current folder (a/b.svs -> a__b).",
+        ),
+    ] = "stem",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Tiles per forward pass.")] = 64,
     workers: Annotated[int, typer.Option("--workers", help="DataLoader processes decoding tiles.")] = 4,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:i")] = "auto",
@@ -121,11 +102,16 @@ def extract_cmd(
     slides_csv: Annotated[
         Path | None, typer.Option("--slides-csv", help="CSV with a `path` column and optional `mpp`.")
     ] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Re-embed slides already done.")] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite", help="Re-embed slides already done (old tiles kept until the new commit)."
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Embed the tissue tiles of slides into a LanceDB store (resumable; done slides are skipped)."""
-    from mvh.extractor.extract import ExtractConfig, extract_slides, parse_devices
+    from mvh.extractor.extract import ExtractConfig, parse_devices, run_extract
 
     cfg = ExtractConfig(
         model=model,
@@ -133,45 +119,33 @@ def extract_cmd(
         random_init=random_init,
         overrides=parse_key_values(overrides, "--overrides"),
         mpp=mpp,
-        tile_px=tile,
+        tile_px=tile_px_option(tile_px, tile),
         min_tissue=min_tissue,
         batch_size=batch_size,
         workers=workers,
         precision=precision,
         dtype=dtype,
         overwrite=overwrite,
+        slides=tuple(slides or ()),
+        store=store,
+        recursive=recursive,
+        glob=glob,
+        slides_csv=slides_csv,
+        slide_mpp=slide_mpp,
+        slide_id_from=slide_id_from,
+        device=device,
+        devices=tuple(parse_devices(devices)),
     )
-    columns: list[Any] = [
-        TextColumn("[bold]{task.description:>6}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        _RateColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-    ]
-    with Progress(*columns, console=err_console, transient=True, disable=as_json) as progress:
-        summary = extract_slides(
-            slides or [],
-            store,
-            cfg,
-            recursive=recursive,
-            glob=glob,
-            slides_csv=slides_csv,
-            slide_mpp=slide_mpp,
-            device=device,
-            devices=parse_devices(devices),
-            progress=_Bars(progress),
-        )
+    with progress_reporter(enabled=not as_json) as progress:
+        result = run_extract(cfg, progress=progress)
     if as_json:
-        print_json(summary.to_dict())
+        print_json(result.to_dict())
     else:
-        console.print(_summary_table(summary))
-        console.print(weights_line(summary.weights_sha256), highlight=False)
-    for r in summary.slides:
+        console.print(_summary_table(result))
+        console.print(weights_line(result.weights_sha256), highlight=False)
+    for r in result.slides:
         if r.status == "failed":
-            err_console.print(
-                f"[bold red]failed:[/] {r.slide_id}: {r.error}", highlight=False, soft_wrap=True
-            )
-    if summary.exit_code:
-        raise typer.Exit(summary.exit_code)
+            line = Text.assemble(("failed: ", "bold red"), f"{r.slide_id}: {r.error}")
+            err_console.print(line, highlight=False, soft_wrap=True)
+    if result.exit_code:
+        raise typer.Exit(result.exit_code)

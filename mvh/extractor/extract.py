@@ -10,36 +10,44 @@ tissue or an unreadable tile is recorded as failed and the run goes on.
 
 Several devices: pending slides are split by file size across one spawned process per device, each
 running the pipeline above and writing to the same store (Lance appends from several processes are
-safe; commit conflicts are retried by the store). Done slides are skipped unless `overwrite`.
+safe; commit conflicts are retried by the store). Done slides are skipped unless `overwrite`, and only
+when their path, size and a cheap content hash match the done row: a different file with the same id is
+refused (use `slide_id_from="path"`). Any exception while opening, tiling or decoding one slide fails that
+slide only. The job shape: `run_extract(ExtractConfig(...), progress=...) -> ExtractResult`.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import logging
 import math
 import multiprocessing as mp
+import os
 import queue as queue_mod
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import openslide
+import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
-from mvh.errors import DataError, MvhError, StoreError, UsageError
+from mvh.errors import DataError, MvhError, StoreError, StoreWriteError, UsageError
 from mvh.extractor.dataset import TileDataset
 from mvh.extractor.embedder import Embedder, resolve_device
 from mvh.extractor.slide import open_slide
 from mvh.extractor.tiling import TileGrid, make_tile_grid, read_tile
+from mvh.index.slide_ids import check_slide_id
 from mvh.index.store import DONE, EmbeddingStore
+from mvh.jobs import JobResult
+from mvh.progress import SLIDES, TILES, Event, Progress, report
 
 log = logging.getLogger(__name__)
 
@@ -59,26 +67,48 @@ SLIDE_SUFFIXES = (
     ".jpg",
     ".jpeg",
 )
-Progress = Callable[[str, int], None]
-_TILE_ERRORS = (MvhError, OSError, ValueError, openslide.OpenSlideError)
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+ID_SOURCES = ("stem", "path")
+_HASH_BLOCK = 1 << 20
+_PLAN_FAILED = "cannot be tiled"
 
 
 @dataclass(frozen=True)
 class SlideInput:
-    """A slide file and its optional user-given level-0 um/px."""
+    """A slide file, its optional user-given level-0 um/px and optional id (default: the file stem)."""
 
     path: Path
     mpp: float | None = None
+    name: str | None = None
 
     @property
     def slide_id(self) -> str:
-        """The slide id (file stem), as `Slide.slide_id`."""
-        return self.path.stem
+        """The slide id: `name` when given, else the file stem."""
+        return self.name if self.name is not None else self.path.stem
+
+
+def file_hash(path: Path) -> str:
+    """A cheap content hash: sha256 of the size and the first, middle and last MiB of the file."""
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with path.open("rb") as f:
+        for offset in sorted({0, max(0, size // 2 - _HASH_BLOCK // 2), max(0, size - _HASH_BLOCK)}):
+            f.seek(offset)
+            digest.update(f.read(_HASH_BLOCK))
+    return "sha256-3mib:" + digest.hexdigest()
+
+
+def _positive(value: float | None, flag: str) -> None:
+    if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise UsageError(f"{flag} {value} must be a positive, finite number")
 
 
 @dataclass(frozen=True)
 class ExtractConfig:
-    """Everything that decides how slides are embedded (picklable, so it travels to device workers)."""
+    """What to embed, where, and how; validated on construction (picklable: it travels to device workers).
+
+    `slides` are files, folders and/or `SlideInput`s; `slides_csv` adds CSV rows (`path`, optional `mpp`).
+    """
 
     model: str
     weights: str | None = None
@@ -94,6 +124,43 @@ class ExtractConfig:
     overwrite: bool = False
     seed: int = 0
     max_tiles: int | None = None  # only the first N tissue tiles of each slide (quick tries, benchmarks)
+    slides: tuple[Path | SlideInput, ...] = ()
+    store: str = "embeddings.lance"
+    recursive: bool = False
+    glob: str | None = None
+    slides_csv: Path | None = None
+    slide_mpp: float | None = None
+    slide_id_from: str = "stem"
+    device: str = "auto"
+    devices: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "slides", tuple(s if isinstance(s, SlideInput) else Path(s) for s in self.slides)
+        )
+        object.__setattr__(self, "devices", tuple(self.devices))
+        object.__setattr__(self, "store", str(self.store))
+        if self.slides_csv is not None:
+            object.__setattr__(self, "slides_csv", Path(self.slides_csv))
+        if self.dtype not in ("float32", "float16"):
+            raise UsageError(f"--dtype {self.dtype}: stored embeddings are float32 or float16")
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"--precision {self.precision}: choose one of {', '.join(PRECISIONS)}")
+        if self.slide_id_from not in ID_SOURCES:
+            raise UsageError(f"--slide-id-from {self.slide_id_from}: choose stem or path")
+        _positive(self.mpp, "--mpp")
+        _positive(self.slide_mpp, "--slide-mpp")
+        for flag, value in (("--tile-px", self.tile_px), ("--batch-size", self.batch_size)):
+            if not isinstance(value, int) or value < 1:
+                raise UsageError(f"{flag} {value} must be a whole number >= 1")
+        if not isinstance(self.workers, int) or self.workers < 0:
+            raise UsageError(f"--workers {self.workers} must be 0 (decode in this process) or more")
+        if not (math.isfinite(self.min_tissue) and 0.0 <= self.min_tissue <= 1.0):
+            raise UsageError(f"--min-tissue {self.min_tissue} must be a fraction between 0 and 1")
+        if self.max_tiles is not None and self.max_tiles < 1:
+            raise UsageError(f"max_tiles={self.max_tiles} must be at least 1 (or None for all tiles)")
+        if not self.store.strip():
+            raise UsageError("--store is empty: give a store folder (or LanceDB URI)")
 
     def embedder(self, device: str) -> Embedder:
         """Build the embedder this config names on `device`."""
@@ -116,8 +183,8 @@ class SlideResult:
 
 
 @dataclass
-class ExtractSummary:
-    """What an extraction run did."""
+class ExtractResult(JobResult):
+    """What an extraction run did (results.json is `to_dict()`)."""
 
     store: str
     model: str
@@ -125,6 +192,19 @@ class ExtractSummary:
     devices: list[str]
     seconds: float
     slides: list[SlideResult]
+    notes: list[str] = field(default_factory=list)
+    slides_done: int = 0
+    slides_skipped: int = 0
+    slides_failed: int = 0
+    tiles: int = 0
+    tiles_per_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.slides_done = self.count(DONE)
+        self.slides_skipped = self.count("skipped")
+        self.slides_failed = self.count("failed")
+        self.tiles = self.n_tiles
+        self.tiles_per_s = round(self.n_tiles / self.seconds, 2) if self.seconds > 0 else 0.0
 
     def count(self, status: str) -> int:
         """Number of slides with `status`."""
@@ -136,52 +216,48 @@ class ExtractSummary:
         return sum(r.n_tiles for r in self.slides if r.status == DONE)
 
     @property
-    def tiles_per_s(self) -> float:
-        """End-to-end throughput of this run."""
-        return self.n_tiles / self.seconds if self.seconds > 0 else 0.0
-
-    @property
     def exit_code(self) -> int:
         """1 when any slide failed, else 0."""
         return 1 if self.count("failed") else 0
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready summary."""
-        return {
-            "store": self.store,
-            "model": self.model,
-            "weights_sha256": self.weights_sha256,
-            "devices": self.devices,
-            "slides_done": self.count("done"),
-            "slides_skipped": self.count("skipped"),
-            "slides_failed": self.count("failed"),
-            "tiles": self.n_tiles,
-            "seconds": round(self.seconds, 3),
-            "tiles_per_s": round(self.tiles_per_s, 2),
-            "slides": [dataclasses.asdict(r) for r in self.slides],
-        }
 
 
 # ---------------------------------------------------------------------------------------- inputs
 def _read_slides_csv(path: Path) -> list[SlideInput]:
     try:
-        with path.open(newline="") as f:
+        with path.open(newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read the slides CSV ({exc})") from exc
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path}: cannot read the slides CSV ({exc}); save it as UTF-8 text") from exc
     if not rows or "path" not in rows[0]:
         raise DataError(f"{path}: the slides CSV needs a `path` column (and optionally `mpp`)")
     out = []
     for i, row in enumerate(rows, start=2):
-        slide = Path(row["path"])
+        cell = row.get("path")
+        if not isinstance(cell, str) or not cell.strip() or "\0" in cell:
+            raise DataError(f"{path}:{i}: empty or invalid `path` cell; give the slide file of each row")
+        slide = Path(cell.strip())
         slide = slide if slide.is_absolute() else path.parent / slide
-        mpp = (row.get("mpp") or "").strip()
+        mpp = row.get("mpp")
+        mpp = mpp.strip() if isinstance(mpp, str) else ""
         try:
             value = float(mpp) if mpp else None
         except ValueError:
             raise DataError(f"{path}:{i}: mpp {mpp!r} is not a number of um/px") from None
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise DataError(f"{path}:{i}: mpp {mpp!r} must be a positive number of um/px")
         out.append(SlideInput(slide, value))
     return out
+
+
+def _path_id(path: Path) -> str:
+    """The id of `path` for `--slide-id-from path`: its path relative to the working folder, `/` as `__`."""
+    relative = Path(os.path.relpath(path, Path.cwd()))
+    if relative.parts and relative.parts[0] == "..":
+        raise UsageError(
+            f"{path}: --slide-id-from path names slides by their path below the current folder; run mvh "
+            "from a folder that contains the slides"
+        )
+    return "__".join(relative.with_suffix("").parts)
 
 
 def find_slides(
@@ -190,8 +266,9 @@ def find_slides(
     glob: str | None = None,
     slides_csv: Path | str | None = None,
     slide_mpp: float | None = None,
+    slide_id_from: str = "stem",
 ) -> list[SlideInput]:
-    """Slide files from paths, directories (files matching `glob` or a slide suffix) and a CSV."""
+    """Slide files from paths, folders (files matching `glob` or a slide suffix) and a CSV; ids checked."""
     found: list[SlideInput] = []
     for item in map(Path, inputs):
         if item.is_dir():
@@ -206,18 +283,29 @@ def find_slides(
             raise UsageError(f"{item}: no such slide file or directory")
     if slides_csv is not None:
         found.extend(_read_slides_csv(Path(slides_csv)))
-    unique = list(dict.fromkeys(SlideInput(s.path.resolve(), s.mpp) for s in found))
+    return _checked_inputs(found, slide_id_from, [str(p) for p in inputs])
+
+
+def _checked_inputs(
+    found: Sequence[SlideInput], slide_id_from: str, described: list[str]
+) -> list[SlideInput]:
+    """Resolved, de-duplicated inputs with safe, unique ids (UsageError naming the file otherwise)."""
+    unique: list[SlideInput] = []
+    for s in dict.fromkeys(SlideInput(s.path.resolve(), s.mpp, s.name) for s in found):
+        name = s.name if s.name is not None or slide_id_from == "stem" else _path_id(s.path)
+        item = SlideInput(s.path, s.mpp, name)
+        check_slide_id(item.slide_id, str(s.path))
+        unique.append(item)
     ids = Counter(s.slide_id for s in unique)
     clashes = sorted(k for k, n in ids.items() if n > 1)
     if clashes:
         paths = [str(s.path) for s in unique if s.slide_id == clashes[0]]
         raise UsageError(
-            f"slides {paths} share the id {clashes[0]!r} (file stem); extract them into separate stores"
+            f"slides {paths} share the id {clashes[0]!r}: name slides by their relative path with "
+            "--slide-id-from path, or extract them into separate stores"
         )
     if not unique:
-        raise UsageError(
-            f"no slides found in {[str(p) for p in inputs]}: check the paths, --glob or --recursive"
-        )
+        raise UsageError(f"no slides found in {described}: check the paths, --glob or --recursive")
     return unique
 
 
@@ -260,15 +348,25 @@ def _message(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+def _failure(source: SlideInput, what: str, exc: BaseException) -> str:
+    """One line for a slide's failure: mvh errors as they are, others with their type (a corrupt file)."""
+    if isinstance(exc, MvhError):
+        return _message(exc) if what == _PLAN_FAILED else f"{what}: {_message(exc)}"
+    return (
+        f"{source.path}: {what} ({type(exc).__name__}: {_message(exc)}); the file may be corrupt or truncated"
+    )
+
+
 def _plan(source: SlideInput, cfg: ExtractConfig) -> tuple[dict[str, Any], TileGrid]:
     """Open and tile one slide: its store record and grid (SlideError / MissingMppError / NoTissueError)."""
     start = time.perf_counter()
     with open_slide(source.path, mpp=source.mpp) as slide:
         width, height = slide.dimensions
         record = {
-            "slide_id": slide.slide_id,
+            "slide_id": source.slide_id,
             "path": str(source.path),
             "size": source.path.stat().st_size,
+            "file_hash": file_hash(source.path),
             "width": int(width),
             "height": int(height),
             "mpp": float(slide.mpp),
@@ -303,8 +401,8 @@ class _SlideStream(IterableDataset):
             source = self.slides[k]
             try:
                 record, grid = _plan(source, self.cfg)
-            except (MvhError, OSError) as exc:
-                yield "failed", k, _message(exc)
+            except Exception as exc:  # noqa: BLE001 (any failure of one slide fails that slide only)
+                yield "failed", k, _failure(source, _PLAN_FAILED, exc)
                 continue
             yield "planned", k, (record, grid)
             try:
@@ -315,10 +413,10 @@ class _SlideStream(IterableDataset):
                         if len(tiles) == size:
                             yield "batch", torch.tensor(keys), torch.from_numpy(np.stack(tiles))
                             tiles, keys = [], []
-            except _TILE_ERRORS as exc:
+            except Exception as exc:  # noqa: BLE001 (any failure of one slide fails that slide only)
                 kept = [j for j, key in enumerate(keys) if key[0] != k]
                 tiles, keys = [tiles[j] for j in kept], [keys[j] for j in kept]
-                yield "failed", k, f"{source.path}: tile decode failed: {_message(exc)}"
+                yield "failed", k, _failure(source, "tile decode failed", exc)
         if tiles:
             yield "batch", torch.tensor(keys), torch.from_numpy(np.stack(tiles))
 
@@ -334,13 +432,11 @@ class _Job:
     filled: int = 0
 
 
-def _emit(progress: Progress | None, event: str, n: int = 1) -> None:
-    if progress is not None:
-        progress(event, n)
-
-
 def _failed_record(source: SlideInput) -> dict[str, Any]:
-    size = source.path.stat().st_size if source.path.exists() else None
+    try:
+        size = source.path.stat().st_size
+    except OSError:
+        size = None
     return {"slide_id": source.slide_id, "path": str(source.path), "size": size, "mpp": source.mpp}
 
 
@@ -359,16 +455,19 @@ def run_pipeline(
     def fail(k: int, error: str, record: dict[str, Any] | None = None) -> None:
         jobs.pop(k, None)
         source = slides[k]
-        store.add_failed_slide(record or _failed_record(source), error)
+        if not store.add_failed_slide(record or _failed_record(source), error):
+            error += " (the tiles committed before are kept)"
         seconds = float((record or {}).get("seconds") or 0.0)
         results.append(SlideResult(source.slide_id, str(source.path), "failed", 0, seconds, error, device))
-        _emit(progress, "slide_failed")
+        report(progress, Event.ADVANCE, SLIDES)
 
     def finish(k: int) -> None:
         job = jobs.pop(k)
         record = dict(job.record, seconds=job.record["plan_seconds"] + time.perf_counter() - job.started)
         try:
             store.add_slide(record, job.grid.to_frame(), job.buffer)
+        except StoreWriteError:
+            raise  # disk full / I/O error: every later write would fail too; stop with one line
         except StoreError as exc:
             fail(k, _message(exc), record)
             return
@@ -377,7 +476,7 @@ def run_pipeline(
                 record["slide_id"], str(slides[k].path), DONE, len(job.grid), record["seconds"], "", device
             )
         )
-        _emit(progress, "slide_done")
+        report(progress, Event.ADVANCE, SLIDES)
 
     stream = _SlideStream(slides, cfg)
     workers = min(cfg.workers, len(slides))
@@ -386,7 +485,7 @@ def run_pipeline(
             record, grid = payload
             buffer = np.empty((len(grid), embedder.dim), dtype=np.float32)
             jobs[int(key)] = _Job(record, grid, buffer, started=time.perf_counter())
-            _emit(progress, "tiles_total", len(grid))
+            report(progress, Event.TOTAL, TILES, len(grid))
         elif kind == "failed":
             fail(int(key), payload, jobs[int(key)].record if int(key) in jobs else None)
         else:
@@ -401,7 +500,7 @@ def run_pipeline(
                 job.filled += int(rows.sum())
                 if job.filled == len(job.grid):
                     finish(k)
-            _emit(progress, "tiles", len(owners))
+            report(progress, Event.ADVANCE, TILES, len(owners))
     for k in sorted(jobs):
         fail(
             k, f"{slides[k].path}: only {jobs[k].filled} of {len(jobs[k].grid)} tiles arrived", jobs[k].record
@@ -434,7 +533,11 @@ def _device_worker(
         store = EmbeddingStore.open_or_create(
             store_uri, embedder.fingerprint(cfg.mpp, cfg.tile_px, cfg.dtype)
         )
-        results = run_pipeline(embedder, store, slides, cfg, lambda e, n: events.put(("event", wid, (e, n))))
+
+        def forward(event: Event, task: str, n: int = 1, detail: str = "") -> None:
+            events.put(("event", wid, (event.value, task, n, detail)))
+
+        results = run_pipeline(embedder, store, slides, cfg, forward)
         events.put(("results", wid, [dataclasses.asdict(r) for r in results]))
     except MvhError as exc:
         events.put(("error", wid, " ".join(str(exc).split())))
@@ -476,7 +579,8 @@ def _run_devices(
             continue
         proc, device, shard = procs[wid]
         if kind == "event":
-            _emit(progress, *payload)
+            event, task, n, detail = payload
+            report(progress, Event(event), task, n, detail)
         elif kind == "results":
             waiting.discard(wid)
             results += [SlideResult(**r) for r in payload]
@@ -523,52 +627,54 @@ def parse_devices(text: str | None) -> list[str]:
     return out
 
 
-def extract_slides(
-    inputs: Sequence[SlideInput | Path | str],
-    store_uri: str | Path,
-    cfg: ExtractConfig,
-    *,
-    recursive: bool = False,
-    glob: str | None = None,
-    slides_csv: Path | str | None = None,
-    slide_mpp: float | None = None,
-    device: str = "auto",
-    devices: Sequence[str] | None = None,
-    progress: Progress | None = None,
-) -> ExtractSummary:
-    """Embed slides (files, folders, CSV rows) into the store at `store_uri`; done ones are skipped."""
+def _skip_or_refuse(source: SlideInput, row: pd.Series) -> bool:
+    """True when `source` is the file a done row was made from (path, size, content hash); else exit 2."""
+    try:
+        size, digest = source.path.stat().st_size, file_hash(source.path)
+    except OSError as exc:
+        raise UsageError(f"{source.path}: cannot be read ({exc}); check the file") from exc
+    same = (row["path"], row["size"], row["file_hash"]) == (str(source.path), size, digest)
+    if same:
+        return True
+    raise UsageError(
+        f"slide id {source.slide_id!r} of {source.path} is already done in the store from {row['path']} "
+        "(another file, or the same one changed or moved): name slides by their relative path with "
+        "--slide-id-from path, or re-embed it with --overwrite"
+    )
+
+
+def run_extract(cfg: ExtractConfig, *, progress: Progress | None = None) -> ExtractResult:
+    """Embed the slides of `cfg` into its store; done slides (same file) are skipped unless `overwrite`."""
     start = time.perf_counter()
-    store_uri = str(store_uri)
-    given = [s for s in inputs if isinstance(s, SlideInput)]
-    paths = [s for s in inputs if not isinstance(s, SlideInput)]
-    slides = given
-    if paths or slides_csv is not None or not given:
-        slides = given + find_slides(paths, recursive, glob, slides_csv, slide_mpp)
-    if cfg.dtype not in ("float32", "float16"):
-        raise UsageError(f"--dtype {cfg.dtype}: stored embeddings are float32 or float16")
-    if cfg.max_tiles is not None and cfg.max_tiles < 1:
-        raise UsageError(f"max_tiles={cfg.max_tiles} must be at least 1 (or None for all tiles)")
-    if not (math.isfinite(cfg.mpp) and cfg.mpp > 0) or cfg.tile_px <= 0 or cfg.batch_size <= 0:
-        raise UsageError(
-            f"--mpp {cfg.mpp}, --tile {cfg.tile_px} and --batch-size {cfg.batch_size} must be positive"
+    given = [s for s in cfg.slides if isinstance(s, SlideInput)]
+    paths = [s for s in cfg.slides if not isinstance(s, SlideInput)]
+    slides = _checked_inputs(given, cfg.slide_id_from, [str(s.path) for s in given]) if given else []
+    if paths or cfg.slides_csv is not None or not given:
+        slides += find_slides(
+            paths, cfg.recursive, cfg.glob, cfg.slides_csv, cfg.slide_mpp, cfg.slide_id_from
         )
-    devices = list(devices or [])
+        slides = _checked_inputs(slides, "stem", [str(p) for p in cfg.slides])
+    if EmbeddingStore.exists(cfg.store):
+        EmbeddingStore.open(cfg.store).check_writable()  # before loading weights or reading any slide
+    devices = list(cfg.devices)
     if len(devices) > 1:
         for d in devices:
             resolve_device(d)
         # Built on CPU only to check the weights and compute the fingerprint before spawning workers.
         embedder = dataclasses.replace(cfg, precision="auto").embedder("cpu")
     else:
-        embedder = cfg.embedder(devices[0] if devices else device)
-    store = EmbeddingStore.open_or_create(store_uri, embedder.fingerprint(cfg.mpp, cfg.tile_px, cfg.dtype))
-    done = set() if cfg.overwrite else set(store.slide_ids(DONE))
-    _emit(progress, "slides_total", len(slides))
+        embedder = cfg.embedder(devices[0] if devices else cfg.device)
+    store = EmbeddingStore.open_or_create(cfg.store, embedder.fingerprint(cfg.mpp, cfg.tile_px, cfg.dtype))
+    store.check_writable()
+    done = store.slides(DONE).set_index("slide_id")
+    notes: list[str] = []
+    report(progress, Event.TOTAL, SLIDES, len(slides))
     results: list[SlideResult] = []
     todo = []
     for s in slides:
-        if s.slide_id in done:
+        if s.slide_id in done.index and not cfg.overwrite and _skip_or_refuse(s, done.loc[s.slide_id]):
             results.append(SlideResult(s.slide_id, str(s.path), "skipped"))
-            _emit(progress, "slide_skipped")
+            report(progress, Event.ADVANCE, SLIDES)
         else:
             todo.append(s)
     if len(devices) > 1:
@@ -580,7 +686,31 @@ def extract_slides(
         used = [str(embedder.device)]
     if any(r.status == DONE for r in results):
         store.optimize()
+    for r in results:
+        if r.status == "failed" and r.error.endswith("(the tiles committed before are kept)"):
+            notes.append(f"slide {r.slide_id}: re-embedding failed; its tiles committed before are kept")
+    for note in notes:
+        report(progress, Event.NOTE, SLIDES, 0, note)
     order = {s.slide_id: i for i, s in enumerate(slides)}
     results.sort(key=lambda r: order.get(r.slide_id, len(order)))
     fp = store.fingerprint
-    return ExtractSummary(store_uri, fp.model, fp.weights_sha256, used, time.perf_counter() - start, results)
+    return ExtractResult(
+        cfg.store, fp.model, fp.weights_sha256, used, time.perf_counter() - start, results, notes
+    )
+
+
+def extract_slides(
+    inputs: Sequence[SlideInput | Path | str],
+    store_uri: str | Path,
+    cfg: ExtractConfig,
+    *,
+    progress: Progress | None = None,
+    **options: Any,
+) -> ExtractResult:
+    """`run_extract` with the slides and store given here; `options` are other ExtractConfig fields."""
+    devices = options.pop("devices", None)
+    if devices is not None:
+        options["devices"] = tuple(devices)
+    return run_extract(
+        dataclasses.replace(cfg, slides=tuple(inputs), store=str(store_uri), **options), progress=progress
+    )

@@ -21,6 +21,7 @@ from mvh.extractor.slide import open_slide
 from mvh.extractor.synthetic import write_synthetic_slide
 from mvh.extractor.tiling import make_tile_grid, read_tile
 from mvh.index.store import EmbeddingStore
+from mvh.progress import SLIDES, TILES, Event, Recorder
 
 MODEL = "mv_hybrid_tiny"
 TINY = {"depth": 2, "embed_dim": 32}  # one Mamba + one attention block: the pipeline, fast on CPU
@@ -78,11 +79,7 @@ def test_embed_grid_matches_tile_by_tile_embedding(slide_dir, embedder) -> None:
 
 def test_extract_with_a_corrupt_file_then_resume(slide_dir, embedder, tmp_path) -> None:
     uri = tmp_path / "e.lance"
-    events: dict[str, int] = {}
-
-    def progress(event: str, n: int) -> None:
-        events[event] = events.get(event, 0) + n
-
+    progress = Recorder()
     summary = extract_slides([slide_dir], uri, CFG, device="cpu", progress=progress)
     status = {r.slide_id: r.status for r in summary.slides}
     assert status == {"broken": "failed", "s1": "done", "s2": "done", "s3": "done"}
@@ -90,13 +87,8 @@ def test_extract_with_a_corrupt_file_then_resume(slide_dir, embedder, tmp_path) 
     store = EmbeddingStore.open(uri)
     grids = {sid: grid_of(slide_dir / f"{sid}.tiff") for sid in ("s1", "s2", "s3")}
     assert summary.n_tiles == sum(len(g) for g in grids.values()) == store.n_tiles
-    assert events == {
-        "slides_total": 4,
-        "slide_failed": 1,
-        "slide_done": 3,
-        "tiles_total": summary.n_tiles,
-        "tiles": summary.n_tiles,
-    }
+    assert progress.count(Event.TOTAL, SLIDES) == 4 and progress.count(Event.ADVANCE, SLIDES) == 4
+    assert progress.count(Event.TOTAL, TILES) == progress.count(Event.ADVANCE, TILES) == summary.n_tiles
     # Batches of 4 span slide boundaries; each slide still gets exactly its own tiles' embeddings.
     for sid, grid in grids.items():
         emb, coords = store.slide_embeddings(sid)
@@ -159,12 +151,10 @@ def test_unreadable_tiles_fail_their_slide_only(slide_dir, tmp_path) -> None:
 
 def test_decode_workers_give_the_same_store(slide_dir, tmp_path) -> None:
     cfg = ExtractConfig(MODEL, random_init=True, overrides=TINY, batch_size=4, workers=2)
-    events: list[tuple[str, int]] = []
-    summary = extract_slides(
-        [slide_dir], tmp_path / "w.lance", cfg, device="cpu", progress=lambda e, n: events.append((e, n))
-    )
+    progress = Recorder()
+    summary = extract_slides([slide_dir], tmp_path / "w.lance", cfg, device="cpu", progress=progress)
     assert [r.status for r in summary.slides] == ["failed", "done", "done", "done"]
-    assert sum(n for e, n in events if e == "tiles") == summary.n_tiles
+    assert progress.count(Event.ADVANCE, TILES) == summary.n_tiles
     ref = extract_slides([slide_dir], tmp_path / "ref.lance", CFG, glob="s*.tiff", device="cpu")
     got, want = EmbeddingStore.open(summary.store), EmbeddingStore.open(ref.store)
     rows, emb = got.all_embeddings()
@@ -177,8 +167,8 @@ KILL_SCRIPT = """
 import os, sys, time
 from mvh.extractor.extract import ExtractConfig, extract_slides
 
-def progress(event, n):
-    if event == "slide_done":
+def progress(event, task, n=1, detail=""):
+    if event.value == "advance" and task == "slides":
         open(sys.argv[3], "w").write("committed")
         time.sleep(600)
 
