@@ -33,3 +33,30 @@ def fmt_mean_std(mean: Any, std: Any = None) -> str:
     if mean is None or mean != mean:
         return "n/a"
     return f"{mean:.3f}" if std is None or std != std else f"{mean:.3f} ± {std:.3f}"
+
+
+StorageOptionsOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--storage-option",
+        help="Object-store setting KEY=VALUE passed to LanceDB (repeatable), e.g. aws_region=eu-west-1.",
+    ),
+]
+StoreVersionOption = Annotated[
+    int | None,
+    typer.Option("--store-version", help="Open this version of the store (see `mvh info`), or use URI@TAG."),
+]
+ReadOnlyOption = Annotated[
+    bool, typer.Option("--read-only", help="Open the store without ever writing to it.")
+]
+
+
+def open_store(
+    store: str, storage_options: list[str] | None = None, version: int | None = None, read_only: bool = False
+) -> Any:
+    """The `EmbeddingStore` named by `--store`, `--storage-option`, `--store-version` and `--read-only`."""
+    from mvh.index.location import parse_location
+    from mvh.index.store import EmbeddingStore
+
+    location = parse_location(store, storage_options=storage_options, version=version, read_only=read_only)
+    return EmbeddingStore.open(location)

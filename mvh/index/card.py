@@ -11,11 +11,13 @@ from __future__ import annotations
 import importlib.metadata
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from mvh.errors import UsageError
+from mvh.index.objects import SidecarFiles
 from mvh.index.store import DONE, FAILED, RANDOM_INIT, EmbeddingStore
 from mvh.jobs import JobResult, jsonable
 
@@ -145,3 +147,24 @@ def build_card(store: EmbeddingStore, fields: dict[str, str] | None = None) -> D
         tool_versions={name: _version(name) for name in _TOOLS},
         fields={**previous, **(fields or {})},
     )
+
+
+CARD_FILE = "CARD.md"
+
+
+def write_card(
+    store: EmbeddingStore, fields: dict[str, str] | None = None, out: Path | None = None
+) -> tuple[DatasetCard, list[str]]:
+    """Build the card, keep it in the store (meta `card` + `_mvh/card/CARD.md`) and optionally in `out`."""
+    card = build_card(store, fields)
+    text = card.to_markdown()
+    store.set_meta("card", card.to_dict())
+    SidecarFiles(store.location, "card").put(CARD_FILE, text.encode())
+    written = [f"{store.location.describe()} (meta table and _mvh/card/{CARD_FILE})"]
+    if out is not None:
+        if out.is_dir():
+            raise UsageError(f"--out {out} is a folder: give a file name such as {out / CARD_FILE}")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        written.append(str(out))
+    return card, written

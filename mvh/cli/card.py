@@ -1,0 +1,38 @@
+"""`mvh card`: write a store's dataset card (Markdown + YAML front matter) beside its tables and to a file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.text import Text
+
+from mvh.cli._app import app, console, guarded, print_json
+from mvh.cli._render import JsonOption, StorageOptionsOption, open_store
+
+
+@app.command("card")
+@guarded
+def card_cmd(
+    store: Annotated[str, typer.Option("--store", help="Store directory or object-store URI.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Also write the card to this Markdown file.")
+    ] = None,
+    set_fields: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Owner's field FIELD=VALUE (owner, license, contact, description...)."),
+    ] = None,
+    storage_option: StorageOptionsOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Describe a store for people and machines: model, weights, geometry, slides, tools, owner, licence."""
+    from mvh.index.card import parse_card_fields, write_card
+
+    card, written = write_card(open_store(store, storage_option), parse_card_fields(set_fields), out)
+    if as_json:
+        print_json(card.to_dict())
+        return
+    console.print(Text(card.to_markdown()))
+    for place in written:
+        console.print(Text(f"card written: {place}"))

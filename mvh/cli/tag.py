@@ -1,0 +1,67 @@
+"""`mvh tag create|list|delete`: name a store's current state, to reopen it later as `--store URI@NAME`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from mvh.cli._app import app, console, guarded, print_json
+from mvh.cli._render import JsonOption, StorageOptionsOption, open_store
+
+tag_app = typer.Typer(help="Pin store versions by name (Lance tags on every table).", no_args_is_help=True)
+app.add_typer(tag_app, name="tag")
+
+StoreRequired = Annotated[str, typer.Option("--store", help="Store directory or object-store URI.")]
+NameArgument = Annotated[str, typer.Argument(help="Tag name: letters, digits, '.', '_' and '-'.")]
+
+
+@tag_app.command("create")
+@guarded
+def tag_create_cmd(
+    name: NameArgument,
+    store: StoreRequired,
+    storage_option: StorageOptionsOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Tag the store's current version of every table as NAME."""
+    versions = open_store(store, storage_option).create_tag(name)
+    if as_json:
+        print_json({"store": store, "tag": name, "versions": versions})
+    else:
+        console.print(
+            Text(
+                f"tagged {store} as {name}: slides version {versions['slides']}; "
+                f"open it with --store {store}@{name}"
+            )
+        )
+
+
+@tag_app.command("list")
+@guarded
+def tag_list_cmd(
+    store: StoreRequired, storage_option: StorageOptionsOption = None, as_json: JsonOption = False
+) -> None:
+    """List the store's tags and the table versions they pin."""
+    tags = open_store(store, storage_option).tags()
+    if as_json:
+        print_json(tags)
+        return
+    table = Table(title=Text(f"tags of {store}"))
+    for column in ("tag", "slides version", "tiles version", "meta version"):
+        table.add_column(column, justify="left" if column == "tag" else "right")
+    for tag, versions in tags.items():
+        table.add_row(tag, *(str(versions.get(t, "-")) for t in ("slides", "tiles", "meta")))
+    console.print(table)
+
+
+@tag_app.command("delete")
+@guarded
+def tag_delete_cmd(
+    name: NameArgument, store: StoreRequired, storage_option: StorageOptionsOption = None
+) -> None:
+    """Remove tag NAME (the data it pinned stays until the store is cleaned up)."""
+    open_store(store, storage_option).delete_tag(name)
+    console.print(Text(f"deleted tag {name} of {store}"))
