@@ -18,7 +18,7 @@ from pathlib import Path
 from mvh.pretrain.checkpoint import TEACHER_CHECKPOINT
 from mvh.pretrain.config import load_config
 from mvh.pretrain.evidence import evidence_for_run
-from mvh.pretrain.train import pretrain
+from mvh.pretrain.train import run_pretrain
 
 # The demo's pretraining stage; the same as
 #   mvh pretrain SLIDE --out RUN --model mv_hybrid_tiny --epochs 12 --batch-size 32 --lr 0.02
@@ -58,7 +58,7 @@ def main() -> None:
     train_seconds = None
     if not (args.run / TEACHER_CHECKPOINT).exists():
         start = time.perf_counter()
-        pretrain(load_config(None, {**DEMO_SETTINGS, "inputs": [str(args.slide)], "out": str(args.run)}))
+        run_pretrain(load_config(None, {**DEMO_SETTINGS, "inputs": [str(args.slide)], "out": str(args.run)}))
         train_seconds = time.perf_counter() - start
     start = time.perf_counter()
     evidence = evidence_for_run(args.run, args.slide, tile_px=args.tile_px)

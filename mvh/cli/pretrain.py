@@ -1,8 +1,9 @@
 """`mvh pretrain`: DINOv2 self-supervised pretraining of MV_Hybrid (or a ViT baseline) on tiles or slides.
 
-Settings are merged once: the recipe's defaults, then `--config FILE.yaml`, then the options given here
-(`--set key=value` reaches every setting of `mvh.pretrain.config.PretrainConfig`). The merged result is
-saved as RUN_DIR/config.yaml. Multi-GPU: `torchrun --nproc-per-node N -m mvh pretrain ...` (same options).
+Settings are merged once: the authors' recipe (the defaults), then `--config FILE.yaml`, then the options
+given here (`--set key=value` reaches every setting, by DINOv2-style key such as `optim.epochs` or by field
+name). The merged result is saved as RUN_DIR/config.yaml; `--print-config` prints it and exits.
+Multi-GPU: `torchrun --nproc-per-node N -m mvh pretrain ...` (same options).
 The trained-vs-random evidence on a slide is `python benchmarks/pretrain_evidence.py`.
 """
 
@@ -13,17 +14,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
-from mvh.cli._app import app, console, err_console, guarded, parse_key_values, print_json
+from mvh.cli._app import app, console, guarded, parse_key_values, print_json
+from mvh.cli._progress import progress_reporter
 
 
 @app.command("pretrain")
@@ -45,7 +39,7 @@ def pretrain_cmd(
             "--overrides", help="Architecture overrides key=value, e.g. embed_dim=64,depth=4,num_heads=2."
         ),
     ] = None,
-    epochs: Annotated[int | None, typer.Option("--epochs", help="Epochs (recipe: 100).")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Epochs (authors' recipe: 200).")] = None,
     batch_size: Annotated[
         int | None, typer.Option("--batch-size", help="Tiles per step and GPU (64).")
     ] = None,
@@ -74,7 +68,10 @@ def pretrain_cmd(
     max_tiles: Annotated[int | None, typer.Option("--max-tiles", help="Use at most this many tiles.")] = None,
     workers: Annotated[int | None, typer.Option("--workers", help="DataLoader processes (4).")] = None,
     device: Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:i")] = None,
-    precision: Annotated[str | None, typer.Option("--precision", help="auto | fp32 | bf16 | fp16")] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option("--precision", help="fp32 (the authors') | bf16 | fp16 | auto (bf16 on GPU)."),
+    ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed of weights, crops and masks (0).")] = None,
     save_every: Annotated[
         int | None, typer.Option("--save-every", help="Checkpoint every N steps (500).")
@@ -89,6 +86,10 @@ def pretrain_cmd(
     settings: Annotated[
         list[str] | None, typer.Option("--set", help="Any other setting key=value, e.g. head_hidden_dim=512.")
     ] = None,
+    print_config: Annotated[
+        bool,
+        typer.Option("--print-config", help="Print the fully resolved config (YAML, DINOv2 keys) and exit."),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the run summary as JSON.")] = False,
 ) -> None:
     """Pretrain a backbone with DINOv2 (DINO + iBOT + KoLeo, EMA teacher); checkpoints feed `mvh extract`."""
@@ -122,29 +123,16 @@ def pretrain_cmd(
     if resume:
         given["resume"] = True
     from mvh.pretrain.config import load_config
-    from mvh.pretrain.train import pretrain
 
     cfg = load_config(config, given)
-    with Progress(
-        TextColumn("[bold]pretrain"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.description}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err_console,
-        transient=True,
-        disable=as_json or int(os.environ.get("RANK", "0")) != 0,
-    ) as bar:
-        task = bar.add_task("", total=None)
+    if print_config:
+        typer.echo(cfg.to_yaml(), nl=False)
+        return
+    from mvh.pretrain.train import run_pretrain
 
-        def update(event: dict[str, Any]) -> None:
-            loss = event["loss"]
-            terms = " ".join(f"{k} {loss[k]:.3f}" for k in ("total", "dino", "ibot", "koleo") if k in loss)
-            text = f"{terms} | lr {event['lr']:.2e} | {event['images_per_second']:.1f} img/s"
-            bar.update(task, total=event["total_steps"], completed=event["done"], description=text)
-
-        result = pretrain(cfg, progress=update)
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    with progress_reporter(enabled=not as_json and main_rank) as progress:
+        result = run_pretrain(cfg, progress=progress)
     if result.rank != 0:
         return  # under torchrun only the first process reports
     if as_json:

@@ -6,7 +6,7 @@ schedules, data, config, the training loop (train) and the trained-vs-random pro
 
 from mvh.pretrain.config import PretrainConfig, load_config, save_config
 from mvh.pretrain.evidence import Evidence, evidence_for_run, pretraining_evidence
-from mvh.pretrain.train import PretrainResult, pretrain
+from mvh.pretrain.train import PretrainResult, run_pretrain
 
 __all__ = [
     "Evidence",
@@ -14,7 +14,7 @@ __all__ = [
     "PretrainResult",
     "evidence_for_run",
     "load_config",
-    "pretrain",
     "pretraining_evidence",
+    "run_pretrain",
     "save_config",
 ]

@@ -1,4 +1,10 @@
-"""Multi-crop augmentation of the recipe: 2 global + N local crops, flips, colour jitter, H&E normalisation.
+"""Multi-crop augmentation of the authors' recipe: 2 global + N local crops, H&E normalisation.
+
+As the MV_Hybrid authors' `dinov2/data/augmentations.py` applies it, every view gets RandomResizedCrop
+(bicubic), a horizontal flip (p 0.5), ColorJitter(0.2, 0.2, 0.2, 0.1) at p 0.8, RandomGrayscale p 0.2 and
+a Gaussian blur (kernel 9, sigma in [0.1, 2]) whose probability depends on the view: never for global
+crop 1, 0.9 for global crop 2, 0.5 for local crops (DINOv2's `GaussianBlur(p)` blurs with probability
+1 - p and they pass 1.0, 0.1, 0.5). No solarisation, no vertical flip (an opt-in extra here).
 
 Every random draw comes from a `torch.Generator` passed in, so a crop set depends only on (seed, epoch,
 tile): runs are reproducible with any number of loader workers and resume exactly.
@@ -67,6 +73,14 @@ def color_jitter(
     return image
 
 
+def gaussian_blur(
+    image: Image.Image, generator: torch.Generator, kernel_size: int, sigma: tuple[float, float]
+) -> Image.Image:
+    """torchvision's GaussianBlur(kernel_size, sigma range): one sigma drawn uniformly for both axes."""
+    s = _uniform(sigma[0], sigma[1], generator)
+    return TF.gaussian_blur(image, [kernel_size, kernel_size], [s, s])
+
+
 @dataclass(frozen=True)
 class MultiCropAugmentation:
     """Tile uint8 [H, W, 3] -> {"global_crops": 2 x [3, G, G], "local_crops": n x [3, L, L]}, normalised."""
@@ -81,22 +95,37 @@ class MultiCropAugmentation:
     saturation: float = 0.2
     hue: float = 0.1
     jitter_probability: float = 0.8
-    vertical_flip: bool = True
+    grayscale_probability: float = 0.2
+    horizontal_flip_probability: float = 0.5
+    vertical_flip_probability: float = 0.0
+    blur_probabilities: tuple[float, float, float] = (0.0, 0.9, 0.5)  # global 1, global 2, local
+    blur_kernel_size: int = 9
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
     mean: tuple[float, float, float] = HE_MEAN
     std: tuple[float, float, float] = HE_STD
 
     def view(
-        self, image: Image.Image, size: int, scale: tuple[float, float], generator: torch.Generator
+        self,
+        image: Image.Image,
+        size: int,
+        scale: tuple[float, float],
+        generator: torch.Generator,
+        blur_probability: float,
     ) -> torch.Tensor:
         """One augmented, normalised view float32 [3, size, size] of an RGB image."""
         top, left, h, w = random_resized_crop_box(image.height, image.width, scale, generator)
         x = TF.resized_crop(image, top, left, h, w, [size, size], interpolation=InterpolationMode.BICUBIC)
-        if torch.rand((), generator=generator) < 0.5:
+        if torch.rand((), generator=generator) < self.horizontal_flip_probability:
             x = TF.hflip(x)
-        if self.vertical_flip and torch.rand((), generator=generator) < 0.5:
+        vflip = self.vertical_flip_probability
+        if vflip > 0 and torch.rand((), generator=generator) < vflip:
             x = TF.vflip(x)
         if torch.rand((), generator=generator) < self.jitter_probability:
             x = color_jitter(x, generator, self.brightness, self.contrast, self.saturation, self.hue)
+        if torch.rand((), generator=generator) < self.grayscale_probability:
+            x = TF.rgb_to_grayscale(x, num_output_channels=3)
+        if blur_probability > 0 and torch.rand((), generator=generator) < blur_probability:
+            x = gaussian_blur(x, generator, self.blur_kernel_size, self.blur_sigma)
         return TF.normalize(TF.to_tensor(x), list(self.mean), list(self.std))
 
     def __call__(self, tile: np.ndarray | torch.Tensor, generator: torch.Generator) -> dict[str, list]:
@@ -109,12 +138,14 @@ class MultiCropAugmentation:
         if array.dtype != np.uint8:
             array = (np.clip(array, 0.0, 1.0) * 255).round().astype(np.uint8)
         image = Image.fromarray(np.ascontiguousarray(array))
+        blur_1, blur_2, blur_local = self.blur_probabilities
         return {
             "global_crops": [
-                self.view(image, self.global_size, self.global_scale, generator) for _ in range(2)
+                self.view(image, self.global_size, self.global_scale, generator, blur)
+                for blur in (blur_1, blur_2)
             ],
             "local_crops": [
-                self.view(image, self.local_size, self.local_scale, generator)
+                self.view(image, self.local_size, self.local_scale, generator, blur_local)
                 for _ in range(self.n_local_crops)
             ],
         }

@@ -67,11 +67,23 @@ def save_teacher(teacher: nn.Module, run_dir: Path) -> tuple[Path, Path]:
     return ckpt, weights
 
 
+TRAIN_STATE_KEYS = frozenset(
+    {"student", "teacher", "optimizer", "scaler", "dino_centering", "ibot_centering", "step", "rng", "config"}
+)
+
+
 def load_train_state(path: Path) -> dict[str, Any]:
-    """Read a checkpoint.pt written by `pretrain` (CheckpointError when unreadable)."""
+    """Read a checkpoint.pt written by `pretrain` (one-line CheckpointError when unreadable or foreign)."""
+    from mvh.extractor.models.checkpoint import load_torch_file
+
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError) as exc:
+        state = load_torch_file(path)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc}; or start without --resume") from exc
+    missing = sorted(TRAIN_STATE_KEYS - set(state)) if isinstance(state, dict) else ["(not a mapping)"]
+    if missing:
         raise CheckpointError(
-            f"{path}: cannot read the training state ({exc}); start without --resume"
-        ) from exc
+            f"{path}: not a training state written by `mvh pretrain` (missing {', '.join(missing)}); "
+            "start without --resume"
+        )
+    return state

@@ -16,6 +16,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from mvh.errors import DataError, UsageError
+from mvh.progress import SLIDES, Event, Progress, report
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 
@@ -49,18 +50,26 @@ class SlideTiles(Dataset):
     """Tissue tiles of slides read on the fly (the extractor's tiler at `mpp`): item i = uint8 [H, W, 3]."""
 
     def __init__(
-        self, slides: Sequence[Path], mpp: float, tile_px: int, min_tissue: float = 0.25, overlap: int = 0
+        self,
+        slides: Sequence[Path],
+        mpp: float,
+        tile_px: int,
+        min_tissue: float = 0.25,
+        overlap: int = 0,
+        progress: Progress | None = None,
     ) -> None:
         from mvh.extractor.dataset import TileDataset
         from mvh.extractor.slide import open_slide
         from mvh.extractor.tiling import make_tile_grid
 
         grids = []
+        report(progress, Event.TOTAL, SLIDES, len(slides))
         for path in slides:
             with open_slide(path) as slide:
                 grids.append(
                     make_tile_grid(slide, mpp=mpp, tile_px=tile_px, overlap=overlap, min_tissue=min_tissue)
                 )
+            report(progress, Event.ADVANCE, SLIDES, 1, f"tiled {path.name}")
         self.grids = grids
         self.tiles = TileDataset(grids)
 
@@ -108,6 +117,7 @@ def build_tile_source(
     min_tissue: float = 0.25,
     max_tiles: int | None = None,
     overlap: int = 0,
+    progress: Progress | None = None,
 ) -> Dataset:
     """Tiles from inputs: a folder = its tile images (recursive); a file = a slide tiled at `mpp`, `tile_px`.
 
@@ -130,7 +140,11 @@ def build_tile_source(
         else:
             raise UsageError(f"{path}: no such file or folder; pass folders of tiles or slide files")
     if slides:
-        parts.append(SlideTiles(slides, mpp=mpp, tile_px=tile_px, min_tissue=min_tissue, overlap=overlap))
+        parts.append(
+            SlideTiles(
+                slides, mpp=mpp, tile_px=tile_px, min_tissue=min_tissue, overlap=overlap, progress=progress
+            )
+        )
     source: Dataset = parts[0] if len(parts) == 1 else ConcatTiles(parts)
     n = len(source)  # type: ignore[arg-type]
     if n == 0:

@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 
 from mvh.errors import UsageError
@@ -191,13 +190,9 @@ def evidence_for_run(run_dir: Path, slide: Path, mpp: float = 0.5, tile_px: int 
         raise UsageError(
             f"{run_dir}: not a finished `mvh pretrain` run (config.yaml, teacher_checkpoint.pth)"
         )
-    config = yaml.safe_load(config_path.read_text())
+    from mvh.pretrain.config import load_config
+
+    config = load_config(config_path)
     return pretraining_evidence(
-        slide,
-        weights,
-        config["model"],
-        config.get("model_overrides") or {},
-        int(config["seed"]),
-        mpp,
-        tile_px,
+        slide, weights, config.model, config.model_overrides, config.seed, mpp, tile_px
     )

@@ -8,9 +8,13 @@ from torch import nn
 
 
 class WeightNormLinear(nn.Module):
-    """Bias-free linear layer with rows `weight_g * weight_v / |weight_v|` (g fixed to 1 by default)."""
+    """Bias-free linear layer with rows `weight_g * weight_v / |weight_v|` (torch's weight_norm, dim 0).
 
-    def __init__(self, in_features: int, out_features: int, learn_norm: bool = False) -> None:
+    `weight_g` starts at 1 and is trained (and weight-decayed) as in DINOv2's `dino_head.py`, which wraps
+    the layer in `weight_norm` and only fills g with 1; `learn_norm=False` freezes it at 1 (DINO v1).
+    """
+
+    def __init__(self, in_features: int, out_features: int, learn_norm: bool = True) -> None:
         super().__init__()
         self.weight_v = nn.Parameter(torch.empty(out_features, in_features))
         self.weight_g = nn.Parameter(torch.ones(out_features, 1), requires_grad=learn_norm)
@@ -32,6 +36,7 @@ class DINOHead(nn.Module):
         hidden_dim: int = 2048,
         bottleneck_dim: int = 256,
         n_layers: int = 3,
+        learn_norm: bool = True,
     ) -> None:
         super().__init__()
         dims = [in_dim] + [hidden_dim] * (max(n_layers, 1) - 1) + [bottleneck_dim]
@@ -41,7 +46,7 @@ class DINOHead(nn.Module):
             if i < len(dims) - 2:
                 layers.append(nn.GELU())
         self.mlp = nn.Sequential(*layers)
-        self.last_layer = WeightNormLinear(bottleneck_dim, out_dim)
+        self.last_layer = WeightNormLinear(bottleneck_dim, out_dim, learn_norm=learn_norm)
         for module in self.mlp:
             if isinstance(module, nn.Linear):
                 nn.init.trunc_normal_(module.weight, std=0.02)
@@ -49,5 +54,6 @@ class DINOHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Tokens [..., in_dim] -> prototype logits [..., out_dim]."""
-        z = F.normalize(self.mlp(x), dim=-1, p=2, eps=1e-6)
+        z = self.mlp(x)
+        z = F.normalize(z, dim=-1, p=2, eps=1e-6 if z.dtype == torch.float16 else 1e-12)  # DINOv2's eps
         return self.last_layer(z)

@@ -55,13 +55,15 @@ def build_network(
     hidden_dim: int = 2048,
     bottleneck_dim: int = 256,
     n_layers: int = 3,
+    learn_last_layer_norm: bool = True,
 ) -> SSLNetwork:
     """Wrap a backbone exposing `forward_features` and `embed_dim` with freshly initialised heads."""
     dim = int(backbone.embed_dim)
+    head = dict(hidden_dim=hidden_dim, bottleneck_dim=bottleneck_dim, n_layers=n_layers)
     return SSLNetwork(
         backbone,
-        DINOHead(dim, prototypes, hidden_dim, bottleneck_dim, n_layers),
-        DINOHead(dim, ibot_prototypes or prototypes, hidden_dim, bottleneck_dim, n_layers),
+        DINOHead(dim, prototypes, learn_norm=learn_last_layer_norm, **head),
+        DINOHead(dim, ibot_prototypes or prototypes, learn_norm=learn_last_layer_norm, **head),
     )
 
 
@@ -74,18 +76,29 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
     torch._foreach_add_(t_params, s_params, alpha=1 - momentum)
 
 
-def param_groups(network: SSLNetwork) -> list[dict[str, Any]]:
-    """AdamW groups: no weight decay on biases, norms, 1-d tensors and `A_log`; heads' prototypes apart."""
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+def param_groups(
+    network: SSLNetwork, patch_embed_lr_mult: float = 0.2, wd_exempt_ssm: bool = False
+) -> list[dict[str, Any]]:
+    """AdamW groups as DINOv2's `get_params_groups_with_decay` (layer-wise decay 1.0, the authors' value).
+
+    No weight decay on names ending in `.bias` or containing `norm` or `gamma`; everything else is
+    decayed, including the SSM's `A_log` and `D` and the prototypes' `weight_g`. Names containing
+    `patch_embed` get `patch_embed_lr_mult` times the lr; `last_layer` parameters follow the last-layer
+    lr schedule (frozen in the first epoch). `wd_exempt_ssm` also exempts `A_log` and `D` (Mamba's habit).
+    """
+    groups: dict[tuple[float, float, bool], list[nn.Parameter]] = {}
     for name, param in network.named_parameters():
         if not param.requires_grad:
             continue
-        no_decay = param.ndim <= 1 or name.endswith(".bias") or "norm" in name or name.endswith("A_log")
-        last_layer = ".last_layer." in name
-        groups.setdefault((no_decay, last_layer), []).append(param)
+        no_decay = name.endswith(".bias") or "norm" in name or "gamma" in name
+        if wd_exempt_ssm and (name.endswith(".A_log") or name.endswith(".D")):
+            no_decay = True
+        lr_multiplier = patch_embed_lr_mult if "patch_embed" in name else 1.0
+        key = (lr_multiplier, 0.0 if no_decay else 1.0, "last_layer" in name)
+        groups.setdefault(key, []).append(param)
     return [
-        {"params": params, "wd_multiplier": 0.0 if no_decay else 1.0, "last_layer": last_layer}
-        for (no_decay, last_layer), params in sorted(groups.items())
+        {"params": params, "lr_multiplier": lr_mult, "wd_multiplier": wd_mult, "last_layer": last_layer}
+        for (lr_mult, wd_mult, last_layer), params in sorted(groups.items())
     ]
 
 

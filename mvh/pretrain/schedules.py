@@ -77,12 +77,13 @@ def build_schedules(
     warmup_teacher_temp: float = 0.04,
     warmup_teacher_temp_epochs: float = 30.0,
     freeze_last_layer_epochs: float = 1.0,
-    reference_epochs: int = 100,
+    reference_epochs: int = 200,
 ) -> Schedules:
     """The recipe's schedules; warm-ups given in epochs of a `reference_epochs` run shrink with short runs.
 
-    The paper's 10 lr warm-up and 30 temperature warm-up epochs belong to a 100-epoch run: a run of
-    `epochs` < `reference_epochs` keeps the same fractions (so a 5-epoch test run still decays its lr).
+    The authors' 10 lr warm-up, 30 teacher-temperature warm-up and 1 frozen-last-layer epochs belong to
+    their 200-epoch run (`Train_MVHybrid.yaml`), where they are exactly DINOv2's: a run of `epochs` <
+    `reference_epochs` keeps the same fractions (so a 5-epoch test run still warms up and decays its lr).
     """
     total = max(epochs * steps_per_epoch, 1)
     fraction = min(1.0, epochs / reference_epochs)

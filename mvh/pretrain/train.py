@@ -1,8 +1,8 @@
 """DINOv2 training loop: student/teacher with DINO + iBOT heads, EMA teacher, KoLeo, multi-crop, resume.
 
 Files in the run directory:
-- config.yaml (the merged configuration), log.jsonl (one JSON record per step), loss_curve.png,
-  summary.json;
+- config.yaml (the merged configuration, DINOv2-style keys), log.jsonl (one JSON record per step),
+  loss_curve.png, results.json (exactly `PretrainResult.to_dict()`);
 - checkpoint.pt (the state `resume` continues from exactly), teacher_checkpoint.pth and
   backbone.safetensors (the weights for `mvh extract`): see `mvh.pretrain.checkpoint`.
 """
@@ -18,8 +18,7 @@ import multiprocessing as mp
 import os
 import random
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from torch.utils.data import DataLoader
 
 from mvh.errors import CheckpointError, UsageError
 from mvh.extractor.device import resolve_device as resolve_shared_device
+from mvh.jobs import JobResult
 from mvh.pretrain.augment import MultiCropAugmentation
 from mvh.pretrain.checkpoint import (
     BACKBONE_WEIGHTS,
@@ -54,14 +54,13 @@ from mvh.pretrain.dino_loss import TeacherCentering
 from mvh.pretrain.masking import sample_masks
 from mvh.pretrain.network import build_network, compute_losses, ema_update, param_groups
 from mvh.pretrain.schedules import build_schedules, scaled_lr
+from mvh.progress import STEPS, Event, Progress, report
 
 logger = logging.getLogger(__name__)
 
 LOG_FILE = "log.jsonl"
 LOSS_PNG = "loss_curve.png"
-SUMMARY = "summary.json"
-
-ProgressFn = Callable[[dict[str, Any]], None]
+RESULTS = "results.json"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -73,38 +72,49 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype: bf16 by default on GPU, none (float32) on CPU."""
+    """Autocast dtype: none (float32, the authors' recipe) for fp32; `auto` is bf16 on GPU, fp32 on CPU."""
     if precision == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-def plot_losses(records: list[dict[str, Any]], path: Path) -> Path:
-    """Loss terms per step as a PNG."""
+LOSS_CAPTION = (
+    "A short demo run on a few tiles: expect the total loss to fall over the first steps (mostly DINO and "
+    "iBOT as the teacher sharpens), then flatten and wobble; KoLeo is small and may rise as the embeddings "
+    "spread. A flat or rising total from the start, or NaN, means the run is not learning."
+)
+
+
+def plot_losses(records: list[dict[str, Any]], path: Path, title: str) -> Path:
+    """Loss terms per step as a PNG with a title and a caption saying what a healthy curve looks like."""
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(7, 4.8))
     steps = [r["step"] for r in records]
     for key in ("total", "dino", "ibot", "koleo"):
         values = [r["loss"].get(key) for r in records]
         if any(v is not None for v in values):
             ax.plot(steps, values, label=key)
+    ax.set_title(title)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.legend()
     ax.grid(alpha=0.3)
-    fig.tight_layout()
+    fig.text(0.01, 0.01, textwrap.fill(LOSS_CAPTION, 110), fontsize=7, va="bottom", ha="left")
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
 @dataclass
-class PretrainResult:
-    """What a run produced."""
+class PretrainResult(JobResult):
+    """What a run produced (results.json is exactly `to_dict()`)."""
 
     run_dir: Path
     steps: int
@@ -119,10 +129,7 @@ class PretrainResult:
     backbone_weights: Path
     resumed_from: int | None
     rank: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        return {k: str(v) if isinstance(v, Path) else v for k, v in self.__dict__.items()}
+    notes: list[str] = field(default_factory=list)
 
 
 class _Distributed:
@@ -189,12 +196,14 @@ class Trainer:
             hidden_dim=config.head_hidden_dim,
             bottleneck_dim=config.head_bottleneck_dim,
             n_layers=config.head_layers,
+            learn_last_layer_norm=config.learn_last_layer_norm,
         ).to(device)
         self.teacher = copy.deepcopy(self.student).eval().requires_grad_(False)
         ibot_prototypes = config.ibot_prototypes or config.prototypes
         self.dino_centering = TeacherCentering(config.prototypes, config.centering).to(device)
         self.ibot_centering = TeacherCentering(ibot_prototypes, config.centering).to(device)
-        self.optimizer = torch.optim.AdamW(param_groups(self.student), betas=(0.9, 0.999))
+        groups = param_groups(self.student, config.patch_embed_lr_mult, config.wd_exempt_ssm)
+        self.optimizer = torch.optim.AdamW(groups, betas=(config.adamw_beta1, config.adamw_beta2))
         self.autocast_dtype = resolve_precision(config.precision, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.autocast_dtype == torch.float16)
         self.model: nn.Module = self.student
@@ -254,7 +263,7 @@ class Trainer:
         c = self.config
         values = self.schedules.at(step)
         for group in self.optimizer.param_groups:
-            group["lr"] = values["last_layer_lr" if group["last_layer"] else "lr"]
+            group["lr"] = values["last_layer_lr" if group["last_layer"] else "lr"] * group["lr_multiplier"]
             group["weight_decay"] = values["wd"] * group["wd_multiplier"]
         global_crops = batch["global_crops"].to(self.device, non_blocking=True)
         local_crops = batch["local_crops"].to(self.device, non_blocking=True) if c.local_crops else None
@@ -319,7 +328,7 @@ def _check_resumable(config: PretrainConfig, run_dir: Path) -> dict[str, Any]:
     return state
 
 
-def _multicrop_dataset(config: PretrainConfig) -> MultiCropDataset:
+def _multicrop_dataset(config: PretrainConfig, progress: Progress | None) -> MultiCropDataset:
     from mvh.extractor.models import get_model_info
 
     info = get_model_info(config.model)
@@ -334,6 +343,13 @@ def _multicrop_dataset(config: PretrainConfig) -> MultiCropDataset:
         contrast=contrast,
         saturation=saturation,
         hue=hue,
+        jitter_probability=config.color_jitter_p,
+        grayscale_probability=config.grayscale_p,
+        horizontal_flip_probability=config.horizontal_flip_p,
+        vertical_flip_probability=config.vertical_flip_p,
+        blur_probabilities=(config.blur_p_global_1, config.blur_p_global_2, config.blur_p_local),
+        blur_kernel_size=config.blur_kernel_size,
+        blur_sigma=config.blur_sigma,
         mean=tuple(info.mean),  # type: ignore[arg-type]
         std=tuple(info.std),  # type: ignore[arg-type]
     )
@@ -344,8 +360,29 @@ def _multicrop_dataset(config: PretrainConfig) -> MultiCropDataset:
         min_tissue=config.min_tissue,
         max_tiles=config.max_tiles,
         overlap=config.overlap,
+        progress=progress,
     )
     return MultiCropDataset(tiles, augmentation, config.seed)
+
+
+def recipe_notes(config: PretrainConfig, steps_per_epoch: int, n_tiles: int) -> list[str]:
+    """What a run assumes or changes relative to the authors' recipe, for the user and results.json."""
+    notes = [f"{n_tiles} tiles, {steps_per_epoch} steps per epoch, {config.epochs} epochs"]
+    if config.epochs < config.reference_epochs:
+        f = config.epochs / config.reference_epochs
+        notes.append(
+            f"{config.epochs} of the recipe's {config.reference_epochs} epochs: warm-ups keep their share "
+            f"(lr {config.warmup_epochs * f:g}, teacher temperature "
+            f"{config.warmup_teacher_temp_epochs * f:g}, frozen last layer "
+            f"{config.freeze_last_layer_epochs * f:g} epochs)"
+        )
+    if config.precision != "fp32":
+        notes.append(f"precision {config.precision}: the authors trained in float32")
+    if config.vertical_flip_p > 0:
+        notes.append(f"vertical flips at p {config.vertical_flip_p:g}: not in the authors' augmentations")
+    if config.wd_exempt_ssm:
+        notes.append("A_log and D exempt from weight decay: the authors decay them")
+    return notes
 
 
 def _loader(
@@ -367,30 +404,46 @@ def _loader(
     )
 
 
-def pretrain(config: PretrainConfig, progress: ProgressFn | None = None) -> PretrainResult:
+def _status_line(record: dict[str, Any]) -> str:
+    loss = record["loss"]
+    terms = " ".join(f"{k} {loss[k]:.3f}" for k in ("total", "dino", "ibot", "koleo") if k in loss)
+    return f"{terms} | lr {record['lr']:.2e} | {record['images_per_second']:.1f} img/s"
+
+
+def run_pretrain(config: PretrainConfig, *, progress: Progress | None = None) -> PretrainResult:
     """Train `config.model` with the DINOv2 recipe on `config.inputs`; write the run directory."""
     if not config.inputs:
         raise UsageError("pretrain: no inputs; pass folders of tile images or slide files")
     run_dir = Path(config.out)
     device = resolve_device(config.device)
     env = _Distributed(device)
+    shown = progress if env.main else None
     try:
         state = _check_resumable(config, run_dir) if config.resume else None
         run_dir.mkdir(parents=True, exist_ok=True)
         if env.main:
             save_config(config, run_dir)
-        dataset = _multicrop_dataset(config)
+        report(shown, Event.STATUS, STEPS, 0, "reading the inputs")
+        dataset = _multicrop_dataset(config, shown)
         global_batch = config.batch_size * env.world_size
         steps_per_epoch = len(dataset) // global_batch
         if steps_per_epoch == 0:
             raise UsageError(
                 f"pretrain: {len(dataset)} tiles is less than one batch of {global_batch}; lower --batch-size"
             )
+        notes = recipe_notes(config, steps_per_epoch, len(dataset))
         trainer = Trainer(config, steps_per_epoch, device, env.world_size)
         step = trainer.load_state_dict(state) if state is not None else 0
         resumed_from = step if state is not None else None
+        if resumed_from is not None:
+            notes.append(f"resumed from step {resumed_from} of {run_dir / TRAIN_STATE}")
+        for note in notes:
+            report(shown, Event.NOTE, STEPS, 0, note)
         total_steps = trainer.schedules.total_steps
         last_step = total_steps if config.max_steps is None else min(total_steps, config.max_steps)
+        report(shown, Event.TOTAL, STEPS, last_step)
+        report(shown, Event.ADVANCE, STEPS, step)
+        report(shown, Event.STATUS, STEPS, 0, "first batch (loader workers starting)")
         records = _load_log(run_dir / LOG_FILE, step) if env.main else []
         if env.main:
             (run_dir / LOG_FILE).write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -413,8 +466,8 @@ def pretrain(config: PretrainConfig, progress: ProgressFn | None = None) -> Pret
                 records.append(record)
                 with open(run_dir / LOG_FILE, "a") as fh:
                     fh.write(json.dumps(record) + "\n")
-                if progress is not None:
-                    progress({**record, "total_steps": last_step, "done": step})
+                report(shown, Event.STATUS, STEPS, 0, _status_line(record))
+                report(shown, Event.ADVANCE, STEPS, 1)
                 if step % config.save_every == 0 or step == last_step:
                     atomic_save(trainer.state_dict(step), run_dir / TRAIN_STATE)
                     save_teacher(trainer.teacher, run_dir)
@@ -422,7 +475,7 @@ def pretrain(config: PretrainConfig, progress: ProgressFn | None = None) -> Pret
 
         seconds = time.perf_counter() - start_time
         if env.main and records:
-            plot_losses(records, run_dir / LOSS_PNG)
+            plot_losses(records, run_dir / LOSS_PNG, f"DINOv2 pretraining of {config.model}: loss per step")
         result = PretrainResult(
             run_dir=run_dir,
             steps=step,
@@ -437,9 +490,10 @@ def pretrain(config: PretrainConfig, progress: ProgressFn | None = None) -> Pret
             backbone_weights=run_dir / BACKBONE_WEIGHTS,
             resumed_from=resumed_from,
             rank=env.rank,
+            notes=notes,
         )
         if env.main:
-            (run_dir / SUMMARY).write_text(json.dumps(result.to_dict(), indent=2))
+            result.write_json(run_dir / RESULTS)
         return result
     finally:
         env.close()

@@ -132,6 +132,23 @@ def test_dino_head_shapes_and_normalised_prototypes() -> None:
     assert out.abs().max() <= 1.0 + 1e-5  # unit bottleneck times unit-norm prototypes: cosine logits
     names = set(head.state_dict())
     assert {"last_layer.weight_g", "last_layer.weight_v"} <= names
-    assert not head.last_layer.weight_g.requires_grad
+    # DINOv2's dino_head.py: weight_norm(Linear) with g filled with 1 and left trainable.
+    assert head.last_layer.weight_g.requires_grad
     out.sum().backward()
     assert all(p.grad is not None for p in head.parameters() if p.requires_grad)
+    frozen = DINOHead(16, out_dim=32, hidden_dim=24, bottleneck_dim=8, n_layers=3, learn_norm=False)
+    assert not frozen.last_layer.weight_g.requires_grad
+
+
+def test_prototype_layer_equals_torch_weight_norm() -> None:
+    from torch.nn.utils.parametrizations import weight_norm
+
+    head = DINOHead(16, out_dim=32, hidden_dim=24, bottleneck_dim=8, n_layers=3)
+    with torch.no_grad():
+        head.last_layer.weight_g.uniform_(0.5, 2.0)
+    reference = weight_norm(torch.nn.Linear(8, 32, bias=False), dim=0)
+    with torch.no_grad():
+        reference.parametrizations.weight.original0.copy_(head.last_layer.weight_g)
+        reference.parametrizations.weight.original1.copy_(head.last_layer.weight_v)
+    z = torch.randn(6, 8)
+    torch.testing.assert_close(head.last_layer(z), reference(z))

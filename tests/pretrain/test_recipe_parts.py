@@ -30,13 +30,13 @@ def test_cosine_schedule_warmup_and_endpoints() -> None:
 def test_recipe_schedules_and_short_run_scaling() -> None:
     assert scaled_lr(0.002, 1024) == pytest.approx(0.002)
     assert scaled_lr(0.002, 256) == pytest.approx(0.001)
-    full = build_schedules(epochs=100, steps_per_epoch=10, peak_lr=0.002)
+    full = build_schedules(epochs=200, steps_per_epoch=10, peak_lr=0.002)  # the authors' 200 epochs
     assert full.lr[99] < full.lr[100] == pytest.approx(0.002)  # 10 warm-up epochs
     assert full.teacher_temp[0] == pytest.approx(0.04) and full.teacher_temp[300] == pytest.approx(0.06)
     assert full.momentum[0] == pytest.approx(0.992) and full.momentum[-1] == pytest.approx(1.0)
     assert full.weight_decay[0] == pytest.approx(0.04) and full.weight_decay[-1] == pytest.approx(0.4)
     assert np.all(full.last_layer_lr[:10] == 0) and full.last_layer_lr[10] > 0  # frozen for epoch 1
-    short = build_schedules(epochs=10, steps_per_epoch=10, peak_lr=0.002)  # warm-ups shrink 10x
+    short = build_schedules(epochs=20, steps_per_epoch=10, peak_lr=0.002)  # warm-ups shrink 10x
     assert short.lr[9] < short.lr[10] == pytest.approx(0.002)
     assert short.teacher_temp[30] == pytest.approx(0.06) and short.teacher_temp[29] < 0.06
 

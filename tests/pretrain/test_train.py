@@ -14,7 +14,7 @@ from mvh.extractor.models import create_model, load_weights
 from mvh.pretrain.checkpoint import load_train_state
 from mvh.pretrain.config import load_config
 from mvh.pretrain.network import SSLNetwork, build_network, ema_update
-from mvh.pretrain.train import LOG_FILE, pretrain
+from mvh.pretrain.train import LOG_FILE, run_pretrain
 
 from .conftest import TINY_ARCH, tiny_settings
 
@@ -28,7 +28,7 @@ def _losses(run_dir) -> dict[int, float]:
 def trained_run(synthetic_tiles, tmp_path_factory):
     """An uninterrupted tiny run of 3 epochs (12 steps)."""
     out = tmp_path_factory.mktemp("run") / "full"
-    result = pretrain(load_config(None, tiny_settings(synthetic_tiles, out, epochs=3)))
+    result = run_pretrain(load_config(None, tiny_settings(synthetic_tiles, out, epochs=3)))
     return result
 
 
@@ -37,16 +37,16 @@ def test_few_steps_reduce_the_total_loss(trained_run) -> None:
     assert sorted(losses) == list(range(12)) and trained_run.steps == 12
     first, last = losses[0], sum(losses[i] for i in (9, 10, 11)) / 3
     assert last < first - 0.5, losses
-    for name in ("config.yaml", "loss_curve.png", "summary.json", "checkpoint.pt"):
+    for name in ("config.yaml", "loss_curve.png", "results.json", "checkpoint.pt"):
         assert (trained_run.run_dir / name).stat().st_size > 0
 
 
 def test_resume_reproduces_the_uninterrupted_run(synthetic_tiles, trained_run, tmp_path) -> None:
     out = tmp_path / "resumed"
-    interrupted = pretrain(load_config(None, tiny_settings(synthetic_tiles, out, epochs=3, max_steps=5)))
+    interrupted = run_pretrain(load_config(None, tiny_settings(synthetic_tiles, out, epochs=3, max_steps=5)))
     assert interrupted.steps == 5
     assert load_train_state(out / "checkpoint.pt")["step"] == 5
-    resumed = pretrain(load_config(None, tiny_settings(synthetic_tiles, out, epochs=3, resume=True)))
+    resumed = run_pretrain(load_config(None, tiny_settings(synthetic_tiles, out, epochs=3, resume=True)))
     assert resumed.resumed_from == 5 and resumed.steps == 12
     expected, got = _losses(trained_run.run_dir), _losses(out)
     assert sorted(got) == list(range(12))
@@ -61,9 +61,9 @@ def test_resume_reproduces_the_uninterrupted_run(synthetic_tiles, trained_run, t
 def test_resume_refuses_changed_settings_or_missing_state(synthetic_tiles, trained_run, tmp_path) -> None:
     changed = tiny_settings(synthetic_tiles, trained_run.run_dir, epochs=3, lr=0.5, resume=True)
     with pytest.raises(UsageError, match="lr"):
-        pretrain(load_config(None, changed))
+        run_pretrain(load_config(None, changed))
     with pytest.raises(CheckpointError, match="no training state"):
-        pretrain(load_config(None, tiny_settings(synthetic_tiles, tmp_path / "new", resume=True)))
+        run_pretrain(load_config(None, tiny_settings(synthetic_tiles, tmp_path / "new", resume=True)))
 
 
 def test_checkpoint_loads_strictly_into_mv_hybrid(trained_run) -> None:
@@ -87,7 +87,7 @@ def test_checkpoint_loads_strictly_into_mv_hybrid(trained_run) -> None:
 
 def test_teacher_is_the_ema_of_the_student(synthetic_tiles, tmp_path) -> None:
     settings = tiny_settings(synthetic_tiles, tmp_path / "one", max_steps=1, momentum=0.9)
-    pretrain(load_config(None, settings))
+    run_pretrain(load_config(None, settings))
     state = load_train_state(tmp_path / "one" / "checkpoint.pt")
     torch.manual_seed(0)  # the run's seed: rebuild the initial weights, shared by student and teacher
     init = build_network(create_model("mv_hybrid_tiny", **TINY_ARCH), 64, None, 64, 32, 3).state_dict()
@@ -157,7 +157,7 @@ def test_student_pass_feeds_masked_tokens_to_ibot_head() -> None:
     [{"centering": "softmax_center"}, {"mask_probability": 0.0, "local_crops": 0}, {"mask_mode": "random"}],
 )
 def test_recipe_variants_train(synthetic_tiles, tmp_path, changes) -> None:
-    result = pretrain(
+    result = run_pretrain(
         load_config(None, tiny_settings(synthetic_tiles, tmp_path / "v", max_steps=2, **changes))
     )
     losses = _losses(result.run_dir)

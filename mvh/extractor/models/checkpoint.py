@@ -81,13 +81,77 @@ def read_checkpoint(path: Path) -> Any:
             return load_safetensors(str(path), device="cpu")
         except SafetensorError as exc:
             raise CheckpointError(f"{path}: not a readable safetensors file ({exc}); re-save it") from exc
+    return load_torch_file(path)
+
+
+_LOAD_ERRORS = (
+    pickle.UnpicklingError,
+    RuntimeError,
+    EOFError,
+    ValueError,
+    AttributeError,
+    KeyError,
+    IndexError,
+    TypeError,
+    UnicodeDecodeError,
+)
+
+
+def _not_a_torch_file(path: Path) -> str | None:
+    """Why `path` cannot be a torch.save file (judged from its first bytes), or None when it may be one."""
+    with open(path, "rb") as fh:
+        head = fh.read(256)
+    if not head:
+        return "is empty"
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"\x80"):
+        return None  # torch.save's zip format, or the legacy pickle format
+    if head.startswith(b"version https://git-lfs"):
+        return "is a Git LFS pointer, not the weights (run `git lfs pull` to fetch the file)"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "is not a PyTorch checkpoint (neither torch.save's zip format nor a pickle)"
+    if "\x00" in text:
+        return "is not a PyTorch checkpoint (neither torch.save's zip format nor a pickle)"
+    first = text.strip().splitlines()[0][:40] if text.strip() else ""
+    return f"is a text file, not a checkpoint (it starts with {first!r})"
+
+
+def _unpickler_reason(exc: BaseException) -> str:
+    """The informative sentence of torch.load's error, without its advice to load with weights_only=False."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    useful = [
+        line
+        for line in lines
+        if "weights_only" not in line and not line.startswith("Check the documentation of torch.load")
+    ]
+    if not useful:
+        return type(exc).__name__
+    first = useful[0].removeprefix("WeightsUnpickler error:").strip()
+    return first.split(". ")[0].rstrip(".")
+
+
+def load_torch_file(path: Path) -> Any:
+    """`torch.load(path, weights_only=True)` on CPU; CheckpointError (one line, no traceback) otherwise.
+
+    A pickle that needs anything but tensors and plain Python values is refused by torch's restricted
+    unpickler before any of its code runs; the message never suggests `weights_only=False`.
+    """
+    path = Path(path)
+    why = _not_a_torch_file(path)
+    if why is not None:
+        raise CheckpointError(f"{path}: {why}; give the checkpoint file itself")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except pickle.UnpicklingError as exc:
         raise CheckpointError(
-            f"{path}: cannot be read with torch.load(weights_only=True) ({first}); "
+            f"{path}: holds Python objects other than tensors ({_unpickler_reason(exc)}), refused unread; "
             "re-save only its state dict (torch.save(model.state_dict(), path)) or convert it to .safetensors"
+        ) from exc
+    except _LOAD_ERRORS as exc:
+        raise CheckpointError(
+            f"{path}: cannot be read as a PyTorch checkpoint ({_unpickler_reason(exc)}); the file is damaged "
+            "or truncated: copy it again, or re-save its state dict"
         ) from exc
 
 

@@ -124,8 +124,9 @@ def test_unreadable_and_unsupported_files(tmp_path):
 def test_pickled_objects_are_refused_by_weights_only(tmp_path):
     path = tmp_path / "pickled.pth"
     torch.save({"model": _tiny().state_dict(), "args": _Args()}, path)
-    with pytest.raises(CheckpointError, match="weights_only=True"):
+    with pytest.raises(CheckpointError, match="holds Python objects other than tensors") as err:
         load_weights(_tiny(), path)
+    assert "weights_only=False" not in str(err.value)
 
 
 class _Args:
@@ -154,3 +155,56 @@ def test_full_dinov2_training_state_takes_the_teacher(tmp_path):
     assert _same_weights(teacher, target)
     assert info.stripped_prefixes == ("teacher.", "backbone.")
     assert any(k.startswith("student.") for k in info.dropped_keys)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"hello world\n", "is a text file, not a checkpoint .it starts with 'hello world'"),
+        (b"# my weights\nfoo: 1\n", "is a text file"),
+        (b'{"a": 1}', "is a text file"),
+        (b"version https://git-lfs.github.com/spec/v1\noid sha256:ab\n", "Git LFS pointer"),
+        (b"", "is empty"),
+        (b"\x01\x02\x00\xff", "not a PyTorch checkpoint"),
+        (b"PK\x03\x04broken", "cannot be read as a PyTorch checkpoint .*damaged or truncated"),
+    ],
+)
+def test_files_that_are_not_checkpoints_fail_in_one_line(tmp_path, content, message):
+    path = tmp_path / "weights.pth"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=message) as err:
+        load_weights(_tiny(), path)
+    text = str(err.value)
+    assert "\n" not in text and "weights_only=False" not in text and "will likely succeed" not in text
+    assert text.startswith(str(path))
+
+
+def test_truncated_checkpoint_is_a_one_line_error(tmp_path):
+    path = tmp_path / "cut.pth"
+    torch.save(_tiny().state_dict(), path)
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match="damaged or truncated") as err:
+        load_weights(_tiny(), path)
+    assert "\n" not in str(err.value)
+
+
+class _Payload:
+    """Unpickling this would create `marker`: a stand-in for a malicious checkpoint."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.mkdir, (self.marker,))
+
+
+def test_malicious_pickle_is_never_executed(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": _Payload(marker)}, path)
+    with pytest.raises(CheckpointError, match="posix.mkdir|os.mkdir|refused unread") as err:
+        load_weights(_tiny(), path)
+    assert not marker.exists()
+    assert "weights_only=False" not in str(err.value)
