@@ -18,40 +18,55 @@ Accepted layout (each input is a directory or an `.h5ad` file; a sample's id is 
     The flat form puts <id>.h5ad, <id>.<wsi suffix> and <id>.h5 side by side in one folder. With both a
     WSI and a patches file, the WSI is used (the spot tiles are then cut by mvh at the store's geometry).
 
-The metadata CSV (`--meta`) has one row per sample: `sample_id` (or `id`), `patient`, `study` (or
-`source` / `dataset_title`), and optionally `mpp` (level-0 um/px, overrides everything else). Without it
-each sample is its own patient and all samples share study "unknown" (LOSO then refuses to run).
+The metadata CSV (`--meta`, e.g. HEST's own metadata CSV) has one row per sample: `sample_id` (or `id`),
+`patient`, and the study as `study` (or `dataset_title`, HEST's column, or `source`); optionally `mpp`
+(level-0 um/px, overrides everything) and `pixel_size_um_estimated` (used when metadata/<id>.json is
+absent). An empty `patient` cell makes the sample its own patient (HEST leaves most cells empty; merging
+them would put unrelated samples in one group). Without `--meta` each sample is its own patient and all
+samples share study "unknown" (LOSO then refuses to run). Every such choice is returned as a note.
 
 Embeddings: each sample is one slide of the store (slide_id = sample id) and each spot one tile
 (tile_id = spot barcode), a `tile_px` tile at the store's um/px (224 px at 0.5 um/px = 112 um) centred on
-the spot; samples already `done` in the store are not embedded again.
+the spot. A stored spot embedding is reused only when the barcode AND its tile's level-0 position match
+and the image file is the one it was cut from (size and a hash of its first and last MiB); everything
+else is embedded again, and the h5ad's sha256 is recorded beside the slide (`attrs`) and reported.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from mvh.errors import DataError, UsageError
+from mvh.errors import DataError, MissingMppError, StoreError, UsageError
+from mvh.extractor.hashing import sha256_file
+from mvh.index.slide_ids import check_slide_id
 from mvh.index.store import EmbeddingStore
+from mvh.progress import SAMPLES, Event, Progress, report
 
 log = logging.getLogger(__name__)
 
 WSI_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide", ".dcm")
-Progress = Callable[[str, int], None]
+STUDY_COLUMNS = ("study", "dataset_title", "source")
+_EDGE_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
 class STSample:
-    """One ST sample: its expression file, image source, patient, study and optional level-0 um/px."""
+    """One ST sample: its expression file, image source, patient, study and optional level-0 um/px.
+
+    `patient_source` says where the patient came from ("meta", or "own" when the sample is its own
+    patient); `mpp_source` where the um/px came from (None: the slide file's own metadata).
+    """
 
     sample_id: str
     h5ad: Path
@@ -60,6 +75,8 @@ class STSample:
     patient: str
     study: str
     mpp: float | None = None
+    patient_source: str = "meta"
+    mpp_source: str | None = None
 
 
 @dataclass
@@ -75,6 +92,15 @@ class STExpression:
         return STExpression(self.spots.iloc[rows].reset_index(drop=True), self.counts[rows], self.genes)
 
 
+@dataclass
+class MetaTable:
+    """The --meta CSV: rows by sample_id (patient may be empty), and which column gave the study."""
+
+    rows: pd.DataFrame
+    study_column: str
+    path: Path
+
+
 def _find_companion(h5ad: Path, folder: str, suffixes: Sequence[str]) -> Path | None:
     stem = h5ad.stem
     for base in (h5ad.parent, h5ad.parent.parent / folder):
@@ -85,34 +111,65 @@ def _find_companion(h5ad: Path, folder: str, suffixes: Sequence[str]) -> Path | 
     return None
 
 
-def _metadata_mpp(h5ad: Path) -> float | None:
+def _metadata_mpp(h5ad: Path) -> tuple[float | None, str | None]:
     path = h5ad.parent.parent / "metadata" / f"{h5ad.stem}.json"
     if not path.is_file():
-        return None
-    meta = json.loads(path.read_text())
+        return None, None
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not valid JSON ({exc}); fix or remove the metadata file") from None
     for key in ("pixel_size_um_estimated", "pixel_size_um_embedded"):
         if meta.get(key):
-            return float(meta[key])
-    return None
+            return _positive_mpp(meta[key], f"{path} {key}"), f"metadata/{h5ad.stem}.json {key}"
+    return None, None
 
 
-def read_meta_csv(path: Path) -> pd.DataFrame:
-    """The samples table indexed by sample_id with columns patient, study, mpp (NaN when absent)."""
+def _positive_mpp(value: Any, where: str) -> float:
+    try:
+        mpp = float(value)
+    except (TypeError, ValueError):
+        raise DataError(f"{where}: um/px {value!r} is not a number; give a positive number") from None
+    if not np.isfinite(mpp) or mpp <= 0:
+        raise DataError(f"{where}: um/px {value!r} must be a positive finite number")
+    return mpp
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value)) or not str(value).strip()
+
+
+def read_meta_csv(path: Path) -> MetaTable:
+    """The samples table (HEST's metadata CSV or sample_id, patient, study[, mpp]) indexed by sample_id."""
     if not path.is_file():
         raise DataError(f"{path}: metadata CSV not found; pass --meta with sample_id, patient, study columns")
-    df = pd.read_csv(path, dtype=str)
-    renames = {"id": "sample_id", "source": "study", "dataset_title": "study"}
-    for old, new in renames.items():
-        if old in df.columns and new not in df.columns:
-            df = df.rename(columns={old: new})
-    missing = [c for c in ("sample_id", "patient", "study") if c not in df.columns]
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not a readable CSV ({exc}); pass a CSV with a header row") from None
+    if "sample_id" not in df.columns and "id" in df.columns:
+        df = df.rename(columns={"id": "sample_id"})
+    study_column = next((c for c in STUDY_COLUMNS if c in df.columns), None)
+    missing = [c for c in ("sample_id", "patient") if c not in df.columns]
+    if study_column is None:
+        missing.append("study")
     if missing:
-        raise DataError(f"{path}: missing columns {missing}; it needs sample_id (or id), patient, study")
+        raise DataError(
+            f"{path}: missing columns {missing}; needs sample_id (or id), patient, study (or dataset_title)"
+        )
     if df["sample_id"].duplicated().any():
         dup = df.loc[df["sample_id"].duplicated(), "sample_id"].iloc[0]
         raise DataError(f"{path}: sample_id {dup!r} appears twice; keep one row per sample")
-    df["mpp"] = pd.to_numeric(df["mpp"], errors="raise") if "mpp" in df.columns else np.nan
-    return df.set_index("sample_id")[["patient", "study", "mpp"]]
+    out = pd.DataFrame(index=pd.Index(df["sample_id"], name="sample_id"))
+    out["patient"] = [None if _blank(v) else str(v).strip() for v in df["patient"]]
+    out["study"] = df[study_column].to_numpy()
+    for column in ("mpp", "pixel_size_um_estimated"):
+        values = df[column] if column in df.columns else pd.Series([""] * len(df))
+        out[column] = [
+            None if _blank(v) else _positive_mpp(v, f"{path} row {sid!r} column {column}")
+            for sid, v in zip(df["sample_id"], values, strict=True)
+        ]
+    return MetaTable(out, study_column, path)
 
 
 def _h5ad_files(inputs: Sequence[Path]) -> list[Path]:
@@ -132,59 +189,112 @@ def _h5ad_files(inputs: Sequence[Path]) -> list[Path]:
     return files
 
 
-def find_samples(inputs: Sequence[Path], meta: Path | None = None) -> list[STSample]:
-    """The samples of a HEST-style cohort (see the module docstring), sorted by id."""
+def find_samples(inputs: Sequence[Path], meta: Path | None = None) -> tuple[list[STSample], list[str]]:
+    """The samples of a HEST-style cohort (see the module docstring), sorted by id, and the notes to show."""
     table = read_meta_csv(meta) if meta is not None else None
     samples: dict[str, STSample] = {}
     for h5ad in _h5ad_files(inputs):
-        sid = h5ad.stem
+        sid = check_slide_id(h5ad.stem, str(h5ad))
         if sid in samples:
             raise DataError(f"{h5ad}: sample id {sid!r} given twice; sample ids (file stems) must be unique")
         wsi = _find_companion(h5ad, "wsis", WSI_SUFFIXES)
         patches = _find_companion(h5ad, "patches", (".h5",))
         if wsi is None and patches is None:
             raise DataError(f"{h5ad}: no WSI and no patches .h5 found for sample {sid}; see the ST layout")
-        patient, study, mpp = sid, "unknown", None
+        patient, patient_source, study = sid, "own", "unknown"
+        mpp, mpp_source = None, None
+        csv_estimate = None
         if table is not None:
-            if sid not in table.index:
+            if sid not in table.rows.index:
                 raise DataError(f"{meta}: no row for sample {sid!r}; add it (sample_id, patient, study)")
-            row = table.loc[sid]
-            patient, study = str(row["patient"]), str(row["study"])
-            mpp = None if pd.isna(row["mpp"]) else float(row["mpp"])
+            row = table.rows.loc[sid]
+            study = str(row["study"])
+            if not _blank(row["patient"]):
+                patient, patient_source = str(row["patient"]), "meta"
+            if not _blank(row["mpp"]):
+                mpp, mpp_source = float(row["mpp"]), f"{Path(meta).name} mpp"
+            estimate = row["pixel_size_um_estimated"]
+            csv_estimate = None if _blank(estimate) else float(estimate)
         if mpp is None:
-            mpp = _metadata_mpp(h5ad)
-        samples[sid] = STSample(sid, h5ad, wsi, patches, patient, study, mpp)
+            mpp, mpp_source = _metadata_mpp(h5ad)
+        if mpp is None and csv_estimate is not None:
+            mpp, mpp_source = csv_estimate, f"{Path(meta).name} pixel_size_um_estimated"
+        if patient_source == "own":
+            # Prefixed so an own-patient can never coincide with a real patient's name.
+            patient = f"own:{sid}"
+        samples[sid] = STSample(sid, h5ad, wsi, patches, patient, study, mpp, patient_source, mpp_source)
     if not samples:
         raise DataError("no ST samples found; pass the cohort folder or .h5ad files")
-    return [samples[k] for k in sorted(samples)]
+    ordered = [samples[k] for k in sorted(samples)]
+    return ordered, _sample_notes(ordered, table)
 
 
-def read_sample(sample: STSample) -> tuple[pd.DataFrame, sp.csr_matrix, list[str]]:
-    """One sample's spots (barcode, x, y centres in level-0 px), raw counts [n, G] (CSR) and gene names."""
+def _sample_notes(samples: Sequence[STSample], table: MetaTable | None) -> list[str]:
+    notes = []
+    own = [s.sample_id for s in samples if s.patient_source == "own"]
+    if table is None:
+        notes.append("no --meta: each sample is its own patient and the study is 'unknown'")
+    else:
+        notes.append(f"study of each sample from the {table.path.name} column {table.study_column!r}")
+        if own:
+            notes.append(f"{len(own)} sample(s) with an empty patient cell in {table.path.name} are each "
+                         "their "
+                         f"own patient: {', '.join(own[:10])}{' ...' if len(own) > 10 else ''}")
+    sources: dict[str, list[str]] = {}
+    for s in samples:
+        sources.setdefault(s.mpp_source or "the slide file's metadata", []).append(s.sample_id)
+    for source, ids in sources.items():
+        notes.append(f"level-0 um/px from {source}: {', '.join(ids[:10])}{' ...' if len(ids) > 10 else ''}")
+    return notes
+
+
+def _coordinates(adata: Any, where: Path) -> np.ndarray:
+    if "spatial" in adata.obsm:
+        return np.asarray(adata.obsm["spatial"], dtype=np.float64)[:, :2]
+    if {"pxl_col_in_fullres", "pxl_row_in_fullres"} <= set(adata.obs.columns):
+        return adata.obs[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(np.float64)
+    raise DataError(f"{where}: no spot coordinates; set obsm['spatial'] or obs pxl_*_in_fullres")
+
+
+def read_sample(
+    sample: STSample, barcodes: Sequence[str] | None = None
+) -> tuple[pd.DataFrame, sp.csr_matrix, list[str]]:
+    """One sample's spots (barcode, x, y centres in level-0 px), raw counts [n, G] (CSR) and gene names.
+
+    With `barcodes`, exactly those spots in that order (HEST-Benchmark: the patches file's spots, no
+    in_tissue filter; a barcode absent from the h5ad is a DataError); else the in-tissue spots.
+    """
     import anndata
 
-    adata = anndata.read_h5ad(sample.h5ad)
-    if "in_tissue" in adata.obs.columns:
-        adata = adata[adata.obs["in_tissue"].astype(int).to_numpy() == 1]
-    if "spatial" in adata.obsm:
-        xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)[:, :2]
-    elif {"pxl_col_in_fullres", "pxl_row_in_fullres"} <= set(adata.obs.columns):
-        xy = adata.obs[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(np.float64)
-    else:
-        raise DataError(f"{sample.h5ad}: no spot coordinates; set obsm['spatial'] or obs pxl_*_in_fullres")
-    barcodes = adata.obs_names.astype(str)
-    if barcodes.duplicated().any():
+    try:
+        adata = anndata.read_h5ad(sample.h5ad)
+    except (OSError, KeyError, ValueError) as exc:
+        raise DataError(f"{sample.h5ad}: not a readable .h5ad ({exc}); re-download or re-write it") from None
+    names = adata.obs_names.astype(str)
+    if names.duplicated().any():
         raise DataError(f"{sample.h5ad}: duplicate spot barcodes (obs_names); make them unique")
+    if barcodes is not None:
+        position = pd.Index(names).get_indexer(list(barcodes))
+        if (position < 0).any():
+            missing = [b for b, p in zip(barcodes, position, strict=True) if p < 0][:5]
+            raise DataError(f"{sample.h5ad}: barcodes {missing} of the patches file are not in the h5ad; "
+                            "use the h5ad and patches file of the same sample")
+        adata = adata[position]
+    elif "in_tissue" in adata.obs.columns:
+        adata = adata[adata.obs["in_tissue"].astype(int).to_numpy() == 1]
+    xy = _coordinates(adata, sample.h5ad)
     genes = adata.var_names.astype(str)
     keep = ~genes.duplicated()
     counts = sp.csr_matrix(adata.X[:, np.flatnonzero(keep)] if not keep.all() else adata.X, dtype=np.float32)
-    spots = pd.DataFrame({"barcode": barcodes.to_numpy(), "x": xy[:, 0], "y": xy[:, 1]})
+    spots = pd.DataFrame({"barcode": adata.obs_names.astype(str).to_numpy(), "x": xy[:, 0], "y": xy[:, 1]})
     return spots, counts, genes[keep].tolist()
 
 
-def load_expression(samples: Sequence[STSample]) -> STExpression:
+def load_expression(
+    samples: Sequence[STSample], barcodes: dict[str, Sequence[str]] | None = None
+) -> STExpression:
     """Stack all samples' spots over the genes they all share (in the first sample's gene order)."""
-    parts = [(s, *read_sample(s)) for s in samples]
+    parts = [(s, *read_sample(s, None if barcodes is None else barcodes[s.sample_id])) for s in samples]
     shared = set(parts[0][3])
     for _, _, _, genes in parts[1:]:
         shared &= set(genes)
@@ -200,108 +310,293 @@ def load_expression(samples: Sequence[STSample]) -> STExpression:
     return STExpression(spots, sp.vstack(blocks, format="csr"), genes)
 
 
-def _read_patches(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def read_patches_index(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Barcodes [N] (str) and level-0 top-left coords [N, 2] (int64) of a HEST patches file."""
     import h5py
 
-    with h5py.File(path, "r") as f:
-        missing = [k for k in ("img", "barcode", "coords") if k not in f]
-        if missing:
-            raise DataError(f"{path}: patches file lacks datasets {missing}; it needs img, barcode, coords")
-        raw = np.asarray(f["barcode"]).reshape(-1)
-        coords = np.asarray(f["coords"], dtype=np.int64).reshape(-1, 2)
+    try:
+        with h5py.File(path, "r") as f:
+            missing = [k for k in ("img", "barcode", "coords") if k not in f]
+            if missing:
+                raise DataError(f"{path}: patches file lacks {missing}; it needs img, barcode, coords")
+            raw = np.asarray(f["barcode"]).reshape(-1)
+            coords = np.asarray(f["coords"], dtype=np.float64).reshape(-1, 2)
+    except OSError as exc:
+        raise DataError(f"{path}: not a readable HDF5 patches file ({exc}); re-write it") from None
+    if not np.isfinite(coords).all():
+        raise DataError(f"{path}: coords hold NaN or inf; re-write the patches file")
     barcodes = np.array([b.decode() if isinstance(b, bytes) else str(b) for b in raw], dtype=object)
-    return barcodes, coords
+    return barcodes, coords.astype(np.int64)
 
 
-def _embed_patches(sample: STSample, embedder, store: EmbeddingStore, batch_size: int) -> None:
-    import h5py
-
-    fp = store.fingerprint
-    barcodes, coords = _read_patches(sample.patches)
-    started = time.perf_counter()
-    with h5py.File(sample.patches, "r") as f:
-        images = f["img"]
-        if images.ndim != 4 or images.shape[-1] != 3 or images.shape[1] != fp.tile_px:
-            raise DataError(
-                f"{sample.patches}: img has shape {images.shape}; the store holds {fp.tile_px} px RGB tiles "
-                f"at {fp.mpp} um/px (use a store of that geometry or the WSI)"
-            )
-        emb = np.concatenate(
-            [embedder.embed_images(np.asarray(images[i : i + batch_size]), batch_size)
-             for i in range(0, len(images), batch_size)]
-        ) if len(images) else np.zeros((0, fp.embed_dim), np.float32)
-    tiles = pd.DataFrame({"tile_id": barcodes, "x": coords[:, 0], "y": coords[:, 1],
-                          "tile_px": fp.tile_px, "mpp": fp.mpp, "tissue_fraction": np.nan})
-    record = {"slide_id": sample.sample_id, "path": str(sample.patches), "mpp": fp.mpp,
-              "mpp_source": "patches", "seconds": time.perf_counter() - started}
-    store.add_slide(record, tiles, emb)
+def file_identity(path: Path) -> dict[str, Any]:
+    """Cheap identity of a (possibly huge) image file: name, size, sha256 of its first and last MiB."""
+    size = path.stat().st_size
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        digest.update(fh.read(_EDGE_BYTES))
+        if size > _EDGE_BYTES:
+            fh.seek(max(size - _EDGE_BYTES, _EDGE_BYTES))
+            digest.update(fh.read())
+    return {"name": path.name, "size": size, "edge_sha256": digest.hexdigest()}
 
 
-def _embed_wsi(sample: STSample, embedder, store: EmbeddingStore, batch_size: int, workers: int) -> None:
+@dataclass
+class SpotTiles:
+    """Where each spot of one sample is cut: tile top-left (x, y) in level-0 px, from which image."""
+
+    sample: STSample
+    kind: str
+    image: Path
+    barcodes: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    slide_mpp: float | None = None
+    mpp_source: str | None = None
+    dims: tuple[int, int] | None = None
+    identity: dict[str, Any] = field(default_factory=dict)
+
+    def key(self) -> pd.MultiIndex:
+        """(barcode, x, y) per spot: the key a stored embedding must match to be reused."""
+        return pd.MultiIndex.from_arrays([self.barcodes.astype(str), self.x, self.y])
+
+
+def _missing_mpp(sample: STSample) -> MissingMppError:
+    return MissingMppError(
+        f"{sample.wsi}: no um/px in its metadata; give it in the --meta CSV's mpp (or "
+        f"pixel_size_um_estimated) column for sample {sample.sample_id}, or metadata/{sample.sample_id}.json"
+    )
+
+
+def plan_spot_tiles(
+    sample: STSample, spots: pd.DataFrame, mpp: float, tile_px: int, drop_bad: bool
+) -> tuple[SpotTiles, list[dict[str, Any]]]:
+    """The tiles of one sample's spots at the store's geometry, and the spots with bad coordinates.
+
+    A WSI spot is bad when its centre is NaN/inf or outside the slide's level-0 extent (it would become a
+    blank or white tile). Bad spots raise DataError naming them, or are returned (and left out of the
+    tiles) when `drop_bad`. Patches-file samples are cut where the patches file says.
+    """
+    from mvh.extractor.slide import open_slide
+
+    cx, cy = spots["x"].to_numpy(np.float64), spots["y"].to_numpy(np.float64)
+    reason = np.where(np.isfinite(cx) & np.isfinite(cy), "", "non-finite coordinate").astype(object)
+    if sample.wsi is None:
+        barcodes, coords = read_patches_index(sample.patches)
+        identity = {"image": file_identity(sample.patches), "h5ad_sha256": sha256_file(sample.h5ad)}
+        tiles = SpotTiles(sample, "patches", sample.patches, barcodes, coords[:, 0], coords[:, 1],
+                          identity=identity)
+    else:
+        try:
+            slide_ctx = open_slide(sample.wsi, mpp=sample.mpp)
+        except MissingMppError:
+            raise _missing_mpp(sample) from None
+        with slide_ctx as slide:
+            width, height = slide.dimensions
+            slide_mpp, mpp_source = slide.mpp, slide.mpp_source
+        with np.errstate(invalid="ignore"):
+            outside = (reason == "") & ~((cx >= 0) & (cx < width) & (cy >= 0) & (cy < height))
+        reason[outside] = f"outside the slide ({width} x {height} px)"
+        tiles = None
+    bad = reason != ""
+    records = [
+        {"sample_id": sample.sample_id, "barcode": str(b), "x": float(x), "y": float(y), "reason": str(r)}
+        for b, x, y, r in zip(spots["barcode"][bad], cx[bad], cy[bad], reason[bad], strict=True)
+    ]
+    if records and not drop_bad:
+        shown = "; ".join(f"{r['barcode']} ({r['x']:g}, {r['y']:g}): {r['reason']}" for r in records[:3])
+        raise DataError(
+            f"{sample.h5ad}: {len(records)} spot(s) with bad coordinates: {shown}"
+            f"{' ...' if len(records) > 3 else ''}; fix the coordinates or pass --drop-bad-spots"
+        )
+    if tiles is None:
+        good = ~bad
+        size_l0 = int(round(tile_px * mpp / slide_mpp))
+        # HEST convention: top-left = centre - size // 2 (integer level-0 pixels).
+        x = np.floor(cx[good]).astype(np.int64) - size_l0 // 2
+        y = np.floor(cy[good]).astype(np.int64) - size_l0 // 2
+        identity = {"image": file_identity(sample.wsi), "h5ad_sha256": sha256_file(sample.h5ad),
+                    "slide_mpp": slide_mpp}
+        tiles = SpotTiles(sample, "wsi", sample.wsi, spots["barcode"].to_numpy(object)[good], x, y,
+                          slide_mpp, mpp_source, (width, height), identity)
+    return tiles, records
+
+
+def _stored_attrs(slides: pd.DataFrame, sample_id: str) -> dict[str, Any] | None:
+    if "attrs" not in slides.columns:
+        return None
+    row = slides.loc[slides["slide_id"] == sample_id]
+    if not len(row) or _blank(row["attrs"].iloc[0]):
+        return None
+    try:
+        value = json.loads(row["attrs"].iloc[0])
+    except (TypeError, json.JSONDecodeError):
+        return None
+    return value.get("st") if isinstance(value, dict) else None
+
+
+@dataclass
+class SyncReport:
+    """What `sync_store` did per sample: reused spots, embedded spots and why."""
+
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _embed_tiles(tiles: SpotTiles, rows: np.ndarray, embedder: Any, fp: Any, batch_size: int,
+                 workers: int) -> np.ndarray:
+    if len(rows) == 0:
+        return np.zeros((0, fp.embed_dim), np.float32)
+    if tiles.kind == "patches":
+        import h5py
+
+        barcodes, _ = read_patches_index(tiles.image)
+        position = pd.Index(barcodes).get_indexer(tiles.barcodes[rows])
+        order = np.argsort(position, kind="stable")
+        out = np.empty((len(rows), fp.embed_dim), np.float32)
+        with h5py.File(tiles.image, "r") as f:
+            images = f["img"]
+            if images.ndim != 4 or images.shape[-1] != 3 or images.shape[1] != fp.tile_px:
+                raise DataError(
+                    f"{tiles.image}: img has shape {images.shape}; the store holds {fp.tile_px} px RGB tiles "
+                    f"at {fp.mpp} um/px (use a store of that geometry or the WSI)"
+                )
+            step = max(batch_size, 1) * 8
+            for start in range(0, len(order), step):
+                part = order[start : start + step]
+                chunk = np.asarray(images[position[part].tolist()])
+                out[part] = embedder.embed_images(chunk, batch_size)
+        return out
     from mvh.extractor.extract import embed_grid
     from mvh.extractor.slide import open_slide
     from mvh.extractor.tiling import make_tile_grid_at
 
-    fp = store.fingerprint
-    spots, _, _ = read_sample(sample)
-    started = time.perf_counter()
-    with open_slide(sample.wsi, mpp=sample.mpp) as slide:
-        size_l0 = int(round(fp.tile_px * fp.mpp / slide.mpp))
-        # HEST convention: top-left = centre - size // 2 (integer level-0 pixels).
-        x = np.floor(spots["x"].to_numpy()).astype(np.int64) - size_l0 // 2
-        y = np.floor(spots["y"].to_numpy()).astype(np.int64) - size_l0 // 2
-        ids = spots["barcode"].tolist()
-        grid = make_tile_grid_at(slide, x, y, mpp=fp.mpp, tile_px=fp.tile_px, tile_ids=ids)
-        width, height = slide.dimensions
-        record = {"slide_id": sample.sample_id, "path": str(sample.wsi), "mpp": slide.mpp,
-                  "mpp_source": slide.mpp_source, "width": width, "height": height}
-    emb = embed_grid(embedder, grid, batch_size=batch_size, workers=workers)
-    record["seconds"] = time.perf_counter() - started
-    store.add_slide(record, grid.to_frame(), emb)
+    with open_slide(tiles.image, mpp=tiles.slide_mpp) as slide:
+        grid = make_tile_grid_at(slide, tiles.x[rows], tiles.y[rows], mpp=fp.mpp, tile_px=fp.tile_px,
+                                 tile_ids=[str(b) for b in tiles.barcodes[rows]])
+    return embed_grid(embedder, grid, batch_size=batch_size, workers=workers)
 
 
-def embed_samples(
-    samples: Sequence[STSample],
+def _image_changed(attrs: dict[str, Any] | None, plan: SpotTiles) -> str | None:
+    if attrs is None:
+        return None
+    if attrs.get("image") != plan.identity["image"]:
+        return f"image file {plan.image.name} differs from the one embedded"
+    if attrs.get("slide_mpp") != plan.identity.get("slide_mpp"):
+        return f"slide um/px changed ({attrs.get('slide_mpp')} -> {plan.identity.get('slide_mpp')})"
+    return None
+
+
+def sync_store(
+    plans: Sequence[SpotTiles],
     store: EmbeddingStore,
-    embedder_factory: Callable[[], object],
+    embedder_factory: Callable[[], Any],
     batch_size: int = 64,
     workers: int = 0,
     progress: Progress | None = None,
-) -> list[str]:
-    """Embed the spots of samples not yet done in `store` (the embedder is built only if needed).
+) -> tuple[dict[str, np.ndarray], SyncReport]:
+    """Bring every sample's spots up to date in `store` and return their embeddings, read in ONE scan.
 
-    Returns the ids embedded in this call. A WSI is preferred over a patches file when both exist.
+    A stored spot is reused when its (barcode, x, y) key matches and the image file (and slide um/px) is
+    the one it was cut from; other spots are embedded (the embedder is built only if needed) and the sample
+    is re-committed in one store commit. Returns per sample the embeddings [n, D] aligned with
+    `plan.barcodes`, and a report of what was reused and embedded and why.
     """
-    done = set(store.slide_ids("done"))
-    todo = [s for s in samples if s.sample_id not in done]
-    if not todo:
-        return []
-    embedder = embedder_factory()
-    for sample in todo:
-        log.info("embedding spots of %s into %s", sample.sample_id, store.uri)
-        if sample.wsi is not None:
-            _embed_wsi(sample, embedder, store, batch_size, workers)
+    fp = store.fingerprint
+    rows, emb = store.all_embeddings(columns=("slide_id", "tile_id", "x", "y"))
+    if len(emb) and not np.isfinite(emb).all():
+        bad = rows.loc[~np.isfinite(emb).all(axis=1), "slide_id"].unique().tolist()[:5]
+        raise StoreError(f"store {store.uri}: non-finite embeddings in slides {bad}; the store is damaged: "
+                         "run `mvh verify`, then re-embed those slides")
+    slides = store.slides()
+    done = set(slides.loc[slides["status"] == "done", "slide_id"]) if len(slides) else set()
+    has_attrs = "attrs" in slides.columns
+    by_slide = rows.groupby("slide_id", sort=False).indices
+    embedder = None
+    result = SyncReport()
+    if not has_attrs:
+        result.notes.append(f"store {store.uri} keeps no per-slide attrs: spots are matched by barcode and "
+                            "coordinates only (an image file replaced in place is not detected)")
+    out: dict[str, np.ndarray] = {}
+    report(progress, Event.TOTAL, SAMPLES, len(plans))
+    for plan in plans:
+        sid = plan.sample.sample_id
+        report(progress, Event.STATUS, SAMPLES, 0, sid)
+        stored_idx = np.asarray(by_slide.get(sid, []) if sid in done else [], dtype=np.int64)
+        attrs = _stored_attrs(slides, sid)
+        reasons: list[str] = []
+        changed = _image_changed(attrs, plan) if len(stored_idx) else None
+        if changed:
+            reasons.append(changed)
+            stored_idx = stored_idx[:0]
+        stored = rows.iloc[stored_idx]
+        stored_key = pd.MultiIndex.from_arrays(
+            [stored["tile_id"].astype(str).to_numpy(), stored["x"].to_numpy(np.int64),
+             stored["y"].to_numpy(np.int64)])
+        position = stored_key.get_indexer(plan.key()) if len(stored_key) else np.full(len(plan.barcodes), -1)
+        hit = position >= 0
+        todo = np.flatnonzero(~hit)
+        known = set(stored["tile_id"].astype(str))
+        moved = sum(1 for b in plan.barcodes[todo] if str(b) in known)
+        extra = len(stored) - int(hit.sum())
+        if attrs is not None and attrs.get("h5ad_sha256") != plan.identity["h5ad_sha256"]:
+            reasons.append(f"{plan.sample.h5ad.name} changed since it was embedded (sha256 differs)")
+        if len(stored):
+            if moved:
+                reasons.append(f"{moved} spot(s) moved (same barcode, new tile position)")
+            if len(todo) - moved:
+                reasons.append(f"{len(todo) - moved} new spot(s)")
+            if extra > 0:
+                reasons.append(f"{extra} stored spot(s) no longer in the sample are removed")
+        sample_emb = np.empty((len(plan.barcodes), fp.embed_dim), np.float32)
+        sample_emb[hit] = emb[stored_idx[position[hit]]]
+        if len(todo):
+            if embedder is None:
+                embedder = embedder_factory()
+            log.info("embedding %d spots of %s into %s", len(todo), sid, store.uri)
+            sample_emb[todo] = _embed_tiles(plan, todo, embedder, fp, batch_size, workers)
+        if len(todo) or extra > 0 or sid not in done or (has_attrs and attrs != plan.identity):
+            _commit(store, plan, sample_emb)
+        if len(stored) == 0:
+            status = "embedded"
         else:
-            _embed_patches(sample, embedder, store, batch_size)
-        if progress is not None:
-            progress(sample.sample_id, 1)
-    return [s.sample_id for s in todo]
+            status = "updated" if len(todo) or extra > 0 else "reused"
+        result.samples.append({"sample_id": sid, "status": status, "n_spots": len(plan.barcodes),
+                               "n_reused": int(hit.sum()), "n_embedded": len(todo), "reasons": reasons,
+                               "source": plan.kind, **plan.identity})
+        if reasons:
+            result.notes.append(f"store {store.uri}, sample {sid}: {'; '.join(reasons)} -> "
+                                f"{len(todo)} spot(s) embedded again, {int(hit.sum())} reused")
+        out[sid] = sample_emb
+        report(progress, Event.ADVANCE, SAMPLES, 1)
+    return out, result
+
+
+def _commit(store: EmbeddingStore, plan: SpotTiles, embeddings: np.ndarray) -> None:
+    fp = store.fingerprint
+    started = time.perf_counter()
+    tiles = pd.DataFrame({"tile_id": plan.barcodes.astype(str), "x": plan.x, "y": plan.y,
+                          "tile_px": fp.tile_px, "mpp": fp.mpp, "tissue_fraction": np.nan})
+    record = {"slide_id": plan.sample.sample_id, "path": str(plan.image),
+              "size": plan.identity["image"]["size"],
+              "mpp": plan.slide_mpp if plan.kind == "wsi" else fp.mpp,
+              "mpp_source": plan.mpp_source if plan.kind == "wsi" else "patches",
+              "attrs": json.dumps({"st": plan.identity}, sort_keys=True),
+              "seconds": time.perf_counter() - started}
+    if plan.dims is not None:
+        record["width"], record["height"] = plan.dims
+    store.add_slide(record, tiles, embeddings)
 
 
 def spot_embeddings(store: EmbeddingStore, spots: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Embeddings [N, D] aligned with `spots` rows (sample_id, barcode) and a found mask [N] (bool)."""
+    """Embeddings [N, D] aligned with `spots` rows (sample_id, barcode) and a found mask [N], in one scan."""
+    rows, emb = store.all_embeddings(columns=("slide_id", "tile_id"))
+    key = pd.MultiIndex.from_arrays([rows["slide_id"].astype(str), rows["tile_id"].astype(str)])
+    want = pd.MultiIndex.from_arrays([spots["sample_id"].astype(str), spots["barcode"].astype(str)])
+    position = key.get_indexer(want) if len(key) else np.full(len(spots), -1)
+    found = position >= 0
     out = np.zeros((len(spots), store.dim), dtype=np.float32)
-    found = np.zeros(len(spots), dtype=bool)
-    done = set(store.slide_ids("done"))
-    for sid, rows in spots.groupby("sample_id", sort=False).indices.items():
-        if sid not in done:
-            continue
-        tiles = store.slide_tiles(sid)
-        emb, _ = store.slide_embeddings(sid)
-        position = pd.Index(tiles["tile_id"].astype(str)).get_indexer(spots["barcode"].iloc[rows].astype(str))
-        hit = position >= 0
-        out[rows[hit]] = emb[position[hit]]
-        found[rows[hit]] = True
+    out[found] = emb[position[found]]
     return out, found
 
 
@@ -331,4 +626,5 @@ def sample_thumbnail(sample: STSample, max_size: int = 1024) -> tuple[np.ndarray
 def check_split_metadata(samples: Sequence[STSample], splits: Sequence[str]) -> None:
     """Refuse LOSO when the studies are unknown or single (UsageError naming --meta)."""
     if "loso" in splits and len({s.study for s in samples}) < 2:
-        raise UsageError("--split loso needs at least 2 studies: give --meta CSV with a study column")
+        raise UsageError("--split loso needs at least 2 studies: give --meta CSV with a study "
+                         "(or dataset_title) column")

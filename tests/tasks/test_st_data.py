@@ -15,13 +15,14 @@ from mvh.extractor.embedder import Embedder
 from mvh.index.store import EmbeddingStore
 from mvh.tasks.st_data import (
     check_split_metadata,
-    embed_samples,
     find_samples,
     load_expression,
+    plan_spot_tiles,
     read_meta_csv,
     read_sample,
     sample_thumbnail,
     spot_embeddings,
+    sync_store,
 )
 from mvh.tasks.st_synthetic import write_synthetic_st_cohort
 
@@ -32,19 +33,28 @@ def cohort(tmp_path_factory):
                                      grid=(3, 2), image="both", seed=1)
 
 
+def _sync(samples, expr, store, factory, drop_bad=False):
+    """Plan every sample's spot tiles at the store's geometry and sync the store; statuses per sample."""
+    groups = expr.spots.groupby("sample_id", sort=False).indices
+    plans = [plan_spot_tiles(s, expr.spots.iloc[groups[s.sample_id]], store.fingerprint.mpp,
+                             store.fingerprint.tile_px, drop_bad)[0] for s in samples]
+    _, report = sync_store(plans, store, factory)
+    return [entry["status"] for entry in report.samples]
+
+
 @pytest.fixture(scope="module")
 def embedder():
     return Embedder("vit_dinov2_tiny", random_init=True, device="cpu")
 
 
 def test_find_samples_hest_layout_and_meta(cohort):
-    samples = find_samples([cohort.root], cohort.meta)
+    samples, _ = find_samples([cohort.root], cohort.meta)
     assert [s.sample_id for s in samples] == ["A0", "B0"]
     a = samples[0]
     assert a.wsi == cohort.root / "wsis" / "A0.tif" and a.patches == cohort.root / "patches" / "A0.h5"
     assert (a.patient, a.study, a.mpp) == ("PA0", "A", None)
     # One .h5ad given directly finds the same companions.
-    single = find_samples([cohort.root / "st" / "B0.h5ad"], cohort.meta)[0]
+    single = find_samples([cohort.root / "st" / "B0.h5ad"], cohort.meta)[0][0]
     assert single.wsi == cohort.root / "wsis" / "B0.tif"
 
 
@@ -53,11 +63,12 @@ def test_meta_aliases_mpp_and_metadata_json(cohort, tmp_path):
     pd.DataFrame({"id": ["A0", "B0"], "patient": ["p", "q"], "dataset_title": ["s1", "s2"],
                   "mpp": [0.25, None]}).to_csv(csv, index=False)
     meta = read_meta_csv(csv)
-    assert meta.loc["A0", "study"] == "s1" and meta.loc["A0", "mpp"] == 0.25
+    assert meta.rows.loc["A0", "study"] == "s1" and meta.rows.loc["A0", "mpp"] == 0.25
+    assert meta.study_column == "dataset_title"
     (cohort.root / "metadata").mkdir(exist_ok=True)
     (cohort.root / "metadata" / "B0.json").write_text(json.dumps({"pixel_size_um_estimated": 0.51}))
     try:
-        samples = {s.sample_id: s for s in find_samples([cohort.root], csv)}
+        samples = {s.sample_id: s for s in find_samples([cohort.root], csv)[0]}
     finally:
         (cohort.root / "metadata" / "B0.json").unlink()
     assert samples["A0"].mpp == 0.25 and samples["B0"].mpp == 0.51
@@ -78,7 +89,7 @@ def test_layout_errors(cohort, tmp_path):
     with pytest.raises(DataError, match="no WSI and no patches"):
         find_samples([lonely])
     with pytest.raises(UsageError, match="--meta"):
-        check_split_metadata(find_samples([cohort.root]), ["loso"])
+        check_split_metadata(find_samples([cohort.root])[0], ["loso"])
 
 
 def test_read_sample_obs_columns_and_in_tissue(tmp_path):
@@ -88,7 +99,7 @@ def test_read_sample_obs_columns_and_in_tissue(tmp_path):
                          var=pd.DataFrame(index=["G1", "G2"]))
     ad.write_h5ad(tmp_path / "s.h5ad")
     (tmp_path / "s.h5").touch()
-    sample = find_samples([tmp_path])[0]
+    sample = find_samples([tmp_path])[0][0]
     spots, counts, genes = read_sample(sample)
     assert spots["barcode"].tolist() == ["a", "c"]
     assert spots[["x", "y"]].to_numpy().tolist() == [[10.0, 5.0], [30.0, 7.0]]
@@ -96,7 +107,7 @@ def test_read_sample_obs_columns_and_in_tissue(tmp_path):
 
 
 def test_load_expression_stacks_shared_genes(cohort):
-    samples = find_samples([cohort.root], cohort.meta)
+    samples, _ = find_samples([cohort.root], cohort.meta)
     expr = load_expression(samples)
     assert expr.counts.shape == (12, 12) and expr.genes[0] == "SIG0"
     assert expr.spots["study"].tolist() == ["A"] * 6 + ["B"] * 6
@@ -107,17 +118,19 @@ def test_load_expression_stacks_shared_genes(cohort):
 def test_wsi_and_patches_embeddings_agree_and_rerun_reuses(cohort, embedder, tmp_path):
     import h5py
 
-    samples = find_samples([cohort.root], cohort.meta)
+    samples, _ = find_samples([cohort.root], cohort.meta)
     expr = load_expression(samples)
     fp = embedder.fingerprint(mpp=0.5, tile_px=224)
     wsi_store = EmbeddingStore.create(tmp_path / "wsi.lance", fp)
-    assert embed_samples(samples, wsi_store, lambda: embedder) == ["A0", "B0"]
+    assert _sync(samples, expr, wsi_store, lambda: embedder) == ["embedded", "embedded"]
     calls = []
-    assert embed_samples(samples, wsi_store, lambda: calls.append(1)) == [] and not calls
+    version = wsi_store.version
+    assert _sync(samples, expr, wsi_store, lambda: calls.append(1)) == ["reused", "reused"] and not calls
+    assert wsi_store.version == version
 
     patch_samples = [type(s)(s.sample_id, s.h5ad, None, s.patches, s.patient, s.study) for s in samples]
     patch_store = EmbeddingStore.create(tmp_path / "patches.lance", fp)
-    embed_samples(patch_samples, patch_store, lambda: embedder)
+    _sync(patch_samples, expr, patch_store, lambda: embedder)
 
     X_wsi, found_wsi = spot_embeddings(wsi_store, expr.spots)
     X_pat, found_pat = spot_embeddings(patch_store, expr.spots)
@@ -136,6 +149,6 @@ def test_wsi_and_patches_embeddings_agree_and_rerun_reuses(cohort, embedder, tmp
 
 
 def test_thumbnail_from_wsi(cohort):
-    thumb, scale = sample_thumbnail(find_samples([cohort.root])[0], max_size=128)
+    thumb, scale = sample_thumbnail(find_samples([cohort.root])[0][0], max_size=128)
     assert thumb.ndim == 3 and max(thumb.shape[:2]) <= 128
     assert scale == pytest.approx(thumb.shape[1] / (3 * 224))

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from mvh.cli._app import console, eval_app, guarded, print_json
+from mvh.cli._progress import progress_reporter
 from mvh.cli._render import fmt_mean_std
 from mvh.cli.eval._models import (
     _JSON_OPT,
@@ -18,29 +19,32 @@ from mvh.cli.eval._models import (
     _SAMPLES_ARG,
     _STORE_OPT,
     _WEIGHTS_OPT,
-    _progress,
     _specs,
 )
-from mvh.errors import UsageError
 
+if TYPE_CHECKING:
+    from mvh.tasks.st import STResult
 
-def _st_table(results: dict[str, Any]) -> Table:
+def _st_table(result: STResult) -> Table:
     from mvh.tasks.st import table_rows
 
-    s = results["settings"]
+    s = result.settings
     splits = s["splits"]
-    table = Table(title=f"ST regression: {s['n_spots']} spots, {s['n_samples']} samples, "
-                        f"{s['regressor']}{'' if s['pca'] else ' (no PCA)'}, seed {s['seed']}")
+    solver = "HEST-exact" if s["hest_exact"] else s["regressor"] + ("" if s["pca"] else " (no PCA)")
+    table = Table(title=f"ST regression: {s['n_spots']} spots, {s['n_samples']} samples, {s['n_patients']} "
+                        f"patients, {solver}, seed {s['seed']}")
     table.add_column("model")
     for split in splits:
-        table.add_column(f"PCC {split}", justify="right")
+        name = "random (spot-level)" if split == "random" else split
+        table.add_column(f"PCC {name}", justify="right")
         table.add_column(f"PCC-10 {split}", justify="right")
         table.add_column(f"MAE {split}", justify="right")
         table.add_column(f"MSE {split}", justify="right")
+        table.add_column(f"NaN genes {split}", justify="right")
     compare = "random" in splits and "loso" in splits
     if compare:
         table.add_column("drop (1 - loso/random)", justify="right")
-    for row in table_rows(results):
+    for row in table_rows(result):
         cells = [row["model"]]
         for split in splits:
             r = row[split]
@@ -49,6 +53,7 @@ def _st_table(results: dict[str, Any]) -> Table:
                 fmt_mean_std(r["pcc10_mean"], r["pcc10_std"]),
                 fmt_mean_std(r["mae_mean"]),
                 fmt_mean_std(r["mse_mean"]),
+                str(r["n_nan_genes"]),
             ]
         if compare:
             cells.append(fmt_mean_std(row["drop"]))
@@ -68,21 +73,34 @@ def st_cmd(
     store_dir: Annotated[
         Path | None, typer.Option("--store-dir", help="Where --model stores live (default OUT/stores).")
     ] = None,
-    genes: Annotated[Path | None, typer.Option("--genes", help="Text file: one gene name per line.")] = None,
+    genes: Annotated[
+        Path | None, typer.Option("--genes", help="Gene list: HEST's var_*genes.json or one gene per line.")
+    ] = None,
     top_genes: Annotated[
         int, typer.Option("--top-genes", help="Else the top-k HVGs of each fold's training spots.")
     ] = 50,
     regressor: Annotated[str, typer.Option("--regressor", help="ridge (HEST) | ridge-cv | knn")] = "ridge",
     no_pca: Annotated[bool, typer.Option("--no-pca", help="Skip PCA(256) before the regressor.")] = False,
-    split: Annotated[str, typer.Option("--split", help="random | patient | loso")] = "random",
-    folds: Annotated[int, typer.Option("--folds", help="Folds of random/patient splits.")] = 10,
+    hest_exact: Annotated[
+        bool, typer.Option("--hest-exact", help="HEST's own solvers: randomized PCA, lsqr ridge, float32.")
+    ] = False,
+    split: Annotated[
+        str | None,
+        typer.Option("--split", help="patient (default, HEST) | random (spot-level) | loso (study)."),
+    ] = None,
+    folds: Annotated[
+        int | None, typer.Option("--folds", help="Folds of patient/random splits [min(5, patients) | 5].")
+    ] = None,
     group_by_sample: Annotated[
         bool, typer.Option("--group-by-sample", help="Random split: keep each sample's spots in one fold.")
     ] = False,
     compare: Annotated[
         str | None, typer.Option("--compare", help="Several splits, e.g. random,loso (reports the drop).")
     ] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the folds and PCA.")] = 0,
+    drop_bad_spots: Annotated[
+        bool, typer.Option("--drop-bad-spots", help="Drop spots with NaN/off-slide centres (recorded).")
+    ] = False,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the folds and PCA (HEST's default is 1).")] = 0,
     out: Annotated[Path, typer.Option("--out", help="Folder for results.json and the PNG figures.")] = Path(
         "st_results"
     ),
@@ -90,24 +108,22 @@ def st_cmd(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Tiles per forward pass.")] = 64,
     workers: Annotated[int, typer.Option("--workers", help="DataLoader processes decoding tiles.")] = 0,
     as_json: Annotated[bool, _JSON_OPT] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Print progress events.")] = False,
 ) -> None:
     """Spatial-transcriptomics gene-expression regression from spot embeddings (HEST protocol)."""
-    gene_list = None
-    if genes is not None:
-        if not genes.is_file():
-            raise UsageError(f"{genes}: genes file not found; pass a text file with one gene per line")
-        gene_list = [g.strip() for g in genes.read_text().splitlines() if g.strip()]
-    splits = [s.strip() for s in compare.split(",")] if compare else [split]
     from mvh.tasks.st import STConfig, run_st
 
-    config = STConfig(split=splits[0], folds=folds, seed=seed, genes=gene_list, top_genes=top_genes,
-                      regressor=regressor, pca=not no_pca, group_by_sample=group_by_sample)
     specs = _specs(model or [], store or [], weights or [], random_init, store_dir or out / "stores")
-    results = run_st(samples, specs, config, out, meta=meta, splits=splits, device=device,
-                     batch_size=batch_size, workers=workers, progress=_progress(verbose))
+    config = STConfig(
+        inputs=list(samples), stores=specs, out_dir=out, meta=meta, split=split, folds=folds, seed=seed,
+        compare=[s.strip() for s in compare.split(",") if s.strip()] if compare else None,
+        genes_file=genes, top_genes=top_genes, regressor=regressor, pca=not no_pca, hest_exact=hest_exact,
+        group_by_sample=group_by_sample, drop_bad_spots=drop_bad_spots, device=device,
+        batch_size=batch_size, workers=workers,
+    )
+    with progress_reporter(enabled=not as_json) as progress:
+        result = run_st(config, progress=progress)
     if as_json:
-        print_json(results)
+        print_json(result.to_dict())
         return
-    console.print(_st_table(results))
-    console.print(f"results: {out / 'results.json'}   figures: {len(results['figures'])} PNG in {out}")
+    console.print(_st_table(result))
+    console.print(f"results: {out / 'results.json'}   figures: {len(result.figures)} PNG in {out}")
