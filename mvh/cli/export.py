@@ -48,4 +48,5 @@ def export_cmd(
         f"wrote {len(result.files)} {fmt} file(s) for {result.n_slides} slide(s), {result.n_tiles} tiles "
         f"to {out}{checked}",
         highlight=False,
+        soft_wrap=True,
     )

@@ -58,6 +58,7 @@ def import_cmd(
             f"imported {len(result.imported)} slide(s) ({len(result.empty)} empty), {result.n_tiles} tiles "
             f"into {store} as {model_name}; {len(result.failed)} file(s) failed",
             highlight=False,
+            soft_wrap=True,
         )
         print_notes([f"failed: {f.error}" for f in result.failed])
     if result.exit_code:
