@@ -1,10 +1,16 @@
-"""Shared fixtures: paths of the real data in ../shared (tests skip with a reason when absent)."""
+"""Shared fixtures: paths of the real data in ../shared (tests skip with a reason when absent).
+
+The sample slide also comes from the user cache, where `mvh sample` puts it, so that a user without
+../shared runs the real-slide tests after one `mvh sample`.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+
+from mvh.extractor.sample import SAMPLE_NAME, cache_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -20,10 +26,23 @@ def _require(path: Path) -> Path:
     return path
 
 
+def sample_slide_location(shared: Path = SAMPLE_SLIDE) -> Path | None:
+    """The sample slide in ../shared, else in the user cache (`mvh sample` puts it there), else None."""
+    for candidate in (shared, cache_dir() / SAMPLE_NAME):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 @pytest.fixture(scope="session")
 def sample_slide() -> Path:
-    """The real H&E slide CMU-1-Small-Region.svs (0.499 um/px)."""
-    return _require(SAMPLE_SLIDE)
+    """The real H&E slide CMU-1-Small-Region.svs (0.499 um/px), from ../shared or the user cache."""
+    found = sample_slide_location()
+    if found is None:
+        pytest.skip(
+            f"{SAMPLE_NAME} is neither in {SAMPLE_SLIDE.parent} nor in {cache_dir()}: run `mvh sample`"
+        )
+    return found
 
 
 @pytest.fixture(scope="session")

@@ -5,13 +5,14 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 import yaml
 from rich.console import Console
 from rich.text import Text
 
+from mvh import __version__
 from mvh.errors import MvhError, UsageError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -27,6 +28,26 @@ index_app = typer.Typer(help="Build and inspect FAISS indexes over a store.", no
 eval_app = typer.Typer(
     help="Evaluations from stored embeddings (the paper's protocols).", no_args_is_help=True
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"mvh {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the mvh version and exit."
+        ),
+    ] = False,
+) -> None:
+    """MV_Hybrid tile embeddings: extract from slides, store, search, evaluate, pretrain."""
+
+
 app.add_typer(index_app, name="index")
 app.add_typer(eval_app, name="eval")
 

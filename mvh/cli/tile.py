@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from mvh.cli._app import app, console, err_console, guarded, print_json
+from mvh.cli._progress import progress_reporter
+from mvh.cli.extract import tile_px_option
 
 
 @app.command("tile")
@@ -26,9 +28,11 @@ def tile_cmd(
         Path, typer.Option("--out", help="Folder for <slide_id>.tiles.parquet (+ .preview.png).")
     ] = Path("tiles"),
     mpp: Annotated[float, typer.Option("--mpp", help="Target resolution of the tiles, um/px.")] = 0.5,
-    tile: Annotated[
-        int, typer.Option("--tile", help="Tile side in px at --mpp (224 at 0.5 = 112 um).")
-    ] = 224,
+    tile_px: Annotated[
+        int | None,
+        typer.Option("--tile-px", help="Tile side in px at --mpp (224 at 0.5 = 112 um) [default: 224]."),
+    ] = None,
+    tile: Annotated[int | None, typer.Option("--tile", hidden=True)] = None,
     overlap: Annotated[int, typer.Option("--overlap", help="Overlap between tiles, px at --mpp.")] = 0,
     min_tissue: Annotated[
         float, typer.Option("--min-tissue", help="Fraction of a tile that must be tissue to keep it.")
@@ -45,17 +49,8 @@ def tile_cmd(
     """Detect tissue and write the tile grid of each slide at an exact um/px (Parquet, optional preview)."""
     from mvh.extractor.tile_slides import tile_slides  # imaging stack loaded only when tiling
 
-    with Progress(
-        TextColumn("[bold]tiling"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.description}"),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=True,
-        disable=as_json or len(slides) < 2,
-    ) as bar:
-        task = bar.add_task("", total=len(slides))
+    tile = tile_px_option(tile_px, tile)
+    with progress_reporter(enabled=not as_json and len(slides) > 1) as progress:
         results = tile_slides(
             slides,
             out,
@@ -65,7 +60,7 @@ def tile_cmd(
             min_tissue=min_tissue,
             slide_mpp=slide_mpp,
             preview=preview,
-            progress=lambda slide_id, n: bar.update(task, advance=1, description=slide_id),
+            progress=progress,
         )
     failed = [r for r in results if r.error is not None]
     if len(results) == 1 and failed:
@@ -94,9 +89,8 @@ def tile_cmd(
         if written:
             console.print(f"wrote {len(written)} file(s) to {out}", highlight=False)
     for r in failed:
-        err_console.print(
-            f"[bold red]error:[/] {' '.join(str(r.error).split())}", highlight=False, soft_wrap=True
-        )
+        line = Text.assemble(("error: ", "bold red"), " ".join(str(r.error).split()))
+        err_console.print(line, highlight=False, soft_wrap=True)
     if failed:
         raise typer.Exit(1)
 

@@ -373,6 +373,8 @@ def _plan(source: SlideInput, cfg: ExtractConfig) -> tuple[dict[str, Any], TileG
             "mpp_source": slide.mpp_source,
         }
         grid = make_tile_grid(slide, mpp=cfg.mpp, tile_px=cfg.tile_px, min_tissue=cfg.min_tissue)
+    if grid.slide_id != source.slide_id:  # ids from paths (--slide-id-from path) also name the tiles
+        grid = dataclasses.replace(grid, slide_id=source.slide_id, tile_ids=[])
     if cfg.max_tiles is not None and len(grid) > cfg.max_tiles:
         grid = grid.subset(np.arange(cfg.max_tiles))
     record["plan_seconds"] = time.perf_counter() - start

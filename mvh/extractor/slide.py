@@ -22,7 +22,7 @@ import openslide
 import tifffile
 from PIL import Image, UnidentifiedImageError
 
-from mvh.errors import MissingMppError, SlideError
+from mvh.errors import MissingMppError, MvhError, SlideError
 
 log = logging.getLogger(__name__)
 
@@ -316,4 +316,13 @@ def _reason(exc: BaseException) -> str:
 
 def open_slide(path: str | Path, mpp: float | None = None) -> Slide:
     """Open a slide or plain image; `mpp` (um/px) overrides the metadata. SlideError / MissingMppError."""
-    return Slide(Path(path), mpp=mpp)
+    path = Path(path)
+    try:
+        return Slide(path, mpp=mpp)
+    except MvhError:
+        raise
+    except Exception as exc:  # noqa: BLE001 (decoders raise anything on corrupt files: tifffile IndexError)
+        raise SlideError(
+            f"{path}: cannot be opened ({type(exc).__name__}: {_reason(exc)}); the file is corrupt or "
+            "truncated, or not a slide"
+        ) from exc

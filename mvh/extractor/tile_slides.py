@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from mvh.extractor.preview import write_preview
 from mvh.extractor.slide import open_slide
 from mvh.extractor.tiling import TileGrid, make_tile_grid, write_tile_grid
 from mvh.extractor.tissue import detect_tissue
+from mvh.index.slide_ids import check_slide_id, path_inside
+from mvh.progress import SLIDES, Event, Progress, report
 
 
 @dataclass
@@ -62,9 +65,12 @@ def tile_slides(
     min_tissue: float = 0.25,
     slide_mpp: float | None = None,
     preview: bool = False,
-    progress: Callable[[str, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> list[TileResult]:
     """Tile each slide into `out/<slide_id>.tiles.parquet` (+ `.preview.png`); a failure is kept per slide."""
+    check_tile_options(out, mpp, tile_px, overlap, min_tissue, slide_mpp)
+    for p in paths:
+        check_slide_id(Path(p).stem, str(p))
     ids = Counter(Path(p).stem for p in paths)
     clashes = sorted(k for k, n in ids.items() if n > 1)
     if clashes:
@@ -72,6 +78,7 @@ def tile_slides(
             f"several slides share the id {clashes[0]!r} (file stem); tile them into separate --out folders"
         )
     results = []
+    report(progress, Event.TOTAL, SLIDES, len(paths))
     for path in map(Path, paths):
         start = time.perf_counter()
         result = TileResult(path=path, slide_id=path.stem)
@@ -80,7 +87,7 @@ def tile_slides(
                 result.slide_mpp, result.mpp_source = slide.mpp, slide.mpp_source
                 tissue = detect_tissue(slide)
                 result.tissue_fraction = tissue.tissue_fraction
-                preview_path = out / f"{slide.slide_id}.preview.png"
+                preview_path = path_inside(out, f"{slide.slide_id}.preview.png")
                 try:
                     grid = make_tile_grid(
                         slide, mpp=mpp, tile_px=tile_px, overlap=overlap, min_tissue=min_tissue, tissue=tissue
@@ -90,13 +97,30 @@ def tile_slides(
                         result.preview = write_preview(slide, tissue, None, preview_path)
                     raise
                 result.grid = grid
-                result.parquet = write_tile_grid(grid, out / f"{slide.slide_id}.tiles.parquet")
+                result.parquet = write_tile_grid(grid, path_inside(out, f"{slide.slide_id}.tiles.parquet"))
                 if preview:
                     result.preview = write_preview(slide, tissue, grid, preview_path)
         except MvhError as exc:
             result.error = exc
         result.seconds = time.perf_counter() - start
         results.append(result)
-        if progress is not None:
-            progress(result.slide_id, len(result.grid) if result.grid is not None else 0)
+        report(progress, Event.STATUS, SLIDES, 0, result.slide_id)
+        report(progress, Event.ADVANCE, SLIDES)
     return results
+
+
+def check_tile_options(
+    out: Path, mpp: float, tile_px: int, overlap: int, min_tissue: float, slide_mpp: float | None
+) -> None:
+    """UsageError naming the flag when a tiling option is out of range, before any slide is read."""
+    for flag, value in (("--mpp", mpp), ("--slide-mpp", slide_mpp)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise UsageError(f"{flag} {value} must be a positive, finite number of um/px")
+    if tile_px < 1:
+        raise UsageError(f"--tile-px {tile_px} must be at least 1")
+    if not 0 <= overlap < tile_px:
+        raise UsageError(f"--overlap {overlap} must be in [0, {tile_px}) px")
+    if not (math.isfinite(min_tissue) and 0.0 <= min_tissue <= 1.0):
+        raise UsageError(f"--min-tissue {min_tissue} must be a fraction between 0 and 1")
+    if Path(out).exists() and not Path(out).is_dir():
+        raise UsageError(f"--out {out} is an existing file, not a folder: give a folder path")

@@ -14,6 +14,7 @@ slide in every run.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,8 +136,10 @@ def choose_level(slide: Slide, mpp: float) -> int:
 
 def _geometry(slide: Slide, mpp: float, tile_px: int) -> tuple[int, int, float, int]:
     """(size_l0, level, level_downsample, read_px) for tiles of `tile_px` px at `mpp` um/px."""
-    if not (mpp > 0 and tile_px > 0):
-        raise UsageError(f"{slide.path}: --mpp and --tile must be positive (got {mpp}, {tile_px})")
+    if not (math.isfinite(mpp) and mpp > 0 and tile_px > 0):
+        raise UsageError(
+            f"{slide.path}: --mpp and --tile-px must be positive and finite (got {mpp}, {tile_px})"
+        )
     size_l0 = round(tile_px * mpp / slide.mpp)
     if size_l0 < 1:
         raise UsageError(f"{slide.path}: a {tile_px} px tile at {mpp} um/px is under one pixel of this slide")

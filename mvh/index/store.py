@@ -74,6 +74,8 @@ _COMMIT_RETRIES = 8
 _READ_RETRIES = 5
 _ORPHAN_AGE_S = 3600.0
 _LANCE_ERRORS = (OSError, RuntimeError, ValueError)
+# Reading a damaged Lance file can also panic in Rust, surfacing as a bare `Exception` subclass (RustPanic).
+_DAMAGED_READ_ERRORS = (Exception,)
 T = TypeVar("T")
 
 
@@ -304,7 +306,7 @@ class EmbeddingStore:
             self._tiles = db.open_table(TILES)
             self._slides = db.open_table(SLIDES)
             names = set(self._slides.schema.names)
-        except _LANCE_ERRORS as exc:
+        except _DAMAGED_READ_ERRORS as exc:
             raise StoreDamagedError(
                 f"store {uri} is damaged: its tiles/slides tables cannot be read ({_reason(exc)}); restore "
                 "the store from a copy, or re-extract into a new --store"
@@ -377,7 +379,7 @@ class EmbeddingStore:
         try:
             rows = db.open_table(META).to_arrow().to_pylist()
             meta = {row["key"]: json.loads(row["value"]) for row in rows}
-        except (*_LANCE_ERRORS, KeyError, TypeError) as exc:
+        except _DAMAGED_READ_ERRORS as exc:
             raise StoreDamagedError(
                 f"store {uri} is damaged: its meta table cannot be read ({_reason(exc)}); restore "
                 f"{uri}/meta.lance from a copy of the store, or re-extract into a new --store"
@@ -646,7 +648,7 @@ class EmbeddingStore:
             query = query.where(where)
         try:
             frame = query.to_arrow().to_pandas()
-        except _LANCE_ERRORS as exc:
+        except _DAMAGED_READ_ERRORS as exc:
             raise StoreDamagedError(
                 f"store {self.uri} is damaged: its slides table cannot be read ({_reason(exc)}); restore it "
                 "from a copy"
@@ -711,7 +713,7 @@ class EmbeddingStore:
         wanted = list(dict.fromkeys([*columns, "slide_id", "x", "y", "tile_id", *extra]))
         try:
             table = query.select(wanted).to_arrow()
-        except _LANCE_ERRORS as exc:
+        except _DAMAGED_READ_ERRORS as exc:
             raise StoreDamagedError(
                 f"store {self.uri} is damaged: its tiles cannot be read ({_reason(exc)}); run "
                 f"`mvh verify --store {self.uri}` and restore the store from a copy"
