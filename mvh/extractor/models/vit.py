@@ -2,15 +2,20 @@
 
 Nothing here downloads: timm builds the architecture, the user supplies the weights file. The model
 adds DINOv2's mask token and training outputs to timm's VisionTransformer so that the ViTs can be
-pretrained like MV_Hybrid and load DINOv2 `teacher_checkpoint.pth` files.
+pretrained like MV_Hybrid and load DINOv2 `teacher_checkpoint.pth` files. The paper's ViT baselines are
+built as the authors build `vit_small`: at the 256 px global-crop size (16 x 16 grid + cls, `pos_embed`
+[1, 257, 384]), with the positional embedding interpolated at run time the DINOv2 way (bicubic on a
+scale factor with DINOv2's 0.1 offset, no antialias) for any other input size, e.g. 224 px tiles.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from timm.layers import Mlp, SwiGLUPacked, resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
@@ -27,28 +32,93 @@ _ACT_LAYERS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "silu": nn.SiLU}
 _MLP_LAYERS: dict[str, type[nn.Module]] = {"mlp": Mlp, "swiglu_packed": SwiGLUPacked}
 
 
-class MaskedVisionTransformer(VisionTransformer):
-    """timm VisionTransformer with DINOv2's `mask_token` and `forward_features(x, masks)` dict output."""
+def interpolate_pos_embed_dinov2(
+    pos_embed: Tensor,
+    image_hw: tuple[int, int],
+    patch_size: int,
+    offset: float = 0.1,
+    antialias: bool = False,
+) -> Tensor:
+    """DINOv2's `interpolate_pos_encoding`: pos_embed [1, 1 + M*M, D] -> [1, 1 + h*w, D] for an H x W image.
 
-    def __init__(self, *, mlp_layer: str = "mlp", act_layer: str = "gelu", **kwargs: Any):
+    Unchanged when the grid matches and the image is square; else the M x M patch positions are resized
+    bicubically (float32) with scale factors ((h + offset) / M, (w + offset) / M), as DINOv2 does, and
+    the cls position is kept. Returned in pos_embed's dtype.
+    """
+    n = pos_embed.shape[1] - 1
+    h0, w0 = image_hw[0] // patch_size, image_hw[1] // patch_size
+    if h0 * w0 == n and image_hw[0] == image_hw[1]:
+        return pos_embed
+    m = math.isqrt(n)
+    if m * m != n:
+        raise ValueError(f"pos_embed holds {n} patch positions, not a square grid")
+    dim = pos_embed.shape[-1]
+    grid = pos_embed[:, 1:].float().reshape(1, m, m, dim).permute(0, 3, 1, 2)
+    if offset:
+        size_or_scale: dict[str, Any] = {"scale_factor": ((h0 + offset) / m, (w0 + offset) / m)}
+    else:
+        size_or_scale = {"size": (h0, w0)}
+    grid = F.interpolate(grid, mode="bicubic", antialias=antialias, **size_or_scale)
+    patch_pos = grid.permute(0, 2, 3, 1).reshape(1, -1, dim)
+    return torch.cat([pos_embed[:, :1].float(), patch_pos], dim=1).to(pos_embed.dtype)
+
+
+class MaskedVisionTransformer(VisionTransformer):
+    """timm VisionTransformer with DINOv2's `mask_token` and `forward_features(x, masks)` dict output.
+
+    `pos_interpolation="dinov2"` adapts the positional embedding to the input size at run time as DINOv2
+    does (`interpolate_pos_embed_dinov2`); `"timm"` keeps timm's dynamic resampling.
+    """
+
+    def __init__(
+        self,
+        *,
+        mlp_layer: str = "mlp",
+        act_layer: str = "gelu",
+        pos_interpolation: str = "timm",
+        interpolate_offset: float = 0.1,
+        **kwargs: Any,
+    ):
         if mlp_layer not in _MLP_LAYERS or act_layer not in _ACT_LAYERS:
             raise ValueError(
                 f"mlp_layer must be one of {sorted(_MLP_LAYERS)}, act_layer one of {sorted(_ACT_LAYERS)}"
             )
+        if pos_interpolation not in ("timm", "dinov2"):
+            raise ValueError(f"pos_interpolation must be timm or dinov2, got {pos_interpolation!r}")
         super().__init__(
             num_classes=0, mlp_layer=_MLP_LAYERS[mlp_layer], act_layer=_ACT_LAYERS[act_layer], **kwargs
         )
+        if pos_interpolation == "dinov2" and (self.no_embed_class or self.pos_embed is None):
+            raise ValueError("pos_interpolation='dinov2' needs a pos_embed with a cls position")
+        self.pos_interpolation = pos_interpolation
+        self.interpolate_offset = interpolate_offset
         self.mask_token = nn.Parameter(torch.zeros(1, self.embed_dim))
         self.output_dim = self.embed_dim
         self.patch_size = self.patch_embed.patch_size[0]
 
+    def _pos_embed_dinov2(self, x: Tensor, image_hw: tuple[int, int]) -> Tensor:
+        """Patch tokens [B, h, w, D] -> [cls, (registers), patches] with DINOv2's run-time positions."""
+        batch, dim = x.shape[0], x.shape[-1]
+        x = torch.cat([self.cls_token.expand(batch, -1, -1), x.reshape(batch, -1, dim)], dim=1)
+        pos = interpolate_pos_embed_dinov2(
+            self.pos_embed.float(), image_hw, self.patch_size, self.interpolate_offset
+        )
+        x = x + pos.to(x.dtype)
+        if self.reg_token is not None:  # DINOv2 inserts registers after the positions are added
+            x = torch.cat([x[:, :1], self.reg_token.expand(batch, -1, -1).to(x.dtype), x[:, 1:]], dim=1)
+        return self.pos_drop(x)
+
     def forward_features(self, x: Tensor, masks: Tensor | None = None) -> dict[str, Tensor | None]:  # type: ignore[override]
         """x [B, 3, H, W] (masks bool [B, N]) -> normalised cls [B, D], patch tokens [B, N, D], masks."""
+        image_hw = (int(x.shape[-2]), int(x.shape[-1]))
         x = self.patch_embed(x)  # [B, N, D], or [B, h, w, D] with dynamic_img_size
         if masks is not None:
             keep_shape = masks.reshape(x.shape[:-1]).unsqueeze(-1)
             x = torch.where(keep_shape, self.mask_token.to(x.dtype), x)
-        x = self._pos_embed(x)
+        if self.pos_interpolation == "dinov2":
+            x = self._pos_embed_dinov2(x, image_hw)
+        else:
+            x = self._pos_embed(x)
         x = self.norm_pre(self.patch_drop(x))
         x = self.norm(self.blocks(x))
         return {
@@ -170,7 +240,17 @@ def _info(
     )
 
 
-_VIT_S = dict(patch_size=16, embed_dim=384, num_heads=6, mlp_ratio=4.0, init_values=1e-5)
+# The authors' vit_small: built at the 256 px global crop, DINOv2's run-time interpolation, layer scale 1e-5.
+_VIT_S = dict(
+    patch_size=16,
+    embed_dim=384,
+    num_heads=6,
+    mlp_ratio=4.0,
+    init_values=1e-5,
+    img_size=256,
+    pos_interpolation="dinov2",
+    interpolate_offset=0.1,
+)
 _VIT_L = dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16, mlp_ratio=4.0, init_values=1e-5)
 _DINOV2_WEIGHTS = "local file (DINOv2 teacher_checkpoint.pth, e.g. from `mvh pretrain`)"
 
@@ -202,12 +282,7 @@ default_cfgs: dict[str, ModelInfo] = {
         HE_STD,
         "random init or local file",
         "Tiny DINOv2-style ViT for tests and demos: D 64, 2 blocks",
-        patch_size=16,
-        embed_dim=64,
-        depth=2,
-        num_heads=2,
-        mlp_ratio=4.0,
-        init_values=1e-5,
+        **{**_VIT_S, "embed_dim": 64, "depth": 2, "num_heads": 2},
     ),
     "uni": _info(
         "uni",

@@ -164,12 +164,12 @@ def test_timm_checkpoint_without_mask_token_loads_and_says_so(tmp_path):
 
 
 def test_pos_embed_of_another_grid_is_resampled_and_reported(tmp_path):
-    source = _model("vit_s12_dinov2", 0, depth=1, img_size=256)
+    source = _model("vit_s12_dinov2", 0, depth=1, img_size=224)
     target = _model("vit_s12_dinov2", 1, depth=1)
     path = tmp_path / "ckpt.pth"
     torch.save(source.state_dict(), path)
     info = load_weights(target, path)
-    assert "resampled pos_embed from 16x16 to 14x14" in info.adaptations
+    assert "resampled pos_embed from 14x14 to 16x16" in info.adaptations
 
 
 def test_mv_hybrid_checkpoint_into_a_vit_fails_clearly(tmp_path):
