@@ -152,3 +152,161 @@ def test_thumbnail_from_wsi(cohort):
     thumb, scale = sample_thumbnail(find_samples([cohort.root])[0][0], max_size=128)
     assert thumb.ndim == 3 and max(thumb.shape[:2]) <= 128
     assert scale == pytest.approx(thumb.shape[1] / (3 * 224))
+
+
+def _hest_meta_csv(path, rows):
+    """A metadata CSV with HEST's own columns (HEST_v1_1_0.csv: id, patient, dataset_title,
+    pixel_size_um_estimated, ...), empty cells where HEST leaves them empty."""
+    pd.DataFrame(rows, columns=["dataset_title", "id", "organ", "patient", "pixel_size_um_embedded",
+                                "pixel_size_um_estimated", "source"]).to_csv(path, index=False)
+    return path
+
+
+def test_hest_csv_empty_patient_is_its_own_patient_and_dataset_title_is_the_study(cohort, tmp_path):
+    csv = _hest_meta_csv(tmp_path / "HEST_v1_1_0.csv", [
+        ["Study one", "A0", "Bowel", "", "0.2", "0.26", "10x"],
+        ["Study two", "B0", "Bowel", "", "", "", "10x"],
+    ])
+    samples, notes = find_samples([cohort.root], csv)
+    assert [(s.patient, s.patient_source, s.study) for s in samples] == [
+        ("own:A0", "own", "Study one"), ("own:B0", "own", "Study two")]
+    assert any("empty patient cell" in n and "A0, B0" in n for n in notes)
+    assert any("column 'dataset_title'" in n for n in notes)
+    # Two distinct own-patients: the patient split has two groups (the bug merged them into one "nan").
+    expr = load_expression(samples)
+    assert expr.spots["patient"].nunique() == 2
+
+
+def test_mpp_from_csv_estimate_when_metadata_json_absent(cohort, tmp_path):
+    csv = _hest_meta_csv(tmp_path / "m.csv", [
+        ["S1", "A0", "x", "p1", "0.2", "0.26", "s"],
+        ["S2", "B0", "x", "p2", "", "", "s"],
+    ])
+    samples = {s.sample_id: s for s in find_samples([cohort.root], csv)[0]}
+    assert samples["A0"].mpp == 0.26 and samples["A0"].mpp_source == "m.csv pixel_size_um_estimated"
+    assert samples["B0"].mpp is None and samples["B0"].mpp_source is None  # the slide's own metadata
+    (cohort.root / "metadata").mkdir(exist_ok=True)
+    (cohort.root / "metadata" / "A0.json").write_text(json.dumps({"pixel_size_um_estimated": 0.3}))
+    try:
+        samples, notes = find_samples([cohort.root], csv)
+    finally:
+        (cohort.root / "metadata" / "A0.json").unlink()
+    assert samples[0].mpp == 0.3 and samples[0].mpp_source == "metadata/A0.json pixel_size_um_estimated"
+    assert any("metadata/A0.json" in n for n in notes)
+
+
+def test_missing_mpp_names_the_real_option(tmp_path):
+    from PIL import Image
+
+    from mvh.errors import MissingMppError
+
+    Image.fromarray(np.full((300, 300, 3), 200, np.uint8)).save(tmp_path / "s.tif")  # no resolution tags
+    ad = anndata.AnnData(X=np.ones((1, 2), np.float32), var=pd.DataFrame(index=["G1", "G2"]))
+    ad.obsm["spatial"] = np.array([[150.0, 150.0]])
+    ad.write_h5ad(tmp_path / "s.h5ad")
+    sample = find_samples([tmp_path])[0][0]
+    spots, _, _ = read_sample(sample)
+    with pytest.raises(MissingMppError) as err:
+        plan_spot_tiles(sample, spots, 0.5, 224, drop_bad=False)
+    assert "--slide-mpp" not in str(err.value) and "--meta" in str(err.value) and "mpp" in str(err.value)
+
+
+def _with_coords(cohort, tmp_path, sample_id, change):
+    """A copy of the cohort whose sample's spot centres are changed by `change(xy) -> xy`."""
+    import shutil
+
+    root = tmp_path / "moved"
+    shutil.copytree(cohort.root, root)
+    path = root / "st" / f"{sample_id}.h5ad"
+    ad = anndata.read_h5ad(path)
+    ad.obsm["spatial"] = change(np.asarray(ad.obsm["spatial"], dtype=np.float64))
+    ad.write_h5ad(path)
+    return root
+
+
+def test_bad_spot_coordinates_refused_or_dropped(cohort, tmp_path):
+    def spoil(xy):
+        xy[0] = np.nan
+        xy[1] += 100_000
+        return xy
+
+    root = _with_coords(cohort, tmp_path, "A0", spoil)
+    samples, _ = find_samples([root])
+    spots, _, _ = read_sample(samples[0])
+    with pytest.raises(DataError, match=r"2 spot\(s\) with bad coordinates.*--drop-bad-spots") as err:
+        plan_spot_tiles(samples[0], spots, 0.5, 224, drop_bad=False)
+    assert spots["barcode"][0] in str(err.value) and spots["barcode"][1] in str(err.value)
+    tiles, dropped = plan_spot_tiles(samples[0], spots, 0.5, 224, drop_bad=True)
+    assert [(d["barcode"], d["reason"]) for d in dropped] == [
+        (spots["barcode"][0], "non-finite coordinate"),
+        (spots["barcode"][1], "outside the slide (672 x 448 px)"),
+    ]
+    assert list(tiles.barcodes) == spots["barcode"][2:].tolist()
+    # Centre - 112 (HEST's top-left convention at 0.5 um/px on a 0.5 um/px slide).
+    assert tiles.x.tolist() == (np.floor(spots["x"][2:]) - 112).astype(int).tolist()
+
+
+def test_moved_spots_are_embedded_again_and_said_so(cohort, embedder, tmp_path):
+    samples, _ = find_samples([cohort.root], cohort.meta)
+    expr = load_expression(samples)
+    store = EmbeddingStore.create(tmp_path / "s.lance", embedder.fingerprint(mpp=0.5, tile_px=224))
+    _sync(samples, expr, store, lambda: embedder)
+
+    def shift(xy):
+        xy[:3, 0] += 50  # three spots of A0 move by 50 px: same barcodes, other tissue
+        return xy
+
+    root = _with_coords(cohort, tmp_path, "A0", shift)
+    moved, _ = find_samples([root], cohort.meta)
+    moved_expr = load_expression(moved)
+    groups = moved_expr.spots.groupby("sample_id", sort=False).indices
+    plans = [plan_spot_tiles(s, moved_expr.spots.iloc[groups[s.sample_id]], 0.5, 224, False)[0]
+             for s in moved]
+    embeddings, report = sync_store(plans, store, lambda: embedder)
+    by_id = {e["sample_id"]: e for e in report.samples}
+    assert by_id["A0"]["status"] == "updated"
+    assert by_id["A0"]["n_embedded"] == 3 and by_id["A0"]["n_reused"] == 3
+    assert "3 spot(s) moved" in " ".join(by_id["A0"]["reasons"])
+    assert by_id["B0"]["status"] == "reused" and by_id["B0"]["n_embedded"] == 0
+    assert any("A0" in n and "3 spot(s) embedded again" in n for n in report.notes)
+    assert by_id["A0"]["h5ad_sha256"] != sha256_of(cohort.root / "st" / "A0.h5ad")
+    # Independent reference: a fresh store embedding the moved cohort from scratch.
+    fresh = EmbeddingStore.create(tmp_path / "fresh.lance", embedder.fingerprint(mpp=0.5, tile_px=224))
+    ref, _ = sync_store(plans, fresh, lambda: embedder)
+    np.testing.assert_allclose(embeddings["A0"], ref["A0"], rtol=1e-5, atol=1e-5)
+    stored = store.slide_tiles("A0").set_index("tile_id").loc[list(plans[0].barcodes)]
+    assert stored["x"].tolist() == plans[0].x.tolist()
+
+
+def sha256_of(path):
+    from mvh.extractor.hashing import sha256_file
+
+    return sha256_file(path)
+
+
+def test_sync_reads_the_store_in_one_scan_and_checks_finiteness(cohort, embedder, tmp_path):
+    from mvh.errors import StoreError
+
+    samples, _ = find_samples([cohort.root], cohort.meta)
+    expr = load_expression(samples)
+    store = EmbeddingStore.create(tmp_path / "s.lance", embedder.fingerprint(mpp=0.5, tile_px=224))
+    _sync(samples, expr, store, lambda: embedder)
+    calls = {"all_embeddings": 0, "slide_embeddings": 0, "slide_tiles": 0}
+    for name in calls:
+        original = getattr(store, name)
+
+        def counted(*args, _name=name, _original=original, **kwargs):
+            calls[_name] += 1
+            return _original(*args, **kwargs)
+
+        setattr(store, name, counted)
+    assert _sync(samples, expr, store, lambda: None) == ["reused", "reused"]
+    assert calls == {"all_embeddings": 1, "slide_embeddings": 0, "slide_tiles": 0}
+    X, found = spot_embeddings(store, expr.spots)
+    assert found.all() and calls["all_embeddings"] == 2
+    rows, emb = EmbeddingStore.all_embeddings(store, columns=("slide_id", "tile_id", "x", "y"))
+    emb = emb.copy()
+    emb[0, 0] = np.nan
+    store.all_embeddings = lambda columns: (rows, emb)
+    with pytest.raises(StoreError, match="non-finite"):
+        _sync(samples, expr, store, lambda: None)
