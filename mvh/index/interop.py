@@ -301,6 +301,8 @@ def _commit(store: EmbeddingStore, slide_id: str, slide: H5Slide, geometry: Geom
         note(f"store {store.uri} has no `{ATTRS}` column: the files' attributes are not kept for export")
     dim = slide.features.shape[1] if slide.features.ndim == 2 and slide.features.shape[1] else store.dim
     features = slide.features if n else np.empty((0, dim), np.float32)
+    if fp.embedding_dtype == "float16" and n and np.abs(features).max() > np.finfo(np.float16).max:
+        raise DataError(f"{slide.path}: features exceed the float16 range; import with --dtype float32")
     store.add_slide(record, tiles, features)
     return n
 

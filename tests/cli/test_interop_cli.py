@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -103,3 +104,25 @@ def test_piped_progress_lines_and_notes(features, tmp_path) -> None:
     assert result.exit_code == 0, result.output
     assert "files 2/2" in result.stderr  # the plain progress line when stdout is not a terminal
     assert "10 / magnification" in result.stderr
+
+
+def test_extracted_store_exports_what_trident_readers_expect(tmp_path) -> None:
+    from mvh.extractor.synthetic import write_synthetic_slide
+    from tests.index.test_interop_peers import trident_reader_attrs
+
+    write_synthetic_slide(tmp_path / "s40x.tiff", 1344, 896, 0.25, tissue_rects=[(0, 0, 1344, 896)], levels=2)
+    store = tmp_path / "e.lance"
+    args = ["--model", "vit_dinov2_tiny", "--random-init", "--device", "cpu", "--workers", "0"]
+    result = runner.invoke(app, ["extract", str(tmp_path / "s40x.tiff"), "--store", str(store), *args])
+    assert result.exit_code == 0, result.output
+    assert runner.invoke(app, ["export", "--store", str(store), "--out", str(tmp_path / "o")]).exit_code == 0
+    read = trident_reader_attrs(tmp_path / "o" / "s40x.h5")
+    attrs = read["attrs"]
+    assert (attrs["patch_size"], attrs["patch_size_level0"]) == (224, 448)  # 224 px at 0.5 um/px, 0.25 scan
+    assert (attrs["level0_magnification"], attrs["target_magnification"]) == (40, 20)
+    emb, coords = EmbeddingStore.open(store).slide_embeddings("s40x")
+    np.testing.assert_array_equal(read["features"], emb)
+    np.testing.assert_array_equal(read["coords"], coords)
+    assert {f"s40x:{x}:{y}:448" for x, y in coords} == set(
+        EmbeddingStore.open(store).slide_tiles("s40x")["tile_id"]
+    )

@@ -257,3 +257,11 @@ def test_tile_ids_from_a_file_must_match_its_tiles(tmp_path) -> None:
         f["tile_ids"] = np.array(["a", "b"], dtype=object).astype("S")
     result = do_import(path.parent, tmp_path / "s.lance")
     assert result.exit_code == 1 and "`tile_ids` must hold 3 strings" in result.failed[0].error
+
+
+def test_float16_store_refuses_features_it_cannot_hold(tmp_path) -> None:
+    path = trident_slide(tmp_path / "job", "s", 2)
+    with h5py.File(path, "a") as f:
+        f["features"][0, 0] = 1e6
+    result = run_import(ImportConfig(path.parent, str(tmp_path / "s.lance"), "m", embedding_dtype="float16"))
+    assert result.exit_code == 1 and "float16 range" in result.failed[0].error
