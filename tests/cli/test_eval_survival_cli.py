@@ -69,8 +69,8 @@ def test_survival_cli_writes_json_km_and_heatmap(cohort_store: tuple[Path, Path]
     assert result.exit_code == 0, result.output
     printed = json.loads(result.stdout)
     saved = json.loads((out / "results.json").read_text())
-    assert printed["abmil"] == saved["abmil"] and printed["settings"] == saved["settings"]
-    assert saved["settings"]["n_patients"] == N_PATIENTS and saved["settings"]["fingerprint"]["model"] == (
+    assert printed == saved
+    assert saved["cohort"]["n_patients"] == N_PATIENTS and saved["cohort"]["fingerprint"]["model"] == (
         "mv_hybrid_tiny"
     )
     assert len(saved["patients"]) == N_PATIENTS
@@ -95,10 +95,11 @@ def test_survival_cli_table_and_skip_missing(cohort_store: tuple[Path, Path], tm
     result = _invoke(*args, "--skip-missing", "--out", str(tmp_path / "b"))
     assert result.exit_code == 0, result.output
     assert "abmil" in result.stdout and "coxph" in result.stdout and "±" in result.stdout
-    assert "skipped 1 slide(s)" in result.stdout and "not_extracted" in result.stdout
-    assert "dropped 1 patient(s) left without slides: P99" in result.stdout
+    assert "note: skipped 1 slide(s) absent from the store: not_extracted" in result.stderr
+    assert "note: dropped 1 patient(s) left without slides: P99" in result.stderr
     saved = json.loads((tmp_path / "b" / "results.json").read_text())
-    assert saved["settings"]["skipped_slides"] == ["not_extracted"]
+    assert saved["cohort"]["skipped_slides"] == ["not_extracted"]
+    assert any("skipped 1 slide(s)" in n for n in saved["notes"])
 
 
 @pytest.mark.parametrize(
@@ -140,6 +141,27 @@ def test_survival_cli_same_results_on_a_store_imported_from_h5(
                          "--out", str(tmp_path / uri.name), "--json")
         assert result.exit_code == 0, result.output
         runs.append(json.loads(result.stdout))
-    assert runs[1]["settings"]["fingerprint"]["model"].startswith("external:")
+    assert runs[1]["cohort"]["fingerprint"]["model"].startswith("external:")
     assert runs[0]["patients"] == runs[1]["patients"]
     assert runs[0]["abmil"] == runs[1]["abmil"] and runs[0]["coxph"] == runs[1]["coxph"]
+
+
+def test_survival_cli_late_heatmap_failure_keeps_results(
+    cohort_store: tuple[Path, Path], tmp_path: Path, monkeypatch
+) -> None:
+    cohort, store = cohort_store
+
+    def disk_full(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr("mvh.tasks.survival.job.plot_attention_heatmap", disk_full)
+    out = tmp_path / "out"
+    result = _invoke("--cohort", str(cohort), "--store", str(store), "--folds", "3", "--epochs", "1",
+                     "--heatmap", "cmu_p03", "--out", str(out))
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "error: figure(s) failed: heatmap (No space left on device); results.json is complete" in (
+        result.stderr
+    )
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["figure_errors"] == {"heatmap": "No space left on device"} and len(saved["patients"]) == 12
+    assert "C-index" in result.stdout
