@@ -7,6 +7,7 @@ import pyarrow as pa
 import pytest
 
 from mvh.index.location import parse_location
+from tests.sharing.seaweed import READER, signed_put
 
 pytestmark = pytest.mark.s3
 
@@ -28,3 +29,13 @@ def test_the_read_only_identity_can_read_but_not_write(s3_bucket, s3_server):
     assert table.to_arrow()["x"].to_pylist() == [1]
     with pytest.raises(Exception):  # noqa: B017 (the server's refusal; mvh maps it to a one-line error)
         table.add(pa.table({"x": [2]}))
+
+
+def test_the_server_honours_conditional_puts_that_lance_commits_rely_on(s3_bucket, s3_server):
+    """Lance commits a table version with `If-None-Match: *`; a server that ignored it could lose commits."""
+    def put(body: bytes) -> int:
+        return signed_put(s3_server.endpoint, s3_bucket, "probe/v1.manifest", body, {"If-None-Match": "*"})
+
+    assert put(b"first writer") == 200
+    assert put(b"second writer") in (409, 412)  # the second create of the same key is refused
+    assert signed_put(s3_server.endpoint, s3_bucket, "probe/other", b"x", {}, access=READER) == 403
