@@ -32,3 +32,39 @@ def test_guard_prints_one_line_with_brackets_and_colons_intact_and_exits_with_th
     result = CliRunner().invoke(app, [])
     assert result.exit_code == 2
     assert result.output.strip() == "error: s1:zero:0 [model x] second line: pass --slide-mpp"
+
+
+def test_version_prints_the_package_version() -> None:
+    from mvh import __version__
+    from mvh.cli import app
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout.strip() == f"mvh {__version__}"
+
+
+@pytest.mark.parametrize("command", ["extract", "tile"])
+def test_tile_px_is_the_option_and_tile_a_hidden_alias(command) -> None:
+    from mvh.cli import app
+    from mvh.cli.extract import tile_px_option
+
+    help_text = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"}).stdout
+    assert "--tile-px" in help_text and "--tile " not in help_text
+    assert tile_px_option(None, None) == 224 and tile_px_option(256, None) == 256
+    assert tile_px_option(None, 128) == 128 and tile_px_option(96, 96) == 96
+    with pytest.raises(UsageError, match="--tile-px 224 and --tile 256 disagree"):
+        tile_px_option(224, 256)
+
+
+def test_real_slide_fixture_falls_back_to_the_user_cache(tmp_path, monkeypatch) -> None:
+    from tests.conftest import sample_slide_location
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    absent = tmp_path / "no-shared" / "CMU-1-Small-Region.svs"
+    assert sample_slide_location(absent) is None
+    cached = tmp_path / "mvh" / "CMU-1-Small-Region.svs"
+    cached.parent.mkdir()
+    cached.write_bytes(b"svs")
+    assert sample_slide_location(absent) == cached
+    absent.parent.mkdir()
+    absent.write_bytes(b"shared")
+    assert sample_slide_location(absent) == absent
