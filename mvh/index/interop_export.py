@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from mvh.progress import SLIDES, Event, Progress, report
 
 FORMATS = ("h5", "clam", "parquet")
 INTERNAL_COLUMNS = ("commit",)  # store bookkeeping, not exported
+MVH_ONLY = ("mpp", "slide_mpp")  # mvh's own coords attributes, not added to files imported without them
 
 
 @dataclass
@@ -116,10 +118,23 @@ class _SlideFile:
     features_attrs: dict[str, Any]
     file_attrs: dict[str, Any]
     extras: dict[str, np.ndarray]
+    added: list[str]
+    no_level0: bool
+
+
+def _geometry(
+    saved: dict[str, Any] | None, tiles: pd.DataFrame, store: EmbeddingStore, rec: pd.Series
+) -> Geometry:
+    """The slide's geometry as imported (its `attrs`), else from the store's fingerprint and slide row."""
+    if saved is not None and isinstance(saved.get("geometry"), dict):
+        g = saved["geometry"]
+        return Geometry(g["patch_size"], g["mpp"], g["slide_mpp"], g["patch_size_level0"], g["overlap"], {})
+    fp = store.fingerprint
+    slide_mpp = None if pd.isna(rec["mpp"]) else float(rec["mpp"])
+    return Geometry(fp.tile_px, fp.mpp, slide_mpp, _size_l0(tiles, fp, slide_mpp, str(rec.name)), 0, {})
 
 
 def _slide_file(store: EmbeddingStore, slide_id: str, rec: pd.Series, savetodir: str) -> _SlideFile:
-    fp = store.fingerprint
     emb, coords = store.slide_embeddings(slide_id)
     tiles = store.slide_tiles(slide_id)
     saved = _saved_attrs(rec)
@@ -127,19 +142,21 @@ def _slide_file(store: EmbeddingStore, slide_id: str, rec: pd.Series, savetodir:
         "tile_ids": tiles["tile_id"].to_numpy(dtype=object),
         "tissue_fraction": tiles["tissue_fraction"].to_numpy(np.float32),
     }
+    geometry = _geometry(saved, tiles, store, rec)
+    width = None if pd.isna(rec["width"]) else int(rec["width"])
+    height = None if pd.isna(rec["height"]) else int(rec["height"])
+    trident = trident_coords_attrs(slide_id, geometry, width, height, savetodir)
     mvh_attrs = _mvh_file_attrs(store, rec)
     if saved is None:
-        slide_mpp = None if pd.isna(rec["mpp"]) else float(rec["mpp"])
-        width = None if pd.isna(rec["width"]) else int(rec["width"])
-        height = None if pd.isna(rec["height"]) else int(rec["height"])
-        geometry = Geometry(fp.tile_px, fp.mpp, slide_mpp, _size_l0(tiles, fp, slide_mpp, slide_id), 0, {})
         return _SlideFile(
             features=emb.astype(np.float32),
             coords=coords.astype(np.int64),
-            coords_attrs=trident_coords_attrs(slide_id, geometry, width, height, savetodir),
-            features_attrs={"name": slide_id, "savetodir": savetodir, "encoder": fp.model},
+            coords_attrs=trident,
+            features_attrs={"name": slide_id, "savetodir": savetodir, "encoder": store.fingerprint.model},
             file_attrs=mvh_attrs,
             extras=extras,
+            added=[],
+            no_level0=geometry.slide_mpp is None,
         )
     order = _to_file_order(saved.get("order"), tiles)
     if order is not None:
@@ -150,13 +167,19 @@ def _slide_file(store: EmbeddingStore, slide_id: str, rec: pd.Series, savetodir:
     if saved.get("features_shape") is not None and len(emb) == 0:
         features = np.empty(saved["features_shape"], np.dtype(dtypes["features"]))
     h5 = saved["h5"]
+    coords_attrs = decode_attrs(h5["coords"])
+    # Attributes the source file lacked (CLAM writes none) are completed; those it had are kept as they were.
+    added = [k for k in trident if k not in coords_attrs and k not in MVH_ONLY]
+    coords_attrs.update({k: trident[k] for k in added})
     return _SlideFile(
         features=features,
         coords=coords.astype(np.dtype(dtypes["coords"])),
-        coords_attrs=decode_attrs(h5["coords"]),
+        coords_attrs=coords_attrs,
         features_attrs=decode_attrs(h5["features"]),
         file_attrs={**decode_attrs(h5["file"]), **mvh_attrs},
         extras=extras,
+        added=added,
+        no_level0="level0_magnification" not in coords_attrs,
     )
 
 
@@ -176,12 +199,15 @@ def _export_slides(
         pt_dir.mkdir(parents=True, exist_ok=True)
     slides = store.slides(status=DONE).set_index("slide_id")
     report(progress, Event.TOTAL, SLIDES, len(slides))
-    native = False
+    native, added, no_level0 = False, Counter[str](), []
     for slide_id, rec in slides.iterrows():
         sid = str(slide_id)
         target = path_inside(h5_dir, f"{sid}.h5")
         data = _slide_file(store, sid, rec, str(h5_dir))
         native = native or _saved_attrs(rec) is None
+        added.update(data.added)
+        if data.no_level0:
+            no_level0.append(sid)
         write_h5(
             target,
             data.features,
@@ -203,6 +229,16 @@ def _export_slides(
         result.notes.append(
             "slides mvh tiled carry TRIDENT attributes with magnification = 10 / um-per-px "
             "(TRIDENT's convention) and overlap 0 (mvh's grid)"
+        )
+    if added:
+        result.notes.append(
+            "TRIDENT attributes the imported files lacked were added from the geometry given at import: "
+            + ", ".join(f"{k} ({n} slide(s))" for k, n in sorted(added.items()))
+        )
+    if no_level0:
+        result.notes.append(
+            f"slides {no_level0[:5]} have no level-0 um/px: level0_magnification is not written, so TRIDENT "
+            "cannot re-read their tiles (import with --slide-mpp to record it)"
         )
 
 

@@ -329,16 +329,13 @@ def resolve_geometry(
 def trident_coords_attrs(
     slide_id: str, geometry: Geometry, width: int | None, height: int | None, savetodir: str
 ) -> dict[str, Any]:
-    """The coords attributes TRIDENT's coords_to_h5 writes, for a slide mvh tiled (plus mvh's mpp)."""
-    if geometry.slide_mpp is None:
-        raise DataError(
-            f"slide {slide_id}: its level-0 um/px is unknown, so level0_magnification cannot be written; "
-            "re-extract it with --slide-mpp"
-        )
-    return {
+    """The coords attributes TRIDENT's coords_to_h5 writes (plus mvh's `mpp`, `slide_mpp`).
+
+    Without a level-0 um/px, `level0_magnification` and `slide_mpp` cannot be written and are left out.
+    """
+    attrs: dict[str, Any] = {
         "patch_size": np.int64(geometry.tile_px),
         "patch_size_level0": np.int64(geometry.size_l0),
-        "level0_magnification": mpp_to_mag(geometry.slide_mpp),
         "target_magnification": mpp_to_mag(geometry.mpp),
         "overlap": np.int64(0 if geometry.overlap is None else geometry.overlap),
         "name": slide_id,
@@ -346,8 +343,11 @@ def trident_coords_attrs(
         "level0_width": "None" if width is None else np.int64(width),
         "level0_height": "None" if height is None else np.int64(height),
         "mpp": np.float64(geometry.mpp),
-        "slide_mpp": np.float64(geometry.slide_mpp),
     }
+    if geometry.slide_mpp is not None:
+        attrs["level0_magnification"] = mpp_to_mag(geometry.slide_mpp)
+        attrs["slide_mpp"] = np.float64(geometry.slide_mpp)
+    return attrs
 
 
 # ---------------------------------------------------------------- writing

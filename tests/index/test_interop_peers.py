@@ -380,9 +380,14 @@ def test_clam_files_need_all_three_flags_then_import(tmp_path) -> None:
     rows = store.slide_tiles("slide1")
     assert list(rows["tile_id"][:2]) == ["slide1:0:0:512", "slide1:512:0:512"]
     np.testing.assert_array_equal(store.slide_embeddings("slide1")[0], feats)
-    run_export(ExportConfig(str(tmp_path / "x.lance"), tmp_path / "back", "clam"))
+    result = run_export(ExportConfig(str(tmp_path / "x.lance"), tmp_path / "back", "clam"))
     with h5py.File(tmp_path / "back" / "h5_files" / "slide1.h5", "r") as f:
-        assert f["coords"].dtype == np.int32 and dict(f["coords"].attrs) == {}  # as CLAM wrote it
+        assert f["coords"].dtype == np.int32  # as CLAM wrote it
+    # What CLAM's file lacked is completed from the flags, so TRIDENT's readers take it too.
+    attrs = trident_reader_attrs(tmp_path / "back" / "h5_files" / "slide1.h5")["attrs"]
+    assert (attrs["patch_size"], attrs["patch_size_level0"]) == (256, 512)
+    assert (attrs["level0_magnification"], attrs["target_magnification"]) == (40, 20)
+    assert "mpp" not in attrs and any("lacked were added" in n for n in result.notes)
     assert torch.equal(clam_dataset_item(tmp_path / "back", "slide1", False), torch.from_numpy(feats))
 
 
@@ -418,3 +423,16 @@ def test_flag_contradicting_the_file_is_refused(tmp_path) -> None:
     with pytest.raises(UsageError, match="patch_size = 256 but --tile-px is 224"):
         do_import(path.parent, tmp_path / "x.lance", tile_px=224)
     assert do_import(path.parent, tmp_path / "x.lance", tile_px=256, mpp=0.5).exit_code == 0
+
+
+def test_unknown_level0_resolution_is_said_not_guessed(tmp_path) -> None:
+    path = trident_slide(tmp_path / "job", "s", 3)
+    with h5py.File(path, "a") as f:
+        del f["coords"].attrs["level0_magnification"]
+    result = do_import(path.parent, tmp_path / "s.lance")
+    store = EmbeddingStore.open(tmp_path / "s.lance")
+    assert result.exit_code == 0 and np.isnan(store.slides()["mpp"].iloc[0])
+    assert all(t.endswith(":512") for t in store.slide_tiles("s")["tile_id"])  # patch_size_level0 kept
+    out = run_export(ExportConfig(str(tmp_path / "s.lance"), tmp_path / "out"))
+    assert any("level0_magnification is not written" in n for n in out.notes)
+    assert h5_content(tmp_path / "out" / "s.h5") == h5_content(path)
