@@ -157,7 +157,8 @@ def create_app(config: ServeConfig) -> FastAPI:
         return _page("search.html")
 
     @app.get("/slides/{slide_id}", include_in_schema=False)
-    def viewer_page(slide_id: str) -> FileResponse:
+    def viewer_page(slide_id: str, store: str | None = None) -> FileResponse:
+        catalog.holding(slide_id, store).slide(slide_id)
         return _page("viewer.html")
 
     @app.get("/stores", include_in_schema=False)

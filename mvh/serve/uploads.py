@@ -47,9 +47,9 @@ def decode_upload(data: bytes, max_bytes: int, max_pixels: int) -> np.ndarray:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise UploadTooLarge(f"the image would decode to too many pixels ({exc}): send a tile") from exc
     except UnidentifiedImageError as exc:
-        raise NotAnImage("the upload is not an image Pillow recognises: send a PNG, JPEG or TIFF tile") from exc
+        raise NotAnImage("the upload is not an image Pillow recognises: send a PNG/JPEG/TIFF tile") from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise NotAnImage(f"the upload is a damaged or truncated image ({exc}): send a PNG, JPEG or TIFF tile") from exc
+        raise NotAnImage(f"the upload is a damaged or truncated image ({exc}): send a tile") from exc
 
 
 def png_data_url(pixels: np.ndarray) -> str:
