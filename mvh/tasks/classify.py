@@ -1,17 +1,20 @@
-"""Tile classification from frozen embeddings: linear probe and kNN (UNI conventions).
+"""Tile classification from frozen embeddings (protocols.md section 2): `run_classify(ClassifyConfig(...))`.
 
-- Linear probe: StandardScaler -> L2 logistic regression, C = D * n_classes / 100 ("uni") or chosen by
-  inner cross-validation ("cv"), max_iter 1000.
-- kNN: k = 20, cosine similarity on embeddings centred on the training mean and L2-normalised, majority
-  vote (vote fractions as class probabilities).
-Splits: the given train/test rows, or stratified k-fold grouped by slide/patient so that the tiles of
-one group never straddle train and test.
+Labels come from an image folder (`CLASS/*.png`, `CLASS/SLIDE/*.png`, or `train|test/CLASS/...` for a
+given split) or a CSV (`tile_id` or `path`, `label`, optional `group`, `patient`, `split`). Every model is
+evaluated on the same folds: the given train/test split, or stratified k-fold grouped so that the tiles
+of one group never straddle train and test. The group of a tile is, in this order: the CSV's `group`
+column; its `patient` column; the slide of a stored tile (`tile_id` CSVs); the SLIDE sub-folder of an
+image folder; else the image itself (nothing links images to slides then, which a note says).
+Classifiers: `mvh.tasks.classifiers` (UNI's linear probe by default, the sklearn variant, kNN).
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,82 +22,143 @@ import numpy as np
 import pandas as pd
 
 from mvh.errors import DataError, UsageError
-from mvh.tasks.metrics import classification_metrics, jsonable, summarize
+from mvh.jobs import JobResult
+from mvh.progress import FOLDS, IMAGES, Event, Progress, report
+from mvh.tasks.classifiers import PROBES, choose_c, predict_knn, predict_probe, uni_c
+from mvh.tasks.metrics import classification_metrics, summarize
 from mvh.tasks.splits import Fold, stratified_group_folds
+from mvh.tasks.stores import StoreSpec
 
 METHODS = ("probe", "knn")
-Progress = Callable[[str, int], None]
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 
 
-def uni_c(dim: int, n_classes: int) -> float:
-    """The UNI linear-probe rule: C = 1 / lambda with lambda = 100 / (D * n_classes)."""
-    return dim * n_classes / 100.0
+# ---------------------------------------------------------------------------- settings
+@dataclass(frozen=True)
+class ClassifierSettings:
+    """Methods and their parameters (validated on construction: UsageError naming the flag)."""
+
+    methods: tuple[str, ...] = METHODS
+    probe: str = "uni"
+    probe_c: str = "uni"
+    knn_k: int = 20
+    folds: int = 5
+    seed: int = 0
+    max_iter: int = 1000
+
+    def __post_init__(self) -> None:
+        methods = tuple(self.methods)
+        if not methods or any(m not in METHODS for m in methods):
+            raise UsageError(f"--method {','.join(methods)}: use probe, knn or probe,knn")
+        object.__setattr__(self, "methods", methods)
+        if self.probe not in PROBES:
+            raise UsageError(f"--probe {self.probe!r}: use uni (UNI's objective) or sklearn")
+        if self.probe_c not in ("uni", "cv"):
+            try:
+                value = float(self.probe_c)
+            except ValueError:
+                value = float("nan")
+            if not (math.isfinite(value) and value > 0):
+                raise UsageError(
+                    f"--probe-c {self.probe_c}: use uni (C = D*classes/100), cv or a positive number"
+                )
+        for flag, value, low in (("--knn-k", self.knn_k, 1), ("--folds", self.folds, 2),
+                                 ("--max-iter", self.max_iter, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise UsageError(f"{flag} {value}: give an integer of at least {low}")
 
 
-def fit_predict_probe(
-    X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, n_classes: int,
-    c: str | float = "uni", max_iter: int = 1000, seed: int = 0,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Logistic regression on standardised embeddings -> (predicted labels [N], probabilities [N, C])."""
-    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
-    from sklearn.preprocessing import StandardScaler
+@dataclass(frozen=True)
+class ClassifyConfig:
+    """Settings of `mvh eval classify` (validated on construction: UsageError naming the flag)."""
 
-    scaler = StandardScaler().fit(X_train)
-    Xtr = scaler.transform(X_train)
-    Xte = scaler.transform(X_test)
-    if c == "cv":
-        clf = LogisticRegressionCV(Cs=np.logspace(-4, 2, 7).tolist(), cv=3, max_iter=max_iter,
-                                   random_state=seed, scoring="balanced_accuracy")
-    else:
-        value = uni_c(X_train.shape[1], n_classes) if c == "uni" else float(c)
-        clf = LogisticRegression(C=value, max_iter=max_iter, random_state=seed)
-    clf.fit(Xtr, y_train)
-    proba = np.zeros((len(Xte), n_classes), dtype=np.float64)
-    proba[:, clf.classes_] = clf.predict_proba(Xte)
-    return proba.argmax(axis=1), proba
+    stores: tuple[StoreSpec, ...]
+    out: Path
+    images: Path | None = None
+    labels: Path | None = None
+    settings: ClassifierSettings = field(default_factory=ClassifierSettings)
+    device: str = "auto"
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if (self.images is None) == (self.labels is None):
+            raise UsageError("give exactly one label source: an image folder (IMAGES) or --labels CSV")
+        if not self.stores:
+            raise UsageError("no model given: pass --model NAME, --models a,b or --store PATH")
+        if self.images is not None and not Path(self.images).is_dir():
+            raise UsageError(f"{self.images}: image folder not found; pass a folder of class subfolders")
+        if self.labels is not None and not Path(self.labels).is_file():
+            raise UsageError(f"--labels {self.labels}: no such file; give a CSV of tile_id or path, label")
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size {self.batch_size}: give a positive integer")
+        object.__setattr__(self, "stores", tuple(self.stores))
+        object.__setattr__(self, "out", Path(self.out))
 
 
-def fit_predict_knn(
-    X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, n_classes: int, k: int = 20
-) -> tuple[np.ndarray, np.ndarray]:
-    """Cosine kNN on centred, L2-normalised embeddings -> (labels [N], vote fractions [N, C])."""
-    import faiss
+# ---------------------------------------------------------------------------- results
+@dataclass
+class MetricSummary:
+    """A metric over folds: mean, population std (NaN folds ignored) and the per-fold values."""
 
-    mean = X_train.mean(axis=0, keepdims=True)
-
-    def prep(x: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(x - mean, dtype=np.float32)
-        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-    k = min(k, len(X_train))
-    index = faiss.IndexFlatIP(X_train.shape[1])
-    index.add(prep(X_train))
-    _, nn = index.search(prep(X_test), k)
-    votes = np.zeros((len(X_test), n_classes), dtype=np.float64)
-    np.add.at(votes, (np.repeat(np.arange(len(X_test)), k), np.asarray(y_train)[nn.ravel()]), 1.0)
-    proba = votes / k
-    # Ties go to the class whose nearest member ranks highest: argmax over votes + a rank bonus < 1 vote.
-    bonus = np.zeros_like(votes)
-    ranks = np.broadcast_to(np.arange(k, 0, -1, dtype=np.float64) / (k + 1) ** 2, nn.shape)
-    cells = (np.repeat(np.arange(len(X_test)), k), np.asarray(y_train)[nn.ravel()])
-    np.maximum.at(bonus, cells, ranks.ravel())
-    return (votes + bonus).argmax(axis=1), proba
+    mean: float
+    std: float
+    folds: list[float]
 
 
 @dataclass
-class ClassifyConfig:
-    """Settings of one classification evaluation (saved with its results)."""
+class MethodResult:
+    """One model and method: metrics over folds, confusion matrix summed over folds, C per fold."""
 
-    methods: tuple[str, ...] = METHODS
-    folds: int = 5
-    seed: int = 0
-    probe_c: str = "uni"
-    knn_k: int = 20
-    max_iter: int = 1000
+    model: str
+    method: str
+    balanced_accuracy: MetricSummary
+    weighted_f1: MetricSummary
+    auroc: MetricSummary
+    confusion: list[list[int]]
+    c_per_fold: list[float] | None = None
 
 
-def classification_folds(labels: np.ndarray, groups: np.ndarray | None, split: np.ndarray | None,
-                         config: ClassifyConfig) -> list[Fold]:
+@dataclass
+class FoldInfo:
+    """Sizes of one fold."""
+
+    name: str
+    n_train: int
+    n_test: int
+
+
+@dataclass
+class ClassifyResult(JobResult):
+    """Results of `mvh eval classify` (results.json is exactly `to_dict()`)."""
+
+    classes: list[str]
+    n_tiles: int
+    split: str
+    grouping: str
+    n_groups: int | None
+    folds: list[FoldInfo]
+    methods: list[str]
+    probe: str
+    probe_c: str
+    knn_k: int
+    seed: int
+    results: list[MethodResult]
+    stores: dict[str, dict[str, str]] = field(default_factory=dict)
+    figures: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def result(self, model: str, method: str) -> MethodResult:
+        """The result of one model and method (KeyError if absent)."""
+        for row in self.results:
+            if row.model == model and row.method == method:
+                return row
+        raise KeyError((model, method))
+
+
+# ---------------------------------------------------------------------------- evaluation
+def classification_folds(
+    labels: np.ndarray, groups: np.ndarray | None, split: np.ndarray | None, folds: int, seed: int
+) -> list[Fold]:
     """The given train/test split (values "train"/"test") when present, else grouped stratified k-fold."""
     if split is not None:
         split = np.asarray(split).astype(str)
@@ -106,106 +170,92 @@ def classification_folds(labels: np.ndarray, groups: np.ndarray | None, split: n
         if not len(train) or not len(test):
             raise DataError("the split column needs both 'train' and 'test' rows")
         return [Fold(0, "given", train, test)]
-    return stratified_group_folds(labels, groups, config.folds, config.seed)
+    return stratified_group_folds(labels, groups, folds, seed)
 
 
 def evaluate_classification(
     embeddings: dict[str, np.ndarray],
     labels: Sequence[str] | np.ndarray,
-    config: ClassifyConfig,
+    settings: ClassifierSettings,
     groups: Sequence[str] | np.ndarray | None = None,
     split: Sequence[str] | np.ndarray | None = None,
     progress: Progress | None = None,
-) -> dict[str, Any]:
-    """Evaluate each model's tile embeddings [N, D] on the same folds -> results JSON object.
-
-    `{"settings", "classes", "models": {model: {method: {"balanced_accuracy"|"weighted_f1"|"auroc":
-    {"mean","std","folds"}, "confusion": summed over folds}}}}`.
-    """
-    for m in config.methods:
-        if m not in METHODS:
-            raise UsageError(f"method {m!r} is unknown; use one of {', '.join(METHODS)}")
+) -> tuple[list[str], list[Fold], list[MethodResult], list[str]]:
+    """Evaluate each model's embeddings [N, D] on the same folds -> (classes, folds, one result per
+    model and method, notes)."""
     classes, y = np.unique(np.asarray(labels).astype(str), return_inverse=True)
     if len(classes) < 2:
         raise DataError(f"only {len(classes)} label value(s) found; classification needs at least 2")
-    folds = classification_folds(y, None if groups is None else np.asarray(groups),
-                                 None if split is None else np.asarray(split), config)
+    group_arr = None if groups is None else np.asarray(groups).astype(str)
+    folds = classification_folds(y, group_arr, None if split is None else np.asarray(split),
+                                 settings.folds, settings.seed)
     n_classes = len(classes)
-    models: dict[str, Any] = {}
+    report(progress, Event.TOTAL, FOLDS, len(embeddings) * len(settings.methods) * len(folds))
+    rows, notes = [], []
     for name, X in embeddings.items():
         if len(X) != len(y):
             raise DataError(f"model {name}: {len(X)} embeddings for {len(y)} labelled tiles")
-        models[name] = {}
-        for method in config.methods:
-            per_fold = []
+        for method in settings.methods:
+            per_fold, cs = [], []
             for fold in folds:
+                report(progress, Event.STATUS, FOLDS, 0, f"{name} {method} {fold.name}")
                 Xtr, ytr, Xte = X[fold.train], y[fold.train], X[fold.test]
                 if method == "probe":
-                    pred, proba = fit_predict_probe(Xtr, ytr, Xte, n_classes, config.probe_c,
-                                                    config.max_iter, config.seed)
+                    c = _probe_c(settings, Xtr, ytr, group_arr, fold, n_classes)
+                    cs.append(c)
+                    pred, proba = predict_probe(settings.probe, Xtr, ytr, Xte, n_classes, c,
+                                                settings.max_iter, settings.seed)
+                    if len(proba) > 1 and np.ptp(proba, axis=0).max() < 1e-9:
+                        notes.append(
+                            f"{name} probe {fold.name}: the same prediction for every tile (at C = {c:g} the "
+                            "penalty set every weight to zero; the features barely vary): try --probe-c cv"
+                        )
                 else:
-                    pred, proba = fit_predict_knn(Xtr, ytr, Xte, n_classes, config.knn_k)
+                    pred, proba = predict_knn(Xtr, ytr, Xte, n_classes, settings.knn_k)
                 per_fold.append(classification_metrics(y[fold.test], pred, proba, n_classes))
-                if progress is not None:
-                    progress(f"{name} {method} {fold.name}", 1)
-            models[name][method] = {
-                key: summarize([f[key] for f in per_fold])
-                for key in ("balanced_accuracy", "weighted_f1", "auroc")
-            }
-            models[name][method]["confusion"] = np.sum([f["confusion"] for f in per_fold], axis=0).tolist()
-    kind = "given" if split is not None else ("grouped-kfold" if groups is not None else "kfold")
-    settings = {**asdict(config), "methods": list(config.methods), "n_tiles": len(y), "split": kind,
-                "folds_detail": [{"name": f.name, "n_train": len(f.train), "n_test": len(f.test)}
-                                 for f in folds]}
-    return {"settings": settings, "classes": classes.tolist(), "models": models}
+                report(progress, Event.ADVANCE, FOLDS, 1)
+            summaries = {key: MetricSummary(**summarize([f[key] for f in per_fold]))
+                         for key in ("balanced_accuracy", "weighted_f1", "auroc")}
+            confusion = np.sum([f["confusion"] for f in per_fold], axis=0).astype(int).tolist()
+            rows.append(MethodResult(model=name, method=method, confusion=confusion,
+                                     c_per_fold=cs if method == "probe" else None, **summaries))
+    return classes.tolist(), folds, rows, notes
 
 
-def write_confusion_figures(results: dict[str, Any], out_dir: Path) -> list[Path]:
-    """One confusion-matrix PNG per model and method under `out_dir`."""
-    from mvh.tasks.plots import plot_confusion
-
-    paths = []
-    for model, per_method in results["models"].items():
-        for method, res in per_method.items():
-            path = out_dir / f"confusion_{_safe(model)}_{method}.png"
-            plot_confusion(res["confusion"], results["classes"], path, f"{model} {method}")
-            paths.append(path)
-    return paths
-
-
-def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+def _probe_c(
+    settings: ClassifierSettings, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None, fold: Fold,
+    n_classes: int,
+) -> float:
+    if settings.probe_c == "uni":
+        return uni_c(X.shape[1], n_classes)
+    if settings.probe_c != "cv":
+        return float(settings.probe_c)
+    inner_groups = groups[fold.train] if groups is not None else np.arange(len(y)).astype(str)
+    return choose_c(settings.probe, X, y, inner_groups, n_classes, settings.max_iter, settings.seed)
 
 
-def classify_table_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per model and method: balanced accuracy, weighted F1, AUROC (mean, std)."""
-    rows = []
-    for model, per_method in results["models"].items():
-        for method, res in per_method.items():
-            rows.append({"model": model, "method": method,
-                         **{f"{k}_{s}": res[k][s] for k in ("balanced_accuracy", "weighted_f1", "auroc")
-                            for s in ("mean", "std")}})
-    return rows
-
-
+# ---------------------------------------------------------------------------- label sources
 def read_label_csv(path: Path) -> pd.DataFrame:
-    """Read a labels CSV: `tile_id` or `path`, `label`, optional `group` and `split` (train/test)."""
-    if not path.exists():
-        raise DataError(f"{path}: labels CSV not found; pass an existing file")
-    df = pd.read_csv(path, dtype=str)
+    """Read a labels CSV: `tile_id` or `path`, `label`, optional `group`, `patient`, `split`."""
+    try:
+        df = pd.read_csv(path, dtype=str)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read the labels CSV ({exc}); give tile_id or path, label") from exc
     if "label" not in df.columns or not ({"tile_id", "path"} & set(df.columns)):
         raise DataError(f"{path}: needs a 'label' column and a 'tile_id' or 'path' column")
-    if df["label"].isna().any():
-        raise DataError(f"{path}: {int(df['label'].isna().sum())} rows without a label; fill or drop them")
+    for column in ("label", "group", "patient"):
+        if column in df.columns and df[column].isna().any():
+            n = int(df[column].isna().sum())
+            raise DataError(f"{path}: {n} rows without a {column}; fill or drop them")
+    key = "tile_id" if "tile_id" in df.columns else "path"
+    if df[key].duplicated().any():
+        raise DataError(f"{path}: {key} {df[key][df[key].duplicated()].iloc[0]!r} has several rows; keep one")
     return df
 
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
-
-
 def read_image_folder(root: Path) -> pd.DataFrame:
-    """Labels of a folder-per-class image set: `root/<class>/*.png`, or `root/{train,test}/<class>/...`
-    (a given split) -> columns path (absolute), label, and split when given."""
+    """Labels of a folder-per-class image set -> columns path (absolute), label, source (the SLIDE
+    sub-folder below the class folder, or the image itself), and split when `train/` and `test/` exist."""
     if not root.is_dir():
         raise DataError(f"{root}: image folder not found; pass a folder with one subfolder per class")
     parts = [("train", root / "train"), ("test", root / "test")]
@@ -215,7 +265,9 @@ def read_image_folder(root: Path) -> pd.DataFrame:
         for class_dir in sorted(p for p in base.iterdir() if p.is_dir()):
             for f in sorted(class_dir.rglob("*")):
                 if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
-                    row = {"path": str(f.resolve()), "label": class_dir.name}
+                    sub = f.parent.relative_to(class_dir)
+                    row = {"path": str(f.resolve()), "label": class_dir.name,
+                           "source": str(sub) if str(sub) != "." else str(f.resolve())}
                     if split is not None:
                         row["split"] = split
                     rows.append(row)
@@ -224,9 +276,26 @@ def read_image_folder(root: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _image_tag(path: Path) -> str:
-    import hashlib
+def tile_groups(table: pd.DataFrame, slides: np.ndarray | None) -> tuple[np.ndarray, str, list[str]]:
+    """Group per labelled tile, what it is, and notes (see the module docstring for the order)."""
+    if "group" in table.columns:
+        return table["group"].to_numpy().astype(str), "group column", []
+    if "patient" in table.columns:
+        return table["patient"].to_numpy().astype(str), "patient column", []
+    if slides is not None:
+        return np.asarray(slides).astype(str), "slide", []
+    if "source" in table.columns:
+        source = table["source"].astype(str)
+        if (source != table["path"]).all():
+            return source.to_numpy(), "source folder", []
+    note = ("nothing links the images to slides or patients: folds are split image by image (tiles of one "
+            "slide may straddle train and test); put them in CLASS/SLIDE/ folders or give a CSV with a "
+            "group or patient column")
+    groups = table["source"] if "source" in table.columns else table["path"]
+    return groups.to_numpy().astype(str), "image", [note]
 
+
+def _image_tag(path: Path) -> str:
     return hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
 
 
@@ -248,10 +317,10 @@ def embed_image_files(
     slide_of = {folder: f"images:{_image_tag(folder)}:{folder.name}" for folder in by_folder}
     embedder = None
     fp = store.fingerprint
-    for folder, members in by_folder.items():
+    todo = {folder: members for folder, members in by_folder.items() if slide_of[folder] not in done}
+    report(progress, Event.TOTAL, IMAGES, sum(len(m) for m in todo.values()))
+    for folder in todo:
         slide_id = slide_of[folder]
-        if slide_id in done:
-            continue
         # The whole folder is one slide, so a later subset of it is found here.
         members = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         embedder = embedder or embedder_factory()
@@ -266,69 +335,97 @@ def embed_image_files(
                     raise DataError(f"{p}: cannot read the image ({exc}); remove or replace it") from exc
             sizes += [im.shape[1] for im in images]
             chunks.append(embedder.embed_images(images, batch_size))
+            report(progress, Event.ADVANCE, IMAGES, len(images))
         tiles = pd.DataFrame({"tile_id": [f"{slide_id}/{p.name}" for p in members], "x": 0, "y": 0,
                               "tile_px": sizes, "mpp": fp.mpp, "tissue_fraction": np.nan})
         store.add_slide({"slide_id": slide_id, "path": str(folder), "mpp": fp.mpp, "mpp_source": "images"},
                         tiles, np.concatenate(chunks))
-        if progress is not None:
-            progress(f"embedded {folder}", len(members))
     return [f"{slide_of[f.parent.resolve()]}/{f.name}" for f in files]
 
 
-def labelled_embeddings(store: Any, tile_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Embeddings [N, D] of `tile_ids` (StoreError naming a missing id) and their slide ids [N]."""
-    rows = store.rows_by_tile_ids(list(tile_ids), with_embeddings=True)
-    return np.stack(rows["embedding"].to_list()).astype(np.float32), rows["slide_id"].to_numpy().astype(str)
+def labelled_embeddings(store: Any, tile_ids: Sequence[str], source: str) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings [N, D] of `tile_ids` and their slide ids [N], read in one store scan (DataError naming
+    `source` when an id is not a done tile of the store)."""
+    rows, emb = store.all_embeddings(columns=("slide_id", "tile_id"))
+    position = pd.Series(np.arange(len(rows)), index=rows["tile_id"].to_numpy())
+    found = position.reindex(list(tile_ids))
+    if found.isna().any():
+        missing = [t for t, p in zip(tile_ids, found, strict=True) if p != p]
+        raise DataError(
+            f"{source}: {len(missing)} tile_id(s) are not done tiles of store {store.uri} "
+            f"(e.g. {missing[:3]}): fix or remove those rows (list tiles with `mvh export` or `mvh info`)"
+        )
+    take = found.to_numpy(np.int64)
+    return emb[take], rows["slide_id"].to_numpy().astype(str)[take]
 
 
-def run_classify(
-    stores: Sequence[Any],
-    config: ClassifyConfig,
-    out_dir: str | Path,
-    images: str | Path | None = None,
-    labels: str | Path | None = None,
-    device: str = "auto",
-    batch_size: int = 64,
-    progress: Progress | None = None,
-) -> dict[str, Any]:
-    """The whole `mvh eval classify` job: labels from an image folder or CSV, embeddings from each store
-    (image files embedded on demand), the same folds for every model; writes results.json and PNGs."""
-    import json
-
+# ---------------------------------------------------------------------------- the job
+def run_classify(cfg: ClassifyConfig, *, progress: Progress | None = None) -> ClassifyResult:
+    """The whole `mvh eval classify` job: labels, embeddings of every model (image files embedded on
+    demand), the same folds for every model; writes results.json, then the confusion-matrix PNGs."""
+    from mvh.tasks.plots import plot_confusion
     from mvh.tasks.stores import open_spec
 
-    if (images is None) == (labels is None):
-        raise UsageError("give exactly one label source: an image folder or --labels CSV")
-    if not stores:
-        raise UsageError("no model given: pass --model NAME, --models a,b or --store PATH")
-    if images is not None:
-        table = read_image_folder(Path(images))
+    if cfg.images is not None:
+        table = read_image_folder(Path(cfg.images))
+        source = str(cfg.images)
     else:
-        csv = Path(labels)
+        csv = Path(str(cfg.labels))
         table = read_label_csv(csv)
+        source = str(csv)
         if "path" in table.columns and "tile_id" not in table.columns:
             table["path"] = [str((csv.parent / p).resolve()) for p in table["path"]]
     embeddings: dict[str, np.ndarray] = {}
-    groups = table["group"].to_numpy().astype(str) if "group" in table.columns else None
+    slides = None
     store_info = {}
-    for spec in stores:
-        label, store, factory = open_spec(spec, device)
+    for spec in cfg.stores:
+        label, store, factory = open_spec(spec, cfg.device)
         if "tile_id" in table.columns:
-            X, slides = labelled_embeddings(store, table["tile_id"].astype(str).tolist())
-            if groups is None and len(set(slides)) > 1:
-                groups = slides  # tiles of one slide never straddle train and test
+            X, slides = labelled_embeddings(store, table["tile_id"].astype(str).tolist(), source)
         else:
-            ids = embed_image_files(table["path"].tolist(), store, factory, batch_size, progress)
-            X, _ = labelled_embeddings(store, ids)
+            ids = embed_image_files(table["path"].tolist(), store, factory, cfg.batch_size, progress)
+            X, _ = labelled_embeddings(store, ids, source)
         if label in embeddings:
             label = f"{label}@{Path(spec.uri).stem}"
         embeddings[label] = X
         store_info[label] = {"uri": store.uri, "fingerprint": store.fingerprint.describe()}
+    groups, grouping, notes = tile_groups(table, slides)
     split = table["split"].to_numpy() if "split" in table.columns else None
-    results = evaluate_classification(embeddings, table["label"].to_numpy(), config, groups, split, progress)
-    results["settings"]["stores"] = store_info
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    results["figures"] = [str(p) for p in write_confusion_figures(results, out)]
-    (out / "results.json").write_text(json.dumps(jsonable(results), indent=2))
-    return results
+    s = cfg.settings
+    n_groups = int(len(np.unique(groups)))
+    if split is None and n_groups < s.folds:
+        raise DataError(
+            f"{source}: {n_groups} group(s) ({grouping}) for {s.folds} folds, and the tiles of one group "
+            "never straddle train and test: lower --folds, or give a group column (group = tile_id for "
+            "an optimistic tile-level split)"
+        )
+    if split is not None and s.probe_c != "cv":
+        notes = []  # the grouping only matters for folds this run does not make
+    for note in notes:
+        report(progress, Event.NOTE, FOLDS, 0, note)
+    classes, folds, rows, fit_notes = evaluate_classification(
+        embeddings, table["label"].to_numpy(), s, groups, split, progress
+    )
+    for note in fit_notes:
+        report(progress, Event.NOTE, FOLDS, 0, note)
+    notes += fit_notes
+    out = cfg.out
+    figures = [out / f"confusion_{_safe(r.model)}_{r.method}.png" for r in rows]
+    result = ClassifyResult(
+        classes=classes, n_tiles=len(table), split="given" if split is not None else "grouped-kfold",
+        grouping=grouping, n_groups=n_groups, methods=list(s.methods),
+        folds=[FoldInfo(f.name, len(f.train), len(f.test)) for f in folds], probe=s.probe,
+        probe_c=s.probe_c, knn_k=s.knn_k, seed=s.seed, results=rows, stores=store_info,
+        figures=[str(p) for p in figures], notes=notes,
+    )
+    try:
+        result.write_json(out / "results.json")
+    except OSError as exc:
+        raise DataError(f"cannot write {out / 'results.json'}: {exc}; choose another --out") from exc
+    for row, path in zip(rows, figures, strict=True):
+        plot_confusion(row.confusion, classes, path, f"{row.model} {row.method}")
+    return result
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from mvh.cli._app import err_console
 from mvh.errors import UsageError
 
 if TYPE_CHECKING:
@@ -46,16 +45,6 @@ def _specs(
     if not specs:
         raise UsageError("no model given: pass --model NAME, --models a,b,c or --store PATH")
     return specs
-
-
-def _progress(enabled: bool):
-    if not enabled:
-        return None
-
-    def report(event: str, n: int) -> None:
-        err_console.print(f"[dim]{event}[/]", highlight=False)
-
-    return report
 
 
 _MODEL_OPT = typer.Option("--model", "--models", help="Backbone(s), repeatable or comma-separated: a,b,c.")

@@ -1,40 +1,41 @@
-"""`mvh eval classify`: tile classification (linear probe and kNN)."""
+"""`mvh eval classify`: tile classification (UNI's linear probe and kNN)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from mvh.cli._app import console, eval_app, guarded, print_json
-from mvh.cli._render import fmt_mean_std
+from mvh.cli._render import fmt_mean_std, print_notes
 from mvh.cli.eval._models import (
     _JSON_OPT,
     _MODEL_OPT,
     _RANDOM_OPT,
     _STORE_OPT,
     _WEIGHTS_OPT,
-    _progress,
     _specs,
 )
-from mvh.errors import UsageError
+
+if TYPE_CHECKING:
+    from mvh.tasks.classify import ClassifyResult
 
 
-def _classify_table(results: dict[str, Any]) -> Table:
-    from mvh.tasks.classify import classify_table_rows
-
-    s = results["settings"]
-    table = Table(title=f"Tile classification: {s['n_tiles']} tiles, {len(results['classes'])} classes, "
-                        f"split {s['split']}, seed {s['seed']}")
+def _classify_table(result: ClassifyResult) -> Table:
+    probe = "UNI objective" if result.probe == "uni" else "sklearn, standardised"
+    title = (f"Tile classification: {result.n_tiles} tiles, {len(result.classes)} classes, split "
+             f"{result.split} by {result.grouping}, seed {result.seed}; probe: {probe}, C {result.probe_c}")
+    table = Table(title=Text(title))
     for name in ("model", "method", "balanced acc", "weighted F1", "AUROC (macro OvR)"):
         table.add_column(name, justify="left" if name in ("model", "method") else "right")
-    for row in classify_table_rows(results):
-        table.add_row(row["model"], row["method"],
-                      fmt_mean_std(row["balanced_accuracy_mean"], row["balanced_accuracy_std"]),
-                      fmt_mean_std(row["weighted_f1_mean"], row["weighted_f1_std"]),
-                      fmt_mean_std(row["auroc_mean"], row["auroc_std"]))
+    for row in result.results:
+        table.add_row(Text(row.model), row.method,
+                      fmt_mean_std(row.balanced_accuracy.mean, row.balanced_accuracy.std),
+                      fmt_mean_std(row.weighted_f1.mean, row.weighted_f1.std),
+                      fmt_mean_std(row.auroc.mean, row.auroc.std))
     return table
 
 
@@ -42,10 +43,12 @@ def _classify_table(results: dict[str, Any]) -> Table:
 @guarded
 def classify_cmd(
     images: Annotated[
-        Path | None, typer.Argument(help="Image folder: CLASS/*.png, or train/CLASS and test/CLASS.")
+        Path | None,
+        typer.Argument(help="Image folder: CLASS/*.png, CLASS/SLIDE/*.png, or train/CLASS and test/CLASS."),
     ] = None,
     labels: Annotated[
-        Path | None, typer.Option("--labels", help="CSV: tile_id or path, label[, group][, split].")
+        Path | None,
+        typer.Option("--labels", help="CSV: tile_id or path, label[, group][, patient][, split]."),
     ] = None,
     model: Annotated[list[str] | None, _MODEL_OPT] = None,
     store: Annotated[list[str] | None, _STORE_OPT] = None,
@@ -56,10 +59,15 @@ def classify_cmd(
     ] = None,
     method: Annotated[str, typer.Option("--method", help="probe, knn or probe,knn.")] = "probe,knn",
     folds: Annotated[int, typer.Option("--folds", help="Grouped stratified folds (no given split).")] = 5,
-    probe_c: Annotated[
-        str, typer.Option("--probe-c", help="uni (C = D*classes/100), cv, or a number.")
+    probe: Annotated[
+        str,
+        typer.Option("--probe", help="uni (UNI's objective on raw features, L-BFGS) or sklearn "
+                                     "(standardised features, sklearn's LogisticRegression)."),
     ] = "uni",
-    knn_k: Annotated[int, typer.Option("--knn-k", help="Neighbours of the kNN classifier.")] = 20,
+    probe_c: Annotated[
+        str, typer.Option("--probe-c", help="uni (C = D*classes/100), cv (grouped inner CV) or a number.")
+    ] = "uni",
+    knn_k: Annotated[int, typer.Option("--knn-k", help="Neighbours of the kNN classifier (a count).")] = 20,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the folds and the probe.")] = 0,
     out: Annotated[Path, typer.Option("--out", help="Folder for results.json and confusion PNGs.")] = Path(
         "classify_results"
@@ -67,26 +75,23 @@ def classify_cmd(
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:i (embedding).")] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 64,
     as_json: Annotated[bool, _JSON_OPT] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Print progress events.")] = False,
 ) -> None:
-    """Tile classification from embeddings: linear probe and kNN (UNI conventions)."""
-    from mvh.tasks.classify import METHODS, ClassifyConfig, run_classify
+    """Tile classification from embeddings: UNI's linear probe and kNN, folds grouped by slide/patient."""
+    from mvh.cli._progress import progress_reporter
+    from mvh.tasks.classify import ClassifierSettings, ClassifyConfig, run_classify
 
-    methods = tuple(m.strip() for m in method.split(",") if m.strip())
-    bad = [m for m in methods if m not in METHODS]
-    if bad or not methods:
-        raise UsageError(f"--method {method}: use probe, knn or probe,knn")
-    if probe_c not in ("uni", "cv"):
-        try:
-            float(probe_c)
-        except ValueError:
-            raise UsageError(f"--probe-c {probe_c}: use uni, cv or a positive number") from None
-    config = ClassifyConfig(methods=methods, folds=folds, seed=seed, probe_c=probe_c, knn_k=knn_k)
+    settings = ClassifierSettings(
+        methods=tuple(m.strip() for m in method.split(",") if m.strip()), probe=probe, probe_c=probe_c,
+        knn_k=knn_k, folds=folds, seed=seed,
+    )
     specs = _specs(model or [], store or [], weights or [], random_init, store_dir or out / "stores")
-    results = run_classify(specs, config, out, images=images, labels=labels, device=device,
-                           batch_size=batch_size, progress=_progress(verbose))
+    cfg = ClassifyConfig(stores=tuple(specs), out=out, images=images, labels=labels, settings=settings,
+                         device=device, batch_size=batch_size)
+    with progress_reporter(enabled=not as_json) as progress:
+        result = run_classify(cfg, progress=progress)
     if as_json:
-        print_json(results)
+        print_json(result.to_dict())
         return
-    console.print(_classify_table(results))
-    console.print(f"results: {out / 'results.json'}   confusion matrices: {len(results['figures'])} PNG")
+    console.print(_classify_table(result))
+    print_notes(result.notes)
+    console.print(Text(f"results: {out / 'results.json'}   confusion matrices: {len(result.figures)} PNG"))
