@@ -3,7 +3,8 @@
 - ST: `evaluate_st` (StandardScaler -> PCA(256) -> Ridge per fold, HVGs per fold) on N spots x D dims with
   G target genes out of 5*G measured, random k-fold and leave-one-study-out; plus reading those spot
   embeddings back from a LanceDB store (`spot_embeddings`), which is what `mvh eval st` adds on a rerun.
-- Classification: linear probe (UNI C) and cosine kNN (k=20) on N tiles x D dims, 80/20 given split.
+- Classification: UNI's linear probe (its objective, L-BFGS, C = D * classes / 100), the sklearn variant,
+  and cosine kNN (k=20) on N tiles x D dims, 80/20 given split.
 
     .venv/bin/python benchmarks/tasks.py                       # 50k x 768 x 200; 100k x 768
     .venv/bin/python benchmarks/tasks.py --spots 5000 --tiles 10000 --repeats 1   # quick
@@ -23,7 +24,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from mvh.tasks.classify import ClassifyConfig, evaluate_classification
+from mvh.tasks.classify import ClassifierSettings, evaluate_classification
 from mvh.tasks.st import STConfig, evaluate_st
 
 
@@ -88,17 +89,17 @@ def bench_classify(args: argparse.Namespace) -> None:
     X = X.astype(np.float32)
     split = np.where(rng.random(args.tiles) < 0.8, "train", "test")
     print(f"classification {args.tiles} tiles x {args.dim}-d, {args.classes} classes, 80/20 given split")
-    for method in ("probe", "knn"):
-        times, cpu, res = [], [], None
+    for method, probe in (("probe", "uni"), ("probe", "sklearn"), ("knn", "uni")):
+        times, cpu, rows = [], [], []
+        settings = ClassifierSettings(methods=(method,), probe=probe)
         for _ in range(args.repeats):
             t, c = time.perf_counter(), time.process_time()
-            config = ClassifyConfig(methods=(method,))
-            res = evaluate_classification({"m": X}, y.astype(str), config, split=split)
+            _, _, rows, _ = evaluate_classification({"m": X}, y.astype(str), settings, split=split)
             times.append(time.perf_counter() - t)
             cpu.append(time.process_time() - c)
-        bal = res["models"]["m"][method]["balanced_accuracy"]["mean"]
-        print(f"  {method:5s}: median {statistics.median(times):.2f} s wall, "
-              f"{statistics.median(cpu):.2f} s CPU   balanced accuracy {bal:.3f}")
+        name = f"{method} ({probe})" if method == "probe" else method
+        print(f"  {name:15s}: median {statistics.median(times):.2f} s wall, "
+              f"{statistics.median(cpu):.2f} s CPU   balanced accuracy {rows[0].balanced_accuracy.mean:.3f}")
 
 
 def main() -> None:
