@@ -100,10 +100,10 @@ def _size_l0(tiles: pd.DataFrame, fp: StoreFingerprint, slide_mpp: float | None,
 def _mvh_file_attrs(store: EmbeddingStore, rec: pd.Series) -> dict[str, Any]:
     fp = store.fingerprint
     return {
-        "slide_path": "" if rec["path"] is None else str(rec["path"]),
+        "slide_path": "" if pd.isna(rec["path"]) else str(rec["path"]),
         "width": np.int64(-1 if pd.isna(rec["width"]) else int(rec["width"])),
         "height": np.int64(-1 if pd.isna(rec["height"]) else int(rec["height"])),
-        "mpp_source": "" if rec["mpp_source"] is None else str(rec["mpp_source"]),
+        "mpp_source": "" if pd.isna(rec["mpp_source"]) else str(rec["mpp_source"]),
         "model": fp.model,
         "weights_sha256": fp.weights_sha256,
         "fingerprint": json.dumps(fp.to_dict()),
