@@ -1,13 +1,11 @@
-"""`mvh eval st` and `mvh eval classify` end to end on planted synthetic data, tiny random-init backbone."""
+"""`mvh eval st` end to end on planted synthetic data, tiny random-init backbone (classify: its own file)."""
 
 from __future__ import annotations
 
 import json
 
 import numpy as np
-import pandas as pd
 import pytest
-from PIL import Image
 from typer.testing import CliRunner
 
 from mvh.cli import app
@@ -67,87 +65,87 @@ def test_st_rerun_reuses_stored_embeddings(st_run):
         assert len(fold["test_samples"]) >= 1
 
 
+def test_st_tables_label_random_as_spot_level_and_show_progress(st_run):
+    _, out, result = st_run
+    assert "random (spot-level)" in result.output and "NaN genes" in result.output
+    assert "folds" in result.output  # plain progress lines when not on a terminal
+    res = json.loads((out / "results.json").read_text())
+    assert res["models"][MODEL]["random"]["level"].startswith("spot-level")
+    assert res["samples"][0]["patient_source"] == "meta" and res["notes"]
+
+
+def _moved_copy(cohort, st_run, tmp_path, sample_id, change):
+    """The cohort with one sample's spot centres changed, and a copy of the first run's stores."""
+    import shutil
+
+    import anndata
+
+    _, out, _ = st_run
+    root = tmp_path / "cohort"
+    shutil.copytree(cohort.root, root)
+    shutil.copytree(out / "stores", tmp_path / "stores")
+    path = root / "st" / f"{sample_id}.h5ad"
+    ad = anndata.read_h5ad(path)
+    ad.obsm["spatial"] = change(np.asarray(ad.obsm["spatial"], dtype=np.float64))
+    ad.write_h5ad(path)
+    return root
+
+
+def _rerun(root, cohort, tmp_path, *extra):
+    args = ["eval", "st", str(root), "--meta", str(cohort.meta), "--model", MODEL, "--random-init",
+            "--store-dir", str(tmp_path / "stores"), "--top-genes", "8", "--device", "cpu",
+            "--out", str(tmp_path / "out"), *extra]
+    return CliRunner().invoke(app, args, env={"COLUMNS": "250"})
+
+
+def test_st_moved_spots_are_embedded_again(cohort, st_run, tmp_path):
+    from mvh.index.store import EmbeddingStore
+
+    def permute(xy):
+        return xy[::-1].copy()  # every spot of A0 now sits on another square of the slide
+
+    root = _moved_copy(cohort, st_run, tmp_path, "A0", permute)
+    result = _rerun(root, cohort, tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "A0" in result.output and "embedded again" in result.output
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    by_id = {e["sample_id"]: e for e in res["embedding"][MODEL]}
+    assert by_id["A0"]["status"] == "updated" and by_id["A0"]["n_embedded"] == 24
+    assert by_id["B0"]["status"] == "reused" and by_id["B0"]["n_embedded"] == 0
+    assert res["settings"]["splits"] == ["patient"]  # the default split
+    tiles = EmbeddingStore.open(tmp_path / "stores" / f"{MODEL}.lance").slide_tiles("A0").set_index("tile_id")
+    import anndata
+
+    ad = anndata.read_h5ad(root / "st" / "A0.h5ad")
+    expected = np.floor(np.asarray(ad.obsm["spatial"])[:, 0]).astype(int) - 112
+    assert tiles.loc[list(ad.obs_names), "x"].tolist() == expected.tolist()
+
+
+def test_st_spots_moved_off_the_slide_are_refused_or_dropped(cohort, st_run, tmp_path):
+    def off(xy):
+        return xy + 100_000  # the issue's reproduction: every spot of B1 moved by 100,000 px
+
+    root = _moved_copy(cohort, st_run, tmp_path, "B1", off)
+    result = _rerun(root, cohort, tmp_path)
+    assert result.exit_code == 2, result.output
+    assert "B1.h5ad" in result.output and "24 spot(s) with bad coordinates" in result.output
+    assert "--drop-bad-spots" in result.output and "Traceback" not in result.output
+    result = _rerun(root, cohort, tmp_path, "--drop-bad-spots")
+    assert result.exit_code == 0, result.output
+    assert "dropped 24 spot(s)" in result.output
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert len(res["dropped_spots"]) == 24 and {d["sample_id"] for d in res["dropped_spots"]} == {"B1"}
+    assert res["settings"]["n_spots"] == 5 * 24 and res["settings"]["drop_bad_spots"] is True
+
+
 def test_st_usage_errors(cohort, tmp_path):
     result = CliRunner().invoke(app, ["eval", "st", str(cohort.root), "--split", "loso", "--model", MODEL,
                                       "--random-init", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "--meta" in result.output
     result = CliRunner().invoke(app, ["eval", "st", str(cohort.root), "--out", str(tmp_path)])
     assert result.exit_code == 2 and "no model given" in result.output
-
-
-def _image_folder(root, n_per=12):
-    rng = np.random.default_rng(0)
-    colours = {"tumour": (120, 40, 150), "stroma": (235, 150, 190), "fat": (245, 245, 245)}
-    for split in ("train", "test"):
-        for name, colour in colours.items():
-            d = root / split / name
-            d.mkdir(parents=True)
-            for i in range(n_per if split == "train" else n_per // 2):
-                img = np.clip(np.array(colour) + rng.normal(0, 12, (64, 64, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(img).save(d / f"{name}_{i}.png")
-    return root
-
-
-@pytest.fixture(scope="module")
-def classified(tmp_path_factory):
-    root = tmp_path_factory.mktemp("classify")
-    images = _image_folder(root / "imgs")
-    out = root / "out"
-    result = CliRunner().invoke(app, ["eval", "classify", str(images), "--model", MODEL, "--random-init",
-                                      "--out", str(out), "--device", "cpu"])
-    return root, images, out, result
-
-
-def test_classify_image_folder_recovers_planted_classes(classified):
-    _, _, out, result = classified
-    assert result.exit_code == 0, result.output
-    res = json.loads((out / "results.json").read_text())
-    assert res["settings"]["split"] == "given" and res["classes"] == ["fat", "stroma", "tumour"]
-    for method in ("probe", "knn"):
-        assert res["models"][MODEL][method]["balanced_accuracy"]["mean"] > 0.9
-        assert (out / f"confusion_{MODEL}_{method}.png").stat().st_size > 1000
-
-
-def test_classify_csv_of_tile_ids_grouped_folds(classified):
-    from mvh.index.store import EmbeddingStore
-
-    root, _, out, _ = classified
-    store_path = out / "stores" / f"{MODEL}.lance"
-    rows, _ = EmbeddingStore.open(store_path).all_embeddings(columns=("slide_id", "tile_id"))
-    labels = rows.assign(label=rows["tile_id"].str.extract(r"/(\w+?)_\d+\.png$")[0],
-                         group=rows["tile_id"].str.extract(r"_(\d+)\.png$")[0])
-    labels[["tile_id", "label", "group"]].to_csv(root / "labels.csv", index=False)
-    result = CliRunner().invoke(app, ["eval", "classify", "--labels", str(root / "labels.csv"),
-                                      "--store", str(store_path), "--folds", "3", "--method", "knn",
-                                      "--json", "--out", str(root / "out2")])
-    assert result.exit_code == 0, result.output
-    res = json.loads(result.output)
-    assert res["settings"]["split"] == "grouped-kfold"
-    assert res["models"][MODEL]["knn"]["balanced_accuracy"]["mean"] > 0.9
-
-
-def test_classify_csv_of_paths_reuses_embedded_folders(classified):
-    from mvh.index.store import EmbeddingStore
-
-    root, images, out, _ = classified
-    store_path = out / "stores" / f"{MODEL}.lance"
-    version = EmbeddingStore.open(store_path).version
-    files = sorted(images.rglob("*.png"))
-    pd.DataFrame({"path": [str(f.relative_to(root)) for f in files],
-                  "label": [f.parent.name for f in files]}).to_csv(root / "paths.csv", index=False)
-    result = CliRunner().invoke(app, ["eval", "classify", "--labels", str(root / "paths.csv"),
-                                      "--store", str(store_path), "--method", "knn", "--knn-k", "3",
-                                      "--folds", "3", "--json", "--out", str(root / "o3")])
-    assert result.exit_code == 0, result.output
-    assert EmbeddingStore.open(store_path).version == version  # nothing embedded again
-    res = json.loads(result.output)
-    assert res["settings"]["n_tiles"] == len(files) and res["settings"]["split"] == "kfold"
-    assert res["models"][MODEL]["knn"]["balanced_accuracy"]["mean"] > 0.9
-
-
-def test_classify_usage_errors(tmp_path):
-    result = CliRunner().invoke(app, ["eval", "classify", "--model", MODEL, "--method", "svm"])
-    assert result.exit_code == 2 and "--method" in result.output
-    result = CliRunner().invoke(app, ["eval", "classify", "--model", MODEL, "--random-init",
-                                      "--out", str(tmp_path)])
-    assert result.exit_code == 2 and "label source" in result.output
+    for extra, flag in ((["--hest-exact", "--no-pca"], "--hest-exact"), (["--folds", "1"], "--folds"),
+                        (["--compare", "random,spots"], "spots")):
+        result = CliRunner().invoke(app, ["eval", "st", str(cohort.root), "--model", MODEL, "--random-init",
+                                          "--out", str(tmp_path), *extra])
+        assert result.exit_code == 2 and flag in result.output, result.output
