@@ -1,6 +1,7 @@
 """Metrics shared by the tasks: gene-expression regression and tile classification.
 
-Survival and retrieval metrics live beside their tasks (`survival_metrics.py`, `retrieval.py`).
+Survival and retrieval metrics live beside their tasks (`survival/`, `retrieval.py`); JSON conversion of
+results is `mvh.jobs.jsonable`.
 """
 
 from __future__ import annotations
@@ -92,20 +93,3 @@ def classification_metrics(
         "auroc": auroc,
         "confusion": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
     }
-
-
-def jsonable(obj: Any) -> Any:
-    """`obj` as strict JSON values, recursively: NaN/inf -> None, numpy scalars/arrays -> Python."""
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist())
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if np.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj
