@@ -14,6 +14,7 @@ from mvh.errors import DataError, StoreError
 from mvh.index.store import EmbeddingStore, StoreFingerprint, embeddings_to_arrow
 from mvh.progress import TILES, Event, Recorder
 from mvh.tasks.survival import StoreBags, mean_pool
+from mvh.tasks.survival.bags import _non_finite_rows
 
 
 def fingerprint(dim: int, dtype: str = "float32") -> StoreFingerprint:
@@ -47,6 +48,7 @@ def test_one_scan_equals_per_slide_reads_in_order(tmp_path: Path, dtype: str, mo
         embs[sid] = rng.normal(size=(n, 4)).astype(np.float32)
         # Unsorted positions (two tiles share one (x, y)): the bag order must still be (y, x, tile_id).
         xy = rng.integers(0, 3, size=(n, 2)) * 224
+        xy[1] = xy[0]
         add_slide(store, sid, embs[sid], xy=xy)
     expected = {sid: store.slide_embeddings(sid) for sid in sizes}
     patients = {"P1": ["s_b", "s_a"], "P2": ["s_c"], "P3": ["s_d"]}
@@ -64,6 +66,8 @@ def test_one_scan_equals_per_slide_reads_in_order(tmp_path: Path, dtype: str, mo
     assert bags.slide_span("P1", "s_b") == (0, 5) and bags.slide_span("P1", "s_a") == (5, 8)
     assert list(bags) == ["P1", "P2", "P3"] and len(bags) == 3
     assert recorder.count(Event.TOTAL, TILES) == recorder.count(Event.ADVANCE, TILES) == 14
+    small = StoreBags.load(store, {"P2": ["s_c"]})  # 1 of 5 slides: Lance filters instead of a full scan
+    np.testing.assert_array_equal(small["P2"].astype(np.float32), expected["s_c"][0])
     pooled = mean_pool(bags, ["P1", "P2"])
     np.testing.assert_allclose(pooled[1], expected["s_c"][0].astype(np.float64).mean(axis=0))
 
@@ -105,3 +109,12 @@ def test_slides_not_done_or_shared_by_patients_are_refused(tmp_path: Path) -> No
         StoreBags.load(store, {"P1": ["s1", "nope"]})
     with pytest.raises(DataError, match="s1 belong to several patients"):
         StoreBags.load(store, {"P1": ["s1"], "P2": ["s1"]})
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_non_finite_rows_by_exponent_bits_equal_isfinite(dtype) -> None:
+    info = np.finfo(dtype)
+    values = np.array([[0, 1], [info.max, -info.max], [np.inf, 0], [0, -np.inf], [np.nan, 1], [info.tiny, 0]],
+                      dtype=dtype)
+    np.testing.assert_array_equal(_non_finite_rows(values), ~np.isfinite(values).all(axis=1))
+    assert not _non_finite_rows(values[:2]).any()

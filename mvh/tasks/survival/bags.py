@@ -42,6 +42,46 @@ def _ranks_within_groups(group: np.ndarray) -> np.ndarray:
     return ranks
 
 
+def _non_finite_rows(values: np.ndarray) -> np.ndarray:
+    """Rows [N] of `values` [N, dim] (float16/32) holding NaN or inf: all exponent bits set, read as ints."""
+    bits = {2: (np.uint16, 0x7C00), 4: (np.uint32, 0x7F800000)}.get(values.dtype.itemsize)
+    if bits is None:
+        return ~np.isfinite(values).all(axis=1)
+    view, mask = bits
+    exponent = values.view(view) & view(mask)
+    if not (exponent == mask).any():
+        return np.zeros(len(values), dtype=bool)
+    return (exponent == mask).any(axis=1)
+
+
+def _copy_runs(dest: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:
+    """dest[rows] = values, as one slice copy per run of consecutive rows (a batch is a few runs)."""
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    for start, stop in zip(np.r_[0, breaks], np.r_[breaks, len(rows)], strict=True):
+        dest[rows[start] : rows[start] + stop - start] = values[start:stop]
+
+
+def _sort_within_slides(
+    embeddings: np.ndarray, coords: np.ndarray, offsets: np.ndarray,
+    id_chunks: list[tuple[pa.Array, np.ndarray]],
+) -> None:
+    """Reorder each slide's rows [offsets[i], offsets[i+1]) by (y, x, tile_id) in place."""
+    slide_of_row = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+    perm = np.lexsort((coords[:, 0], coords[:, 1], slide_of_row))
+    same = (np.diff(slide_of_row[perm]) == 0) & (np.diff(coords[perm], axis=0) == 0).all(axis=1)
+    if same.any():  # tiles sharing a position (rare): the tile id decides, as in the store's reads
+        tile_ids = np.empty(len(coords), dtype=object)
+        for chunk, rows in id_chunks:
+            tile_ids[rows] = chunk.to_numpy(zero_copy_only=False)
+        perm = np.lexsort((tile_ids, coords[:, 0], coords[:, 1], slide_of_row))
+    moved = np.flatnonzero(perm != np.arange(len(perm)))
+    for i in np.unique(slide_of_row[moved]):
+        start, stop = int(offsets[i]), int(offsets[i + 1])
+        block = perm[start:stop]
+        embeddings[start:stop] = embeddings[block]
+        coords[start:stop] = coords[block]
+
+
 class StoreBags(Mapping[str, np.ndarray]):
     """patient_id -> tile embeddings [N_i, dim] of all its slides (slides in the given order)."""
 
@@ -79,65 +119,55 @@ class StoreBags(Mapping[str, np.ndarray]):
             )
         counts = done.reindex(order).to_numpy(np.int64)
         offsets = np.concatenate([[0], np.cumsum(counts)])
-        total = int(offsets[-1])
         table = lancedb.connect(store.uri).open_table(TILES)
         dtype = table.schema.field("embedding").type.value_type.to_pandas_dtype()
-        embeddings = np.empty((total, store.dim), dtype=dtype)
-        coords = np.empty((total, 2), dtype=np.int64)
+        embeddings = np.empty((int(offsets[-1]), store.dim), dtype=dtype)
+        coords = np.empty((int(offsets[-1]), 2), dtype=np.int64)
         fill = offsets[:-1].copy()
-        id_chunks: list[pa.Array] = []
-        id_rows: list[np.ndarray] = []
+        id_chunks: list[tuple[pa.Array, np.ndarray]] = []
         value_set = pa.array(order, pa.string())
-        report(progress, Event.TOTAL, TILES_TASK, total)
-        if order:
-            where = f"slide_id IN ({', '.join(_quote(s) for s in order)})"
-            query = table.search().where(where).select(["slide_id", "tile_id", "x", "y", "embedding"])
-            for batch in query.to_batches(batch_rows):
-                if batch.num_rows == 0:
-                    continue
-                slide = pc.index_in(batch.column("slide_id"), value_set=value_set).to_numpy(
-                    zero_copy_only=False
-                ).astype(np.int64)
-                rows = fill[slide] + _ranks_within_groups(slide)
-                fill += np.bincount(slide, minlength=len(order))
-                over = rows >= offsets[slide + 1]
-                if over.any():
-                    extra = sorted({order[i] for i in slide[over]})
-                    raise StoreError(
-                        f"store {store.uri}: slide(s) {listing(extra)} have more tile rows than their "
-                        "recorded n_tiles (duplicated tiles); re-extract them with --overwrite"
-                    )
-                flat = batch.column("embedding").flatten().to_numpy(zero_copy_only=False)
-                values = flat.reshape(-1, store.dim)
-                bad = ~np.isfinite(values).all(axis=1)
-                if bad.any():
-                    broken = sorted({order[i] for i in slide[bad]})
-                    raise DataError(
-                        f"store {store.uri}: slide(s) {listing(broken)} hold NaN or inf embeddings "
-                        "(damaged data); re-extract them with --overwrite"
-                    )
-                embeddings[rows] = values
-                coords[rows, 0] = batch.column("x").to_numpy()
-                coords[rows, 1] = batch.column("y").to_numpy()
-                id_chunks.append(batch.column("tile_id"))
-                id_rows.append(rows)
-                report(progress, Event.ADVANCE, TILES_TASK, batch.num_rows)
+        report(progress, Event.TOTAL, TILES_TASK, int(offsets[-1]))
+        query = table.search().select(["slide_id", "tile_id", "x", "y", "embedding"])
+        if 2 * len(order) < len(done):
+            # A small part of the store: let Lance filter. Most of it: one plain scan, filtered here.
+            query = query.where(f"slide_id IN ({', '.join(_quote(s) for s in order)})")
+        for batch in query.to_batches(batch_rows) if order else []:
+            slide = pc.fill_null(pc.index_in(batch.column("slide_id"), value_set=value_set), -1)
+            slide = slide.to_numpy(zero_copy_only=False).astype(np.int64)
+            keep = np.flatnonzero(slide >= 0)
+            if not len(keep):
+                continue
+            slide = slide[keep]
+            rows = fill[slide] + _ranks_within_groups(slide)
+            fill += np.bincount(slide, minlength=len(order))
+            over = rows >= offsets[slide + 1]
+            if over.any():
+                extra = sorted({order[i] for i in slide[over]})
+                raise StoreError(
+                    f"store {store.uri}: slide(s) {listing(extra)} have more tile rows than their "
+                    "recorded n_tiles (duplicated tiles); re-extract them with --overwrite"
+                )
+            values = batch.column("embedding").flatten().to_numpy(zero_copy_only=False).reshape(-1, store.dim)
+            values = values if len(keep) == batch.num_rows else values[keep]
+            bad = _non_finite_rows(values)
+            if bad.any():
+                broken = sorted({order[i] for i in slide[bad]})
+                raise DataError(
+                    f"store {store.uri}: slide(s) {listing(broken)} hold NaN or inf embeddings "
+                    "(damaged data); re-extract them with --overwrite"
+                )
+            _copy_runs(embeddings, rows, values)
+            coords[rows, 0] = batch.column("x").to_numpy()[keep]
+            coords[rows, 1] = batch.column("y").to_numpy()[keep]
+            id_chunks.append((batch.column("tile_id").take(pa.array(keep)), rows))
+            report(progress, Event.ADVANCE, TILES_TASK, len(keep))
         short = [order[i] for i in np.flatnonzero(fill != offsets[1:])]
         if short:
             raise StoreError(
                 f"store {store.uri}: slide(s) {listing(short)} have fewer tile rows than their recorded "
                 "n_tiles (damaged store); re-extract them with --overwrite"
             )
-        tile_ids = np.empty(total, dtype=object)
-        for chunk, rows in zip(id_chunks, id_rows, strict=True):
-            tile_ids[rows] = chunk.to_numpy(zero_copy_only=False)
-        slide_of_row = np.repeat(np.arange(len(order)), counts)
-        perm = np.lexsort((tile_ids, coords[:, 0], coords[:, 1], slide_of_row))
-        for i in range(len(order)):
-            start, stop = int(offsets[i]), int(offsets[i + 1])
-            block = perm[start:stop]
-            embeddings[start:stop] = embeddings[block]
-            coords[start:stop] = coords[block]
+        _sort_within_slides(embeddings, coords, offsets, id_chunks)
         slide_rows = {s: (int(offsets[i]), int(offsets[i + 1])) for i, s in enumerate(order)}
         return cls(embeddings, coords, slides_by_patient, slide_rows)
 
