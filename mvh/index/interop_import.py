@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mvh.errors import DataError, StoreError, UsageError
+from mvh.errors import DataError, UsageError
 from mvh.index.slide_ids import check_slide_id
 from mvh.index.store import DONE, EmbeddingStore, StoreFingerprint
 from mvh.index.trident import (
@@ -145,7 +145,7 @@ def _scan(cfg: ImportConfig, result: ImportResult) -> list[tuple[str, H5Slide, G
         try:
             header = read_h5_header(path)
         except DataError as exc:
-            error = str(exc)
+            error = " ".join(str(exc).split())
         name = path.stem if header is None or header.name is None else header.name
         slide_id = check_slide_id(name, f"{path} (attribute coords.name or file name)")
         if slide_id in owners:
@@ -158,7 +158,7 @@ def _scan(cfg: ImportConfig, result: ImportResult) -> list[tuple[str, H5Slide, G
                 good.append((slide_id, header, resolve_geometry(header, cfg.tile_px, cfg.mpp, cfg.slide_mpp)))
                 continue
             except DataError as exc:
-                error = str(exc)
+                error = " ".join(str(exc).split())
         result.failed.append(FailedFile(str(path), slide_id, error))
     return good
 
@@ -254,6 +254,8 @@ def _commit(store: EmbeddingStore, slide_id: str, slide: H5Slide, geometry: Geom
     x, y = slide.coords[:, 0], slide.coords[:, 1]
     n = len(slide.coords)
     tile_ids = slide.tile_ids or [f"{slide_id}:{a}:{b}:{geometry.size_l0}" for a, b in zip(x, y, strict=True)]
+    if len(set(tile_ids)) != n:
+        raise DataError(f"{slide.path}: two tiles share a tile id (or coordinates); fix the file")
     tiles = pd.DataFrame(
         {
             "tile_id": pd.Series(tile_ids, dtype=object),
@@ -300,6 +302,8 @@ def run_import(cfg: ImportConfig, *, progress: Progress | None = None) -> Import
     scanned = _scan(cfg, result)
     report(progress, Event.ADVANCE, FILES, len(result.failed))
     store = _open_store(cfg, scanned)
+    if store is not None:
+        store.check_writable()
     if any("10/mag" in v for _, _, g in scanned for v in g.sources.values()):
         note(CONVENTION_NOTE)
     for slide_id, header, geometry in scanned:
@@ -316,7 +320,7 @@ def run_import(cfg: ImportConfig, *, progress: Progress | None = None) -> Import
                     f"{header.path}: features have dim {header.dim}, the store {cfg.store} has {fp.embed_dim}"
                 )
             n = _commit(store, slide_id, read_h5(header.path), geometry, note)  # type: ignore[arg-type]
-        except (DataError, StoreError) as exc:
+        except DataError as exc:
             result.failed.append(FailedFile(str(header.path), slide_id, " ".join(str(exc).split())))
         else:
             result.imported.append(ImportedFile(str(header.path), slide_id, n))

@@ -265,3 +265,13 @@ def test_float16_store_refuses_features_it_cannot_hold(tmp_path) -> None:
         f["features"][0, 0] = 1e6
     result = run_import(ImportConfig(path.parent, str(tmp_path / "s.lance"), "m", embedding_dtype="float16"))
     assert result.exit_code == 1 and "float16 range" in result.failed[0].error
+
+
+def test_duplicate_coordinates_fail_that_file(tmp_path) -> None:
+    path = trident_slide(tmp_path / "job", "s", 3)
+    trident_slide(tmp_path / "job", "t", 2)
+    with h5py.File(path, "a") as f:
+        f["coords"][1] = f["coords"][0]
+    result = do_import(path.parent, tmp_path / "s.lance")
+    assert [f.slide_id for f in result.failed] == ["s"] and "share a tile id" in result.failed[0].error
+    assert [f.slide_id for f in result.imported] == ["t"]
