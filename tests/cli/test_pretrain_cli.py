@@ -112,3 +112,89 @@ def test_pretrain_under_torchrun_two_processes(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count('"steps"') == 1  # rank 0 only
     assert json.loads(done.stdout)["steps"] == 2  # 8 tiles / (2 ranks x 2) per step
+
+
+def test_print_config_is_the_authors_recipe_in_dinov2_keys() -> None:
+    import yaml
+
+    result = runner.invoke(app, ["pretrain", "--print-config"])
+    assert result.exit_code == 0, result.output
+    cfg = yaml.safe_load(result.stdout)
+    assert cfg["optim"]["epochs"] == 200 and cfg["optim"]["patch_embed_lr_mult"] == 0.2
+    assert cfg["crops"]["global_crops_size"] == 256 and cfg["crops"]["global_crop_2_blur_p"] == 0.9
+    assert cfg["compute_precision"]["autocast"] == "fp32" and cfg["dino"]["learn_last_layer_norm"] is True
+    changed = runner.invoke(
+        app, ["pretrain", "--print-config", "--epochs", "3", "--set", "optim.patch_embed_lr_mult=0.5"]
+    )
+    cfg = yaml.safe_load(changed.stdout)
+    assert cfg["optim"]["epochs"] == 3 and cfg["optim"]["patch_embed_lr_mult"] == 0.5
+
+
+def test_piped_run_prints_plain_progress_lines_and_notes(slide: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["pretrain", str(slide), "--out", str(tmp_path / "run"), *TINY_RUN])
+    assert result.exit_code == 0, result.output
+    assert "steps 2/2" in result.output and "note: 8 tiles, 2 steps per epoch, 1 epochs" in result.output
+    assert "slides 1/1" in result.output or "steps 0/2" in result.output
+
+
+class _Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.mkdir, (self.marker,))
+
+
+@pytest.mark.parametrize("kind", ["text", "truncated", "malicious", "foreign"])
+def test_resume_from_a_bad_checkpoint_is_one_line_exit_2(slide: Path, tmp_path: Path, kind: str) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    state = run / "checkpoint.pt"
+    marker = tmp_path / "pwned"
+    if kind == "text":
+        state.write_text("this is not a checkpoint\n")
+    elif kind == "truncated":
+        torch.save({"student": {"w": torch.zeros(100)}}, state)
+        state.write_bytes(state.read_bytes()[:150])
+    elif kind == "malicious":
+        torch.save({"student": _Payload(marker)}, state)
+    else:
+        torch.save({"weights": torch.zeros(3)}, state)
+    result = runner.invoke(app, ["pretrain", str(slide), "--out", str(run), *TINY_RUN, "--resume"])
+    assert result.exit_code == 2, result.output
+    message = result.output.strip()
+    assert message.count("\n") == 0 and str(state) in message.replace("\n", "")
+    assert "Traceback" not in message and "weights_only=False" not in message
+    assert not marker.exists()
+    expected = {"text": "text file", "truncated": "damaged or truncated", "malicious": "refused unread",
+                "foreign": "not a training state"}[kind]  # fmt: skip
+    assert expected in message
+
+
+@pytest.mark.parametrize("value", ["depth=abc", "depth=-1", "embed_dim=0"])
+@pytest.mark.parametrize("command", ["pretrain", "extract"])
+def test_bad_override_values_exit_2_naming_the_option(slide: Path, tmp_path: Path, command, value) -> None:
+    if command == "pretrain":
+        args = ["pretrain", str(slide), "--out", str(tmp_path / "r"), *TINY_RUN, "--overrides", value]
+    else:
+        args = ["extract", str(slide), "--store", str(tmp_path / "e.lance"), "--model", "mv_hybrid_tiny",
+                "--random-init", "--overrides", value, "--workers", "0", "--device", "cpu"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert f"--overrides {value.split('=')[0]}=" in result.output and "Traceback" not in result.output
+
+
+def test_vit_s12_checkpoint_has_the_authors_256px_pos_embed(slide: Path, tmp_path: Path) -> None:
+    from mvh.extractor.models import create_model, load_weights
+
+    run = tmp_path / "vit"
+    args = [a if a != "mv_hybrid_tiny" else "vit_s12_dinov2" for a in TINY_RUN]
+    more = ["--global-size", "64", "--overrides", "depth=1"]
+    result = runner.invoke(app, ["pretrain", str(slide), "--out", str(run), *args, *more])
+    assert result.exit_code == 0, result.output
+    teacher = torch.load(run / "teacher_checkpoint.pth", map_location="cpu", weights_only=True)["teacher"]
+    assert tuple(teacher["backbone.pos_embed"].shape) == (1, 257, 384)
+    info = load_weights(create_model("vit_s12_dinov2", depth=1), run / "teacher_checkpoint.pth")
+    assert not any("resampled" in note for note in info.adaptations)
