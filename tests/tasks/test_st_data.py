@@ -310,3 +310,23 @@ def test_sync_reads_the_store_in_one_scan_and_checks_finiteness(cohort, embedder
     store.all_embeddings = lambda columns: (rows, emb)
     with pytest.raises(StoreError, match="non-finite"):
         _sync(samples, expr, store, lambda: None)
+
+
+def test_recorded_image_or_h5ad_change_is_detected_through_slide_attrs(cohort, embedder, tmp_path):
+    samples, _ = find_samples([cohort.root], cohort.meta)
+    expr = load_expression(samples)
+    store = EmbeddingStore.create(tmp_path / "s.lance", embedder.fingerprint(mpp=0.5, tile_px=224))
+    _sync(samples, expr, store, lambda: embedder)
+    groups = expr.spots.groupby("sample_id", sort=False).indices
+    plans = [plan_spot_tiles(s, expr.spots.iloc[groups[s.sample_id]], 0.5, 224, False)[0] for s in samples]
+    # The slides' attrs as a store with the `attrs` column keeps them: A0 was cut from another image
+    # file, B0's h5ad had another hash; positions and barcodes are unchanged.
+    a0 = {**plans[0].identity, "image": {**plans[0].identity["image"], "edge_sha256": "0" * 64}}
+    b0 = {**plans[1].identity, "h5ad_sha256": "f" * 64}
+    slides = store.slides().assign(attrs=[json.dumps({"st": a0}), json.dumps({"st": b0})])
+    store.slides = lambda status=None: slides
+    _, report = sync_store(plans, store, lambda: embedder)
+    a, b = report.samples
+    assert a["n_embedded"] == 6 and "differs from the one embedded" in a["reasons"][0]
+    assert b["n_embedded"] == 0 and b["n_reused"] == 6 and "A0" not in b["reasons"][0]
+    assert "B0.h5ad changed since it was embedded" in b["reasons"][0]
