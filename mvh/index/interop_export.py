@@ -242,7 +242,7 @@ def _export_slides(
         )
 
 
-def export_parquet(store: EmbeddingStore, out: Path | str) -> Path:
+def export_parquet(store: EmbeddingStore, out: Path | str, progress: Progress | None = None) -> Path:
     """Write the tiles of all done slides into one Parquet file (a directory gets `tiles.parquet`)."""
     out = Path(out)
     if out.suffix != ".parquet":
@@ -256,13 +256,16 @@ def export_parquet(store: EmbeddingStore, out: Path | str) -> Path:
     for index in sorted(internal, reverse=True):
         tiles_schema = tiles_schema.remove(index)
     schema = tiles_schema.with_metadata({b"mvh.fingerprint": json.dumps(fp.to_dict()).encode()})
+    slide_ids = store.slide_ids(DONE)
+    report(progress, Event.TOTAL, SLIDES, len(slide_ids))
     with pq.ParquetWriter(out, schema) as writer:
-        for slide_id in store.slide_ids(DONE):
+        for slide_id in slide_ids:
             tiles = store.slide_tiles(slide_id)
             emb, _ = store.slide_embeddings(slide_id)
             table = pa.Table.from_pandas(tiles, preserve_index=False)
             table = table.append_column("embedding", embeddings_to_arrow(emb, fp.embedding_dtype))
             writer.write_table(table.select(schema.names).cast(schema))
+            report(progress, Event.ADVANCE, SLIDES, 1)
     return out
 
 
@@ -286,7 +289,7 @@ def run_export(cfg: ExportConfig, *, progress: Progress | None = None) -> Export
     if cfg.verify:
         _verify(store, result)
     if cfg.fmt == "parquet":
-        result.files.append(str(export_parquet(store, cfg.out)))
+        result.files.append(str(export_parquet(store, cfg.out, progress)))
         result.n_slides = len(store.slide_ids(DONE))
         result.n_tiles = store.n_tiles
     else:

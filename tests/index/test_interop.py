@@ -238,6 +238,9 @@ def test_progress_events_for_import_and_export(mvh_store, tmp_path) -> None:
     run_export(ExportConfig(mvh_store.uri, tmp_path / "h5"), progress=rec)
     assert rec.count(Event.TOTAL, SLIDES) == 2 == rec.count(Event.ADVANCE, SLIDES)
     rec = Recorder()
+    run_export(ExportConfig(mvh_store.uri, tmp_path / "pq", "parquet"), progress=rec)
+    assert rec.count(Event.TOTAL, SLIDES) == 2 == rec.count(Event.ADVANCE, SLIDES)
+    rec = Recorder()
     run_import(ImportConfig(tmp_path / "h5", str(tmp_path / "d.lance"), "m"), progress=rec)
     assert rec.count(Event.TOTAL, FILES) == 2 == rec.count(Event.ADVANCE, FILES)
 
