@@ -1,9 +1,10 @@
 """The index build job: `run_index_build(IndexBuildConfig(...), progress=...) -> BuildResult`.
 
-A build reads every done tile of the store in one scan, checks the embeddings are finite, chooses the
-parameters (`mvh.index.params.auto_params`) and writes the index beside the store. With `update`, the
-tiles of new slides are added to the existing Flat or IVF-PQ index (same ids, same trained quantisers);
-removed or re-embedded slides, and HNSW indexes, cause a full rebuild of the same kind, with a note.
+A build reads every done tile of the store in one scan (the store's reads refuse NaN/inf embeddings),
+chooses the parameters (`mvh.index.params.auto_params`) and writes the index beside the store. With
+`update`, the tiles of new slides are added to the existing Flat or IVF-PQ index (same ids, same trained
+quantisers); removed or re-embedded slides, and HNSW indexes, cause a full rebuild of the same kind, with
+a note.
 """
 
 from __future__ import annotations
@@ -72,17 +73,6 @@ def run_index_build(cfg: IndexBuildConfig, *, progress: Progress | None = None) 
     )
 
 
-def check_finite(rows: pd.DataFrame, embeddings: np.ndarray, store: EmbeddingStore) -> None:
-    """StoreError naming the slides whose embeddings hold NaN/inf (nothing is indexed from them)."""
-    bad = ~np.isfinite(embeddings).all(axis=1)
-    if bad.any():
-        slides = sorted(set(rows["slide_id"].to_numpy()[bad].tolist()))
-        raise StoreError(
-            f"{int(bad.sum())} embeddings in store {store.uri} hold NaN/inf (slides {slides[:5]}): "
-            "run `mvh verify` and re-extract those slides with --overwrite"
-        )
-
-
 def build_index(
     store: EmbeddingStore,
     kind: str = "auto",
@@ -125,8 +115,7 @@ def build_index(
         else:
             return _extend(store, meta, state, version, start, progress)
     report(progress, Event.STATUS, STEPS, 0, "reading embeddings")
-    rows, emb = store.all_embeddings(columns=ROW_COLUMNS)
-    check_finite(rows, emb, store)
+    rows, emb = store.all_embeddings(columns=ROW_COLUMNS)  # the store refuses NaN/inf (StoreDamagedError)
     params = auto_params(
         len(rows), store.dim, kind, nlist=nlist, m=m, nbits=nbits, nprobe=nprobe, hnsw_m=hnsw_m,
         ef_search=ef_search,
@@ -174,7 +163,6 @@ def _extend(
             raise StoreError(
                 f"slide {slide_id} changed while being read from {store.uri}: run the update again"
             )
-        check_finite(tiles, emb, store)
         frames.append(tiles[list(ROW_COLUMNS)])
         arrays.append(emb)
         report(progress, Event.ADVANCE, VECTORS, len(emb))

@@ -1,5 +1,5 @@
 """The index modules split out of vector.py: parameter validation, exact search with exclusions,
-self-exclusion of stored-tile queries, finiteness and the build job shape."""
+self-exclusion of stored-tile queries and the build job shape."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mvh.errors import StoreError, UsageError
-from mvh.index.build import BuildResult, IndexBuildConfig, check_finite, run_index_build
+from mvh.errors import UsageError
+from mvh.index.build import BuildResult, IndexBuildConfig, run_index_build
 from mvh.index.exact import exact_search
 from mvh.index.index_files import load_index
 from mvh.index.params import auto_params, check_params
@@ -111,15 +111,6 @@ def test_stored_tile_query_excludes_itself_unless_asked(tmp_path: Path) -> None:
         search(store, q, k=5, index=index)["tile_id"].iloc[4]
     ]
     assert without["rank"].tolist() == [1, 2, 3, 4]
-
-
-def test_non_finite_embeddings_are_refused_naming_the_slide(tmp_path: Path) -> None:
-    rows = pd.DataFrame({"slide_id": ["A", "B", "B"]})
-    emb = np.zeros((3, DIM), np.float32)
-    emb[2, 5] = np.nan
-    store = make_store(tmp_path, {})
-    with pytest.raises(StoreError, match=r"slides \['B'\].*mvh verify"):
-        check_finite(rows, emb, store)
 
 
 def test_index_build_job_shape_and_progress(tmp_path: Path) -> None:
