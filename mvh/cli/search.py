@@ -45,7 +45,8 @@ def search_cmd(
         str | None,
         typer.Option(
             "--query-tile",
-            help="A stored tile: its tile id as --json prints it (s1:448:896:448) or slide:x:y (s1:448:896).",
+            help="A stored tile: its tile id as --json prints it (s1:448:896:448), or slide, level-0 x, y "
+                 "(s1:448:896).",
         ),
     ] = None,
     query_slide: Annotated[

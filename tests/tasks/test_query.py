@@ -19,6 +19,7 @@ from mvh.extractor.tiling import make_tile_grid_at, read_tile
 from mvh.index.build import build_index
 from mvh.index.store import EmbeddingStore
 from mvh.tasks.query import (
+    SearchConfig,
     parse_tile_ref,
     prepare_query_image,
     query_embedder,
@@ -165,3 +166,21 @@ def test_parse_tile_ref() -> None:
     for bad in ("slide:1", "slide:x:2", ":1:2"):
         with pytest.raises(UsageError, match="<slide_id>:<x>:<y>"):
             parse_tile_ref(bad)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({}, "exactly one of"),
+        ({"tile": "s1:0:0", "slide": "s1"}, "exactly one of"),
+        ({"tile": "s1:0:0", "k": 0}, "-k must be at least 1"),
+        ({"tile": "s1:0:0", "k": True}, "-k must be at least 1"),
+        ({"image": Path("q.png"), "query_mpp": float("inf")}, "--query-mpp"),
+        ({"image": Path("q.png"), "query_mpp": -0.5}, "--query-mpp"),
+        ({"image": Path("q.png"), "include_self": True}, "--include-self"),
+        ({"tile": "s1:x"}, "is not <slide_id>:<x>:<y>"),
+    ],
+)
+def test_search_config_validates_itself(kwargs: dict, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        SearchConfig(store="s.lance", **kwargs)
