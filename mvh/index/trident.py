@@ -28,6 +28,7 @@ import numpy as np
 from mvh.errors import DataError, UsageError
 
 MAG_UM = 10.0  # TRIDENT: um/px = 10 / magnification
+MAX_PX = 2**20  # larger tile sides are corrupt attributes (the store keeps tile_px as int32)
 H5_ERRORS = (OSError, KeyError, ValueError, TypeError, RuntimeError, AttributeError, IndexError)
 
 
@@ -277,8 +278,8 @@ def resolve_geometry(
             f"{path}: attribute `patch_size` is missing; pass --tile-px (tile px of these features)"
         )
     px = patch if patch is not None else float(tile_px)  # type: ignore[arg-type]
-    if px != int(px):
-        raise DataError(f"{path}: attribute `patch_size` = {px:g} is not a whole number of px; fix the file")
+    if px != int(px) or px > MAX_PX:
+        raise DataError(f"{path}: patch_size = {px:g} is not a whole number of px <= {MAX_PX}; fix the file")
     sources["tile_px"] = "attribute patch_size" if patch is not None else "--tile-px"
 
     target_mag = _number(ca, "target_magnification", path)
@@ -320,8 +321,10 @@ def resolve_geometry(
             f"{path}: attribute `patch_size_level0` (or `level0_magnification`) is missing; "
             "pass --slide-mpp (level-0 um/px of the slides)"
         )
-    if size != int(size) or size <= 0:
-        raise DataError(f"{path}: patch_size_level0 = {size:g} is not a whole number of px > 0; fix the file")
+    if size != int(size) or not 0 < size <= MAX_PX:
+        raise DataError(
+            f"{path}: patch_size_level0 = {size:g} is not a whole number of px in (0, {MAX_PX}]; fix the file"
+        )
     overlap = _number(ca, "overlap", path, minimum_exclusive=False)
     return Geometry(int(px), float(tile_mpp), level0_mpp, int(size), overlap, sources)
 

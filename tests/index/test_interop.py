@@ -92,6 +92,9 @@ BAD = [
     "mpp=-0.5",
     "target_magnification=0",
     "patch_size_level0=-1",
+    "patch_size=1e30",
+    "patch_size_level0=4294967296",
+    "patch_size=256.5",
 ]
 
 
@@ -278,3 +281,13 @@ def test_duplicate_coordinates_fail_that_file(tmp_path) -> None:
     result = do_import(path.parent, tmp_path / "s.lance")
     assert [f.slide_id for f in result.failed] == ["s"] and "share a tile id" in result.failed[0].error
     assert [f.slide_id for f in result.imported] == ["t"]
+
+
+@pytest.mark.parametrize("key", ["patch_size", "patch_size_level0"])
+def test_absurd_tile_sizes_fail_instead_of_wrapping(tmp_path, key) -> None:
+    path = trident_slide(tmp_path / "job", "s", 2)
+    with h5py.File(path, "a") as f:
+        f["coords"].attrs[key] = np.int64(2**40)
+    result = do_import(path.parent, tmp_path / "s.lance")
+    assert result.exit_code == 1 and key in result.failed[0].error
+    assert not EmbeddingStore.exists(tmp_path / "s.lance")
