@@ -788,12 +788,28 @@ class EmbeddingStore:
             yield slide_id, emb, coords
 
     def all_embeddings(
-        self, columns: Sequence[str] = ("slide_id", "tile_id", "x", "y", "tile_px", "mpp")
+        self,
+        columns: Sequence[str] = ("slide_id", "tile_id", "x", "y", "tile_px", "mpp"),
+        slide_ids: Sequence[str] | None = None,
     ) -> tuple[pd.DataFrame, np.ndarray]:
-        """Rows (chosen columns) and embeddings [N, dim] float32 of all done tiles, by (slide_id, y, x)."""
+        """Rows (chosen columns) and embeddings [N, dim] float32 of done tiles by (slide_id, y, x), one scan.
+
+        `slide_ids` restricts the read to those done slides (StoreError naming any that is not done).
+        """
+        where = None
+        if slide_ids is not None:
+            wanted = list(dict.fromkeys(str(s) for s in slide_ids))
+            where = f"slide_id IN ({', '.join(map(_quote, wanted))})" if wanted else "false"
         for _ in range(_READ_RETRIES):
             done = self.slides(DONE)
-            table = self._visible(self._read_tiles(None, [*columns, "embedding"]), done)
+            if slide_ids is not None:
+                missing = sorted(set(wanted) - set(done["slide_id"]))
+                if missing:
+                    raise StoreError(
+                        f"slides {missing[:5]} are not done in store {self.uri}: list slides with `mvh info`"
+                    )
+                done = done[done["slide_id"].isin(wanted)]
+            table = self._visible(self._read_tiles(where, [*columns, "embedding"]), done)
             if self._counts_match(table, done):
                 break
         else:

@@ -278,3 +278,16 @@ def test_two_processes_append_to_one_store(store) -> None:
     rows, emb = store.all_embeddings()
     for sid, part in rows.groupby("slide_id"):
         assert np.all(emb[part.index.to_numpy()] == float(sid[1:]))
+
+
+def test_all_embeddings_of_chosen_slides_in_one_scan(store) -> None:
+    for sid, n in (("a", 3), ("b", 4), ("c", 2)):
+        store.add_slide(record(sid), tiles_of(sid, n), np.full((n, DIM), float(n)))
+    rows, emb = store.all_embeddings(slide_ids=["c", "a"])
+    assert list(rows["slide_id"]) == ["a"] * 3 + ["c"] * 2
+    np.testing.assert_array_equal(emb[:, 0], [3, 3, 3, 2, 2])
+    rows, emb = store.all_embeddings(slide_ids=[])
+    assert len(rows) == 0 and emb.shape == (0, DIM)
+    store.add_failed_slide(record("f"), "unreadable")
+    with pytest.raises(StoreError, match=r"slides \['f', 'zz'\] are not done"):
+        store.all_embeddings(slide_ids=["a", "f", "zz"])
