@@ -19,6 +19,7 @@ import scipy.sparse as sp
 from typer.testing import CliRunner
 
 from mvh.errors import DataError, UsageError
+from mvh.progress import FOLDS, SAMPLES, Event, Recorder
 from mvh.tasks.hest_bench import is_bench_task, read_bench_task, read_gene_list
 from mvh.tasks.st import STConfig, run_st
 from mvh.tasks.stores import StoreSpec
@@ -112,8 +113,12 @@ def test_runs_the_fixed_splits_and_gene_list_as_hest(task, tmp_path):
     uri = str(tmp_path / "store.lance")
     cfg = STConfig(inputs=[task], stores=[StoreSpec(uri, model=MODEL, random_init=True)],
                    out_dir=tmp_path / "o", hest_exact=True, n_components=16, seed=1, device="cpu")
-    result = run_st(cfg)
+    recorder = Recorder()
+    result = run_st(cfg, progress=recorder)
     assert result.settings["splits"] == ["hest-bench"]
+    assert recorder.count(Event.TOTAL, SAMPLES) == recorder.count(Event.ADVANCE, SAMPLES) == 4
+    assert recorder.count(Event.TOTAL, FOLDS) == recorder.count(Event.ADVANCE, FOLDS) == 2
+    assert [d for e, _, _, d in recorder.calls if e is Event.NOTE] == result.notes
     folds = result.settings["folds_by_split"]["hest-bench"]
     assert [f["test_samples"] for f in folds] == [["S2", "S3"], ["S0", "S1"]]
     assert all(f["genes"] == GENES for f in folds)

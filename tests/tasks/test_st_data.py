@@ -330,3 +330,10 @@ def test_recorded_image_or_h5ad_change_is_detected_through_slide_attrs(cohort, e
     assert a["n_embedded"] == 6 and "differs from the one embedded" in a["reasons"][0]
     assert b["n_embedded"] == 0 and b["n_reused"] == 6 and "A0" not in b["reasons"][0]
     assert "B0.h5ad changed since it was embedded" in b["reasons"][0]
+
+
+def test_sample_ids_are_checked_as_slide_ids(tmp_path):
+    anndata.AnnData(X=np.ones((1, 1), np.float32)).write_h5ad(tmp_path / " lead.h5ad")
+    (tmp_path / " lead.h5").touch()
+    with pytest.raises(UsageError, match="white space"):
+        find_samples([tmp_path])
