@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mvh.errors import MvhError
-from mvh.index.interop import ImportConfig, run_import
+from mvh.index.interop import ExportConfig, ImportConfig, run_export, run_import
 from tests.index.test_interop_peers import trident_slide
 
 FUZZ = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -114,3 +114,22 @@ def test_wrong_dtypes_shapes_and_attributes(fdtype, fshape, cdtype, cshape, attr
                 f["coords"].attrs[key] = value
         _import_once(folder, tile_px=224, mpp=0.5, slide_mpp=0.25)
         _import_once(folder)
+
+
+@FUZZ
+@given(st.dictionaries(ATTR_KEYS, ATTR_VALUES, min_size=1, max_size=6), st.booleans())
+def test_valid_arrays_with_random_geometry_attributes(attrs, with_flags) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "h5"
+        folder.mkdir()
+        (folder / "s.h5").write_bytes(GOOD)
+        with h5py.File(folder / "s.h5", "a") as f:
+            for key, value in attrs.items():
+                f["coords"].attrs[key] = value
+        flags = {"tile_px": 256, "mpp": 0.5, "slide_mpp": 0.25} if with_flags else {}
+        _import_once(folder, **flags)
+        if (folder.parent / "s.lance").exists():
+            try:
+                run_export(ExportConfig(str(folder.parent / "s.lance"), folder.parent / "out"))
+            except MvhError as exc:  # a narrow error is fine; anything else fails the test
+                assert str(exc)
