@@ -220,3 +220,38 @@ def test_two_processes_share_one_store(slide_dir, tmp_path) -> None:
     for sid in ("s1", "s2", "s3"):
         np.testing.assert_allclose(store.slide_embeddings(sid)[0], ref.slide_embeddings(sid)[0], atol=1e-5)
     assert store.n_tiles == ref.n_tiles
+
+
+@pytest.mark.parametrize(
+    ("changes", "named"),
+    [
+        ({"mpp": float("inf")}, "--mpp"),
+        ({"workers": -1}, "--workers"),
+        ({"min_tissue": float("nan")}, "--min-tissue"),
+        ({"tile_px": 0}, "--tile-px"),
+        ({"batch_size": 0}, "--batch-size"),
+        ({"dtype": "int8"}, "--dtype"),
+        ({"slide_mpp": -0.5}, "--slide-mpp"),
+        ({"max_tiles": 0}, "max_tiles"),
+        ({"store": " "}, "--store"),
+    ],
+)
+def test_extract_config_validates_itself_on_construction(changes, named) -> None:
+    with pytest.raises(UsageError, match=named):
+        ExtractConfig(MODEL, random_init=True, **changes)
+
+
+def test_extract_result_round_trips_through_its_dict(slide_dir, tmp_path) -> None:
+    from mvh.extractor.extract import ExtractResult, SlideResult
+
+    result = ExtractResult(
+        "s.lance",
+        MODEL,
+        "random-init",
+        ["cpu"],
+        2.0,
+        [SlideResult("a", "/a.svs", "done", 10, 1.0), SlideResult("b", "/b.svs", "failed", error="bad")],
+    )
+    data = result.to_dict()
+    assert (data["slides_done"], data["slides_failed"], data["tiles"], data["tiles_per_s"]) == (1, 1, 10, 5.0)
+    assert ExtractResult.from_dict(data) == result and result.exit_code == 1
