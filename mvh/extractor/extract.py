@@ -669,7 +669,7 @@ def run_extract(cfg: ExtractConfig, *, progress: Progress | None = None) -> Extr
     store = EmbeddingStore.open_or_create(cfg.store, embedder.fingerprint(cfg.mpp, cfg.tile_px, cfg.dtype))
     store.check_writable()
     done = store.slides(DONE).set_index("slide_id")
-    notes: list[str] = []
+    notes: list[str] = list(store.notes)
     report(progress, Event.TOTAL, SLIDES, len(slides))
     results: list[SlideResult] = []
     todo = []
@@ -677,8 +677,12 @@ def run_extract(cfg: ExtractConfig, *, progress: Progress | None = None) -> Extr
         if s.slide_id in done.index and not cfg.overwrite and _skip_or_refuse(s, done.loc[s.slide_id]):
             results.append(SlideResult(s.slide_id, str(s.path), "skipped"))
             report(progress, Event.ADVANCE, SLIDES)
-        else:
-            todo.append(s)
+            continue
+        if s.slide_id in done.index and done.loc[s.slide_id, "path"] != str(s.path):
+            notes.append(
+                f"slide {s.slide_id}: {s.path} replaces the done slide from {done.loc[s.slide_id, 'path']}"
+            )
+        todo.append(s)
     if len(devices) > 1:
         del embedder
         results += _run_devices(cfg, store, todo, devices, progress)

@@ -302,6 +302,7 @@ class EmbeddingStore:
         self._db = db
         self.fingerprint = fingerprint
         self.meta = meta
+        self.notes: list[str] = []  # what opening or creating the store did that a user should hear about
         try:
             self._tiles = db.open_table(TILES)
             self._slides = db.open_table(SLIDES)
@@ -346,18 +347,17 @@ class EmbeddingStore:
         return META in cls._table_names(cls._connect(uri))
 
     @classmethod
-    def _check_no_stray_tables(cls, uri: str, db: Any) -> None:
-        """Refuse a location holding store tables but no meta; remove an empty interrupted creation."""
+    def _check_no_stray_tables(cls, uri: str, db: Any) -> str | None:
+        """Refuse tables without meta; remove an empty interrupted creation (returns a note then)."""
         stray = sorted(cls._table_names(db) & {TILES, SLIDES})
         if not stray:
-            return
+            return None
         local = _local_path(uri)
         if local is not None and all(_holds_no_data(local / f"{name}.lance") for name in stray):
             # Left by a run killed while creating the store: empty tables, no meta. Nothing to lose.
-            log.warning("store %s: removing the empty tables %s of an interrupted creation", uri, stray)
             for name in stray:
                 shutil.rmtree(local / f"{name}.lance")
-            return
+            return f"store {uri}: removed the empty tables {stray} left by an interrupted creation"
         raise StoreUnusableError(
             f"store {uri} holds tables {stray} but no meta table, so the model that made its embeddings is "
             "unknown: it is damaged. Restore its meta.lance from a copy of the store, or delete the folder "
@@ -399,7 +399,7 @@ class EmbeddingStore:
             raise StoreError(f"a store already exists at {uri}: open it, or choose another --store path")
         try:
             db = cls._connect(uri)
-            cls._check_no_stray_tables(uri, db)
+            cleaned = cls._check_no_stray_tables(uri, db)
             schema = tiles_schema(fingerprint.embed_dim, fingerprint.embedding_dtype)
             db.create_table(TILES, data=schema.empty_table(), exist_ok=True)
             db.create_table(SLIDES, data=SLIDES_SCHEMA.empty_table(), exist_ok=True)
@@ -423,6 +423,7 @@ class EmbeddingStore:
                 raise StoreUnusableError(f"cannot create the store at {uri}: {_reason(exc)}") from exc
             return cls._checked(cls.open(uri), fingerprint)
         store = cls(uri, db, fingerprint, meta)
+        store.notes = [] if cleaned is None else [cleaned]
         if store._tiles.schema.field("embedding").type != schema.field("embedding").type:
             raise StoreError(f"store {uri} has a tiles table of another shape: choose another --store path")
         return store

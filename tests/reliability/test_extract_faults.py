@@ -108,6 +108,8 @@ def test_a_different_file_under_a_done_id_is_refused_and_path_ids_keep_both(tmp_
     assert code == 0 and json.loads(runner.invoke(app, ["info", "--store", str(store), "--json"]).stdout)
     code, output, _ = extract(str(b), "--store", str(store))
     assert code == 2 and str(a) in output.replace("\n", "") and "--slide-id-from path" in output
+    code, _, summary = extract(str(b), "--store", str(store), "--overwrite")
+    assert code == 0 and f"{b} replaces the done slide from {a}" in summary["notes"][0]
     monkeypatch.chdir(tmp_path)
     code, _, summary = extract("a", "b", "--store", str(tmp_path / "paths.lance"), "--slide-id-from", "path")
     assert code == 0 and sorted(r["slide_id"] for r in summary["slides"]) == ["a__same", "b__same"]

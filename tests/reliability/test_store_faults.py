@@ -139,6 +139,7 @@ def test_a_half_created_store_is_cleaned_up_and_created(tmp_path) -> None:
     store = EmbeddingStore.open_or_create(uri, fingerprint(weights_sha256="cd" * 32))
     store.add_slide({"slide_id": "a"}, tiles("a", 2), distinct(2, 3))
     assert store.fingerprint.weights_sha256 == "cd" * 32 and store.n_tiles == 2
+    assert store.notes and "removed the empty tables ['slides', 'tiles']" in store.notes[0]
 
 
 def test_a_corrupt_meta_table_is_store_damaged_exit_1(tmp_path) -> None:
