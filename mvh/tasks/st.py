@@ -12,8 +12,8 @@ k-fold grouped by patient, k = min(5, patients), i.e. leave-one-patient-out with
 `hest-bench` (a HEST-Benchmark task's fixed splits). Evaluating random and loso adds the paper's
 `drop = 1 - PCC_loso / PCC_random`.
 
-`evaluate_st` works on arrays; `run_st(STConfig(...), progress=...)` is the whole `mvh eval st` job
-(samples -> stores -> evaluation -> results.json, then figures) and returns an `STResult`.
+`st_eval.evaluate_st` works on arrays (re-exported here); `run_st(STConfig(...), progress=...)` is the
+whole `mvh eval st` job (samples -> stores -> evaluation -> results.json, then figures) -> `STResult`.
 """
 
 from __future__ import annotations
@@ -25,32 +25,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
 from mvh.errors import DataError, UsageError
 from mvh.jobs import JobResult
-from mvh.progress import FOLDS, Event, Progress, report
-from mvh.tasks.metrics import pearson_per_gene, regression_metrics, summarize, top_k_mean
-from mvh.tasks.splits import SPLITS, Fold, st_folds
-from mvh.tasks.st_model import (
-    REGRESSORS,
-    hest_pearson,
-    log1p_counts,
-    make_regressor,
-    select_hvg,
-    targets,
-)
+from mvh.progress import Event, Progress, report
+from mvh.tasks.splits import SPLITS
+from mvh.tasks.st_eval import HeldOut, evaluate_st
+from mvh.tasks.st_model import REGRESSORS
 from mvh.tasks.stores import StoreSpec
-
-ST_SPLITS = (*SPLITS, "hest-bench")
-DEFAULT_PATIENT_FOLDS = 5
-DEFAULT_RANDOM_FOLDS = 5
-LEVELS = {
-    "random": "spot-level k-fold (spots of one sample/patient in several folds; the paper's reference)",
-    "patient": "patient-level k-fold (all spots of a patient in one fold; HEST's protocol)",
-    "loso": "study-level: leave-one-study-out",
-    "hest-bench": "HEST-Benchmark's fixed splits (splits/train_i.csv, test_i.csv)",
-}
 
 
 def _check(ok: bool, message: str) -> None:
@@ -141,250 +123,6 @@ class STConfig:
 
 
 @dataclass
-class SplitResult:
-    """Per-fold metrics of one model on one split, with the per-gene r of each fold."""
-
-    pcc: list[float] = field(default_factory=list)
-    pcc10: list[float] = field(default_factory=list)
-    mae: list[float] = field(default_factory=list)
-    mse: list[float] = field(default_factory=list)
-    fold_genes: list[dict[str, float]] = field(default_factory=list)
-
-    def summary(self, split: str, hest_exact: bool) -> dict[str, Any]:
-        """The results entry: summaries, per-gene r (fold mean), NaN genes named per fold."""
-        per_gene: dict[str, list[float]] = {}
-        for genes in self.fold_genes:
-            for g, r in genes.items():
-                per_gene.setdefault(g, []).append(r)
-        gene_pcc = {}
-        for g in sorted(per_gene):
-            vals = np.asarray(per_gene[g], dtype=np.float64)
-            finite = vals[np.isfinite(vals)]
-            # HEST's merge_fold_results: np.mean over folds (NaN if any fold is NaN).
-            mean = float(finite.mean()) if len(finite) else np.nan
-            gene_pcc[g] = float(vals.mean()) if hest_exact else mean
-        nan_genes = [sorted(g for g, r in genes.items() if not np.isfinite(r)) for genes in self.fold_genes]
-        return {
-            "level": LEVELS[split],
-            "pcc": summarize(self.pcc),
-            "pcc10": summarize(self.pcc10),
-            "mae": summarize(self.mae),
-            "mse": summarize(self.mse),
-            "genes": gene_pcc,
-            "genes_per_fold": self.fold_genes,
-            "nan_genes_per_fold": nan_genes,
-            "n_nan_genes": sum(len(g) for g in nan_genes),
-        }
-
-
-@dataclass
-class HeldOut:
-    """Measured and predicted expression of one held-out sample (fold 0), with its own per-gene r."""
-
-    model: str
-    split: str
-    sample_id: str
-    genes: list[str]
-    xy: np.ndarray
-    measured: np.ndarray
-    predicted: np.ndarray
-    gene_pcc: np.ndarray
-
-
-def fold_targets(
-    expr: np.ndarray | sp.spmatrix, all_genes: Sequence[str], fold: Fold, config: STConfig
-) -> np.ndarray:
-    """Gene column indices for one fold: the fixed list, or HVGs of the fold's training spots."""
-    if config.genes is not None:
-        index = {g: i for i, g in enumerate(all_genes)}
-        missing = [g for g in config.genes if g not in index]
-        if missing:
-            raise DataError(f"genes not in the expression data: {', '.join(missing[:5])}; fix the genes file")
-        return np.asarray([index[g] for g in config.genes], dtype=np.int64)
-    cols = select_hvg(expr, fold.train, config.top_genes)
-    if len(cols) == 0:
-        raise DataError("no gene varies over the training spots; check the counts in the .h5ad files")
-    return cols
-
-
-def evaluate_fold(
-    X: np.ndarray, expr: np.ndarray | sp.spmatrix, counts: np.ndarray | sp.spmatrix, cols: np.ndarray,
-    fold: Fold, config: STConfig,
-) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-    """Fit on the fold's training spots, predict its test spots -> (metrics, y_test, y_pred).
-
-    `expr` is `log1p_counts(counts)` [N, G]; `cols` are the fold's target genes.
-    """
-    y_train = targets(expr, counts, fold.train, cols, config.hest_exact)
-    y_test = targets(expr, counts, fold.test, cols, config.hest_exact)
-    model = make_regressor(config.regressor, pca=config.pca, n_components=config.n_components,
-                           seed=config.seed, hest_exact=config.hest_exact)
-    model.fit(X[fold.train], y_train)
-    y_pred = model.predict(X[fold.test])
-    if not config.hest_exact:
-        return regression_metrics(y_test, y_pred.astype(np.float32)), y_test, y_pred.astype(np.float32)
-    r = hest_pearson(y_test, y_pred)
-    err = np.asarray(y_pred, dtype=np.float64) - y_test
-    metrics = {"pcc": float(np.mean(r)), "pcc10": top_k_mean(r), "mae": float(np.abs(err).mean()),
-               "mse": float((err * err).mean()), "per_gene": r}
-    return metrics, y_test, y_pred
-
-
-def make_st_folds(
-    spots: pd.DataFrame, config: STConfig, split: str, fixed: list[Fold] | None = None
-) -> tuple[list[Fold], str]:
-    """Folds for `spots` (columns sample_id, patient, study) under `split`, and a line saying which."""
-    for col in ("sample_id", "patient", "study"):
-        if col not in spots.columns:
-            raise DataError(f"spot table lacks column {col!r}; give it in the --meta CSV")
-    if split == "hest-bench":
-        if fixed is None:
-            raise UsageError("--split hest-bench needs a HEST-Benchmark task folder as input")
-        return fixed, f"hest-bench: the task's {len(fixed)} fixed splits"
-    k = config.folds
-    if split == "patient":
-        n_patients = int(spots["patient"].nunique())
-        if n_patients < 2:
-            raise DataError(f"--split patient needs at least 2 patients, found {n_patients}; give them in "
-                            "--meta or use --split random")
-        k = k or min(DEFAULT_PATIENT_FOLDS, n_patients)
-        how = (f"patient: {k}-fold grouped by patient over {n_patients} patients"
-               + (" (leave-one-patient-out)" if k == n_patients else ""))
-    elif split == "random":
-        k = k or DEFAULT_RANDOM_FOLDS
-        how = (f"random: {k}-fold over samples (grouped by sample)" if config.group_by_sample
-               else f"random: {k}-fold over spots (spot-level)")
-    else:
-        how = f"loso: leave-one-study-out over {spots['study'].nunique()} studies"
-    folds = st_folds(split, samples=spots["sample_id"].to_numpy(), patients=spots["patient"].to_numpy(),
-                     studies=spots["study"].to_numpy(), k=k or 2, seed=config.seed,
-                     group_by_sample=config.group_by_sample)
-    return folds, how
-
-
-def evaluate_st(
-    embeddings: dict[str, np.ndarray],
-    counts: np.ndarray | sp.spmatrix,
-    genes: Sequence[str],
-    spots: pd.DataFrame,
-    config: STConfig,
-    splits: Sequence[str] | None = None,
-    progress: Progress | None = None,
-    fixed_folds: list[Fold] | None = None,
-) -> tuple[dict[str, Any], list[HeldOut]]:
-    """Evaluate each model's spot embeddings [N, D] against counts [N, G] on the same folds per split.
-
-    Returns `{"settings", "models": {model: {split: {...}, "drop"?}}, "notes"}` and, per model and split,
-    the held-out sample of fold 0 for the spatial figure.
-    """
-    splits = list(splits or config.splits)
-    for s in splits:
-        if s not in ST_SPLITS:
-            raise UsageError(f"split {s!r} is unknown; use one of {', '.join(SPLITS)}")
-    n = len(spots)
-    if counts.shape[0] != n or counts.shape[1] != len(genes):
-        raise DataError(f"counts {counts.shape} do not match {n} spots x {len(genes)} genes")
-    for name, X in embeddings.items():
-        if X.shape[0] != n:
-            raise DataError(f"model {name}: {X.shape[0]} embeddings for {n} spots; re-run the embedding step")
-        if not np.isfinite(X).all():
-            raise DataError(f"model {name}: embeddings hold NaN or inf; run `mvh verify` on its store")
-    genes = list(genes)
-    expr = log1p_counts(counts)
-    settings: dict[str, Any] = {
-        "split": config.split, "splits": splits, "levels": {s: LEVELS[s] for s in splits},
-        "folds": config.folds, "seed": config.seed, "genes": config.genes, "top_genes": config.top_genes,
-        "regressor": config.regressor,
-        "pca": config.pca, "n_components": config.n_components, "group_by_sample": config.group_by_sample,
-        "hest_exact": config.hest_exact, "n_spots": n, "n_samples": int(spots["sample_id"].nunique()),
-        "n_patients": int(spots["patient"].nunique()), "folds_by_split": {}, "how_by_split": {},
-    }
-    models: dict[str, dict[str, Any]] = {name: {} for name in embeddings}
-    held: list[HeldOut] = []
-    notes: list[str] = []
-    for split in splits:
-        folds, how = make_st_folds(spots, config, split, fixed_folds)
-        settings["how_by_split"][split] = how
-        notes.append(f"split {how}")
-        fold_cols = [fold_targets(expr, genes, f, config) for f in folds]
-        settings["folds_by_split"][split] = [
-            {"name": f.name, "n_train": len(f.train), "n_test": len(f.test),
-             "test_samples": sorted(spots["sample_id"].iloc[f.test].unique().tolist()),
-             "genes": [genes[c] for c in cols]}
-            for f, cols in zip(folds, fold_cols, strict=True)
-        ]
-        report(progress, Event.TOTAL, FOLDS, len(folds) * len(embeddings))
-        for name, X in embeddings.items():
-            res = SplitResult()
-            for fold, cols in zip(folds, fold_cols, strict=True):
-                report(progress, Event.STATUS, FOLDS, 0, f"{name} {split} {fold.name}")
-                m, y_test, y_pred = evaluate_fold(X, expr, counts, cols, fold, config)
-                res.pcc.append(m["pcc"])
-                res.pcc10.append(m["pcc10"])
-                res.mae.append(m["mae"])
-                res.mse.append(m["mse"])
-                res.fold_genes.append({genes[c]: float(r) for c, r in zip(cols, m["per_gene"], strict=True)})
-                if fold.index == 0:
-                    held.append(_held_out(name, split, spots, fold, [genes[c] for c in cols], y_test, y_pred))
-                report(progress, Event.ADVANCE, FOLDS, 1)
-            models[name][split] = res.summary(split, config.hest_exact)
-            nan_genes = models[name][split]["nan_genes_per_fold"]
-            flat = [f"{g} ({f.name})" for f, names in zip(folds, nan_genes, strict=True) for g in names]
-            if flat:
-                notes.append(f"{name}, {split}: {len(flat)} gene(s) constant in a test fold have no r (NaN, "
-                             f"kept in the JSON): {', '.join(flat[:8])}{' ...' if len(flat) > 8 else ''}")
-    if "random" in splits and "loso" in splits:
-        for name in models:
-            models[name]["drop"] = robustness_drop(models[name]["random"]["pcc"]["mean"],
-                                                   models[name]["loso"]["pcc"]["mean"])
-    return {"settings": settings, "models": models, "notes": notes}, held
-
-
-def robustness_drop(pcc_random: float, pcc_loso: float) -> float:
-    """The paper's relative drop `1 - PCC_loso / PCC_random` (NaN when random PCC is not positive)."""
-    if not np.isfinite(pcc_random) or pcc_random <= 0:
-        return float("nan")
-    return float(1.0 - pcc_loso / pcc_random)
-
-
-def _held_out(
-    model: str, split: str, spots: pd.DataFrame, fold: Fold, genes: list[str],
-    y_test: np.ndarray, y_pred: np.ndarray,
-) -> HeldOut:
-    test_samples = spots["sample_id"].to_numpy()[fold.test]
-    ids, counts = np.unique(test_samples, return_counts=True)
-    sample = str(ids[np.argmax(counts)])
-    keep = test_samples == sample
-    if {"x", "y"} <= set(spots.columns):
-        xy = spots[["x", "y"]].to_numpy(np.float64)[fold.test][keep]
-    else:
-        xy = np.zeros((int(keep.sum()), 2))
-    # r over this sample's spots (the figure shows this sample), not over the whole fold.
-    sample_r = pearson_per_gene(y_test[keep], y_pred[keep])
-    return HeldOut(model, split, sample, genes, xy, y_test[keep], y_pred[keep], sample_r)
-
-
-def table_rows(result: STResult | dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per model (the paper's table): per split PCC mean/std, PCC-10, MAE, MSE, NaN genes; drop."""
-    models = result.models if isinstance(result, STResult) else result["models"]
-    rows = []
-    for model, per_split in models.items():
-        row: dict[str, Any] = {"model": model}
-        for split, res in per_split.items():
-            if split == "drop":
-                continue
-            row[split] = {
-                "pcc_mean": res["pcc"]["mean"], "pcc_std": res["pcc"]["std"],
-                "pcc10_mean": res["pcc10"]["mean"], "pcc10_std": res["pcc10"]["std"],
-                "mae_mean": res["mae"]["mean"], "mse_mean": res["mse"]["mean"],
-                "n_nan_genes": res["n_nan_genes"],
-            }
-        row["drop"] = per_split.get("drop")
-        rows.append(row)
-    return rows
-
-
-@dataclass
 class STResult(JobResult):
     """Everything `mvh eval st` reports; results.json is exactly `to_dict()`."""
 
@@ -429,7 +167,7 @@ def _load_inputs(config: STConfig, progress: Progress | None, notes: list[str]) 
 def run_st(config: STConfig, *, progress: Progress | None = None) -> STResult:
     """The whole `mvh eval st` job: samples -> embeddings (reused or embedded) -> folds -> results.json,
     then the figures (results.json is written first and rewritten with the figure list)."""
-    from mvh.tasks.st_data import sync_store
+    from mvh.tasks.st_spots import sync_store
     from mvh.tasks.stores import open_spec
 
     if not config.stores:
@@ -496,7 +234,7 @@ def run_st(config: STConfig, *, progress: Progress | None = None) -> STResult:
 
 
 def _plan(samples: Sequence[Any], expr: Any, mpp: float, tile_px: int, drop_bad: bool) -> tuple[list, list]:
-    from mvh.tasks.st_data import plan_spot_tiles
+    from mvh.tasks.st_spots import plan_spot_tiles
 
     plans, dropped = [], []
     groups = expr.spots.groupby("sample_id", sort=False).indices

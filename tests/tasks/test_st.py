@@ -11,7 +11,8 @@ from sklearn.linear_model import Ridge
 from sklearn.preprocessing import StandardScaler
 
 from mvh.errors import DataError, UsageError
-from mvh.tasks.st import STConfig, evaluate_st, robustness_drop, table_rows
+from mvh.tasks.st import STConfig
+from mvh.tasks.st_eval import evaluate_fold, evaluate_st, robustness_drop, table_rows
 from mvh.tasks.st_model import gene_variances, log1p_counts, make_regressor, select_hvg
 
 
@@ -122,7 +123,7 @@ def test_compare_reports_drop_and_results_structure():
         ratio = entry["loso"]["pcc"]["mean"] / entry["random"]["pcc"]["mean"]
         assert entry["drop"] == pytest.approx(1 - ratio)
     assert res["settings"]["seed"] == 0 and res["settings"]["genes"] == genes
-    assert len(table_rows(res)) == 2
+    assert len(table_rows(res["models"])) == 2
     assert len(held) == 4
 
 
@@ -150,7 +151,7 @@ def test_gene_constant_in_a_test_fold_is_nan_and_named():
     assert r["pcc"]["folds"][0] == pytest.approx(r["genes_per_fold"][0]["a"])
     assert np.isfinite(r["genes"]["b"])  # averaged over the folds where it is defined
     assert any("b (study=A)" in n for n in res["notes"])  # named in a printed note too
-    assert table_rows(res)[0]["loso"]["n_nan_genes"] == 1
+    assert table_rows(res["models"])[0]["loso"]["n_nan_genes"] == 1
 
 
 def test_gene_variances_sparse_equals_dense_numpy():
@@ -252,7 +253,6 @@ def _hest_reference(X_train, X_test, counts_train, counts_test, seed, n_componen
 
 def test_hest_exact_reproduces_hest_bit_for_bit():
     from mvh.tasks.splits import Fold
-    from mvh.tasks.st import evaluate_fold
 
     rng = np.random.default_rng(10)
     n, d, g = 700, 300, 6

@@ -17,13 +17,12 @@ from mvh.tasks.st_data import (
     check_split_metadata,
     find_samples,
     load_expression,
-    plan_spot_tiles,
     read_meta_csv,
     read_sample,
     sample_thumbnail,
     spot_embeddings,
-    sync_store,
 )
+from mvh.tasks.st_spots import plan_spot_tiles, sync_store
 from mvh.tasks.st_synthetic import write_synthetic_st_cohort
 
 

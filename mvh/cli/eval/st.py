@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from mvh.tasks.st import STResult
 
 def _st_table(result: STResult) -> Table:
-    from mvh.tasks.st import table_rows
+    from mvh.tasks.st_eval import table_rows
 
     s = result.settings
     splits = s["splits"]
@@ -44,7 +44,7 @@ def _st_table(result: STResult) -> Table:
     compare = "random" in splits and "loso" in splits
     if compare:
         table.add_column("drop (1 - loso/random)", justify="right")
-    for row in table_rows(result):
+    for row in table_rows(result.models):
         cells = [row["model"]]
         for split in splits:
             r = row[split]
