@@ -303,6 +303,7 @@ class EmbeddingStore:
         self.fingerprint = fingerprint
         self.meta = meta
         self.notes: list[str] = []  # what opening or creating the store did that a user should hear about
+        self._writable = False  # set once a write probe succeeded: checked once per handle, not per commit
         try:
             self._tiles = db.open_table(TILES)
             self._slides = db.open_table(SLIDES)
@@ -455,7 +456,7 @@ class EmbeddingStore:
                 "a new --store)"
             )
         local = _local_path(self.uri)
-        if local is None:
+        if local is None or self._writable:
             return
         for folder in (local, local / f"{TILES}.lance", local / f"{SLIDES}.lance"):
             try:
@@ -467,6 +468,7 @@ class EmbeddingStore:
                     f"store {self.uri} is not writable ({_reason(exc)}): fix its permissions or mount, or "
                     "choose another --store"
                 ) from exc
+        self._writable = True
 
     # ---------------------------------------------------------------- properties
     @property
