@@ -155,6 +155,15 @@ def test_eval_retrieval(store: str, tmp_path: Path) -> None:
     assert result.exit_code == 2 and str(bad) in result.stderr and "Traceback" not in result.output
 
 
+def test_index_build_prints_progress_when_piped(store: str, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(store, copy)
+    result = runner.invoke(app, ["index", "build", "--store", str(copy)])
+    assert result.exit_code == 0, result.output
+    n = EmbeddingStore.open(copy).n_tiles
+    assert f"vectors {n}/{n}" in result.stderr  # the plain line CliRunner (not a terminal) gets
+
+
 def test_index_build_bad_parameters_exit_2(store: str) -> None:
     for flag, value in (("--hnsw-m", "-1"), ("--nlist", "0"), ("--nbits", "3")):
         result = runner.invoke(app, ["index", "build", "--store", store, "--kind", "auto", flag, value])
