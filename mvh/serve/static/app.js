@@ -308,6 +308,7 @@ async function mvhViewerPage() {
         status.textContent = `more like ${slideId}:${tile.x}:${tile.y}: ${result.hits.length} hits`;
         document.getElementById("more").replaceChildren(...result.hits.map(hitCard));
       } catch (err) {
+        state.error = err.message;
         status.replaceChildren(el("span", { class: "error", text: err.message }));
       }
     });
