@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo_out
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test bench clean serve-assets chromium
 
 # torch/torchvision first, pinned to the pair that ships on local disk (no network download where it
 # exists; the only pair with which torchvision and timm import there); elsewhere pip picks a current torch.
@@ -21,8 +21,23 @@ venv: $(STAMP)
 demo: $(STAMP)
 	MVH=$(BIN)/mvh bash scripts/demo.sh $(DEMO_DIR)
 
-test: $(STAMP)
+test: $(STAMP) serve-assets chromium
 	$(BIN)/python -m pytest -q
+
+# `mvh serve`: OpenSeadragon from the npm registry (served by the app, no CDN), and Debian's chromium
+# for the browser tests (apt, only where /usr/bin/chromium is missing).
+SERVE_ASSETS := mvh/serve/node_modules/.package-lock.json
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+$(SERVE_ASSETS): mvh/serve/package.json mvh/serve/package-lock.json
+	command -v npm >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends npm; }
+	cd mvh/serve && npm ci --no-audit --no-fund
+
+serve-assets: $(SERVE_ASSETS)
+
+chromium:
+	test -x $(CHROMIUM) || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium; }
 
 bench: $(STAMP)
 	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
