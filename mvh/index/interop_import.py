@@ -64,8 +64,15 @@ class ImportConfig:
                 f"{self.h5_dir}: not a folder; point H5_DIR at a folder of TRIDENT/CLAM .h5 files"
             )
         if not self.files():
+            inside = sorted(
+                p.relative_to(self.h5_dir).as_posix()
+                for p in self.h5_dir.glob("**/")
+                if p != self.h5_dir and any(not f.name.endswith("_patches.h5") for f in p.glob("*.h5"))
+            )  # TRIDENT's patches/<name>_patches.h5 hold coordinates only
+            hint = f" (folders below holding .h5 files: {', '.join(inside[:4])})" if inside else ""
             raise UsageError(
                 f"{self.h5_dir}: no .h5 files found; point at a folder of TRIDENT/CLAM feature files"
+                f"{hint}, e.g. TRIDENT's features_<encoder>/ or CLAM's h5_files/"
             )
         if not self.model.strip():
             raise UsageError("--model is empty; name the tool/model that made the features")

@@ -291,3 +291,10 @@ def test_absurd_tile_sizes_fail_instead_of_wrapping(tmp_path, key) -> None:
     result = do_import(path.parent, tmp_path / "s.lance")
     assert result.exit_code == 1 and key in result.failed[0].error
     assert not EmbeddingStore.exists(tmp_path / "s.lance")
+
+
+def test_a_job_folder_points_at_its_feature_folders(tmp_path) -> None:
+    trident_slide(tmp_path / "job", "s", 2)
+    with pytest.raises(UsageError, match=r"20x_256px_0px_overlap/features_uni_v1") as err:
+        ImportConfig(tmp_path / "job", str(tmp_path / "s.lance"), "m")
+    assert "patches" not in str(err.value)  # TRIDENT's coordinate files hold no features

@@ -436,3 +436,24 @@ def test_unknown_level0_resolution_is_said_not_guessed(tmp_path) -> None:
     out = run_export(ExportConfig(str(tmp_path / "s.lance"), tmp_path / "out"))
     assert any("level0_magnification is not written" in n for n in out.notes)
     assert h5_content(tmp_path / "out" / "s.h5") == h5_content(path)
+
+
+def test_scanner_resolution_gives_a_float_magnification(tmp_path) -> None:
+    store = make_mvh_store(tmp_path / "s.lance")
+    row = store.slides().set_index("slide_id").loc["a"].to_dict()
+    tiles = store.slide_tiles("a")
+    emb, _ = store.slide_embeddings("a")
+    record = dict(row, slide_id="scan", mpp=0.2527)
+    store.add_slide(record, tiles.assign(tile_id=[f"scan:{i}:0:443" for i in range(len(tiles))]), emb)
+    run_export(ExportConfig(store.uri, tmp_path / "out"))
+    attrs = trident_reader_attrs(tmp_path / "out" / "scan.h5")["attrs"]
+    assert attrs["target_magnification"] == 20 and isinstance(attrs["target_magnification"], np.int64)
+    assert isinstance(attrs["level0_magnification"], np.float64)
+    assert attrs["level0_magnification"] == pytest.approx(10 / 0.2527)
+    assert attrs["patch_size_level0"] == 443  # round(224 * 0.5 / 0.2527), the footprint the tiles used
+    back = do_import(tmp_path / "out", tmp_path / "back.lance")
+    assert back.exit_code == 0
+    assert (
+        EmbeddingStore.open(tmp_path / "back.lance").slides().set_index("slide_id").loc["scan", "mpp"]
+        == 0.2527
+    )
