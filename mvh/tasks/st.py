@@ -19,7 +19,7 @@ whole `mvh eval st` job (samples -> stores -> evaluation -> results.json, then f
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +29,22 @@ import pandas as pd
 from mvh.errors import DataError, UsageError
 from mvh.jobs import JobResult
 from mvh.progress import Event, Progress, report
+from mvh.tasks.hest_bench import BenchTask, bench_folds, is_bench_task, read_bench_task, read_gene_list
+from mvh.tasks.plots import plot_gene_pcc, plot_spatial_expression
 from mvh.tasks.splits import SPLITS
+from mvh.tasks.st_data import (
+    STExpression,
+    STSample,
+    check_split_metadata,
+    find_samples,
+    load_expression,
+    read_patches_index,
+    sample_thumbnail,
+)
 from mvh.tasks.st_eval import HeldOut, evaluate_st
 from mvh.tasks.st_model import REGRESSORS
-from mvh.tasks.stores import StoreSpec
+from mvh.tasks.st_spots import SpotTiles, plan_spot_tiles, sync_store
+from mvh.tasks.stores import StoreSpec, open_spec
 
 
 def _check(ok: bool, message: str) -> None:
@@ -72,8 +84,6 @@ class STConfig:
     bench: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
-        from mvh.tasks.hest_bench import is_bench_task, read_gene_list
-
         self.inputs = [Path(p) for p in self.inputs]
         self.out_dir = Path(self.out_dir)
         for path in self.inputs:
@@ -142,42 +152,37 @@ def _note(progress: Progress | None, notes: list[str], text: str) -> None:
     report(progress, Event.NOTE, "st", 0, text)
 
 
-def _load_inputs(config: STConfig, progress: Progress | None, notes: list[str]) -> tuple[Any, Any, Any]:
-    """(samples, expression, fixed folds or None) for a HEST-style cohort or a HEST-Benchmark task."""
-    from mvh.tasks.hest_bench import bench_folds, read_bench_task
-    from mvh.tasks.st_data import check_split_metadata, find_samples, load_expression, read_patches_index
-
+def _load_inputs(
+    config: STConfig, progress: Progress | None, notes: list[str]
+) -> tuple[STConfig, list[STSample], STExpression, BenchTask | None]:
+    """(config, samples, expression, task) for a HEST-style cohort or a HEST-Benchmark task (its genes)."""
     if config.bench:
         task = read_bench_task(config.inputs[0], config.genes_file)
         if config.genes is None:
-            config.genes = task.genes
+            config = replace(config, genes=task.genes)
         _note(progress, notes, f"HEST-Benchmark task {task.root.name}: {len(task.folds)} fixed splits, "
                                f"{len(config.genes)} genes from {task.genes_file.name}, every patch of each "
                                "patches file (no in_tissue filter), as HEST")
         barcodes = {s.sample_id: read_patches_index(s.patches)[0].tolist() for s in task.samples}
-        expr = load_expression(task.samples, barcodes)
-        return task.samples, expr, (task, bench_folds)
+        return config, task.samples, load_expression(task.samples, barcodes), task
     samples, sample_notes = find_samples(config.inputs, config.meta)
     for text in sample_notes:
         _note(progress, notes, text)
     check_split_metadata(samples, config.splits)
-    return samples, load_expression(samples), None
+    return config, samples, load_expression(samples), None
 
 
 def run_st(config: STConfig, *, progress: Progress | None = None) -> STResult:
     """The whole `mvh eval st` job: samples -> embeddings (reused or embedded) -> folds -> results.json,
     then the figures (results.json is written first and rewritten with the figure list)."""
-    from mvh.tasks.st_spots import sync_store
-    from mvh.tasks.stores import open_spec
-
     if not config.stores:
         raise UsageError("no model given: pass --model NAME, --models a,b or --store PATH")
     notes: list[str] = []
-    samples, expr, bench = _load_inputs(config, progress, notes)
+    config, samples, expr, task = _load_inputs(config, progress, notes)
     stores_info: dict[str, dict[str, Any]] = {}
     embedding: dict[str, list[dict[str, Any]]] = {}
     per_store: dict[str, dict[str, np.ndarray]] = {}
-    plans: list[Any] = []
+    plans: list[SpotTiles] = []
     dropped: list[dict[str, Any]] = []
     geometry = None
     for spec in config.stores:
@@ -208,7 +213,7 @@ def run_st(config: STConfig, *, progress: Progress | None = None) -> STResult:
     rows = np.flatnonzero(keep)
     expr = expr.subset(rows)
     embeddings = {k: v[rows] for k, v in embeddings.items()}
-    fixed = bench[1](bench[0], expr.spots) if bench is not None else None
+    fixed = bench_folds(task, expr.spots) if task is not None else None
     evaluation, held = evaluate_st(embeddings, expr.counts, expr.genes, expr.spots, config,
                                    progress=progress, fixed_folds=fixed)
     for text in evaluation["notes"]:
@@ -233,9 +238,9 @@ def run_st(config: STConfig, *, progress: Progress | None = None) -> STResult:
     return result
 
 
-def _plan(samples: Sequence[Any], expr: Any, mpp: float, tile_px: int, drop_bad: bool) -> tuple[list, list]:
-    from mvh.tasks.st_spots import plan_spot_tiles
-
+def _plan(
+    samples: Sequence[STSample], expr: STExpression, mpp: float, tile_px: int, drop_bad: bool
+) -> tuple[list[SpotTiles], list[dict[str, Any]]]:
     plans, dropped = [], []
     groups = expr.spots.groupby("sample_id", sort=False).indices
     for sample in samples:
@@ -247,7 +252,7 @@ def _plan(samples: Sequence[Any], expr: Any, mpp: float, tile_px: int, drop_bad:
 
 
 def _align(
-    spots: pd.DataFrame, plans: Sequence[Any], per_store: dict[str, dict[str, np.ndarray]],
+    spots: pd.DataFrame, plans: Sequence[SpotTiles], per_store: dict[str, dict[str, np.ndarray]],
     dropped: list[dict[str, Any]],
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Each store's embeddings aligned with `spots` rows, and which rows have one (dropped spots: none)."""
@@ -270,10 +275,7 @@ def _align(
     return out, keep
 
 
-def _figures(result: STResult, held: list[HeldOut], samples: Sequence[Any], out: Path) -> list[Path]:
-    from mvh.tasks.plots import plot_gene_pcc, plot_spatial_expression
-    from mvh.tasks.st_data import sample_thumbnail
-
+def _figures(result: STResult, held: list[HeldOut], samples: Sequence[STSample], out: Path) -> list[Path]:
     figures = []
     for split in result.settings["splits"]:
         per_model = {m: result.models[m][split]["genes"] for m in result.models}

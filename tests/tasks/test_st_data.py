@@ -336,3 +336,35 @@ def test_sample_ids_are_checked_as_slide_ids(tmp_path):
     (tmp_path / " lead.h5").touch()
     with pytest.raises(UsageError, match="white space"):
         find_samples([tmp_path])
+
+
+def test_samples_sharing_barcodes_keep_their_own_embeddings(cohort, embedder, tmp_path):
+    """Visium barcodes repeat across samples: spots are keyed by (sample, barcode), never barcode alone."""
+    import shutil
+
+    root = tmp_path / "shared"
+    shutil.copytree(cohort.root, root)
+    for sid in ("A0", "B0"):
+        path = root / "st" / f"{sid}.h5ad"
+        ad = anndata.read_h5ad(path)
+        ad.obs_names = [name.split("-", 1)[1] for name in ad.obs_names]  # "A0-r0c0" -> "r0c0"
+        ad.write_h5ad(path)
+    samples = [type(s)(s.sample_id, s.h5ad, s.wsi, None, s.patient, s.study)
+               for s in find_samples([root], cohort.meta)[0]]
+    expr = load_expression(samples)
+    assert expr.spots["barcode"].duplicated().any()
+    store = EmbeddingStore.create(tmp_path / "s.lance", embedder.fingerprint(mpp=0.5, tile_px=224))
+    _sync(samples, expr, store, lambda: embedder)
+    X, found = spot_embeddings(store, expr.spots)
+    assert found.all()
+    a0 = expr.spots.index[expr.spots["sample_id"] == "A0"]
+    b0 = expr.spots.index[expr.spots["sample_id"] == "B0"]
+    for sid, rows in (("A0", a0), ("B0", b0)):  # independent read: that slide's own tiles, by tile id
+        emb, _ = store.slide_embeddings(sid)
+        by_tile = dict(zip(store.slide_tiles(sid)["tile_id"], emb, strict=True))
+        expected = np.stack([by_tile[b] for b in expr.spots.loc[rows, "barcode"]])
+        np.testing.assert_array_equal(X[rows], expected)
+    assert not np.allclose(X[a0], X[b0])  # other slides, other images: other embeddings
+    # Each sample's stored tiles are its own spots, and a rerun reuses both.
+    assert sorted(store.slide_tiles("A0")["tile_id"]) == sorted(expr.spots.loc[a0, "barcode"])
+    assert _sync(samples, expr, store, lambda: None) == ["reused", "reused"]
