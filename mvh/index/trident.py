@@ -171,7 +171,11 @@ def _check_shapes(slide: H5Slide, coords_shape: tuple[int, ...]) -> None:
         slide.n_tiles = 0
         return
     if len(fshape) != 2 or fshape[1] < 1 or coords_shape != (fshape[0], 2):
-        raise DataError(f"{path}: features {fshape} and coords {coords_shape} must be [N, dim] and [N, 2]")
+        # TRIDENT's slide_features_<encoder>/ files hold one vector per slide: not tile embeddings.
+        hint = "; one vector per slide is a slide embedding, not tiles" if len(fshape) == 1 else ""
+        raise DataError(
+            f"{path}: features {fshape} and coords {coords_shape} must be [N, dim] and [N, 2]{hint}"
+        )
     slide.dim = fshape[1]
     slide.n_tiles = fshape[0]
 

@@ -457,3 +457,16 @@ def test_scanner_resolution_gives_a_float_magnification(tmp_path) -> None:
         EmbeddingStore.open(tmp_path / "back.lance").slides().set_index("slide_id").loc["scan", "mpp"]
         == 0.2527
     )
+
+
+def test_trident_slide_features_are_not_taken_for_tiles(tmp_path) -> None:
+    # WSI.extract_slide_features saves `features` squeezed to [D] beside the patch coords.
+    folder = tmp_path / "slide_features_titan"
+    folder.mkdir()
+    trident_save_h5(
+        folder / "s.h5",
+        assets={"features": np.ones(DIM, np.float32), "coords": np.zeros((3, 2), np.int64)},
+        attributes={"features": {"name": "s", "savetodir": str(folder)}},
+    )
+    result = do_import(folder, tmp_path / "x.lance", tile_px=256, mpp=0.5, slide_mpp=0.25)
+    assert result.exit_code == 1 and "slide embedding, not tiles" in result.failed[0].error
