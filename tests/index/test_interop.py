@@ -298,3 +298,13 @@ def test_a_job_folder_points_at_its_feature_folders(tmp_path) -> None:
     with pytest.raises(UsageError, match=r"20x_256px_0px_overlap/features_uni_v1") as err:
         ImportConfig(tmp_path / "job", str(tmp_path / "s.lance"), "m")
     assert "patches" not in str(err.value)  # TRIDENT's coordinate files hold no features
+
+
+def test_reimport_is_idempotent(tmp_path) -> None:
+    folder = trident_slide(tmp_path / "job", "s", 4).parent
+    do_import(folder, tmp_path / "s.lance")
+    first = EmbeddingStore.open(tmp_path / "s.lance").all_embeddings()
+    assert do_import(folder, tmp_path / "s.lance").exit_code == 0
+    store = EmbeddingStore.open(tmp_path / "s.lance")
+    again = store.all_embeddings()
+    assert first[0].equals(again[0]) and (first[1] == again[1]).all() and store.n_tiles == 4
