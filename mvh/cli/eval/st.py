@@ -13,10 +13,8 @@ from mvh.cli._progress import progress_reporter
 from mvh.cli._render import fmt_mean_std
 from mvh.cli.eval._models import (
     _JSON_OPT,
-    _META_OPT,
     _MODEL_OPT,
     _RANDOM_OPT,
-    _SAMPLES_ARG,
     _STORE_OPT,
     _WEIGHTS_OPT,
     _specs,
@@ -64,8 +62,14 @@ def _st_table(result: STResult) -> Table:
 @eval_app.command("st")
 @guarded
 def st_cmd(
-    samples: Annotated[list[Path], _SAMPLES_ARG],
-    meta: Annotated[Path | None, _META_OPT] = None,
+    samples: Annotated[
+        list[Path],
+        typer.Argument(help="HEST-layout cohort folder(s), .h5ad files, or one HEST-Benchmark task folder."),
+    ],
+    meta: Annotated[
+        Path | None,
+        typer.Option("--meta", help="CSV: sample_id|id, patient, study|dataset_title[, mpp] (HEST's CSV)."),
+    ] = None,
     model: Annotated[list[str] | None, _MODEL_OPT] = None,
     store: Annotated[list[str] | None, _STORE_OPT] = None,
     weights: Annotated[list[str] | None, _WEIGHTS_OPT] = None,
@@ -89,7 +93,8 @@ def st_cmd(
         typer.Option("--split", help="patient (default, HEST) | random (spot-level) | loso (study)."),
     ] = None,
     folds: Annotated[
-        int | None, typer.Option("--folds", help="Folds of patient/random splits [min(5, patients) | 5].")
+        int | None,
+        typer.Option("--folds", help="Folds of patient/random splits (default min(5, patients) / 5)."),
     ] = None,
     group_by_sample: Annotated[
         bool, typer.Option("--group-by-sample", help="Random split: keep each sample's spots in one fold.")
