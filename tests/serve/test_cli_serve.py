@@ -1,0 +1,42 @@
+"""`mvh serve` as a process: prints its URL, binds loopback, refuses a public host without a token."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import httpx
+from typer.testing import CliRunner
+
+from mvh.cli import app
+from tests.serve.conftest import TOKEN
+
+
+def test_live_server_binds_loopback_and_needs_the_token(live_server: str) -> None:
+    assert live_server.startswith("http://127.0.0.1:")
+    assert httpx.get(live_server + "/api/health").status_code == 401
+    ok = httpx.get(live_server + "/api/health", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert ok.status_code == 200 and ok.json()["token_required"] is True
+    stores = httpx.get(live_server + "/api/stores", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+    assert [s["name"] for s in stores] == ["embeddings"]
+
+
+def test_public_host_needs_a_token(serve_store: str) -> None:
+    result = CliRunner().invoke(app, ["serve", "--store", serve_store, "--host", "0.0.0.0", "--port", "0"])
+    assert result.exit_code == 2 and "--token" in result.output and "Traceback" not in result.output
+
+
+def test_missing_store_and_results_are_one_line_errors(serve_store: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    result = CliRunner().invoke(app, ["serve", "--store", str(tmp_path / "nope")])
+    assert result.exit_code == 2 and "no embedding store" in result.output
+    result = CliRunner().invoke(app, ["serve", "--store", serve_store, "--results", str(tmp_path)])
+    assert result.exit_code == 2 and "results.json" in result.output
+
+
+def test_port_in_use_is_a_usage_error(serve_store: str, live_server: str) -> None:
+    port = live_server.rsplit(":", 1)[1]
+    proc = subprocess.run(
+        [sys.executable, "-m", "mvh", "serve", "--store", serve_store, "--port", port],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2 and "cannot listen there" in proc.stderr
