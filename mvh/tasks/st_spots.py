@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mvh.errors import DataError, MissingMppError, StoreError
+from mvh.errors import DataError, MissingMppError, StoreError, UsageError
 from mvh.extractor.hashing import sha256_file
 from mvh.index.store import EmbeddingStore
 from mvh.progress import SAMPLES, Event, Progress, report
@@ -192,6 +192,16 @@ def _image_changed(attrs: dict[str, Any] | None, plan: SpotTiles) -> str | None:
     return None
 
 
+def _check_is_st_sample(store: EmbeddingStore, sample_id: str, tile_ids: pd.Series, plan: SpotTiles) -> None:
+    """Refuse to overwrite a slide of the same id that holds other tiles (e.g. an `mvh extract` grid)."""
+    if not tile_ids.astype(str).isin(plan.barcodes.astype(str)).any():
+        raise UsageError(
+            f"store {store.uri}: slide {sample_id!r} holds {len(tile_ids)} tiles that are not spots of ST "
+            f"sample {sample_id} (e.g. {tile_ids.iloc[0]!r}); evaluate with another store (--store-dir) so "
+            "they stay"
+        )
+
+
 def sync_store(
     plans: Sequence[SpotTiles],
     store: EmbeddingStore,
@@ -229,6 +239,8 @@ def sync_store(
         report(progress, Event.STATUS, SAMPLES, 0, sid)
         stored_idx = np.asarray(by_slide.get(sid, []) if sid in done else [], dtype=np.int64)
         attrs = _stored_attrs(slides, sid)
+        if attrs is None and len(stored_idx):
+            _check_is_st_sample(store, sid, rows["tile_id"].iloc[stored_idx], plan)
         reasons: list[str] = []
         changed = _image_changed(attrs, plan) if len(stored_idx) else None
         if changed:

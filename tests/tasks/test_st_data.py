@@ -368,3 +368,16 @@ def test_samples_sharing_barcodes_keep_their_own_embeddings(cohort, embedder, tm
     # Each sample's stored tiles are its own spots, and a rerun reuses both.
     assert sorted(store.slide_tiles("A0")["tile_id"]) == sorted(expr.spots.loc[a0, "barcode"])
     assert _sync(samples, expr, store, lambda: None) == ["reused", "reused"]
+
+
+def test_a_slide_of_the_same_id_with_other_tiles_is_never_overwritten(cohort, embedder, tmp_path):
+    samples, _ = find_samples([cohort.root], cohort.meta)
+    expr = load_expression(samples)
+    store = EmbeddingStore.create(tmp_path / "s.lance", embedder.fingerprint(mpp=0.5, tile_px=224))
+    grid = pd.DataFrame({"tile_id": ["A0:0:0:224", "A0:224:0:224"], "x": [0, 224], "y": [0, 0],
+                         "tile_px": 224, "mpp": 0.5, "tissue_fraction": 1.0})
+    store.add_slide({"slide_id": "A0", "path": "A0.svs"}, grid, np.ones((2, embedder.dim), np.float32))
+    version = store.version
+    with pytest.raises(UsageError, match="slide 'A0' holds 2 tiles that are not spots.*--store-dir"):
+        _sync(samples, expr, store, lambda: embedder)
+    assert store.version == version and sorted(store.slide_tiles("A0")["tile_id"]) == sorted(grid["tile_id"])
