@@ -404,7 +404,7 @@ class EmbeddingStore:
             schema = tiles_schema(fingerprint.embed_dim, fingerprint.embedding_dtype)
             db.create_table(TILES, data=schema.empty_table(), exist_ok=True)
             db.create_table(SLIDES, data=SLIDES_SCHEMA.empty_table(), exist_ok=True)
-        except OSError as exc:
+        except _LANCE_ERRORS as exc:
             raise StoreUnusableError(
                 f"cannot create the store at {uri} ({_reason(exc)}): choose a writable --store path"
             ) from exc
