@@ -239,3 +239,19 @@ def test_loss_curve_has_a_title_and_a_caption(tmp_path, monkeypatch):
     assert saved["title"] == "DINOv2 pretraining of mv_hybrid_tiny: loss per step"
     assert saved["texts"] and saved["texts"][0].replace("\n", " ") == LOSS_CAPTION
     assert "demo" in LOSS_CAPTION and "fall" in LOSS_CAPTION
+
+
+@pytest.mark.parametrize("size", [(64, 64), (37, 50)])
+def test_blur_equals_torchvision_gaussian_blur(size):
+    """Ours vs torchvision's GaussianBlur(9, sigma) (what the authors' transforms.py uses)."""
+    from PIL import Image
+    from torchvision.transforms import functional as TF
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (*size, 3), dtype=np.uint8))
+    for seed in range(6):
+        sigma = augment._uniform(0.1, 2.0, torch.Generator().manual_seed(seed))
+        ours = np.asarray(augment.gaussian_blur(image, torch.Generator().manual_seed(seed), 9, (0.1, 2.0)))
+        ref = np.asarray(TF.gaussian_blur(image, [9, 9], [sigma, sigma]))
+        diff = np.abs(ours.astype(int) - ref.astype(int))
+        assert diff.max() <= 1 and (diff > 0).mean() < 1e-3  # float rounding at .5 ties only
+        assert np.abs(ours.astype(int) - np.asarray(image).astype(int)).max() > 0
