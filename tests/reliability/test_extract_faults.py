@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -192,3 +195,45 @@ def test_tile_out_naming_an_existing_file_exits_2(good, tmp_path) -> None:
     existing.write_text("keep me")
     result = runner.invoke(app, ["tile", str(good / "g1.tiff"), "--out", str(existing)])
     assert result.exit_code == 2 and "existing file" in result.output and existing.read_text() == "keep me"
+
+
+@pytest.mark.slow  # a second interpreter as another user imports torch: ~50 s on two cores
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root to run a command as nobody"
+)
+def test_a_store_another_user_cannot_write_is_refused_before_embedding(good) -> None:
+    """A real permission check: the store belongs to root, `mvh extract` runs as nobody."""
+    folder = Path(tempfile.mkdtemp(prefix="mvh-ro-"))
+    try:
+        folder.chmod(0o755)
+        target = shutil.copy(good / "g1.tiff", folder / "g1.tiff")
+        store = folder / "ro.lance"
+        assert extract(str(target), "--store", str(store))[0] == 0
+        home = folder / "home"
+        home.mkdir(mode=0o777)
+        home.chmod(0o777)
+        for path in [folder, *folder.rglob("*")]:
+            if path != home:
+                path.chmod(0o755 if path.is_dir() else 0o644)
+        command = [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            sys.executable,
+            "-m",
+            "mvh",
+            "extract",
+            str(target),
+            "--store",
+            str(store),
+            *BASE,
+            "--overwrite",
+        ]
+        env = {**os.environ, "HOME": str(home), "XDG_CACHE_HOME": str(home)}
+        run = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=home)
+        assert run.returncode == 2, run.stderr
+        assert "not writable" in run.stderr and "Traceback" not in run.stderr
+        assert verify_store(EmbeddingStore.open(store)).ok
+    finally:
+        shutil.rmtree(folder)
