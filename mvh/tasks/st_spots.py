@@ -267,13 +267,15 @@ def sync_store(
                 reasons.append(f"{extra} stored spot(s) no longer in the sample are removed")
         sample_emb = np.empty((len(plan.barcodes), fp.embed_dim), np.float32)
         sample_emb[hit] = emb[stored_idx[position[hit]]]
+        started = time.perf_counter()
         if len(todo):
+            store.check_writable()  # before the embedding work, not after it
             if embedder is None:
                 embedder = embedder_factory()
             log.info("embedding %d spots of %s into %s", len(todo), sid, store.uri)
             sample_emb[todo] = _embed_tiles(plan, todo, embedder, fp, batch_size, workers)
         if len(todo) or extra > 0 or sid not in done or (has_attrs and attrs != plan.identity):
-            _commit(store, plan, sample_emb)
+            _commit(store, plan, sample_emb, time.perf_counter() - started)
         if len(stored) == 0:
             status = "embedded"
         else:
@@ -289,9 +291,8 @@ def sync_store(
     return out, result
 
 
-def _commit(store: EmbeddingStore, plan: SpotTiles, embeddings: np.ndarray) -> None:
+def _commit(store: EmbeddingStore, plan: SpotTiles, embeddings: np.ndarray, seconds: float) -> None:
     fp = store.fingerprint
-    started = time.perf_counter()
     tiles = pd.DataFrame({"tile_id": plan.barcodes.astype(str), "x": plan.x, "y": plan.y,
                           "tile_px": fp.tile_px, "mpp": fp.mpp, "tissue_fraction": np.nan})
     record = {"slide_id": plan.sample.sample_id, "path": str(plan.image),
@@ -299,7 +300,7 @@ def _commit(store: EmbeddingStore, plan: SpotTiles, embeddings: np.ndarray) -> N
               "mpp": plan.slide_mpp if plan.kind == "wsi" else fp.mpp,
               "mpp_source": plan.mpp_source if plan.kind == "wsi" else "patches",
               "attrs": json.dumps({"st": plan.identity}, sort_keys=True),
-              "seconds": time.perf_counter() - started}
+              "seconds": seconds}
     if plan.dims is not None:
         record["width"], record["height"] = plan.dims
     store.add_slide(record, tiles, embeddings)
