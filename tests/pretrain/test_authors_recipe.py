@@ -254,4 +254,5 @@ def test_blur_equals_torchvision_gaussian_blur(size):
         ref = np.asarray(TF.gaussian_blur(image, [9, 9], [sigma, sigma]))
         diff = np.abs(ours.astype(int) - ref.astype(int))
         assert diff.max() <= 1 and (diff > 0).mean() < 1e-3  # float rounding at .5 ties only
-        assert np.abs(ours.astype(int) - np.asarray(image).astype(int)).max() > 0
+        if sigma > 0.5:  # a visible blur (sigma near 0.1 leaves the image as it is)
+            assert np.abs(ours.astype(int) - np.asarray(image).astype(int)).max() > 10
