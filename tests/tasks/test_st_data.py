@@ -381,3 +381,20 @@ def test_a_slide_of_the_same_id_with_other_tiles_is_never_overwritten(cohort, em
     with pytest.raises(UsageError, match="slide 'A0' holds 2 tiles that are not spots.*--store-dir"):
         _sync(samples, expr, store, lambda: embedder)
     assert store.version == version and sorted(store.slide_tiles("A0")["tile_id"]) == sorted(grid["tile_id"])
+
+
+def test_unwritable_store_is_refused_before_any_embedding(cohort, tmp_path, embedder):
+    from mvh.errors import StoreError
+
+    samples, _ = find_samples([cohort.root], cohort.meta)
+    expr = load_expression(samples)
+    store = EmbeddingStore.create(tmp_path / "s.lance", embedder.fingerprint(mpp=0.5, tile_px=224))
+
+    def read_only():
+        raise StoreError(f"store {store.uri} is read-only")
+
+    store.check_writable = read_only
+    built = []
+    with pytest.raises(StoreError, match="read-only"):
+        _sync(samples, expr, store, lambda: built.append(1) or embedder)
+    assert built == []
