@@ -1,0 +1,175 @@
+"""`mvh serve` latency on loopback: image search on a 100k-tile IVF-PQ store, DeepZoom tiles cold and cached.
+
+The store holds the real sample slide (embedded by `mv_hybrid_tiny`, random-init, so an image query is
+embedded by the same small model) plus synthetic slides of clustered embeddings
+(`mvh.index.synthetic`) up to `--tiles` rows, indexed IVF-PQ. `mvh serve` runs as its own process (as a
+user runs it); `--clients` threads send requests until `--requests` are done or `--max-seconds` pass.
+
+    python benchmarks/serve.py [--tiles 100000 --clients 10 --requests 200 --max-seconds 120]
+
+Goals (issue 17): search p95 < 300 ms at 10 concurrent clients; cached DeepZoom tiles p95 < 20 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+
+from mvh.extractor.extract import ExtractConfig, extract_slides
+from mvh.extractor.synthetic import write_synthetic_slide
+from mvh.index.store import EmbeddingStore
+from mvh.index.synthetic import clustered_embeddings
+from mvh.index.vector import build_index
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+TILES_PER_SLIDE = 2000
+
+
+def make_store(folder: Path, n_tiles: int) -> tuple[str, str]:
+    """A store with a real (or synthetic) slide and synthetic slides up to n_tiles rows; (uri, slide id)."""
+    slide = SHARED / "CMU-1-Small-Region.svs"
+    if not slide.exists():
+        slide = write_synthetic_slide(folder / "slide.tiff", 4096, 4096, 0.5, seed=0)
+    uri = str(folder / "bench.lance")
+    cfg = ExtractConfig("mv_hybrid_tiny", random_init=True, batch_size=32, workers=0)
+    extract_slides([slide], uri, cfg, device="cpu")
+    store = EmbeddingStore.open(uri)
+    record = store.slides().iloc[0].to_dict()
+    remaining = n_tiles - store.n_tiles
+    emb, _ = clustered_embeddings(max(remaining, 0), dim=store.dim, seed=0)
+    for i, start in enumerate(range(0, remaining, TILES_PER_SLIDE)):
+        part = emb[start : start + TILES_PER_SLIDE]
+        j = np.arange(len(part))
+        slide_id = f"synthetic{i:03d}"
+        x, y = (j % 100) * 224, (j // 100) * 224
+        tiles = pd.DataFrame({
+            "tile_id": [f"{slide_id}:{a}:{b}:224" for a, b in zip(x, y, strict=True)],
+            "x": x, "y": y, "tile_px": 224, "mpp": 0.5, "tissue_fraction": 1.0,
+        })
+        store.add_slide({**record, "slide_id": slide_id, "n_tiles": len(part)}, tiles, part)
+    build_index(EmbeddingStore.open(uri), kind="ivfpq")
+    return uri, str(record["slide_id"])
+
+
+def start_server(uri: str) -> tuple[subprocess.Popen[str], str]:
+    """`mvh serve` on a free loopback port: the process and its base URL."""
+    proc = subprocess.Popen([sys.executable, "-m", "mvh", "serve", "--store", uri, "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        found = re.search(r"http://127\.0\.0\.1:\d+", line)
+        if found:
+            url = found.group(0)
+            for _ in range(200):
+                try:
+                    httpx.get(url + "/api/health", timeout=2)
+                    return proc, url
+                except httpx.TransportError:
+                    time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("mvh serve did not start")
+
+
+def run_clients(
+    work: list[Any], clients: int, max_seconds: float, send: Callable[[httpx.Client, Any], httpx.Response]
+) -> list[float]:
+    """Send each item once from `clients` threads (stop at max_seconds): latencies in ms."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+    items = iter(work)
+    deadline = time.monotonic() + max_seconds
+
+    def client() -> None:
+        with httpx.Client(timeout=60) as session:
+            while time.monotonic() < deadline:
+                with lock:
+                    item = next(items, None)
+                if item is None:
+                    return
+                start = time.perf_counter()
+                response = send(session, item)
+                elapsed = (time.perf_counter() - start) * 1000
+                response.raise_for_status()
+                with lock:
+                    latencies.append(elapsed)
+
+    with ThreadPoolExecutor(clients) as pool:
+        for future in [pool.submit(client) for _ in range(clients)]:
+            future.result()
+    return latencies
+
+
+def summary(name: str, latencies: list[float]) -> str:
+    """`name: n, p50, p95` in ms."""
+    p50, p95 = np.percentile(latencies, [50, 95])
+    return f"{name}: n={len(latencies)} p50 {p50:.1f} ms, p95 {p95:.1f} ms"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tiles", type=int, default=100_000)
+    parser.add_argument("--clients", type=int, default=10)
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--max-seconds", type=float, default=120.0)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="mvh-bench-serve-") as tmp:
+        t0 = time.perf_counter()
+        uri, slide_id = make_store(Path(tmp), args.tiles)
+        n = EmbeddingStore.open(uri).n_tiles
+        print(f"store: {n} tiles, IVF-PQ, built in {time.perf_counter() - t0:.1f} s")
+        query = SHARED / "he_tile_1000px.png"
+        if not query.exists():
+            query = Path(tmp) / "query.png"
+            from PIL import Image
+
+            Image.new("RGB", (512, 512), (190, 110, 170)).save(query)
+        payload = query.read_bytes()
+        proc, url = start_server(uri)
+        try:
+            def post(session: httpx.Client, _: int) -> httpx.Response:
+                return session.post(url + "/api/search", files={"image": ("q.png", payload, "image/png")},
+                                    data={"k": "10"})
+
+            run_clients(list(range(5)), 1, args.max_seconds, post)  # warm-up: model built, index loaded
+            search = run_clients(list(range(args.requests)), args.clients, args.max_seconds, post)
+            print(summary(f"POST /api/search (image, k=10, {args.clients} clients)", search))
+            desc = httpx.get(f"{url}/api/dzi/bench/{slide_id}").json()["Image"]
+            width, height = int(desc["Size"]["Width"]), int(desc["Size"]["Height"])
+            tile = int(desc["TileSize"])
+            top = int(np.ceil(np.log2(max(width, height))))
+            paths = []
+            for level in range(top, -1, -1):
+                scale = 2 ** (top - level)
+                cols = -(-int(np.ceil(width / scale)) // tile)
+                rows = -(-int(np.ceil(height / scale)) // tile)
+                paths += [f"/api/dzi/bench/{slide_id}/{level}/{c}_{r}.jpeg"
+                          for r in range(rows) for c in range(cols)]
+            paths = paths[: args.requests]
+
+            def get(session: httpx.Client, path: str) -> httpx.Response:
+                return session.get(url + path)
+
+            cold = run_clients(paths, args.clients, args.max_seconds, get)
+            cached = run_clients(paths, args.clients, args.max_seconds, get)
+            print(summary(f"DeepZoom tiles, cold ({args.clients} clients)", cold))
+            print(summary(f"DeepZoom tiles, cached ({args.clients} clients)", cached))
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()
