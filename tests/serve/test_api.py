@@ -164,3 +164,26 @@ def test_st_predictions_long_and_wide(tmp_path: Path) -> None:
     assert layer.kind == "st" and layer.slide_id == "A" and layer.anchor == "centre"
     assert (layer.x, layer.y) == ([10, 30], [20, 40])
     assert layer.values == {"CD3E": [0.5, 0.0], "MKI67": [1.5, 2.5]}
+
+
+def test_store_without_its_weights_offers_tile_queries_only(
+    serve_store: str, he_tile: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dataclasses
+
+    from mvh.serve import ServeConfig, create_app
+
+    app = create_app(ServeConfig(stores=[serve_store]))
+    entry = app.state.catalog.entries["embeddings"]
+    gone = dataclasses.replace(
+        entry.store.fingerprint, weights_sha256="ab" * 32, weights_path="/nowhere/teacher_checkpoint.pth"
+    )
+    monkeypatch.setattr(entry.store, "fingerprint", gone)
+    client = TestClient(app)
+    [store] = client.get("/api/stores").json()
+    assert store["image_queries"] is False
+    assert "/nowhere/teacher_checkpoint.pth" in store["image_queries_reason"]
+    with he_tile.open("rb") as fh:
+        response = client.post("/api/search", files={"image": ("he.png", fh, "image/png")})
+    assert response.status_code == 400 and "stored tile" in response.json()["detail"]
+    assert client.post("/api/search", json={"tile": f"{REAL}:1120:896", "k": 3}).status_code == 200
