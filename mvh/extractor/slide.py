@@ -182,8 +182,8 @@ class Slide:
                 page = tif.pages.first
                 array = page.asarray()
                 tags = {t.code: t.value for t in page.tags.values()}
-        except (tifffile.TiffFileError, OSError, ValueError, RuntimeError):
-            return False
+        except (tifffile.TiffFileError, OSError, ValueError, RuntimeError, IndexError):
+            return False  # IndexError: a TIFF header without pages
         if array.ndim == 2:
             array = np.repeat(array[..., None], 3, axis=2)
         if array.ndim != 3 or array.shape[2] not in (3, 4):

@@ -6,7 +6,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from mvh.errors import MvhError
@@ -37,6 +37,8 @@ def _open(data: bytes, suffix: str) -> None:
 
 
 @FUZZ
+@example(data=b"II*\0" + bytes(64), suffix=".tif")  # a TIFF header without pages: tifffile's IndexError
+@example(data=b"II+\0\x08\0\0\0" + bytes(64), suffix=".tiff")
 @given(
     data=st.binary(max_size=4096), suffix=st.sampled_from([".tif", ".tiff", ".svs", ".png", ".jpg", ".ndpi"])
 )
