@@ -162,3 +162,23 @@ def test_real_slide(sample_slide) -> None:
         assert all(a.dtype == np.uint8 and a.shape[2] == 3 for a in slide.associated_images.values())
         thumb = slide.thumbnail(256)
         assert thumb.shape == (256, round(2220 * 256 / 2967), 3)
+
+
+def test_open_slide_turns_any_decoder_exception_into_a_slide_error(tmp_path, monkeypatch) -> None:
+    from mvh.extractor import slide as slide_module
+
+    def explode(self) -> None:
+        raise ZeroDivisionError("division by zero in a decoder")
+
+    path = tmp_path / "x.tif"
+    path.write_bytes(b"II*\0" + bytes(64))
+    monkeypatch.setattr(slide_module.Slide, "_open", explode)
+    with pytest.raises(SlideError, match=r"x.tif: cannot be opened \(ZeroDivisionError: division by zero"):
+        slide_module.open_slide(path)
+
+
+def test_a_tiff_header_without_pages_is_a_slide_error(tmp_path) -> None:
+    path = tmp_path / "empty_pages.tif"
+    path.write_bytes(b"II*\0" + bytes(64))
+    with pytest.raises(SlideError, match="empty_pages.tif: cannot be opened"):
+        open_slide(path, mpp=0.5)
