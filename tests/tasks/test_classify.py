@@ -19,13 +19,8 @@ from mvh.index.store import EmbeddingStore, StoreFingerprint
 from mvh.progress import FOLDS, Event, Recorder
 from mvh.tasks import classifiers
 from mvh.tasks.classifiers import choose_c, fit_uni_probe, predict_knn, predict_probe, uni_c
-from mvh.tasks.classify import (
-    ClassifierSettings,
-    evaluate_classification,
-    labelled_embeddings,
-    read_image_folder,
-    tile_groups,
-)
+from mvh.tasks.classify import ClassifierSettings, evaluate_classification
+from mvh.tasks.tile_labels import labelled_embeddings, read_image_folder, tile_groups
 
 
 @pytest.fixture(autouse=True, scope="module")
