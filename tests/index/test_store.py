@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -291,3 +292,19 @@ def test_all_embeddings_of_chosen_slides_in_one_scan(store) -> None:
     store.add_failed_slide(record("f"), "unreadable")
     with pytest.raises(StoreError, match=r"slides \['f', 'zz'\] are not done"):
         store.all_embeddings(slide_ids=["a", "f", "zz"])
+
+
+def test_invisible_leftovers_older_than_an_hour_go_with_the_next_commit(store, monkeypatch) -> None:
+    import mvh.index.store as store_module
+
+    old = f"{int((time.time() - 7200) * 1000):012x}-{'0' * 16}"
+    fresh = f"{int(time.time() * 1000):012x}-{'1' * 16}"
+    for commit in (old, fresh):  # two interrupted commits: tiles appended, no slides row
+        table = store._tiles_table("a", tiles_of("a", 3), np.zeros((3, DIM)), commit)
+        store._append_tiles("a", table)
+    assert store.orphan_tile_count() == 6
+    monkeypatch.setattr(store_module, "_new_commit", lambda: f"{int(time.time() * 1000):012x}-{'2' * 16}")
+    store.add_slide(record("a"), tiles_of("a", 3), np.ones((3, DIM)))
+    left = set(store._tiles.to_arrow().column("commit").to_pylist())
+    assert old not in left and fresh in left  # a fresh one may belong to a writer still running
+    assert store.orphan_tile_count() == 3 and store.n_tiles == 3
