@@ -407,7 +407,8 @@ def _loader(
 def _status_line(record: dict[str, Any]) -> str:
     loss = record["loss"]
     terms = " ".join(f"{k} {loss[k]:.3f}" for k in ("total", "dino", "ibot", "koleo") if k in loss)
-    return f"{terms} | lr {record['lr']:.2e} | {record['images_per_second']:.1f} img/s"
+    speed = f"{record['images_per_second']:.1f} img/s"
+    return f"step {record['step'] + 1}: {terms} | lr {record['lr']:.2e} | {speed}"
 
 
 def run_pretrain(config: PretrainConfig, *, progress: Progress | None = None) -> PretrainResult:
@@ -466,8 +467,8 @@ def run_pretrain(config: PretrainConfig, *, progress: Progress | None = None) ->
                 records.append(record)
                 with open(run_dir / LOG_FILE, "a") as fh:
                     fh.write(json.dumps(record) + "\n")
-                report(shown, Event.STATUS, STEPS, 0, _status_line(record))
                 report(shown, Event.ADVANCE, STEPS, 1)
+                report(shown, Event.STATUS, STEPS, 0, _status_line(record))
                 if step % config.save_every == 0 or step == last_step:
                     atomic_save(trainer.state_dict(step), run_dir / TRAIN_STATE)
                     save_teacher(trainer.teacher, run_dir)

@@ -211,7 +211,7 @@ def test_run_reports_through_the_progress_protocol_and_writes_results(synthetic_
     assert recorder.count(Event.TOTAL, STEPS) == result.steps == 4
     assert recorder.count(Event.ADVANCE, STEPS) == 4
     statuses = [d for e, t, _, d in recorder.calls if e == Event.STATUS and t == STEPS]
-    assert statuses[0] == "reading the inputs" and statuses[-1].startswith("total ")
+    assert statuses[0] == "reading the inputs" and statuses[-1].startswith("step 4: total ")
     notes = [d for e, _, _, d in recorder.calls if e == Event.NOTE]
     assert any("1 of the recipe's 200 epochs" in n for n in notes)
     saved = json.loads((result.run_dir / RESULTS).read_text())
