@@ -99,7 +99,13 @@ def file_hash(path: Path) -> str:
 
 
 def _positive(value: float | None, flag: str) -> None:
-    if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+    if value is None:
+        return
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not (math.isfinite(number) and number > 0):
         raise UsageError(f"{flag} {value} must be a positive, finite number")
 
 
