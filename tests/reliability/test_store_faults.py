@@ -218,3 +218,16 @@ def test_attrs_are_stored_per_slide_as_a_json_object(tmp_path) -> None:
     assert json.loads(store.slides().set_index("slide_id").loc["a", "attrs"]) == geometry
     with pytest.raises(StoreError, match="attrs must be a JSON object"):
         store.add_slide({"slide_id": "c", "attrs": [1, 2]}, tiles("c", 1), distinct(1, 3))
+
+
+@pytest.mark.parametrize(
+    "command", [["index", "build"], ["export", "--out", "{tmp}/out"]], ids=["index", "export"]
+)
+def test_commands_that_read_embeddings_stop_at_bit_rot_with_exit_1(rotted, tmp_path, command) -> None:
+    """The finiteness check sits inside the store's reads, so every command inherits it."""
+    store, _ = rotted
+    args = [a.format(tmp=tmp_path) for a in command]
+    result = runner.invoke(app, [*args, "--store", store.uri])
+    assert result.exit_code == 1, result.output
+    assert "non-finite embedding values in slide(s) ['a']" in " ".join(result.output.split())
+    assert "Traceback" not in result.output
