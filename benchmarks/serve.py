@@ -144,6 +144,8 @@ def main() -> None:
                                     data={"k": "10"})
 
             run_clients(list(range(5)), 1, args.max_seconds, post)  # warm-up: model built, index loaded
+            alone = run_clients(list(range(max(args.requests // 5, 5))), 1, args.max_seconds, post)
+            print(summary("POST /api/search (image, k=10, 1 client)", alone))
             search = run_clients(list(range(args.requests)), args.clients, args.max_seconds, post)
             print(summary(f"POST /api/search (image, k=10, {args.clients} clients)", search))
             desc = httpx.get(f"{url}/api/dzi/bench/{slide_id}").json()["Image"]

@@ -79,6 +79,7 @@ class TileQuery(BaseModel):
     k: int = Field(10, ge=1, le=MAX_K)
     store: str | None = None
     slide_level: bool = False
+    include_self: bool = Field(False, description="keep the query tile in its own hits (--include-self)")
 
 
 _SEARCH_BODY = {
@@ -269,7 +270,7 @@ def create_app(config: ServeConfig) -> FastAPI:
             if kind == "application/json":
                 body = TileQuery.model_validate(await request.json())
                 return await run_in_threadpool(
-                    searcher.tile_search, body.store, body.tile, body.k, body.slide_level
+                    searcher.tile_search, body.store, body.tile, body.k, body.slide_level, body.include_self
                 )
         except ValidationError as exc:
             return _error(422, "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}"

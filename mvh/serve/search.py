@@ -71,12 +71,16 @@ class SearchService:
                  "width": int(pixels.shape[1]), "height": int(pixels.shape[0]), "image": png_data_url(fed)}
         return self._response(entry, result, query)
 
-    def tile_search(self, store: str | None, tile: str, k: int, slide_level: bool) -> dict[str, Any]:
-        """Search with a stored tile `SLIDE:X:Y` as the query."""
+    def tile_search(
+        self, store: str | None, tile: str, k: int, slide_level: bool, include_self: bool = False
+    ) -> dict[str, Any]:
+        """Search with a stored tile `SLIDE:X:Y` (or its tile id) as the query."""
         slide_id, x, y = parse_tile_ref(tile)
         entry = self.catalog.holding(slide_id, store)
         entry.slide(slide_id)
-        result = run_query(entry.store.uri, tile=tile, k=k, slide_level=slide_level)
+        result = run_query(
+            entry.store.uri, tile=tile, k=k, slide_level=slide_level, include_self=include_self
+        )
         query = {**jsonable(result.query), "slide_id": slide_id, "x": x, "y": y,
                  "image": tile_url(entry.name, slide_id, x, y)}
         return self._response(entry, result, query)

@@ -80,6 +80,10 @@ def test_tile_and_slide_level_search_equal_mvh_search_json(app_client: TestClien
         tuple(h[k] for k in HIT_KEYS) for h in cli_out["hits"]
     ]
     assert out["query"]["image"] == f"/api/tiles/{REAL}/896/448.jpg?store=embeddings"
+    cli_out = cli_search(["--store", serve_store, "--query-tile", ref, "-k", "3", "--include-self"])
+    out = app_client.post("/api/search", json={"tile": ref, "k": 3, "include_self": True}).json()
+    assert [h["tile_id"] for h in out["hits"]] == [h["tile_id"] for h in cli_out["hits"]]
+    assert (out["hits"][0]["x"], out["hits"][0]["y"]) == (896, 448)
     cli_out = cli_search(["--store", serve_store, "--query-tile", ref, "-k", "2", "--slide-level"])
     out = app_client.post("/api/search", json={"tile": ref, "k": 2, "slide_level": True}).json()
     assert out["slide_level"] is True
