@@ -38,6 +38,8 @@ def info_cmd(
         ("tiles stored", str(info["n_tiles"])),
         ("created", f"{info['created']} by mvh {info['mvh_version']}"),
     ]
+    if not info["writable_layout"]:
+        rows.append(("layout", "written by an older mvh: readable; new slides go into a new store"))
     for key, value in rows:
         head.add_row(key, value)
     console.print(head)

@@ -876,6 +876,7 @@ class EmbeddingStore:
             "n_slides": len(slides),
             "slides_by_status": {str(k): int(v) for k, v in counts.items()},
             "n_tiles": int(slides.loc[slides["status"] == DONE, "n_tiles"].sum()) if len(slides) else 0,
+            "writable_layout": not self.legacy,
             "schema": {name: [f"{f.name}: {f.type}" for f in s] for name, s in self.schema().items()},
         }
 
