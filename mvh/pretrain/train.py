@@ -170,6 +170,7 @@ class Trainer:
         from mvh.extractor.models import create_model
 
         self.config, self.device, self.steps_per_epoch = config, device, steps_per_epoch
+        self.world_size = world_size
         self.schedules = build_schedules(
             epochs=config.epochs,
             steps_per_epoch=steps_per_epoch,
@@ -243,20 +244,26 @@ class Trainer:
         return int(state["step"])
 
     def masks(self, n_images: int, step: int, rank: int) -> torch.Tensor | None:
-        """iBOT masks of this step's global crops [n_images, N], keyed by (seed, step, rank)."""
+        """iBOT masks [n_images, N] of this rank's global crops (crop-major), keyed by (seed, step).
+
+        The masks are drawn for the whole global batch and this rank takes its images' rows, so a run on
+        W ranks masks exactly what a one-process run of the same global batch masks.
+        """
         c = self.config
         if c.mask_probability <= 0 or c.ibot_weight <= 0:
             return None
-        generator = keyed_generator(c.seed, step, rank, 1)
-        return sample_masks(
-            n_images,
+        local = n_images // 2
+        world = self.world_size
+        masks = sample_masks(
+            n_images * world,
             self.mask_grid,
-            generator,
+            keyed_generator(c.seed, step, 1),
             c.mask_ratio[0],
             c.mask_ratio[1],
             c.mask_probability,
             c.mask_mode,
-        ).to(self.device)
+        ).view(2, world * local, -1)
+        return masks[:, rank * local : (rank + 1) * local].reshape(n_images, -1).to(self.device)
 
     def step(self, batch: dict[str, torch.Tensor], step: int, rank: int = 0) -> dict[str, Any]:
         """One optimisation step on a collated multi-crop batch; returns the step's log values."""
@@ -288,6 +295,8 @@ class Trainer:
                 ibot_weight=c.ibot_weight,
                 koleo_weight=c.koleo_weight,
             )
+        if self.world_size > 1:  # log the global batch's loss, as DINOv2 does (all-reduced mean)
+            out.terms = _mean_over_ranks(out.terms, self.device)
         if not math.isfinite(out.terms["total"]):
             raise UsageError(f"pretrain: loss is {out.terms['total']} at step {step}; lower --lr")
         self.optimizer.zero_grad(set_to_none=True)
@@ -311,6 +320,13 @@ class Trainer:
             "teacher_temp": values["teacher_temp"],
             "grad_norm_backbone": grad_norm,
         }
+
+
+def _mean_over_ranks(terms: dict[str, float], device: torch.device) -> dict[str, float]:
+    keys = sorted(terms)
+    values = torch.tensor([terms[k] for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(values)
+    return {k: float(v) / dist.get_world_size() for k, v in zip(keys, values.tolist(), strict=True)}
 
 
 def _check_resumable(config: PretrainConfig, run_dir: Path) -> dict[str, Any]:
