@@ -256,3 +256,20 @@ def test_blur_equals_torchvision_gaussian_blur(size):
         assert diff.max() <= 1 and (diff > 0).mean() < 1e-3  # float rounding at .5 ties only
         if sigma > 0.5:  # a visible blur (sigma near 0.1 leaves the image as it is)
             assert np.abs(ours.astype(int) - np.asarray(image).astype(int)).max() > 10
+
+
+@pytest.mark.parametrize(
+    "changes, key",
+    [
+        ({"epochs": 0}, "optim.epochs"),
+        ({"grayscale_p": 1.5}, "crops.grayscale_p"),
+        ({"blur_kernel_size": 8}, "crops.blur_kernel_size"),
+        ({"precision": "fp8"}, "compute_precision.autocast"),
+        ({"mask_ratio": (0.6, 0.2)}, "ibot.mask_ratio_min_max"),
+    ],
+)
+def test_config_validates_on_construction(changes, key):
+    from mvh.errors import UsageError
+
+    with pytest.raises(UsageError, match=f"^pretrain config: {key} "):
+        PretrainConfig(**changes)
