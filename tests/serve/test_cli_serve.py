@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import httpx
 from typer.testing import CliRunner
 
@@ -35,8 +32,5 @@ def test_missing_store_and_results_are_one_line_errors(serve_store: str, tmp_pat
 
 def test_port_in_use_is_a_usage_error(serve_store: str, live_server: str) -> None:
     port = live_server.rsplit(":", 1)[1]
-    proc = subprocess.run(
-        [sys.executable, "-m", "mvh", "serve", "--store", serve_store, "--port", port],
-        capture_output=True, text=True, timeout=120,
-    )
-    assert proc.returncode == 2 and "cannot listen there" in proc.stderr
+    result = CliRunner().invoke(app, ["serve", "--store", serve_store, "--port", port])
+    assert result.exit_code == 2 and "cannot listen there" in result.output
