@@ -431,6 +431,10 @@ def run_pretrain(config: PretrainConfig, *, progress: Progress | None = None) ->
     """Train `config.model` with the DINOv2 recipe on `config.inputs`; write the run directory."""
     if not config.inputs:
         raise UsageError("pretrain: no inputs; pass folders of tile images or slide files")
+    from mvh.extractor.models import create_model
+
+    with torch.device("meta"):  # model name and --overrides checked before any slide is tiled
+        create_model(config.model, **config.model_overrides)
     run_dir = Path(config.out)
     device = resolve_device(config.device)
     env = _Distributed(device)

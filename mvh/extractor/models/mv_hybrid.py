@@ -186,7 +186,7 @@ class MVHybrid(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.mask_token = nn.Parameter(torch.zeros(1, embed_dim))
         attention = attention_block_indices(depth)
-        drop_path = torch.linspace(0, drop_path_rate, depth).tolist()
+        drop_path = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()  # also under meta
         self.blocks = BlockStack(
             [
                 Block(

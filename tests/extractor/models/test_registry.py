@@ -154,3 +154,11 @@ def test_an_alias_cannot_shadow_a_name():
         register_alias("uni", "h_optimus_0")
     with pytest.raises(ValueError, match="already taken"):
         register_alias("uni_v1", "uni")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_backbone_builds_on_the_meta_device(name):
+    """Callers check a name and its overrides without allocating weights (mvh pretrain does, first)."""
+    with torch.device("meta"):
+        model = create_model(name)
+    assert all(p.is_meta for p in model.parameters())
