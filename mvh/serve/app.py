@@ -18,7 +18,7 @@ from mvh.errors import CheckpointError, MvhError, StoreError, UsageError
 from mvh.serve.auth import COOKIE, OPEN_PATHS, authorized, cookie_value, token_ok
 from mvh.serve.catalog import Catalog, NotFound
 from mvh.serve.config import ServeConfig
-from mvh.serve.results import layers_for, read_results_folder
+from mvh.serve.results import figures_for, layers_for, read_results_folder
 from mvh.serve.search import SearchService
 from mvh.serve.tiles import TileServer
 from mvh.serve.uploads import NotAnImage, UploadTooLarge
@@ -219,9 +219,19 @@ def create_app(config: ServeConfig) -> FastAPI:
     def overlays(store: str, slide_id: str) -> dict[str, Any]:
         """Attention and ST layers of the --results folders on this slide."""
         catalog.get(store).slide(slide_id)
-        return {"layers": layers_for(results, slide_id),
+        return {"layers": layers_for(results, slide_id), "figures": figures_for(results, slide_id),
                 "results": [{"name": r.name, "task": r.task, "folder": r.folder.name, "notes": r.notes}
                             for r in results]}
+
+    @app.get("/api/results/{name}/figures/{key}", response_class=Response,
+             responses={200: {"content": {"image/png": {}}}})
+    def figure(name: str, key: str) -> Response:
+        """A PNG figure listed in a --results folder's results.json (by folder name r0, r1, ... and key)."""
+        folder = next((r for r in results if r.name == name), None)
+        found = None if folder is None else folder.figures.get(key)
+        if found is None:
+            raise NotFound(f"no figure {key!r} in results {name!r}")
+        return FileResponse(found.path, media_type="image/png")
 
     @app.get("/api/tiles/{slide_id}/{x}/{y}.jpg", response_class=Response,
              responses={200: {"content": {JPEG: {}}}})

@@ -10,7 +10,9 @@ A folder is recognised by its `results.json`; per-tile values are read from tidy
   `x`, `y` (level-0 spot centres), and one numeric column per gene (wide), or `gene` + `predicted` (long);
   or results.json `predictions: {sample: {x, y, genes: {gene: [...]}}}`.
 
-What cannot be read is reported as a note (listed on `/api/overlays`), never guessed.
+Figures (PNG) that results.json lists under `figures` and that lie inside the folder are served as they
+are; a survival `heatmap` figure belongs to the run's `heatmap` slide. What cannot be read is reported as
+a note (listed on `/api/overlays`), never guessed.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pandas as pd
 
@@ -50,14 +53,24 @@ class Layer:
         }
 
 
+@dataclass(frozen=True)
+class Figure:
+    """A PNG figure of a results folder, and the slide it shows (None for run-level figures)."""
+
+    key: str
+    path: Path
+    slide_id: str | None
+
+
 @dataclass
 class ResultsFolder:
-    """One `--results` folder: its summary and the layers it holds, by slide."""
+    """One `--results` folder: its summary, the layers it holds by slide, and its figures by key."""
 
     name: str
     folder: Path
     task: str
     layers: list[Layer] = field(default_factory=list)
+    figures: dict[str, Figure] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
 
@@ -133,6 +146,31 @@ def _json_layers(results: dict[str, Any], label: str) -> list[Layer]:
     return layers
 
 
+def _heatmap_slide(results: dict[str, Any]) -> str | None:
+    settings = results.get("settings") if isinstance(results.get("settings"), dict) else {}
+    slide = results.get("heatmap", settings.get("heatmap"))
+    return slide if isinstance(slide, str) else None
+
+
+def _figures(results: dict[str, Any], folder: Path, notes: list[str]) -> dict[str, Figure]:
+    listed = results.get("figures")
+    if not isinstance(listed, dict):
+        return {}
+    root = folder.resolve()
+    out = {}
+    for key, value in listed.items():
+        if not isinstance(value, str):
+            continue
+        path = Path(value) if Path(value).is_absolute() else folder / value
+        resolved = path.resolve()
+        if root not in resolved.parents or resolved.suffix.lower() != ".png" or not resolved.is_file():
+            notes.append(f"{folder}: figure {key!r} ({value}) is not a PNG inside the folder; not served")
+            continue
+        slide = _heatmap_slide(results) if key == "heatmap" else None
+        out[str(key)] = Figure(str(key), resolved, slide)
+    return out
+
+
 def read_results_folder(folder: Path, name: str) -> ResultsFolder:
     """Read a results folder's task and per-tile layers (notes for whatever cannot be read)."""
     folder = Path(folder)
@@ -147,6 +185,7 @@ def read_results_folder(folder: Path, name: str) -> ResultsFolder:
         return out
     out.task = _task(results)
     label = f"{out.task} ({folder.name})"
+    out.figures = _figures(results, folder, out.notes)
     try:
         out.layers.extend(_json_layers(results, label))
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -165,9 +204,18 @@ def read_results_folder(folder: Path, name: str) -> ResultsFolder:
     if not out.layers:
         out.notes.append(
             f"{folder}: no per-tile values found (attention_*.csv for survival, predictions_*.csv for ST); "
-            "figures only"
+            f"figures only ({', '.join(out.figures) or 'none'})"
         )
     return out
+
+
+def figures_for(folders: list[ResultsFolder], slide_id: str) -> list[dict[str, Any]]:
+    """JSON-ready figures of this slide and run-level figures, with the URL that serves each."""
+    return [
+        {"results": f.name, "key": fig.key, "slide_id": fig.slide_id, "file": fig.path.name,
+         "url": f"/api/results/{f.name}/figures/{quote(fig.key, safe='')}"}
+        for f in folders for fig in f.figures.values() if fig.slide_id in (None, slide_id)
+    ]
 
 
 def layers_for(folders: list[ResultsFolder], slide_id: str) -> list[dict[str, Any]]:

@@ -202,6 +202,11 @@ async function mvhViewerPage() {
     state.grid = tiles.x.map((x, i) => ({ x, y: tiles.y[i] }));
     state.layers = overlays.layers;
     showNotes(document.getElementById("notes"), overlays.results.flatMap((r) => r.notes));
+    state.figures = overlays.figures;
+    document.getElementById("figures").replaceChildren(...overlays.figures.map((f) => el("div", { class: "figure" }, [
+      el("a", { href: f.url, target: "_blank", text: `figure ${f.key} (${f.results}: ${f.file})` }),
+      ...(f.slide_id ? [el("img", { src: f.url, alt: f.key, class: "figure-img" })] : []),
+    ])));
     document.getElementById("grid-count").textContent = `(${state.grid.length})`;
 
     const viewer = OpenSeadragon({
