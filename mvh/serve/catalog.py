@@ -16,6 +16,7 @@ import pandas as pd
 
 from mvh.errors import UsageError
 from mvh.extractor.embedder import Embedder
+from mvh.index.location import parse_location
 from mvh.index.store import DONE, RANDOM_INIT, EmbeddingStore
 from mvh.tasks.query import query_embedder
 
@@ -49,9 +50,10 @@ def _optional_int(value: Any) -> int | None:
 class StoreEntry:
     """One served store: its name, the opened store, a cached slide table and a lazily built embedder."""
 
-    def __init__(self, name: str, store: EmbeddingStore) -> None:
+    def __init__(self, name: str, store: EmbeddingStore, source: str) -> None:
         self.name = name
         self.store = store
+        self.source = source  # the --store text (URI[@tag]): what searches reopen
         self._lock = threading.Lock()
         self._slides: tuple[int, dict[str, SlideRecord]] | None = None
         self._tiles: dict[str, np.ndarray] = {}
@@ -157,17 +159,19 @@ class StoreEntry:
 
 
 class Catalog:
-    """The served stores by name (names are the store folders' names, made unique)."""
+    """The served stores by name (the store folders' names, `-TAG` for a pinned tag, made unique);
+    each opened read-only."""
 
     def __init__(self, uris: list[str]) -> None:
         self.entries: dict[str, StoreEntry] = {}
         for uri in uris:
-            base = _store_name(str(uri))
+            location = parse_location(str(uri), read_only=True)
+            base = _store_name(location.uri) + (f"-{location.tag}" if location.tag else "")
             name, n = base, 1
             while name in self.entries:
                 n += 1
                 name = f"{base}-{n}"
-            self.entries[name] = StoreEntry(name, EmbeddingStore.open(uri))
+            self.entries[name] = StoreEntry(name, EmbeddingStore.open(location), str(uri))
 
     def get(self, name: str | None) -> StoreEntry:
         """The store called `name`; with None, the only store (UsageError when there are several)."""

@@ -64,7 +64,7 @@ class SearchService:
             path = Path(tmp) / "query"
             path.write_bytes(data)
             result = run_query(
-                entry.store.uri, image=path, k=k, slide_level=slide_level, query_mpp=query_mpp,
+                entry.source, image=path, k=k, slide_level=slide_level, query_mpp=query_mpp,
                 embedder=entry.embedder(),
             )
         query = {**jsonable(result.query), "source": Path(filename).name, "query_mpp": query_mpp,
@@ -79,7 +79,7 @@ class SearchService:
         entry = self.catalog.holding(slide_id, store)
         entry.slide(slide_id)
         result = run_query(
-            entry.store.uri, tile=tile, k=k, slide_level=slide_level, include_self=include_self
+            entry.source, tile=tile, k=k, slide_level=slide_level, include_self=include_self
         )
         query = {**jsonable(result.query), "slide_id": slide_id, "x": x, "y": y,
                  "image": tile_url(entry.name, slide_id, x, y)}
