@@ -14,7 +14,7 @@ from torch import nn
 
 
 class GatedAttention(nn.Module):
-    """Gated attention scores: h [B, N, L] -> unnormalised scores [B, N]."""
+    """Gated attention scores: h [..., L] -> unnormalised scores [...] (e.g. [B, N, L] -> [B, N])."""
 
     def __init__(self, in_dim: int, attn_dim: int) -> None:
         super().__init__()
@@ -23,7 +23,7 @@ class GatedAttention(nn.Module):
         self.w = nn.Linear(attn_dim, 1)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        """h [B, N, L] -> scores [B, N]."""
+        """h [..., L] -> scores [...]."""
         return self.w(torch.tanh(self.V(h)) * torch.sigmoid(self.U(h))).squeeze(-1)
 
 
@@ -64,6 +64,27 @@ class ABMIL(nn.Module):
             scores = scores.masked_fill(~mask, float("-inf"))
         attention = F.softmax(scores, dim=1)
         pooled = torch.bmm(attention.unsqueeze(1), h).squeeze(1)
+        return self.head(pooled), attention
+
+
+    def forward_flat(
+        self, x: torch.Tensor, bag: torch.Tensor, n_bags: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Bags concatenated without padding: x [T, D], bag [T] (bag index of each tile, 0..n_bags-1)
+        -> (out [n_bags, n_out], attention [T], softmax within each bag).
+
+        The same function as `forward` on the padded batch, without computing padded tiles (bags of
+        uneven size waste most of a padded batch). Every bag needs at least one tile.
+        """
+        h = self.project(x)
+        scores = self.attention(h)
+        # Softmax per bag; subtracting each bag's max (a constant per bag) leaves it unchanged.
+        peak = torch.full((n_bags,), float("-inf"), dtype=scores.dtype, device=scores.device)
+        peak = peak.scatter_reduce(0, bag, scores.detach(), reduce="amax")
+        weights = torch.exp(scores - peak[bag])
+        total = torch.zeros(n_bags, dtype=scores.dtype, device=scores.device).index_add(0, bag, weights)
+        attention = weights / total[bag]
+        pooled = h.new_zeros((n_bags, h.shape[1])).index_add(0, bag, attention.unsqueeze(1) * h)
         return self.head(pooled), attention
 
 

@@ -79,3 +79,19 @@ def test_every_parameter_gets_a_gradient() -> None:
     for name, param in model.named_parameters():
         assert param.grad is not None and torch.isfinite(param.grad).all(), name
         assert param.grad.abs().sum() > 0, name
+
+
+def test_flat_forward_equals_the_padded_forward_in_values_and_gradients() -> None:
+    bags = [torch.randn(n, 12) * 3 for n in (3, 11, 1, 7)]
+    padded, flat = _model(n_outputs=4), _model(n_outputs=4)
+    x, mask = pad_bags(bags)
+    out_p, att_p = padded(x, mask)
+    index = torch.repeat_interleave(torch.arange(4), torch.tensor([len(b) for b in bags]))
+    out_f, att_f = flat.forward_flat(torch.cat(bags), index, 4)
+    torch.testing.assert_close(out_f, out_p)
+    torch.testing.assert_close(att_f, att_p[mask])
+    weights = torch.randn(4, 4)
+    (out_p * weights).sum().backward()
+    (out_f * weights).sum().backward()
+    for (name, p), q in zip(padded.named_parameters(), flat.parameters(), strict=True):
+        torch.testing.assert_close(q.grad, p.grad, msg=name)

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from mvh.cli._app import console, eval_app, guarded, print_json
 from mvh.cli._progress import progress_reporter
-from mvh.cli._render import JsonOption, StoreOption, fmt_mean_std, print_notes
+from mvh.cli._render import JsonOption, StoreOption, fmt_mean_std, print_notes, store_access
 from mvh.errors import FigureError
 
 if TYPE_CHECKING:
@@ -39,6 +39,7 @@ def _results_table(result: SurvivalResult) -> Table:
 
 @eval_app.command("survival")
 @guarded
+@store_access
 def survival_cmd(
     cohort: Annotated[Path, typer.Option("--cohort", help="CSV: slide_id, patient_id, time, event[, site].")],
     store: StoreOption,
@@ -55,6 +56,7 @@ def survival_cmd(
     l1_ratio: Annotated[float, typer.Option("--l1-ratio", help="CoxPH elastic-net L1 share.")] = 0.5,
     seed: Annotated[int, typer.Option("--seed", help="Seed of folds, sampling and initialisation.")] = 0,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:i.")] = "auto",
+    threads: Annotated[int, typer.Option("--threads", help="CPU threads of ABMIL training.")] = 1,
     max_tiles: Annotated[
         int, typer.Option("--max-tiles", help="Tiles sampled per training bag (0 = all); test bags whole.")
     ] = 4096,
@@ -76,7 +78,7 @@ def survival_cmd(
     settings = SurvivalSettings(
         loss=loss, n_bins=bins, folds=folds, epochs=epochs, lr=lr, weight_decay=weight_decay,
         batch_size=batch_size, max_tiles=max_tiles or None, coxph_folds=coxph_folds, l1_ratio=l1_ratio,
-        seed=seed, device=device,
+        seed=seed, device=device, threads=threads,
     )
     config = SurvivalConfig(cohort, store, out, settings, skip_missing=skip_missing, heatmap=heatmap)
     with progress_reporter(enabled=not as_json) as progress:

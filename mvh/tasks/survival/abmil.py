@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from mvh.extractor.device import resolve_device
-from mvh.tasks.mil import ABMIL, pad_bags
+from mvh.tasks.mil import ABMIL
 from mvh.tasks.survival.losses import cox_ph_loss, nll_risk, nll_survival_loss, time_bin_edges, time_to_bin
 from mvh.tasks.survival.metrics import harrell_c
 from mvh.tasks.survival.settings import SurvivalSettings
@@ -21,19 +21,36 @@ def _risk_from_outputs(outputs: torch.Tensor, loss: str) -> torch.Tensor:
     return outputs[:, 0] if loss == "cox" else nll_risk(outputs)
 
 
+EVAL_TILES = 1 << 16
+
+
+def _flat_batch(bags: Sequence[np.ndarray], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bags [N_i, dim] (any float dtype) -> tiles [sum N_i, dim] float32 and bag index [sum N_i]."""
+    x = torch.from_numpy(np.concatenate(bags, axis=0).astype(np.float32, copy=False)).to(device)
+    sizes = torch.as_tensor([len(b) for b in bags], device=device)
+    return x, torch.repeat_interleave(torch.arange(len(bags), device=device), sizes)
+
+
 @torch.no_grad()
 def _bag_outputs(
     model: ABMIL, bags: Sequence[np.ndarray], device: torch.device
 ) -> tuple[torch.Tensor, list[np.ndarray]]:
-    """Eval-mode outputs [P, n_out] and attention [N_i] per bag, each full bag in one pass."""
+    """Eval-mode outputs [P, n_out] and attention [N_i] per bag: whole bags, ~EVAL_TILES tiles a pass."""
     model.eval()
     outputs, attentions = [], []
-    for bag in bags:
-        x = torch.from_numpy(np.ascontiguousarray(bag, dtype=np.float32)).to(device)
-        out, attention = model(x)
-        outputs.append(out[0])
-        attentions.append(attention[0].float().cpu().numpy())
-    return torch.stack(outputs), attentions
+    start = 0
+    while start < len(bags):
+        stop, tiles = start + 1, len(bags[start])
+        while stop < len(bags) and tiles + len(bags[stop]) <= EVAL_TILES:
+            tiles += len(bags[stop])
+            stop += 1
+        x, bag = _flat_batch(bags[start:stop], device)
+        out, attention = model.forward_flat(x, bag, stop - start)
+        outputs.append(out)
+        sizes = [len(b) for b in bags[start:stop]]
+        attentions += list(torch.split(attention.float().cpu(), sizes))
+        start = stop
+    return torch.cat(outputs), [a.numpy() for a in attentions]
 
 
 def predict_abmil(
@@ -92,7 +109,7 @@ def _train_epoch(
     rng: np.random.Generator,
     device: torch.device,
 ) -> float:
-    """One pass over shuffled patients in steps of `config.batch_size` bags (padded); mean step loss."""
+    """One pass over shuffled patients in steps of `config.batch_size` bags (unpadded); mean step loss."""
     model.train()
     time, event, bins = targets
     order = rng.permutation(len(bags))
@@ -103,8 +120,8 @@ def _train_epoch(
         if config.loss == "cox" and event[sel].sum() == 0:
             continue  # no event: the partial likelihood carries no information
         sampled = [_sample_tiles(bags[i], config.max_tiles, rng) for i in idx]
-        x, mask = pad_bags([torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32)) for b in sampled])
-        outputs, _ = model(x.to(device), mask.to(device))
+        x, bag = _flat_batch(sampled, device)
+        outputs, _ = model.forward_flat(x, bag, len(sampled))
         loss = _loss(outputs, time[sel], event[sel], None if bins is None else bins[sel], config)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import torch
 
 from mvh.errors import DataError
 from mvh.extractor.device import resolve_device
@@ -102,8 +103,24 @@ def cross_validate_survival(
     """Patient-level k-fold CV of ABMIL and the CoxPH baseline on the same folds.
 
     `patients` has patient_id, time, event (and optional site); `bags[patient_id]` is [N_i, dim].
-    Out-of-fold attention [N_i] is returned for the patients in `attention_for`.
+    Out-of-fold attention [N_i] is returned for the patients in `attention_for`. Torch runs on
+    `settings.threads` threads meanwhile (restored afterwards).
     """
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(settings.threads)
+    try:
+        return _cross_validate(bags, patients, settings, attention_for, progress)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _cross_validate(
+    bags: Mapping[str, np.ndarray],
+    patients: pd.DataFrame,
+    settings: SurvivalSettings,
+    attention_for: Collection[str],
+    progress: Progress | None,
+) -> SurvivalCV:
     notes: list[str] = []
 
     def note(text: str) -> None:
