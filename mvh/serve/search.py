@@ -1,8 +1,9 @@
 """Searches from the web app go through `mvh.tasks.query.run_query`, as `mvh search` does.
 
 So a query gives the same hits in the browser as on the command line. The uploaded bytes are checked
-(`uploads.decode_upload`) before the model sees them, then handed to `run_query` as a file in a private
-temporary folder (never in a store); the store's embedder is built once per store and reused.
+(`uploads.decode_upload`: RGB exactly as `run_query` converts a file) before the model sees them, then
+handed to `run_query` as an uncompressed PPM of those pixels in a private temporary folder (never in a
+store; decoding it again costs little); the store's embedder is built once per store and reused.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
+
+from PIL import Image
 
 from mvh.errors import UsageError
 from mvh.jobs import jsonable
@@ -61,8 +64,8 @@ class SearchService:
         fp = entry.store.fingerprint
         fed, _ = prepare_query_image(pixels, fp.tile_px, fp.mpp, query_mpp)
         with tempfile.TemporaryDirectory(prefix="mvh-serve-") as tmp:
-            path = Path(tmp) / "query"
-            path.write_bytes(data)
+            path = Path(tmp) / "query.ppm"
+            Image.fromarray(pixels).save(path, format="PPM")
             result = run_query(
                 entry.source, image=path, k=k, slide_level=slide_level, query_mpp=query_mpp,
                 embedder=entry.embedder(),

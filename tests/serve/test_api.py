@@ -65,6 +65,23 @@ def test_image_search_equals_mvh_search_json(
     assert fed.shape == (224, 224, 3) and np.array_equal(fed, expected)
 
 
+def test_rgba_and_jpeg_uploads_equal_mvh_search_json(
+    app_client: TestClient, serve_store: str, he_tile: Path, tmp_path: Path
+) -> None:
+    # the app hands run_query its own decoding of the upload: it must be the pixels `mvh search` reads
+    rgb = np.asarray(Image.open(he_tile).convert("RGB"))[:600, :600]
+    alpha = np.tile(np.linspace(0, 255, 600, dtype=np.uint8), (600, 1))[..., None]
+    Image.fromarray(np.concatenate([rgb, alpha], axis=2), "RGBA").save(tmp_path / "q.png")
+    Image.fromarray(rgb).save(tmp_path / "q.jpg", quality=80)
+    for name in ("q.png", "q.jpg"):
+        cli_out = cli_search(["--store", serve_store, "--query", str(tmp_path / name), "-k", "5"])
+        with (tmp_path / name).open("rb") as fh:
+            out = app_client.post("/api/search", files={"image": (name, fh)}, data={"k": "5"}).json()
+        assert [(h["tile_id"], h["score"]) for h in out["hits"]] == [
+            (h["tile_id"], h["score"]) for h in cli_out["hits"]
+        ], name
+
+
 def _data_url_bytes(url: str) -> bytes:
     import base64
 
