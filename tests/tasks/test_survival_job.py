@@ -147,9 +147,13 @@ def test_results_json_is_written_before_figures_and_kept_when_the_heatmap_fails(
     assert len(saved["patients"]) == 24 and saved["abmil"]["c_index"]["mean"] == seen[0]
 
 
-def test_heatmap_drawn_over_the_slide_image(cohort_store, tmp_path: Path) -> None:
+def test_heatmap_drawn_over_the_slide_image_and_its_attention_table(cohort_store, tmp_path: Path) -> None:
     cohort, store, _ = cohort_store
     result = run_survival(SurvivalConfig(cohort, str(store), tmp_path / "out", FAST, heatmap="p03_1"))
     target = tmp_path / "out" / "heatmap_p03_1.png"
     assert result.figures["heatmap"] == target and target.read_bytes()[:4] == b"\x89PNG"
     assert result.figure_errors == {}
+    table = pd.read_csv(result.tables["attention"])
+    store_tiles = EmbeddingStore.open(store).slide_tiles("p03_1")
+    np.testing.assert_array_equal(table[["x", "y"]].to_numpy(), store_tiles[["x", "y"]].to_numpy())
+    assert table["attention"].between(0, 1).all() and table["attention"].sum() < 1 + 1e-6

@@ -128,6 +128,7 @@ class SurvivalResult(JobResult):
     definitions: dict[str, str]
     notes: list[str]
     heatmap: str | None
+    tables: dict[str, Path]
     figures: dict[str, Path]
     figure_errors: dict[str, str]
     seconds: dict[str, float]
@@ -171,6 +172,17 @@ def check_heatmap_slide(store: EmbeddingStore, cohort: Cohort, slide_id: str) ->
     except SlideError as exc:
         raise SlideError(f"--heatmap {slide_id}: {exc}; fix the file or drop --heatmap") from exc
     return HeatmapSource(slide_id, str(match.iloc[0]), path, mpp)
+
+
+def write_attention_table(out: Path, bags: StoreBags, source: HeatmapSource, attention: np.ndarray) -> Path:
+    """Write attention_<slide>.csv: level-0 x, y and out-of-fold ABMIL attention of each tile of the slide."""
+    start, stop = bags.slide_span(source.patient_id, source.slide_id)
+    coords = bags.slide_coords(source.slide_id)
+    target = path_inside(out, f"attention_{source.slide_id}.csv")
+    pd.DataFrame({"x": coords[:, 0], "y": coords[:, 1], "attention": attention[start:stop]}).to_csv(
+        target, index=False
+    )
+    return target
 
 
 def draw_heatmap(
@@ -260,11 +272,15 @@ def run_survival(config: SurvivalConfig, *, progress: Progress | None = None) ->
         definitions=dict(DEFINITIONS),
         notes=notes,
         heatmap=config.heatmap,
+        tables={},
         figures={},
         figure_errors={},
         seconds={"validate": loading - started, "load_bags": training - loading,
                  "cross_validation": finished - training},
     )
+    if heat is not None:
+        attention = cv.attention[heat.patient_id]
+        result.tables["attention"] = write_attention_table(config.out, bags, heat, attention)
     result.write_json(results_path)
 
     frame = cv.patients
