@@ -6,16 +6,19 @@ Each module below registers its command on the apps of `mvh.cli._app` when impor
 from __future__ import annotations
 
 from mvh.cli import (  # noqa: F401  (imported for their command registrations)
+    card,
     export,
     extract,
     import_,
     index,
     info,
     models,
+    overlap,
     pretrain,
     sample,
     search,
     serve,
+    tag,
     tile,
     verify,
 )

@@ -14,6 +14,7 @@ from rich.text import Text
 
 from mvh import __version__
 from mvh.errors import MvhError, UsageError
+from mvh.index.location import redact_environment
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -63,7 +64,7 @@ def guarded(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except MvhError as exc:
-            message = " ".join(str(exc).split())
+            message = redact_environment(" ".join(str(exc).split()))
             # Text, not markup: messages hold brackets and colons (s1:0:0) Rich would read as markup/emoji
             line = Text.assemble(("error: ", "bold red"), message)
             err_console.print(line, highlight=False, soft_wrap=True)

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import functools
+import inspect
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.text import Text
 
 from mvh.cli._app import err_console
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 StoreOption = Annotated[str, typer.Option("--store", help="Store directory (or LanceDB URI).")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
@@ -51,12 +58,62 @@ ReadOnlyOption = Annotated[
 ]
 
 
-def open_store(
-    store: str, storage_options: list[str] | None = None, version: int | None = None, read_only: bool = False
-) -> Any:
-    """The `EmbeddingStore` named by `--store`, `--storage-option`, `--store-version` and `--read-only`."""
-    from mvh.index.location import parse_location
+@contextmanager
+def store_access_env(
+    storage_options: list[str] | None, version: int | None, read_only: bool
+) -> Iterator[None]:
+    """Hand the access flags to every store the command opens (the environment they are read from),
+    restoring the environment afterwards."""
+    from mvh.index.location import ENV_OPTIONS, ENV_READ_ONLY, ENV_VERSION, parse_storage_options
+
+    parse_storage_options(storage_options)  # a malformed flag fails here, naming itself
+    wanted = {
+        ENV_OPTIONS: "\n".join(storage_options) if storage_options else None,
+        ENV_VERSION: None if version is None else str(version),
+        ENV_READ_ONLY: "1" if read_only else None,
+    }
+    saved = {key: os.environ.get(key) for key in wanted}
+    try:
+        for key, value in wanted.items():
+            if value is not None:
+                os.environ[key] = value
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def store_access(fn: F) -> F:
+    """Give a command `--storage-option`, `--store-version` and `--read-only` for the stores it opens."""
+    signature = inspect.signature(fn, eval_str=True)
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    extra = [
+        inspect.Parameter("storage_option", keyword, default=None, annotation=StorageOptionsOption),
+        inspect.Parameter("store_version", keyword, default=None, annotation=StoreVersionOption),
+        inspect.Parameter("read_only", keyword, default=False, annotation=ReadOnlyOption),
+    ]
+
+    @functools.wraps(fn)
+    def wrapper(
+        *args: Any, storage_option: list[str] | None = None, store_version: int | None = None,
+        read_only: bool = False, **kwargs: Any,
+    ) -> Any:
+        with store_access_env(storage_option, store_version, read_only):
+            return fn(*args, **kwargs)
+
+    wrapper.__signature__ = signature.replace(parameters=[*signature.parameters.values(), *extra])  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {
+        **fn.__annotations__, "storage_option": StorageOptionsOption, "store_version": StoreVersionOption,
+        "read_only": ReadOnlyOption,
+    }
+    return wrapper  # type: ignore[return-value]
+
+
+def open_store(store: str) -> Any:
+    """The `EmbeddingStore` a command's `--store` names (with the access flags of `store_access`)."""
     from mvh.index.store import EmbeddingStore
 
-    location = parse_location(store, storage_options=storage_options, version=version, read_only=read_only)
-    return EmbeddingStore.open(location)
+    return EmbeddingStore.open(store)

@@ -9,11 +9,12 @@ import typer
 from rich.text import Text
 
 from mvh.cli._app import app, console, guarded, print_json
-from mvh.cli._render import JsonOption, StorageOptionsOption, open_store
+from mvh.cli._render import JsonOption, open_store, store_access
 
 
 @app.command("card")
 @guarded
+@store_access
 def card_cmd(
     store: Annotated[str, typer.Option("--store", help="Store directory or object-store URI.")],
     out: Annotated[
@@ -23,13 +24,12 @@ def card_cmd(
         list[str] | None,
         typer.Option("--set", help="Owner's field FIELD=VALUE (owner, license, contact, description...)."),
     ] = None,
-    storage_option: StorageOptionsOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Describe a store for people and machines: model, weights, geometry, slides, tools, owner, licence."""
     from mvh.index.card import parse_card_fields, write_card
 
-    card, written = write_card(open_store(store, storage_option), parse_card_fields(set_fields), out)
+    card, written = write_card(open_store(store), parse_card_fields(set_fields), out)
     if as_json:
         print_json(card.to_dict())
         return

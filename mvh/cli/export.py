@@ -9,11 +9,12 @@ import typer
 
 from mvh.cli._app import app, console, guarded, print_json
 from mvh.cli._progress import progress_reporter
-from mvh.cli._render import JsonOption, StoreOption
+from mvh.cli._render import JsonOption, StoreOption, store_access
 
 
 @app.command("export")
 @guarded
+@store_access
 def export_cmd(
     store: StoreOption,
     out: Annotated[

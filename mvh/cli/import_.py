@@ -9,11 +9,12 @@ import typer
 
 from mvh.cli._app import app, console, guarded, print_json
 from mvh.cli._progress import progress_reporter
-from mvh.cli._render import JsonOption, StoreOption, print_notes
+from mvh.cli._render import JsonOption, StoreOption, print_notes, store_access
 
 
 @app.command("import")
 @guarded
+@store_access
 def import_cmd(
     h5_dir: Annotated[Path, typer.Argument(help="Folder of TRIDENT/CLAM h5 files (features, coords).")],
     store: StoreOption,

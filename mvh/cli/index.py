@@ -9,11 +9,12 @@ from rich.table import Table
 from rich.text import Text
 
 from mvh.cli._app import console, guarded, index_app, print_json
-from mvh.cli._render import JsonOption, StoreOption, print_notes
+from mvh.cli._render import JsonOption, StoreOption, print_notes, store_access
 
 
 @index_app.command("build")
 @guarded
+@store_access
 def index_build_cmd(
     store: StoreOption = "embeddings.lance",
     kind: Annotated[str, typer.Option("--kind", help="auto | flat | ivfpq | hnsw")] = "auto",
@@ -52,6 +53,7 @@ def index_build_cmd(
 
 @index_app.command("info")
 @guarded
+@store_access
 def index_info_cmd(store: StoreOption = "embeddings.lance", as_json: JsonOption = False) -> None:
     """Describe the store's index: kind, parameters, size, and whether it is stale."""
     from mvh.index.index_files import index_info

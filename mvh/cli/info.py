@@ -8,11 +8,12 @@ import typer
 from rich.table import Table
 
 from mvh.cli._app import app, console, guarded, print_json
-from mvh.cli._render import weights_line
+from mvh.cli._render import store_access, weights_line
 
 
 @app.command("info")
 @guarded
+@store_access
 def info_cmd(
     store: Annotated[str, typer.Option("--store", help="Store directory (or LanceDB URI).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the description as JSON.")] = False,
@@ -25,7 +26,7 @@ def info_cmd(
         print_json(info)
         return
     fp = info["fingerprint"]
-    head = Table(title=f"store {info['uri']} (version {info['version']})", show_header=False)
+    head = Table(title=f"store {info['opened_as']} (version {info['version']})", show_header=False)
     head.add_column("key", style="bold")
     head.add_column("value")
     rows = [
@@ -37,7 +38,16 @@ def info_cmd(
         ("slides", ", ".join(f"{k} {v}" for k, v in sorted(info["slides_by_status"].items())) or "none"),
         ("tiles stored", str(info["n_tiles"])),
         ("created", f"{info['created']} by mvh {info['mvh_version']}"),
+        ("table versions", ", ".join(f"{k} {v}" for k, v in info["table_versions"].items())),
+        ("tags", ", ".join(f"{t} (slides {v['slides']})" for t, v in info["tags"].items()) or "none"),
     ]
+    if info["read_only"]:
+        rows.append(("access", "read-only"))
+    if info["storage_options"]:
+        rows.append(("storage options", ", ".join(f"{k}={v}" for k, v in info["storage_options"].items())))
+    if info["card_fields"] is not None:
+        fields = ", ".join(f"{k}: {v}" for k, v in info["card_fields"].items()) or "no owner fields"
+        rows.append(("dataset card", fields))
     if not info["writable_layout"]:
         rows.append(("layout", "written by an older mvh: readable; new slides go into a new store"))
     for key, value in rows:
@@ -45,3 +55,9 @@ def info_cmd(
     console.print(head)
     for name, fields in info["schema"].items():
         console.print(f"[bold]{name}[/]: " + ", ".join(fields), highlight=False)
+    if info["card"] is not None:
+        from rich.text import Text
+
+        from mvh.index.card import DatasetCard
+
+        console.print(Text(DatasetCard.from_dict(info["card"]).to_markdown()))

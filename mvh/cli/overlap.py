@@ -10,18 +10,18 @@ from rich.text import Text
 
 from mvh.cli._app import app, console, guarded, print_json
 from mvh.cli._progress import progress_reporter
-from mvh.cli._render import JsonOption, StorageOptionsOption, open_store, print_notes
+from mvh.cli._render import JsonOption, open_store, print_notes, store_access
 from mvh.errors import UsageError
 
 
 @app.command("overlap")
 @guarded
+@store_access
 def overlap_cmd(
     store: Annotated[list[str], typer.Option("--store", help="Two stores: --store A --store B.")],
     threshold: Annotated[
         float, typer.Option("--threshold", help="Cosine at or above which two tiles are near-duplicates.")
     ] = 0.95,
-    storage_option: StorageOptionsOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Leakage check before evaluating on another team's cohort: shared slides, near-duplicate tiles."""
@@ -30,7 +30,7 @@ def overlap_cmd(
     if len(store) != 2:
         raise UsageError(f"--store given {len(store)} time(s): give exactly two, --store A --store B")
     config = OverlapConfig(threshold=threshold)
-    a, b = (open_store(s, storage_option, read_only=True) for s in store)
+    a, b = (open_store(s) for s in store)
     with progress_reporter(enabled=not as_json) as progress:
         result = run_overlap(a, b, config, progress=progress)
     if as_json:

@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from mvh.cli._app import app, console, guarded, print_json
-from mvh.cli._render import JsonOption, StoreOption, print_notes
+from mvh.cli._render import JsonOption, StoreOption, print_notes, store_access
 
 if TYPE_CHECKING:
     from mvh.tasks.query import QueryResult
@@ -38,6 +38,7 @@ def _cell(value: Any) -> Text:
 
 @app.command("search")
 @guarded
+@store_access
 def search_cmd(
     store: StoreOption = "embeddings.lance",
     query: Annotated[Path | None, typer.Option("--query", help="Query image (PNG/JPEG/TIFF).")] = None,

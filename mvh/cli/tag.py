@@ -9,7 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from mvh.cli._app import app, console, guarded, print_json
-from mvh.cli._render import JsonOption, StorageOptionsOption, open_store
+from mvh.cli._render import JsonOption, open_store, store_access
 
 tag_app = typer.Typer(help="Pin store versions by name (Lance tags on every table).", no_args_is_help=True)
 app.add_typer(tag_app, name="tag")
@@ -20,14 +20,14 @@ NameArgument = Annotated[str, typer.Argument(help="Tag name: letters, digits, '.
 
 @tag_app.command("create")
 @guarded
+@store_access
 def tag_create_cmd(
     name: NameArgument,
     store: StoreRequired,
-    storage_option: StorageOptionsOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Tag the store's current version of every table as NAME."""
-    versions = open_store(store, storage_option).create_tag(name)
+    versions = open_store(store).create_tag(name)
     if as_json:
         print_json({"store": store, "tag": name, "versions": versions})
     else:
@@ -41,11 +41,10 @@ def tag_create_cmd(
 
 @tag_app.command("list")
 @guarded
-def tag_list_cmd(
-    store: StoreRequired, storage_option: StorageOptionsOption = None, as_json: JsonOption = False
-) -> None:
+@store_access
+def tag_list_cmd(store: StoreRequired, as_json: JsonOption = False) -> None:
     """List the store's tags and the table versions they pin."""
-    tags = open_store(store, storage_option).tags()
+    tags = open_store(store).tags()
     if as_json:
         print_json(tags)
         return
@@ -59,9 +58,8 @@ def tag_list_cmd(
 
 @tag_app.command("delete")
 @guarded
-def tag_delete_cmd(
-    name: NameArgument, store: StoreRequired, storage_option: StorageOptionsOption = None
-) -> None:
+@store_access
+def tag_delete_cmd(name: NameArgument, store: StoreRequired) -> None:
     """Remove tag NAME (the data it pinned stays until the store is cleaned up)."""
-    open_store(store, storage_option).delete_tag(name)
+    open_store(store).delete_tag(name)
     console.print(Text(f"deleted tag {name} of {store}"))

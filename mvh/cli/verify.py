@@ -10,11 +10,12 @@ from rich.text import Text
 
 from mvh.cli._app import app, console, err_console, guarded, print_json
 from mvh.cli._progress import progress_reporter
-from mvh.cli._render import JsonOption, StoreOption
+from mvh.cli._render import JsonOption, StoreOption, store_access
 
 
 @app.command("verify")
 @guarded
+@store_access
 def verify_cmd(
     store: StoreOption,
     slides: Annotated[

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from mvh.errors import IndexNotFoundError, StaleIndexError, StoreError
 from mvh.index.faiss_index import ROW_COLUMNS, VectorIndex, to_gpu, want_gpu
+from mvh.index.index_cache import build_folder, publish_index
 from mvh.index.params import IndexParams
 from mvh.index.store import DONE, EmbeddingStore
 
@@ -86,8 +87,14 @@ def save_index(
     previous: dict[str, Any] | None,
     trained_on: int | None = None,
 ) -> Path:
-    """Write a build's index and rows, then swap `index.json` to it and delete the previous build's files."""
-    folder = store.index_dir
+    """Write a build's index and rows, then swap `index.json` to it and delete the previous build's files.
+
+    A remote store's index is written to a local build folder, then published beside the tables
+    (`mvh.index.index_cache`); readers fetch it into their own cache.
+    """
+    store.check_writable()
+    remote = store.location.is_remote
+    folder = build_folder() if remote else store.index_dir
     folder.mkdir(parents=True, exist_ok=True)
     build = uuid.uuid4().hex[:12]
     index_file, rows_file = f"tiles-{build}.faiss", f"tiles-{build}.parquet"
@@ -110,6 +117,9 @@ def save_index(
         "faiss_version": faiss.__version__,
     }
     _write_atomic(folder / META_FILE, json.dumps(meta, indent=1))
+    if remote:
+        publish_index(store.location, folder)
+        return folder
     if previous is not None:
         for name in (previous.get("index_file"), previous.get("rows_file")):
             if name and name not in (index_file, rows_file):

@@ -20,6 +20,10 @@ from urllib.parse import urlparse
 from mvh.errors import UsageError
 
 REMOTE_SCHEMES = ("s3", "s3+ddb", "gs", "az", "abfs", "memory")
+# Set by the CLI's --storage-option / --read-only / --store-version for the command it runs (or by a user).
+ENV_OPTIONS = "MVH_STORAGE_OPTIONS"
+ENV_READ_ONLY = "MVH_READ_ONLY"
+ENV_VERSION = "MVH_STORE_VERSION"
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _SECRET_KEYS = ("secret", "token", "password", "key", "credential", "sas", "signature")
 # AWS environment variables -> LanceDB/object_store option names
@@ -61,6 +65,17 @@ def redact(text: str, options: Mapping[str, str]) -> str:
     return text
 
 
+def redact_environment(text: str, env: Mapping[str, str] | None = None) -> str:
+    """`text` with the credentials of the environment (AWS_*, MVH_STORAGE_OPTIONS) replaced by `***`."""
+    env = os.environ if env is None else env
+    secrets = {name: env[var] for var, name in _AWS_ENV.items() if env.get(var) and is_secret_option(name)}
+    for line in env.get(ENV_OPTIONS, "").split("\n"):
+        key, sep, value = line.partition("=")
+        if sep and is_secret_option(key):
+            secrets[key] = value
+    return redact(text, secrets)
+
+
 def _scheme(uri: str) -> str:
     return urlparse(uri).scheme.lower() if "://" in uri else ""
 
@@ -75,6 +90,20 @@ def _split_tag(text: str) -> tuple[str, str | None]:
     if not _TAG.match(tag):
         raise UsageError(f"--store {text}: tag {tag!r} is not a valid name (letters, digits, . _ -)")
     return uri, tag
+
+
+def _env_version(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise UsageError(f"--store-version {text!r} is not a whole number (`mvh info` lists them)") from None
+
+
+def check_tag_name(name: str) -> str:
+    """`name` if it is a valid tag name (letters, digits, `.`, `_`, `-`), else a UsageError."""
+    if not _TAG.match(name or ""):
+        raise UsageError(f"tag {name!r} is not a valid name: use letters, digits, '.', '_' and '-'")
+    return name
 
 
 def parse_storage_options(items: Sequence[str] | None) -> dict[str, str]:
@@ -189,9 +218,13 @@ def parse_location(
 ) -> StoreLocation:
     """`--store TEXT [--storage-option K=V ...] [--store-version N] [--read-only]` -> a StoreLocation."""
     text = str(text)
+    env = os.environ if env is None else env
     if not text.strip():
         raise UsageError("--store is empty; give a directory or an object-store URI such as s3://bucket/x.lance")
     uri, tag = _split_tag(text)
+    if version is None and tag is None and env.get(ENV_VERSION):
+        version = _env_version(env[ENV_VERSION])
+    read_only = read_only or env.get(ENV_READ_ONLY, "") == "1"
     if tag is not None and version is not None:
         raise UsageError(f"--store {text} names a tag and --store-version {version}: give one of them")
     if version is not None and version < 1:
@@ -205,5 +238,7 @@ def parse_location(
         given = {str(k).lower(): str(v) for k, v in storage_options.items()}
     else:
         given = parse_storage_options(storage_options)
-    options = resolve_storage_options(uri, given, os.environ if env is None else env)
+    given = {**parse_storage_options(env.get(ENV_OPTIONS, "").split("\n") if env.get(ENV_OPTIONS) else []),
+             **given}
+    options = resolve_storage_options(uri, given, env)
     return StoreLocation(uri=uri, storage_options=options, tag=tag, version=version, read_only=read_only)

@@ -58,6 +58,8 @@ from mvh.errors import (
     StoreUnusableError,
     StoreWriteError,
 )
+from mvh.index.location import StoreLocation, parse_location
+from mvh.index.versions import create_tag, delete_tag, list_tags, snapshot_versions, table_versions
 
 log = logging.getLogger(__name__)
 
@@ -297,8 +299,11 @@ def _local_path(uri: str | Path) -> Path | None:
 class EmbeddingStore:
     """A LanceDB store of tile embeddings bound to one `StoreFingerprint`."""
 
-    def __init__(self, uri: str, db: Any, fingerprint: StoreFingerprint, meta: dict[str, Any]) -> None:
-        self.uri = uri
+    def __init__(
+        self, location: StoreLocation, db: Any, fingerprint: StoreFingerprint, meta: dict[str, Any]
+    ) -> None:
+        self.location = location
+        self.uri = location.uri
         self._db = db
         self.fingerprint = fingerprint
         self.meta = meta
@@ -307,18 +312,26 @@ class EmbeddingStore:
         try:
             self._tiles = db.open_table(TILES)
             self._slides = db.open_table(SLIDES)
+            self._meta = db.open_table(META)
+            if location.pinned:
+                pinned = snapshot_versions(
+                    self._tables(), tag=location.tag, version=location.version, where=location.uri
+                )
+                for name, table in self._tables().items():
+                    table.checkout(pinned[name])
             names = set(self._slides.schema.names)
         except _DAMAGED_READ_ERRORS as exc:
             raise StoreDamagedError(
-                f"store {uri} is damaged: its tiles/slides tables cannot be read ({_reason(exc)}); restore "
-                "the store from a copy, or re-extract into a new --store"
+                f"store {self.uri} is damaged: its tiles/slides tables cannot be read ({_reason(exc)}); "
+                "restore the store from a copy, or re-extract into a new --store"
             ) from exc
         # Stores written before commit ids and checksums: readable, not writable.
         self.legacy = "commit" not in names or "commit" not in self._tiles.schema.names
 
     # ---------------------------------------------------------------- opening
     @staticmethod
-    def _connect(uri: str | Path) -> Any:
+    def _connect(location: StoreLocation) -> Any:
+        uri = location.uri
         local = _local_path(uri)
         if local is not None and local.exists() and not local.is_dir():
             raise StoreUnusableError(
@@ -326,35 +339,53 @@ class EmbeddingStore:
                 "existing)"
             )
         # Consistency interval 0: every read sees commits made by other processes.
-        return lancedb.connect(str(uri), read_consistency_interval=timedelta(0))
+        return lancedb.connect(
+            uri, storage_options=location.storage_options or None, read_consistency_interval=timedelta(0)
+        )
 
     @staticmethod
-    def _table_names(db: Any) -> set[str]:
+    def _table_names(db: Any, location: StoreLocation | None = None) -> set[str]:
         names: set[str] = set()
         token = None
         while True:
-            page = db.list_tables(page_token=token)
+            try:
+                page = db.list_tables(page_token=token)
+            except _LANCE_ERRORS as exc:
+                where = "the store" if location is None else location.describe()
+                said = _reason(exc) if location is None else location.redact(_reason(exc))
+                raise StoreUnusableError(
+                    f"cannot list the tables of {where} ({said}): check the URI, the credentials "
+                    "(AWS_* variables or --storage-option) and the endpoint"
+                ) from exc
             names.update(page.tables)
             token = page.page_token
             if not token:
                 return names
 
-    @classmethod
-    def exists(cls, uri: str | Path) -> bool:
-        """True when a complete store (with its `meta` table) is at `uri`."""
-        local = _local_path(uri)
-        if local is not None and not local.exists():
-            return False
-        return META in cls._table_names(cls._connect(uri))
+    @staticmethod
+    def _location(where: str | Path | StoreLocation) -> StoreLocation:
+        return where if isinstance(where, StoreLocation) else parse_location(str(where))
 
     @classmethod
-    def _check_no_stray_tables(cls, uri: str, db: Any) -> str | None:
+    def exists(cls, where: str | Path | StoreLocation) -> bool:
+        """True when a complete store (with its `meta` table) is at `where` (a path, URI or location)."""
+        location = cls._location(where)
+        local = _local_path(location.uri)
+        if local is not None and not local.exists():
+            return False
+        return META in cls._table_names(cls._connect(location), location)
+
+    @classmethod
+    def _check_no_stray_tables(cls, uri: str, db: Any, read_only: bool = False) -> str | None:
         """Refuse tables without meta; remove an empty interrupted creation (returns a note then)."""
         stray = sorted(cls._table_names(db) & {TILES, SLIDES})
         if not stray:
             return None
         local = _local_path(uri)
-        if local is not None and all(_holds_no_data(local / f"{name}.lance") for name in stray):
+        empty = local is not None and all(_holds_no_data(local / f"{name}.lance") for name in stray)
+        if empty:
+            if read_only:  # an interrupted creation: no store here, and a reader removes nothing
+                return None
             # Left by a run killed while creating the store: empty tables, no meta. Nothing to lose.
             for name in stray:
                 shutil.rmtree(local / f"{name}.lance")
@@ -366,19 +397,26 @@ class EmbeddingStore:
         )
 
     @classmethod
-    def open(cls, uri: str | Path) -> EmbeddingStore:
-        """Open an existing store (StoreNotFoundError if there is none at `uri`)."""
-        uri = str(uri)
-        if not cls.exists(uri):
+    def open(cls, where: str | Path | StoreLocation) -> EmbeddingStore:
+        """Open an existing store (StoreNotFoundError if there is none): a path, URI[@tag] or location."""
+        location = cls._location(where)
+        uri = location.uri
+        if not cls.exists(location):
             local = _local_path(uri)
             if local is None or local.exists():
-                cls._check_no_stray_tables(uri, cls._connect(uri))
+                cls._check_no_stray_tables(uri, cls._connect(location), read_only=location.read_only)
             raise StoreNotFoundError(
                 f"no embedding store at {uri}: create one with `mvh extract ... --store {uri}`"
             )
-        db = cls._connect(uri)
+        db = cls._connect(location)
         try:
-            rows = db.open_table(META).to_arrow().to_pylist()
+            table = db.open_table(META)
+            if location.pinned:
+                tables = {TILES: db.open_table(TILES), SLIDES: db.open_table(SLIDES), META: table}
+                table.checkout(
+                    snapshot_versions(tables, tag=location.tag, version=location.version, where=uri)[META]
+                )
+            rows = table.to_arrow().to_pylist()
             meta = {row["key"]: json.loads(row["value"]) for row in rows}
         except _DAMAGED_READ_ERRORS as exc:
             raise StoreDamagedError(
@@ -390,16 +428,22 @@ class EmbeddingStore:
                 f"store {uri} is damaged: its meta table has no fingerprint; restore it from a copy, or "
                 "re-extract into a new --store"
             )
-        return cls(uri, db, StoreFingerprint.from_dict(meta["fingerprint"]), meta)
+        return cls(location, db, StoreFingerprint.from_dict(meta["fingerprint"]), meta)
 
     @classmethod
-    def create(cls, uri: str | Path, fingerprint: StoreFingerprint) -> EmbeddingStore:
-        """Create a new empty store at `uri` bound to `fingerprint` (StoreError if one exists)."""
-        uri = str(uri)
-        if cls.exists(uri):
+    def create(cls, where: str | Path | StoreLocation, fingerprint: StoreFingerprint) -> EmbeddingStore:
+        """Create a new empty store bound to `fingerprint` (StoreError if one exists)."""
+        location = cls._location(where)
+        uri = location.uri
+        if location.read_only or location.pinned:
+            raise StoreUnusableError(
+                f"no store at {location.describe()} to open read-only or at a tag/version: create it with a "
+                "writable --store (no --read-only, no @tag or --store-version)"
+            )
+        if cls.exists(location):
             raise StoreError(f"a store already exists at {uri}: open it, or choose another --store path")
         try:
-            db = cls._connect(uri)
+            db = cls._connect(location)
             cleaned = cls._check_no_stray_tables(uri, db)
             schema = tiles_schema(fingerprint.embed_dim, fingerprint.embedding_dtype)
             db.create_table(TILES, data=schema.empty_table(), exist_ok=True)
@@ -420,21 +464,25 @@ class EmbeddingStore:
             db.create_table(META, data=rows)
         except _LANCE_ERRORS as exc:
             # Another process created the store between our check and now: use theirs if it agrees.
-            if META not in cls._table_names(db):
-                raise StoreUnusableError(f"cannot create the store at {uri}: {_reason(exc)}") from exc
-            return cls._checked(cls.open(uri), fingerprint)
-        store = cls(uri, db, fingerprint, meta)
+            if META not in cls._table_names(db, location):
+                said = location.redact(_reason(exc))
+                raise StoreUnusableError(f"cannot create the store at {uri}: {said}") from exc
+            return cls._checked(cls.open(location), fingerprint)
+        store = cls(location, db, fingerprint, meta)
         store.notes = [] if cleaned is None else [cleaned]
         if store._tiles.schema.field("embedding").type != schema.field("embedding").type:
             raise StoreError(f"store {uri} has a tiles table of another shape: choose another --store path")
         return store
 
     @classmethod
-    def open_or_create(cls, uri: str | Path, fingerprint: StoreFingerprint) -> EmbeddingStore:
-        """Open the store at `uri` if it matches `fingerprint`, else create it (FingerprintMismatchError)."""
-        if cls.exists(uri):
-            return cls._checked(cls.open(uri), fingerprint)
-        return cls.create(uri, fingerprint)
+    def open_or_create(
+        cls, where: str | Path | StoreLocation, fingerprint: StoreFingerprint
+    ) -> EmbeddingStore:
+        """Open the store if it matches `fingerprint`, else create it (FingerprintMismatchError)."""
+        location = cls._location(where)
+        if cls.exists(location):
+            return cls._checked(cls.open(location), fingerprint)
+        return cls.create(location, fingerprint)
 
     @staticmethod
     def _checked(store: EmbeddingStore, fingerprint: StoreFingerprint) -> EmbeddingStore:
@@ -448,7 +496,13 @@ class EmbeddingStore:
         return store
 
     def check_writable(self) -> None:
-        """Raise StoreUnusableError unless this process can write to the store (local: a probe file)."""
+        """Raise StoreUnusableError unless this process can write to the store (a probe write, once)."""
+        if self.location.read_only or self.location.pinned:
+            how = "with --read-only" if self.location.read_only else f"at {self.location.describe()}"
+            raise StoreUnusableError(
+                f"store {self.uri} is opened {how}: this command writes to it; open the latest version "
+                "without --read-only, with credentials that can write"
+            )
         if self.legacy:
             raise StoreUnusableError(
                 f"store {self.uri} was written by an older mvh (no per-slide commit ids or checksums): it "
@@ -456,7 +510,11 @@ class EmbeddingStore:
                 "a new --store)"
             )
         local = _local_path(self.uri)
-        if local is None or self._writable:
+        if self._writable:
+            return
+        if local is None:
+            self._probe_remote_write()
+            self._writable = True
             return
         for folder in (local, local / f"{TILES}.lance", local / f"{SLIDES}.lance"):
             try:
@@ -469,6 +527,62 @@ class EmbeddingStore:
                     "choose another --store"
                 ) from exc
         self._writable = True
+
+    def _probe_remote_write(self) -> None:
+        """Write and delete a small object beside the tables: refused credentials show before any work."""
+        from mvh.index.objects import SidecarFiles
+
+        probe = SidecarFiles(self.location, "probe")
+        name = f"write-{uuid.uuid4().hex}"
+        try:
+            probe.put(name, b"mvh write probe")
+            probe.delete(name)
+        except StoreError as exc:
+            raise StoreUnusableError(
+                f"store {self.uri} is not writable with these credentials ({exc}): give credentials that "
+                "can write, or read it with --read-only"
+            ) from exc
+
+    # ---------------------------------------------------------------- versions, tags, meta
+    def _tables(self) -> dict[str, Any]:
+        return {TILES: self._tiles, SLIDES: self._slides, META: self._meta}
+
+    def table_versions(self) -> dict[str, int]:
+        """Version of each table as opened (what results record with the store URI)."""
+        return table_versions(self._tables())
+
+    def snapshot(self) -> dict[str, Any]:
+        """Provenance for results: the store as named (URI, tag or version) and its table versions."""
+        return {"uri": self.location.describe(), "version": self.version, "tables": self.table_versions()}
+
+    def tags(self) -> dict[str, dict[str, int]]:
+        """Tags of the store: name -> table versions they pin."""
+        return list_tags(self._tables())
+
+    def create_tag(self, name: str) -> dict[str, int]:
+        """Tag the current version of every table as `name`."""
+        self.check_writable()
+        from mvh.index.location import check_tag_name
+
+        return create_tag(self._tables(), check_tag_name(name), self.uri)
+
+    def delete_tag(self, name: str) -> None:
+        """Remove tag `name` from every table."""
+        self.check_writable()
+        delete_tag(self._tables(), name, self.uri)
+
+    def set_meta(self, key: str, value: Any) -> None:
+        """Write one JSON-able value into the store's meta table (replacing the key's old value)."""
+        self.check_writable()
+        if key == "fingerprint":
+            raise StoreError("the fingerprint of a store is never rewritten")
+        row = pa.table({"key": [key], "value": [json.dumps(value, allow_nan=False)]}, schema=META_SCHEMA)
+        _retry(
+            lambda: self._meta.merge_insert("key").when_matched_update_all().when_not_matched_insert_all()
+            .execute(row),
+            f"meta key {key}",
+        )
+        self.meta[key] = json.loads(json.dumps(value))
 
     # ---------------------------------------------------------------- properties
     @property
@@ -489,11 +603,15 @@ class EmbeddingStore:
 
     @property
     def index_dir(self) -> Path:
-        """The folder inside the store where vector indexes live (local stores only)."""
+        """The folder the vector index is read from: inside a local store, or the local cache of the index
+        published beside a remote store (fetched or refetched here; a folder that does not exist when none
+        was published)."""
         local = _local_path(self.uri)
-        if local is None:
-            raise StoreError(f"store {self.uri} is remote: build vector indexes from a local copy")
-        return local / INDEX_DIRNAME
+        if local is not None:
+            return local / INDEX_DIRNAME
+        from mvh.index.index_cache import cache_root, cached_index
+
+        return cached_index(self.location) or cache_root() / "index" / "none"
 
     def schema(self) -> dict[str, pa.Schema]:
         """Arrow schemas of the tables."""
@@ -867,9 +985,17 @@ class EmbeddingStore:
         """A JSON-ready description: fingerprint, counts, slides by status, schemas."""
         slides = self.slides()
         counts = slides["status"].value_counts().to_dict() if len(slides) else {}
+        card = self.meta.get("card")
         return {
             "uri": self.uri,
+            "opened_as": self.location.describe(),
+            "read_only": self.location.read_only or self.location.pinned,
+            "storage_options": self.location.public_options(),
             "version": self.version,
+            "table_versions": self.table_versions(),
+            "tags": self.tags(),
+            "card_fields": card.get("fields", {}) if isinstance(card, dict) else None,
+            "card": card if isinstance(card, dict) else None,
             "fingerprint": self.fingerprint.to_dict(),
             "mvh_version": self.meta.get("mvh_version"),
             "created": self.meta.get("created"),

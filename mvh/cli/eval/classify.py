@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from mvh.cli._app import console, eval_app, guarded, print_json
-from mvh.cli._render import fmt_mean_std, print_notes
+from mvh.cli._render import fmt_mean_std, print_notes, store_access
 from mvh.cli.eval._models import (
     _JSON_OPT,
     _MODEL_OPT,
@@ -41,6 +41,7 @@ def _classify_table(result: ClassifyResult) -> Table:
 
 @eval_app.command("classify")
 @guarded
+@store_access
 def classify_cmd(
     images: Annotated[
         Path | None,

@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from mvh.cli._app import console, eval_app, guarded, print_json
-from mvh.cli._render import JsonOption, StoreOption, print_notes
+from mvh.cli._render import JsonOption, StoreOption, print_notes, store_access
 from mvh.errors import UsageError
 
 
@@ -27,6 +27,7 @@ def parse_ks(text: str) -> tuple[int, ...]:
 
 @eval_app.command("retrieval")
 @guarded
+@store_access
 def eval_retrieval_cmd(
     labels: Annotated[
         Path, typer.Option("--labels", help="CSV of tile_id,label or slide_id,label [,patient].")

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from mvh.cli._app import console, eval_app, guarded, print_json
 from mvh.cli._progress import progress_reporter
-from mvh.cli._render import fmt_mean_std
+from mvh.cli._render import fmt_mean_std, store_access
 from mvh.cli.eval._models import (
     _JSON_OPT,
     _MODEL_OPT,
@@ -61,6 +61,7 @@ def _st_table(result: STResult) -> Table:
 
 @eval_app.command("st")
 @guarded
+@store_access
 def st_cmd(
     samples: Annotated[
         list[Path],
