@@ -3,7 +3,8 @@
     python benchmarks/survival_mil.py load  [--slides 1000 --tiles 2000 --dim 768 --dtype float16]
                                             [--store-dir DIR] [--per-slide 50]
     python benchmarks/survival_mil.py gbsg2 [--tiles 20 100 --dim 768 --dtype float16 --store-dir DIR]
-    python benchmarks/survival_mil.py throughput [--patients 64 --dim 384 --tiles 64 512 --repeats 3]
+    python benchmarks/survival_mil.py throughput [--patients 64 --dim 384 --tiles 64 512 --repeats 3
+                                                  --threads 1]
 
 `load` builds (once; reused from --store-dir) a LanceDB store of --slides slides x --tiles tiles with
 `EmbeddingStore.add_slide`, compacts it as `mvh extract` does, then times `StoreBags.load` (one scan of
@@ -17,7 +18,7 @@ on a cohort of GBSG2's size and outcomes (686 patients, times and events of sksu
 data), 915 slides (229 patients with two), --tiles tiles per slide, embeddings that carry a noisy
 copy of the outcome; it prints the job's own timings (results.json `seconds`).
 
-`throughput` is ABMIL training patients/s, one patient per step vs padded batches of 16.
+`throughput` is ABMIL training patients/s, one patient per step vs batches of 16 (unpadded).
 """
 
 from __future__ import annotations
@@ -174,6 +175,7 @@ def patients_per_s(bags: list[np.ndarray], time_: np.ndarray, event: np.ndarray,
 
 
 def bench_throughput(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     bags = [rng.normal(size=(int(rng.integers(*args.tiles)), args.dim)).astype(np.float32)
             for _ in range(args.patients)]
@@ -210,6 +212,7 @@ def main() -> None:
     throughput.add_argument("--repeats", type=int, default=3)
     throughput.add_argument("--max-tiles", type=int, default=4096)
     throughput.add_argument("--device", default="auto")
+    throughput.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     {"load": bench_load, "gbsg2": bench_gbsg2, "throughput": bench_throughput}[args.bench](args)
 
