@@ -16,6 +16,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -147,7 +148,7 @@ class ClassifyResult(JobResult):
     knn_k: int
     seed: int
     results: list[MethodResult]
-    stores: dict[str, dict[str, str]] = field(default_factory=dict)
+    stores: dict[str, dict[str, Any]] = field(default_factory=dict)
     figures: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -267,7 +268,8 @@ def run_classify(cfg: ClassifyConfig, *, progress: Progress | None = None) -> Cl
         if label in embeddings:
             label = f"{label}@{Path(spec.uri).stem}"
         embeddings[label] = X
-        store_info[label] = {"uri": store.uri, "fingerprint": store.fingerprint.describe()}
+        store_info[label] = {"uri": store.uri, "fingerprint": store.fingerprint.describe(),
+                             "snapshot": store.snapshot()}
     groups, grouping, notes = tile_groups(table, slides)
     split = table["split"].to_numpy() if "split" in table.columns else None
     s = cfg.settings

@@ -45,10 +45,12 @@ class QueryResult:
     index: str
     notes: list[str] = field(default_factory=list)
     montage: Path | None = None
+    store: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (hits as a list of records)."""
         return {
+            "store": self.store,
             "query": self.query,
             "slide_level": self.slide_level,
             "index": self.index,
@@ -359,7 +361,8 @@ def run_search(
         what = "slide(s)" if slide_level else "tile(s)"
         notes.append(f"only {len(hits)} {what} found: the store holds fewer candidates than -k {cfg.k}")
     result = QueryResult(
-        hits=hits, slide_level=slide_level, query=query, index=index.params.describe(), notes=notes
+        hits=hits, slide_level=slide_level, query=query, index=index.params.describe(), notes=notes,
+        store=store.snapshot(),
     )
     if cfg.montage is not None:
         if query_image is None and query["kind"] == "slide":

@@ -267,6 +267,7 @@ class RetrievalResult(JobResult):
 
     store: str
     labels: str
+    store_snapshot: dict[str, Any]
     n_queries: int
     n_database: int
     n_slides: int
@@ -337,6 +338,7 @@ def evaluate_retrieval(
     return RetrievalResult(
         store=store.uri,
         labels=source,
+        store_snapshot=store.snapshot(),
         n_queries=int(len(rows)),
         n_database=int(len(rows)),
         n_slides=int(rows["slide_id"].nunique()),

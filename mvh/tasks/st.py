@@ -200,7 +200,7 @@ def run_st(config: STConfig, *, progress: Progress | None = None) -> STResult:
             _note(progress, notes, text)
         embedding[label] = sync.samples
         stores_info[label] = {"uri": store.uri, "fingerprint": fp.describe(),
-                              "weights_sha256": fp.weights_sha256}
+                              "weights_sha256": fp.weights_sha256, "snapshot": store.snapshot()}
     if dropped:
         _note(progress, notes, f"--drop-bad-spots: dropped {len(dropped)} spot(s) with bad coordinates "
                                "(listed under dropped_spots in results.json)")
