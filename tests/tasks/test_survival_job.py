@@ -157,3 +157,4 @@ def test_heatmap_drawn_over_the_slide_image_and_its_attention_table(cohort_store
     store_tiles = EmbeddingStore.open(store).slide_tiles("p03_1")
     np.testing.assert_array_equal(table[["x", "y"]].to_numpy(), store_tiles[["x", "y"]].to_numpy())
     assert table["attention"].between(0, 1).all() and table["attention"].sum() < 1 + 1e-6
+    assert list(table.columns) == ["slide_id", "x", "y", "attention"] and (table["slide_id"] == "p03_1").all()

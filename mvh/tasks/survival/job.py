@@ -175,13 +175,12 @@ def check_heatmap_slide(store: EmbeddingStore, cohort: Cohort, slide_id: str) ->
 
 
 def write_attention_table(out: Path, bags: StoreBags, source: HeatmapSource, attention: np.ndarray) -> Path:
-    """Write attention_<slide>.csv: level-0 x, y and out-of-fold ABMIL attention of each tile of the slide."""
+    """Write attention_<slide>.csv: slide_id, level-0 x, y (tile top-left) and out-of-fold ABMIL attention."""
     start, stop = bags.slide_span(source.patient_id, source.slide_id)
     coords = bags.slide_coords(source.slide_id)
     target = path_inside(out, f"attention_{source.slide_id}.csv")
-    pd.DataFrame({"x": coords[:, 0], "y": coords[:, 1], "attention": attention[start:stop]}).to_csv(
-        target, index=False
-    )
+    table = {"slide_id": source.slide_id, "x": coords[:, 0], "y": coords[:, 1]}
+    pd.DataFrame({**table, "attention": attention[start:stop]}).to_csv(target, index=False)
     return target
 
 
