@@ -153,8 +153,10 @@ class StoreEntry:
             "fingerprint": info["fingerprint"],
             "mvh_version": info.get("mvh_version"),
             "created": info.get("created"),
+            "opened_as": info.get("opened_as"),
             "tags": info.get("tags"),
-            "versions": info.get("versions"),
+            "versions": info.get("table_versions"),
+            "card": info.get("card_fields"),
         }
 
 

@@ -34,6 +34,8 @@ def test_health_stores_and_slides(app_client: TestClient, serve_store: str) -> N
     store = EmbeddingStore.open(serve_store)
     assert stores[0]["n_tiles"] == store.n_tiles == 60 and stores[0]["image_queries"] is True
     assert stores[0]["fingerprint"] == store.fingerprint.to_dict()
+    info = store.info()
+    assert (stores[0]["tags"], stores[0]["versions"]) == (info.get("tags"), info.get("table_versions"))
     slides = app_client.get("/api/stores/embeddings/slides").json()
     rows = [(s["slide_id"], s["status"], s["n_tiles"]) for s in slides]
     assert rows == [(REAL, "done", 54), ("synth", "done", 6)]
@@ -208,3 +210,26 @@ def test_store_without_its_weights_offers_tile_queries_only(
         response = client.post("/api/search", files={"image": ("he.png", fh, "image/png")})
     assert response.status_code == 400 and "stored tile" in response.json()["detail"]
     assert client.post("/api/search", json={"tile": f"{REAL}:1120:896", "k": 3}).status_code == 200
+
+
+def test_tagged_snapshot_is_served_read_only(serve_store: str, tmp_path: Path) -> None:
+    import shutil
+
+    from mvh.serve import ServeConfig, create_app
+
+    copy = tmp_path / "copy.lance"
+    shutil.copytree(serve_store, copy)
+    EmbeddingStore.open(copy).create_tag("v1")
+    client = TestClient(create_app(ServeConfig(stores=[f"{copy}@v1", str(copy)])))
+    stores = {s["name"]: s for s in client.get("/api/stores").json()}
+    assert set(stores) == {"copy-v1", "copy"}
+    assert "v1" in stores["copy"]["tags"] and stores["copy-v1"]["opened_as"] == f"{copy}@v1"
+    assert app_state_read_only(client) == {"copy-v1": True, "copy": True}
+    out = client.post("/api/search", json={"tile": f"{REAL}:1120:896", "k": 3, "store": "copy-v1"})
+    assert out.status_code == 200 and len(out.json()["hits"]) == 3
+
+
+def app_state_read_only(client: TestClient) -> dict[str, bool]:
+    """Whether each served store was opened read-only (its location says so)."""
+    entries = client.app.state.catalog.entries
+    return {name: bool(entry.store.location.read_only) for name, entry in entries.items()}

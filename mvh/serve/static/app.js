@@ -131,7 +131,8 @@ async function mvhStoresPage() {
         ["image queries", s.image_queries ? "yes" : s.image_queries_reason],
       ];
       if (s.tags) rows.push(["tags", JSON.stringify(s.tags)]);
-      if (s.versions) rows.push(["versions", JSON.stringify(s.versions)]);
+      if (s.versions) rows.push(["table versions", JSON.stringify(s.versions)]);
+      if (s.card && Object.keys(s.card).length) rows.push(["dataset card", JSON.stringify(s.card)]);
       main.appendChild(el("h2", { text: s.name }));
       main.appendChild(el("table", { class: "fingerprint" }, rows.map(([k, v]) => el("tr", {}, [el("th", { text: k }), el("td", { text: v })]))));
       const slides = await api(`/api/stores/${encodeURIComponent(s.name)}/slides`);
