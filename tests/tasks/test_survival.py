@@ -163,6 +163,13 @@ def test_too_few_training_events_for_the_coxph_inner_cv_fail_before_training(pla
         cross_validate_survival(bags, few, SurvivalSettings(folds=3, **FAST))
 
 
+def test_unstratified_coxph_inner_folds_are_a_recorded_note(planted) -> None:
+    bags, patients, _ = planted
+    mostly_events = patients.iloc[:24].assign(event=[1] * 21 + [0] * 3)
+    cv = cross_validate_survival(bags, mostly_events, SurvivalSettings(folds=3, epochs=1, **FAST))
+    assert any("CoxPH inner folds are not stratified by event" in n for n in cv.notes), cv.notes
+
+
 def test_no_validation_split_is_a_recorded_note(planted) -> None:
     bags, patients, _ = planted
     cv = cross_validate_survival(bags, patients.iloc[:15], SurvivalSettings(folds=3, epochs=1, coxph_folds=2,

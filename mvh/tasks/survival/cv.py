@@ -141,6 +141,11 @@ def _cross_validate(
     # Every inner split is made (and checked) before any training, so a bad setting fails in seconds.
     splits = [inner_split(event[f.train], settings.val_fraction, settings.seed + f.index) for f in folds]
     coxph_inner = [inner_folds(event[f.train], settings.coxph_folds, settings.seed + f.index) for f in folds]
+    for f in folds:
+        censored = int(len(f.train) - event[f.train].sum())
+        if censored < settings.coxph_folds:
+            note(f"fold {f.index + 1}/{len(folds)}: {censored} censored training patients for --coxph-folds "
+                 f"{settings.coxph_folds}: the CoxPH inner folds are not stratified by event")
     pooled = mean_pool(bags, ids)
     risk = {m: np.full(len(ids), np.nan) for m in MODELS}
     groups = {m: np.full(len(ids), -1, dtype=np.int8) for m in MODELS}
