@@ -9,6 +9,7 @@ from urllib.parse import quote
 from fastapi import FastAPI, Form, Request
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -294,4 +295,18 @@ def create_app(config: ServeConfig) -> FastAPI:
         """Upload and pixel limits of image queries, and the largest k."""
         return {"max_upload_bytes": config.max_upload_bytes, "max_pixels": config.max_pixels, "max_k": MAX_K}
 
+    def openapi() -> dict[str, Any]:
+        # the served stores are fixed at start-up: the schema lists them
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                                 routes=app.routes)
+            for item in schema.get("paths", {}).values():
+                for operation in item.values():
+                    for param in operation.get("parameters", []):
+                        if param.get("name") == "store":
+                            param["schema"] = {**param.get("schema", {}), "enum": list(catalog.entries)}
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
