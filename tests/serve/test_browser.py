@@ -137,3 +137,34 @@ def test_store_page(browser, live_server: str) -> None:  # type: ignore[no-untyp
     assert page.locator("tr.slide-row").count() == 2
     assert "mv_hybrid_tiny" in page.inner_text("table.fingerprint")
     page.close()
+
+
+def test_drag_and_drop_a_tile(browser, live_server: str, he_tile: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import base64
+
+    from PIL import Image
+
+    crop = tmp_path / "crop.png"
+    Image.open(he_tile).convert("RGB").crop((300, 300, 700, 700)).save(crop)
+    page = browser.new_page()
+    page.goto(live_server + "/")
+    if page.url.endswith("/login"):
+        page.fill("#token", TOKEN)
+        page.click("#login")
+    page.wait_for_selector("#store option", state="attached")
+    data = base64.b64encode(crop.read_bytes()).decode()
+    transfer = page.evaluate_handle("""(b64) => {
+        const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+        const dt = new DataTransfer();
+        dt.items.add(new File([bytes], "crop.png", {type: "image/png"}));
+        return dt;
+    }""", data)
+    page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})
+    assert page.evaluate("document.getElementById('image').files[0].name") == "crop.png"
+    page.fill("#k", "3")
+    page.click("#go")
+    page.wait_for_function("window.mvhSearch.result !== null || window.mvhSearch.error !== null")
+    assert page.evaluate("window.mvhSearch.error") is None
+    assert page.evaluate("window.mvhSearch.result.query.source") == "crop.png"
+    assert page.locator(".hit").count() == 3
+    page.close()
