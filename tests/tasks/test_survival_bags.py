@@ -10,7 +10,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from mvh.errors import DataError, StoreError
+from mvh.errors import DataError, StoreDamagedError, StoreError
 from mvh.index.store import EmbeddingStore, StoreFingerprint, embeddings_to_arrow
 from mvh.progress import TILES, Event, Recorder
 from mvh.tasks.survival import StoreBags, mean_pool
@@ -89,16 +89,16 @@ def test_duplicated_and_non_finite_tiles_are_refused(tmp_path: Path) -> None:
     add_slide(store, "s2", np.ones((2, 4), np.float32))
     table = lancedb.connect(store.uri).open_table("tiles")
     table.add(_raw_row(table, "s1", "s1:extra", np.ones(4, np.float32)))
-    with pytest.raises(StoreError, match="s1 have more tile rows than their recorded n_tiles"):
+    with pytest.raises(StoreDamagedError, match="s1 have more tile rows than their recorded n_tiles"):
         StoreBags.load(store, {"P1": ["s1"], "P2": ["s2"]})
     bad = np.ones(4, np.float32)
     bad[2] = np.inf  # LanceDB refuses NaN on add; bit rot can still produce it, and inf alike
     table.delete("slide_id = 's2' AND tile_id = 's2:0'")
     table.add(_raw_row(table, "s2", "s2:nan", bad))
     table.delete("slide_id = 's1'")
-    with pytest.raises(StoreError, match="s1 have fewer tile rows"):
+    with pytest.raises(StoreDamagedError, match="s1 have fewer tile rows"):
         StoreBags.load(store, {"P1": ["s1"]})
-    with pytest.raises(DataError, match="s2 hold NaN or inf"):
+    with pytest.raises(StoreDamagedError, match="s2 hold NaN or inf"):
         StoreBags.load(store, {"P2": ["s2"]})
 
 
@@ -118,3 +118,17 @@ def test_non_finite_rows_by_exponent_bits_equal_isfinite(dtype) -> None:
                       dtype=dtype)
     np.testing.assert_array_equal(_non_finite_rows(values), ~np.isfinite(values).all(axis=1))
     assert not _non_finite_rows(values[:2]).any()
+
+
+def test_rows_of_an_uncommitted_write_are_not_read(tmp_path: Path) -> None:
+    store = EmbeddingStore.create(tmp_path / "store", fingerprint(4))
+    add_slide(store, "s1", np.arange(12, dtype=np.float32).reshape(3, 4))
+    add_slide(store, "s2", np.ones((2, 4), np.float32))
+    expected = store.slide_embeddings("s1")[0]
+    table = lancedb.connect(store.uri).open_table("tiles")
+    stray = _raw_row(table, "s1", "s1:stray", np.full(4, 7.0, np.float32))
+    # What a write killed before its done row leaves: tiles under a commit no slide row names.
+    table.add(stray.set_column(stray.schema.get_field_index("commit"), "commit", pa.array(["killed-write"])))
+    bags = StoreBags.load(store, {"P1": ["s1"], "P2": ["s2"]})
+    np.testing.assert_array_equal(bags["P1"], expected)
+    np.testing.assert_array_equal(bags["P1"], store.slide_embeddings("s1")[0])

@@ -6,6 +6,13 @@ array for the whole cohort, streams the `tiles` table once (filtered to the coho
 each batch straight to its rows; patient bags are then contiguous views of that array. Within a slide,
 tiles are ordered by (y, x, tile_id), as `EmbeddingStore.slide_embeddings` orders them. Embeddings keep
 the store's dtype (float16 stores stay half the size in memory); training casts each batch to float32.
+
+Visibility follows the store's rules: the scan runs on the store's own (possibly version-pinned) tiles
+table and keeps only the rows of each slide's committed write (the `commit` its done row names; by
+slide id in stores written before commits existed). Row counts and finiteness are checked as
+`EmbeddingStore` checks them (StoreDamagedError). `EmbeddingStore.all_embeddings(slide_ids=...)` is
+the store's one-scan read, but it materialises float32 copies (four times a float16 store's bytes at
+peak); this streaming variant keeps the peak near one copy in the store's dtype.
 """
 
 from __future__ import annotations
@@ -13,12 +20,11 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 
-import lancedb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mvh.errors import DataError, StoreError
+from mvh.errors import DataError, StoreDamagedError, StoreError
 from mvh.index.store import DONE, TILES, EmbeddingStore
 from mvh.progress import TILES as TILES_TASK
 from mvh.progress import Event, Progress, report
@@ -111,28 +117,33 @@ class StoreBags(Mapping[str, np.ndarray]):
         repeated = sorted(s for s, n in Counter(order).items() if n > 1)
         if repeated:
             raise DataError(f"slide(s) {listing(repeated)} belong to several patients; keep one per slide")
-        done = store.slides(status=DONE).set_index("slide_id")["n_tiles"]
+        done = store.slides(status=DONE).set_index("slide_id")
         absent = [s for s in order if s not in done.index]
         if absent:
             raise StoreError(
                 f"slide(s) {listing(absent)} are not done in store {store.uri}; extract them or drop them"
             )
-        counts = done.reindex(order).to_numpy(np.int64)
+        rows_of = done.reindex(order)
+        counts = rows_of["n_tiles"].to_numpy(np.int64)
         offsets = np.concatenate([[0], np.cumsum(counts)])
-        table = lancedb.connect(store.uri).open_table(TILES)
+        # The store's own handle: pinned to the version it was opened at, with its storage options.
+        table = store._tables()[TILES]
+        key = "slide_id" if store.legacy else "commit"
+        value_set = pa.array([str(v) for v in (order if store.legacy else rows_of["commit"])], pa.string())
         dtype = table.schema.field("embedding").type.value_type.to_pandas_dtype()
         embeddings = np.empty((int(offsets[-1]), store.dim), dtype=dtype)
         coords = np.empty((int(offsets[-1]), 2), dtype=np.int64)
         fill = offsets[:-1].copy()
         id_chunks: list[tuple[pa.Array, np.ndarray]] = []
-        value_set = pa.array(order, pa.string())
         report(progress, Event.TOTAL, TILES_TASK, int(offsets[-1]))
-        query = table.search().select(["slide_id", "tile_id", "x", "y", "embedding"])
+        columns = list(dict.fromkeys(["slide_id", key, "tile_id", "x", "y", "embedding"]))
+        query = table.search().select(columns)
         if 2 * len(order) < len(done):
             # A small part of the store: let Lance filter. Most of it: one plain scan, filtered here.
             query = query.where(f"slide_id IN ({', '.join(_quote(s) for s in order)})")
         for batch in query.to_batches(batch_rows) if order else []:
-            slide = pc.fill_null(pc.index_in(batch.column("slide_id"), value_set=value_set), -1)
+            # Rows of other commits (a superseded or unfinished write) or other slides get -1.
+            slide = pc.fill_null(pc.index_in(batch.column(key), value_set=value_set), -1)
             slide = slide.to_numpy(zero_copy_only=False).astype(np.int64)
             keep = np.flatnonzero(slide >= 0)
             if not len(keep):
@@ -143,7 +154,7 @@ class StoreBags(Mapping[str, np.ndarray]):
             over = rows >= offsets[slide + 1]
             if over.any():
                 extra = sorted({order[i] for i in slide[over]})
-                raise StoreError(
+                raise StoreDamagedError(
                     f"store {store.uri}: slide(s) {listing(extra)} have more tile rows than their "
                     "recorded n_tiles (duplicated tiles); re-extract them with --overwrite"
                 )
@@ -152,7 +163,7 @@ class StoreBags(Mapping[str, np.ndarray]):
             bad = _non_finite_rows(values)
             if bad.any():
                 broken = sorted({order[i] for i in slide[bad]})
-                raise DataError(
+                raise StoreDamagedError(
                     f"store {store.uri}: slide(s) {listing(broken)} hold NaN or inf embeddings "
                     "(damaged data); re-extract them with --overwrite"
                 )
@@ -163,7 +174,7 @@ class StoreBags(Mapping[str, np.ndarray]):
             report(progress, Event.ADVANCE, TILES_TASK, len(keep))
         short = [order[i] for i in np.flatnonzero(fill != offsets[1:])]
         if short:
-            raise StoreError(
+            raise StoreDamagedError(
                 f"store {store.uri}: slide(s) {listing(short)} have fewer tile rows than their recorded "
                 "n_tiles (damaged store); re-extract them with --overwrite"
             )
