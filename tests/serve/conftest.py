@@ -57,9 +57,26 @@ def results_dir(serve_store: str, tmp_path_factory: pytest.TempPathFactory) -> P
 
 
 @pytest.fixture(scope="session")
-def app_client(serve_store: str, results_dir: Path) -> Iterator[TestClient]:
-    """The app over the store, no token."""
-    with TestClient(create_app(ServeConfig(stores=[serve_store], results=[results_dir]))) as client:
+def st_dir(serve_store: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An ST results folder with predicted expression of two genes at 20 spot centres of the real slide."""
+    import numpy as np
+    import pandas as pd
+
+    folder = tmp_path_factory.mktemp("st_out")
+    tiles = EmbeddingStore.open(serve_store).slide_tiles(REAL).head(20)
+    rng = np.random.default_rng(1)
+    pd.DataFrame({"sample_id": REAL, "x": tiles["x"] + 112, "y": tiles["y"] + 112,
+                  "MKI67": rng.random(20), "CD3E": rng.random(20)}).to_csv(folder / "predictions_fold0.csv",
+                                                                           index=False)
+    (folder / "results.json").write_text(json.dumps({"settings": {"split": "patient"}}))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def app_client(serve_store: str, results_dir: Path, st_dir: Path) -> Iterator[TestClient]:
+    """The app over the store and both results folders, no token."""
+    config = ServeConfig(stores=[serve_store], results=[results_dir, st_dir])
+    with TestClient(create_app(config)) as client:
         yield client
 
 
@@ -91,9 +108,10 @@ def _start(args: list[str]) -> tuple[subprocess.Popen[str], str]:
 
 
 @pytest.fixture(scope="session")
-def live_server(serve_store: str, results_dir: Path) -> Iterator[str]:
+def live_server(serve_store: str, results_dir: Path, st_dir: Path) -> Iterator[str]:
     """`mvh serve` as a real process with a token, on a free loopback port: its base URL."""
-    proc, url = _start(["--store", serve_store, "--results", str(results_dir), "--token", TOKEN])
+    proc, url = _start(["--store", serve_store, "--results", str(results_dir), "--results", str(st_dir),
+                        "--token", TOKEN])
     yield url
     proc.terminate()
     proc.wait(timeout=20)

@@ -157,12 +157,14 @@ def test_tile_grid_and_overlays(app_client: TestClient, serve_store: str, result
     assert list(zip(grid["x"], grid["y"], strict=True)) == list(zip(tiles["x"], tiles["y"], strict=True))
     assert grid["size_l0"] == 224
     overlays = app_client.get(f"/api/overlays/embeddings/{REAL}").json()
-    [layer] = overlays["layers"]
+    layer, st = overlays["layers"]
     written = __import__("pandas").read_csv(results_dir / f"attention_{REAL}.csv")
     assert layer["kind"] == "attention" and layer["anchor"] == "top-left"
     assert layer["x"] == written["x"].tolist() and layer["y"] == written["y"].tolist()
     assert layer["values"]["attention"] == written["attention"].tolist()
     assert app_client.get("/api/overlays/embeddings/synth").json()["layers"] == []
+    assert st["kind"] == "st" and st["anchor"] == "centre" and st["channels"] == ["MKI67", "CD3E"]
+    assert st["x"] == (tiles["x"].head(20) + 112).tolist()
 
 
 def test_results_folder_without_per_tile_values_says_so(tmp_path: Path) -> None:

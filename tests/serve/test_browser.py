@@ -123,6 +123,16 @@ def test_search_viewer_more_like_this_and_heatmap(  # type: ignore[no-untyped-de
     page.check("#layer-0")
     assert page.locator("rect.layer-attention").count() == 54
     page.screenshot(path=str(out_dir / "viewer_heatmap.png"))
+    # ST predicted expression per spot, one gene at a time, centred on the spot
+    page.uncheck("#layer-0")
+    page.check("#layer-1")
+    page.select_option("#layer-1-channel", "CD3E")
+    spots = page.evaluate("""() => [...document.querySelectorAll('rect.layer-st')].map(r => [
+        Number(r.getAttribute('x')) + Number(r.getAttribute('width')) / 2,
+        Number(r.getAttribute('data-value'))])""")
+    layer = page.evaluate("mvhViewer.layers[1]")
+    assert len(spots) == 20 and page.locator("rect.layer-attention").count() == 0
+    assert [s[0] for s in spots] == layer["x"] and [s[1] for s in spots] == layer["values"]["CD3E"]
     page.close()
 
 
