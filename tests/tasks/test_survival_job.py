@@ -81,6 +81,7 @@ def test_results_json_is_to_dict_and_round_trips(cohort_store, tmp_path: Path) -
     assert saved == result.to_dict()
     assert SurvivalResult.from_dict(saved).to_dict() == saved
     assert saved["cohort"]["n_patients"] == 24 and saved["cohort"]["n_slides"] == 48
+    assert saved["cohort"]["store_snapshot"] == EmbeddingStore.open(store).snapshot()
     assert saved["cohort"]["n_tiles"] == recorder.count(Event.ADVANCE, TILES) > 0
     assert recorder.count(Event.TOTAL, FOLDS) == recorder.count(Event.ADVANCE, FOLDS) == 3
     assert "training patients" in saved["definitions"]["km_split"]

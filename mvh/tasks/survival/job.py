@@ -104,6 +104,7 @@ class CohortSummary:
 
     cohort: Path
     store: str
+    store_snapshot: dict[str, Any]
     fingerprint: dict[str, Any]
     n_patients: int
     n_slides: int
@@ -258,7 +259,8 @@ def run_survival(config: SurvivalConfig, *, progress: Progress | None = None) ->
         settings=config.settings,
         device=str(resolve_device(config.settings.device)),
         cohort=CohortSummary(
-            cohort=config.cohort, store=store.uri, fingerprint=store.fingerprint.to_dict(),
+            cohort=config.cohort, store=store.uri, store_snapshot=store.snapshot(),
+            fingerprint=store.fingerprint.to_dict(),
             n_patients=len(cohort.patients), n_slides=len(cohort.slides),
             n_events=int(cohort.patients["event"].sum()), n_tiles=len(bags.embeddings),
             skip_missing=config.skip_missing, skipped_slides=list(cohort.skipped_slides),
