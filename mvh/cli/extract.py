@@ -90,8 +90,30 @@ def extract_cmd(
     workers: Annotated[int, typer.Option("--workers", help="DataLoader processes decoding tiles.")] = 4,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:i")] = "auto",
     devices: Annotated[
-        str | None, typer.Option("--devices", help="Several devices, e.g. 0,1 (one process per device).")
+        str | None,
+        typer.Option("--devices", help="Several devices of this machine, e.g. 0,1: a local Ray instance."),
     ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-address",
+            envvar="RAY_ADDRESS",
+            help="Run on a Ray cluster: its address (ray://host:10001, auto) or `local` for this machine.",
+        ),
+    ] = None,
+    ray_cpus_per_worker: Annotated[
+        float, typer.Option("--ray-cpus-per-worker", help="CPUs per embedding worker on CPU-only clusters.")
+    ] = 1.0,
+    ray_workers: Annotated[
+        int | None,
+        typer.Option(
+            "--ray-workers",
+            help="Embedding workers (default: one per GPU, else CPUs / --ray-cpus-per-worker).",
+        ),
+    ] = None,
+    ray_max_retries: Annotated[
+        int, typer.Option("--ray-max-retries", help="Retries of a slide whose worker died.")
+    ] = 2,
     precision: Annotated[
         str, typer.Option("--precision", help="auto | fp32 | bf16 | fp16 (GPU only).")
     ] = "auto",
@@ -136,6 +158,10 @@ def extract_cmd(
         slide_id_from=slide_id_from,
         device=device,
         devices=tuple(parse_devices(devices)),
+        ray_address=ray_address,
+        ray_cpus_per_worker=ray_cpus_per_worker,
+        ray_workers=ray_workers,
+        ray_max_retries=ray_max_retries,
     )
     with progress_reporter(enabled=not as_json) as progress:
         result = run_extract(cfg, progress=progress)

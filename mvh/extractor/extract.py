@@ -8,12 +8,12 @@ in per-slide buffers; a slide is committed to the store as soon as its last tile
 `mvh.index.store` for the atomic commit protocol). A slide that cannot be opened, has no mpp, no
 tissue or an unreadable tile is recorded as failed and the run goes on.
 
-Several devices: pending slides are split by file size across one spawned process per device, each
-running the pipeline above and writing to the same store (Lance appends from several processes are
-safe; commit conflicts are retried by the store). Done slides are skipped unless `overwrite`, and only
-when their path, size and a cheap content hash match the done row: a different file with the same id is
-refused (use `slide_id_from="path"`). Any exception while opening, tiling or decoding one slide fails that
-slide only. The job shape: `run_extract(ExtractConfig(...), progress=...) -> ExtractResult`.
+Several devices or machines (`--devices 0,1`, `--ray-address`): Ray (`mvh.extractor.ray_extract`), one
+embedding actor per device, slides scheduled dynamically, this process the one committer. Done slides are
+skipped unless `overwrite`, and only when their path, size and a cheap content hash match the done row: a
+different file with the same id is refused (use `slide_id_from="path"`). Any exception while opening,
+tiling or decoding one slide fails that slide only. The job shape: `run_extract(ExtractConfig(...),
+progress=...) -> ExtractResult`.
 """
 
 from __future__ import annotations
@@ -23,9 +23,7 @@ import dataclasses
 import hashlib
 import logging
 import math
-import multiprocessing as mp
 import os
-import queue as queue_mod
 import time
 import warnings
 from collections import Counter
@@ -139,6 +137,10 @@ class ExtractConfig:
     slide_id_from: str = "stem"
     device: str = "auto"
     devices: tuple[str, ...] = ()
+    ray_address: str | None = None
+    ray_cpus_per_worker: float = 1.0
+    ray_workers: int | None = None
+    ray_max_retries: int = 2
 
     def __post_init__(self) -> None:
         object.__setattr__(
@@ -167,6 +169,19 @@ class ExtractConfig:
             raise UsageError(f"max_tiles={self.max_tiles} must be at least 1 (or None for all tiles)")
         if not self.store.strip():
             raise UsageError("--store is empty: give a store folder (or LanceDB URI)")
+        if self.ray_address is not None and not self.ray_address.strip():
+            raise UsageError("--ray-address is empty: give `local`, `auto` or the cluster's address")
+        if not (math.isfinite(self.ray_cpus_per_worker) and self.ray_cpus_per_worker > 0):
+            raise UsageError(f"--ray-cpus-per-worker {self.ray_cpus_per_worker} must be a positive number")
+        if self.ray_workers is not None and self.ray_workers < 1:
+            raise UsageError(f"--ray-workers {self.ray_workers} must be at least 1")
+        if self.ray_max_retries < 0:
+            raise UsageError(f"--ray-max-retries {self.ray_max_retries} must be 0 or more")
+
+    @property
+    def on_ray(self) -> bool:
+        """Whether the job runs on Ray: a cluster address was given, or several devices."""
+        return self.ray_address is not None or len(self.devices) > 1
 
     def embedder(self, device: str) -> Embedder:
         """Build the embedder this config names on `device`."""
@@ -516,112 +531,6 @@ def run_pipeline(
     return results
 
 
-# ---------------------------------------------------------------------------------------- several devices
-def _split_by_size(slides: Sequence[SlideInput], n: int) -> list[list[SlideInput]]:
-    """Greedy balance of slides over `n` shards by file size (largest first)."""
-    shards: list[list[SlideInput]] = [[] for _ in range(n)]
-    loads = [0] * n
-
-    def size(s: SlideInput) -> int:
-        return s.path.stat().st_size if s.path.exists() else 0
-
-    for s in sorted(slides, key=size, reverse=True):
-        k = loads.index(min(loads))
-        shards[k].append(s)
-        loads[k] += max(size(s), 1)
-    return shards
-
-
-def _device_worker(
-    cfg: ExtractConfig, store_uri: str, slides: list[SlideInput], device: str, wid: int, events: Any
-) -> None:
-    """Entry point of one device process: run the pipeline, stream progress events, send the results."""
-    try:
-        embedder = cfg.embedder(device)
-        store = EmbeddingStore.open_or_create(
-            store_uri, embedder.fingerprint(cfg.mpp, cfg.tile_px, cfg.dtype)
-        )
-
-        def forward(event: Event, task: str, n: int = 1, detail: str = "") -> None:
-            events.put(("event", wid, (event.value, task, n, detail)))
-
-        results = run_pipeline(embedder, store, slides, cfg, forward)
-        events.put(("results", wid, [dataclasses.asdict(r) for r in results]))
-    except MvhError as exc:
-        events.put(("error", wid, " ".join(str(exc).split())))
-
-
-def _run_devices(
-    cfg: ExtractConfig,
-    store: EmbeddingStore,
-    slides: Sequence[SlideInput],
-    devices: Sequence[str],
-    progress: Progress | None,
-) -> list[SlideResult]:
-    shards = _split_by_size(slides, len(devices))
-    ctx = mp.get_context("spawn")
-    events = ctx.Queue()
-    procs = {}
-    for wid, (device, shard) in enumerate(zip(devices, shards, strict=True)):
-        if shard:
-            proc = ctx.Process(
-                target=_device_worker, args=(cfg, store.uri, shard, device, wid, events), daemon=False
-            )
-            proc.start()
-            procs[wid] = (proc, device, shard)
-    results: list[SlideResult] = []
-    waiting = set(procs)
-    dead: set[int] = set()
-    while waiting:
-        try:
-            kind, wid, payload = events.get(timeout=0.5)
-        except queue_mod.Empty:
-            for wid in sorted(waiting):
-                proc, device, shard = procs[wid]
-                if proc.is_alive():
-                    continue
-                if wid in dead:  # dead and silent for two rounds: it crashed
-                    waiting.discard(wid)
-                    results += _crashed(store, shard, device, proc.exitcode)
-                dead.add(wid)
-            continue
-        proc, device, shard = procs[wid]
-        if kind == "event":
-            event, task, n, detail = payload
-            report(progress, Event(event), task, n, detail)
-        elif kind == "results":
-            waiting.discard(wid)
-            results += [SlideResult(**r) for r in payload]
-        else:
-            waiting.discard(wid)
-            results += [
-                SlideResult(s.slide_id, str(s.path), "failed", error=payload, device=device) for s in shard
-            ]
-    for proc, _, _ in procs.values():
-        proc.join()
-    return results
-
-
-def _crashed(
-    store: EmbeddingStore, shard: Sequence[SlideInput], device: str, code: int | None
-) -> list[SlideResult]:
-    """Results of a device worker that died: slides it committed are done, the rest failed."""
-    rows = store.slides().set_index("slide_id")
-    message = f"device worker {device} exited with code {code} before finishing; rerun to redo these slides"
-    out = []
-    for s in shard:
-        if s.slide_id in rows.index and rows.loc[s.slide_id, "status"] == DONE:
-            row = rows.loc[s.slide_id]
-            out.append(
-                SlideResult(
-                    s.slide_id, str(s.path), DONE, int(row["n_tiles"]), float(row["seconds"]), "", device
-                )
-            )
-        else:
-            out.append(SlideResult(s.slide_id, str(s.path), "failed", error=message, device=device))
-    return out
-
-
 # ---------------------------------------------------------------------------------------- entry point
 def parse_devices(text: str | None) -> list[str]:
     """`0,1` -> [cuda:0, cuda:1]; names such as `cpu` or `cuda:1` are kept; empty -> []."""
@@ -665,10 +574,11 @@ def run_extract(cfg: ExtractConfig, *, progress: Progress | None = None) -> Extr
     if EmbeddingStore.exists(cfg.store):
         EmbeddingStore.open(cfg.store).check_writable()  # before loading weights or reading any slide
     devices = list(cfg.devices)
-    if len(devices) > 1:
-        for d in devices:
-            resolve_device(d)
-        # Built on CPU only to check the weights and compute the fingerprint before spawning workers.
+    if cfg.on_ray:
+        if cfg.ray_address is None:  # --devices on this machine: a local Ray instance on those devices
+            for d in devices:
+                resolve_device(d)
+        # Built on CPU only to check the weights and compute the fingerprint; the workers hold the model.
         embedder = dataclasses.replace(cfg, precision="auto").embedder("cpu")
     else:
         embedder = cfg.embedder(devices[0] if devices else cfg.device)
@@ -689,10 +599,16 @@ def run_extract(cfg: ExtractConfig, *, progress: Progress | None = None) -> Extr
                 f"slide {s.slide_id}: {s.path} replaces the done slide from {done.loc[s.slide_id, 'path']}"
             )
         todo.append(s)
-    if len(devices) > 1:
+    if cfg.on_ray:
+        from mvh.extractor.ray_extract import RayOptions, run_on_ray
+
         del embedder
-        results += _run_devices(cfg, store, todo, devices, progress)
-        used = devices
+        options = RayOptions(
+            address=cfg.ray_address or "local", cpus_per_worker=cfg.ray_cpus_per_worker,
+            max_retries=cfg.ray_max_retries, workers=cfg.ray_workers or (len(devices) or None),
+        )
+        results += run_on_ray(cfg, store, todo, options, devices=devices, progress=progress)
+        used = sorted({r.device for r in results if r.device}) or devices
     else:
         results += run_pipeline(embedder, store, todo, cfg, progress)
         used = [str(embedder.device)]

@@ -59,14 +59,17 @@ def _ray() -> Any:
     return ray
 
 
-def connect(options: RayOptions) -> Any:
-    """`ray.init` for `options.address` (`local` starts a Ray instance on this machine)."""
+def connect(options: RayOptions, gpus: Sequence[int] = ()) -> Any:
+    """`ray.init` for `options.address` (`local`: a Ray instance on this machine, on `gpus` if given)."""
     ray = _ray()
     if ray.is_initialized():
         return ray
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "ERROR", "log_to_driver": False}
     address = None if options.address == LOCAL else options.address
+    if address is None and gpus:
+        kwargs["num_gpus"] = len(gpus)
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))  # the local instance sees these only
     try:
         ray.init(address=address, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -164,11 +167,20 @@ def run_on_ray(
     slides: Sequence[SlideInput],
     options: RayOptions,
     *,
+    devices: Sequence[str] = (),
     progress: Progress | None = None,
 ) -> list[SlideResult]:
-    """Embed `slides` (all pending) on the Ray cluster of `options`, committing each slide in this process."""
-    ray = connect(options)
-    gpu = bool(ray.cluster_resources().get("GPU", 0)) and cfg.device != "cpu"
+    """Embed `slides` (all pending) on the Ray cluster of `options`, committing each slide in this process.
+
+    `devices` (`--devices`): `cuda:i` entries make a local instance use those GPUs; `cpu` entries make CPU
+    workers. Without them, workers use the cluster's GPUs unless `cfg.device` is `cpu`.
+    """
+    gpus = [int(d.split(":")[1]) for d in devices if d.startswith("cuda:")]
+    ray = connect(options, gpus)
+    if devices:
+        gpu = all(d.startswith("cuda") for d in devices)
+    else:
+        gpu = bool(ray.cluster_resources().get("GPU", 0)) and cfg.device != "cpu"
     remote = ray.remote(num_gpus=1 if gpu else 0, num_cpus=options.cpus_per_worker, max_restarts=0)(
         SlideEmbedder
     )

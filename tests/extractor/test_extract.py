@@ -208,20 +208,6 @@ def test_sigkill_after_first_commit_then_rerun(slide_dir, tmp_path) -> None:
         assert len(store.slide_embeddings(sid)[0]) == len(grid_of(slide_dir / f"{sid}.tiff"))
 
 
-@pytest.mark.slow  # two spawned processes each import torch: ~40 s on the shared 2-core machine
-def test_two_processes_share_one_store(slide_dir, tmp_path) -> None:
-    uri = tmp_path / "multi.lance"
-    summary = extract_slides([slide_dir], uri, CFG, glob="s*.tiff", devices=["cpu", "cpu"])
-    assert summary.devices == ["cpu", "cpu"] and summary.exit_code == 0
-    assert [r.status for r in summary.slides] == ["done", "done", "done"]
-    store = EmbeddingStore.open(uri)
-    single = extract_slides([slide_dir], tmp_path / "single.lance", CFG, glob="s*.tiff", device="cpu")
-    ref = EmbeddingStore.open(single.store)
-    for sid in ("s1", "s2", "s3"):
-        np.testing.assert_allclose(store.slide_embeddings(sid)[0], ref.slide_embeddings(sid)[0], atol=1e-5)
-    assert store.n_tiles == ref.n_tiles
-
-
 @pytest.mark.parametrize(
     ("changes", "named"),
     [

@@ -1,0 +1,130 @@
+"""Ray extraction cases; run by test_ray_extract.py inside a loopback-only network namespace.
+
+Not collected on their own (the file name does not start with test_): outside the namespace Ray would
+advertise a non-loopback address.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mvh.extractor.extract import ExtractConfig, run_extract
+
+ray = pytest.importorskip("ray")
+from ray.cluster_utils import Cluster  # noqa: E402
+
+BASE = {"model": "mv_hybrid_tiny", "random_init": True, "workers": 0, "batch_size": 32}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """Two Ray nodes (one CPU each) on 127.0.0.1, no dashboard, no usage stats."""
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    c.add_node(num_cpus=1)
+    ray.init(address=c.address, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    assert len(nodes) == 2
+    assert {n["NodeManagerAddress"] for n in nodes} == {"127.0.0.1"}, "Ray must only bind loopback here"
+    yield c
+    ray.shutdown()
+    c.shutdown()
+
+
+def _copies(sample_slide: Path, folder: Path, n: int, corrupt: bool) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        path = folder / f"slide{i}.svs"
+        shutil.copyfile(sample_slide, path)
+        paths.append(path)
+    if corrupt:
+        bad = folder / "corrupt.svs"
+        bad.write_bytes(sample_slide.read_bytes()[:30000])  # a truncated copy
+        paths.append(bad)
+    return paths
+
+
+def _rows(store_path: Path):
+    from mvh.index.store import EmbeddingStore
+
+    store = EmbeddingStore.open(str(store_path))
+    frame, emb = store.all_embeddings(columns=("slide_id", "tile_id"))
+    return store, frame, emb
+
+
+def test_same_rows_as_one_process_and_a_corrupt_slide_fails_alone(cluster, sample_slide, tmp_path):
+    slides = tuple(_copies(sample_slide, tmp_path / "slides", 2, corrupt=True))
+    one = run_extract(ExtractConfig(**BASE, slides=slides, store=str(tmp_path / "one.lance")))
+    on_ray = run_extract(
+        ExtractConfig(**BASE, slides=slides, store=str(tmp_path / "ray.lance"), ray_address=cluster.address)
+    )
+    status = {r.slide_id: r.status for r in on_ray.slides}
+    assert status == {"slide0": "done", "slide1": "done", "corrupt": "failed"} and on_ray.exit_code == 1
+    assert {r.slide_id: r.status for r in one.slides} == status
+    _, rows_one, emb_one = _rows(tmp_path / "one.lance")
+    store, rows_ray, emb_ray = _rows(tmp_path / "ray.lance")
+    assert rows_ray["tile_id"].tolist() == rows_one["tile_id"].tolist() and rows_ray["tile_id"].is_unique
+    assert np.array_equal(emb_ray, emb_one)  # bit-identical on CPU
+    assert "corrupt" in store.slides(status="failed")["slide_id"].tolist()
+    again = run_extract(
+        ExtractConfig(
+            **BASE, slides=slides[:2], store=str(tmp_path / "ray.lance"), ray_address=cluster.address
+        )
+    )
+    assert [r.status for r in again.slides] == ["skipped", "skipped"]
+
+
+def _kill_one_worker_after_first_commit(store_path: Path, killed: list[int]) -> None:
+    from mvh.index.store import EmbeddingStore
+
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            if EmbeddingStore.exists(str(store_path)) and EmbeddingStore.open(str(store_path)).slide_ids():
+                break
+        except Exception:  # noqa: BLE001 (the store is being created by the run)
+            pass
+        time.sleep(0.2)
+    found = subprocess.run(
+        ["pgrep", "-f", "ray::SlideEmbedder"], capture_output=True, text=True
+    ).stdout.split()
+    if found:
+        pid = int(found[0])
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+
+
+def test_a_killed_worker_is_survived_without_loss_or_duplicates(cluster, sample_slide, tmp_path):
+    slides = tuple(_copies(sample_slide, tmp_path / "slides", 6, corrupt=False))
+    store_path = tmp_path / "killed.lance"
+    killed: list[int] = []
+    killer = threading.Thread(target=_kill_one_worker_after_first_commit, args=(store_path, killed))
+    killer.start()
+    result = run_extract(
+        ExtractConfig(**BASE, slides=slides, store=str(store_path), ray_address=cluster.address)
+    )
+    killer.join()
+    assert killed, "no embedding worker was found to kill"
+    assert [r.status for r in result.slides] == ["done"] * 6, [r.error for r in result.slides]
+    store, rows, _ = _rows(store_path)
+    assert rows["tile_id"].is_unique and len(rows) == 6 * 54
+    assert store.slides(status="done")["n_tiles"].tolist() == [54] * 6
+
+
+def test_devices_run_one_worker_per_device_on_the_same_ray_path(cluster, sample_slide, tmp_path):
+    slides = tuple(_copies(sample_slide, tmp_path / "slides", 3, corrupt=False))
+    result = run_extract(
+        ExtractConfig(**BASE, slides=slides, store=str(tmp_path / "dev.lance"), devices=("cpu", "cpu"))
+    )
+    assert [r.status for r in result.slides] == ["done"] * 3 and result.devices == ["cpu"]
+    _, rows, _ = _rows(tmp_path / "dev.lance")
+    assert rows["tile_id"].is_unique and len(rows) == 3 * 54

@@ -1,0 +1,41 @@
+"""Extraction on a real 2-node Ray cluster, run inside a loopback-only network namespace.
+
+Ray advertises the machine's interface address even when told to use 127.0.0.1, and tests may only
+talk to loopback; so the cases in `ray_cases.py` run in `unshare -n` (a new network namespace whose only
+interface is `lo`), where Ray can bind nothing but 127.0.0.1. Each case asserts that every node's
+address is 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.ray
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+
+
+def test_ray_cases_in_a_loopback_only_namespace(tmp_path: Path) -> None:
+    """All cases of ray_cases.py share one 2-node cluster (started once: ~20-60 s on 2 cores)."""
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        pytest.fail("the Ray tests need `unshare` (util-linux) and `ip` (iproute2) to isolate the network")
+    inner = (
+        f"ip link set lo up && exec {sys.executable} -m pytest -q -p no:cacheprovider -o addopts='' "
+        f"--basetemp={tmp_path / 'inner'} {HERE / 'ray_cases.py'}"
+    )
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        ["unshare", "-n", "sh", "-c", inner], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, (
+        f"Ray cases failed inside the namespace:\n{done.stdout[-8000:]}\n{done.stderr[-3000:]}"
+    )
+    assert re.search(r"\b3 passed", done.stdout), done.stdout[-2000:]
