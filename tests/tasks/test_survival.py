@@ -91,6 +91,8 @@ def test_read_cohort_groups_slides_by_patient(tmp_path: Path) -> None:
         ("slide_id,patient_id,time,event\ns1,P1,3,1\ns1,P2,3,1\n", "s1.*several rows"),
         ("slide_id,patient_id,time,event\n,P1,3,1\n", "empty slide_id on line"),
         ("slide_id,patient_id,time,event\n", "no rows"),
+        ("slide_id,patient_id,time,event\ns1,P1,3,1\n../x,P2,3,1\n", "line 3: slide id '../x'"),
+        ("slide_id,patient_id,time,event\n/abs/x,P1,3,1\n", "line 2: slide id '/abs/x' contains a path"),
     ],
 )
 def test_read_cohort_rejects_bad_tables(tmp_path: Path, text: str, match: str) -> None:
