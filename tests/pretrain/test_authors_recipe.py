@@ -273,3 +273,13 @@ def test_config_validates_on_construction(changes, key):
 
     with pytest.raises(UsageError, match=f"^pretrain config: {key} "):
         PretrainConfig(**changes)
+
+
+def test_normalisation_is_bit_identical_to_torchvision():
+    from PIL import Image
+    from torchvision.transforms import functional as TF
+
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (37, 50, 3), dtype=np.uint8))
+    ours = augment.to_normalized_tensor(image, HE_MEAN, HE_STD)
+    ref = TF.normalize(TF.to_tensor(image), list(HE_MEAN), list(HE_STD))
+    assert ours.dtype == torch.float32 and torch.equal(ours, ref)
