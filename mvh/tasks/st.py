@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from mvh.errors import DataError, UsageError
+from mvh.index.slide_ids import path_inside
 from mvh.jobs import JobResult
 from mvh.progress import Event, Progress, report
 from mvh.tasks.hest_bench import BenchTask, bench_folds, is_bench_task, read_bench_task, read_gene_list
@@ -145,6 +146,7 @@ class STResult(JobResult):
     n_spots_without_embedding: int
     notes: list[str]
     figures: list[str] = field(default_factory=list)
+    prediction_tables: list[str] = field(default_factory=list)
 
 
 def _note(progress: Progress | None, notes: list[str], text: str) -> None:
@@ -232,6 +234,7 @@ def run_st(config: STConfig, *, progress: Progress | None = None) -> STResult:
         n_spots_without_embedding=missing, notes=notes,
     )
     out = config.out_dir
+    result.prediction_tables = [str(p) for p in _prediction_tables(held, out)]
     result.write_json(out / "results.json")
     result.figures = [str(p) for p in _figures(result, held, samples, out)]
     result.write_json(out / "results.json")
@@ -273,6 +276,21 @@ def _align(
         X[keep] = stacked[position[keep]]
         out[label] = X
     return out, keep
+
+
+def _prediction_tables(held: list[HeldOut], out: Path) -> list[Path]:
+    """`predictions_<model>_<split>.csv`: per held-out spot (level-0 centre) the predicted log1p expression
+    of every gene, for viewers (`mvh serve --results`) and for re-plotting."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for h in held:
+        name = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{h.model}_{h.split}")
+        table = pd.DataFrame({"sample_id": h.sample_id, "x": h.xy[:, 0], "y": h.xy[:, 1]})
+        table = pd.concat([table, pd.DataFrame(h.predicted, columns=list(h.genes))], axis=1)
+        path = path_inside(out, f"predictions_{name}.csv")
+        table.to_csv(path, index=False)
+        paths.append(path)
+    return paths
 
 
 def _figures(result: STResult, held: list[HeldOut], samples: Sequence[STSample], out: Path) -> list[Path]:

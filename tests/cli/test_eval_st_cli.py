@@ -149,3 +149,26 @@ def test_st_usage_errors(cohort, tmp_path):
         result = CliRunner().invoke(app, ["eval", "st", str(cohort.root), "--model", MODEL, "--random-init",
                                           "--out", str(tmp_path), *extra])
         assert result.exit_code == 2 and flag in result.output, result.output
+
+
+def test_st_writes_held_out_predictions_that_the_viewer_reads(st_run, cohort):
+    import anndata
+    import pandas as pd
+
+    from mvh.serve.results import read_results_folder
+
+    _, out, result = st_run
+    assert result.exit_code == 0, result.output
+    res = json.loads((out / "results.json").read_text())
+    assert sorted(res["prediction_tables"]) == sorted(str(p) for p in out.glob("predictions_*.csv"))
+    table = pd.read_csv(out / f"predictions_{MODEL}_loso.csv")
+    sample = str(table["sample_id"].iloc[0])
+    assert table["sample_id"].nunique() == 1  # one held-out sample (fold 0)
+    genes = [c for c in table.columns if c not in ("sample_id", "x", "y")]
+    assert len(genes) == 8 and set(genes) <= set(res["models"][MODEL]["loso"]["genes"])
+    spots = anndata.read_h5ad(next(cohort.root.rglob(f"{sample}.h5ad")))
+    expected = {(round(x), round(y)) for x, y in np.asarray(spots.obsm["spatial"])}
+    assert {(round(x), round(y)) for x, y in zip(table["x"], table["y"], strict=True)} <= expected
+    layers = read_results_folder(out, "st").layers
+    st_layers = [layer for layer in layers if layer.slide_id == sample]
+    assert st_layers and set(genes) <= set(st_layers[0].values)

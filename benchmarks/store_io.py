@@ -1,0 +1,150 @@
+"""Store I/O on local disk vs a local S3 server (SeaweedFS on loopback): the cost of sharing over S3.
+
+    python benchmarks/store_io.py [--tiles 1000000] [--slide-tiles 5000] [--dim 768] [--dtype float16]
+                                  [--reads 20] [--json OUT]
+
+Builds the same store twice, in a temporary folder and in `s3://bench/store.lance` on a SeaweedFS server
+started here (127.0.0.1, free ports, temporary data folder), through `EmbeddingStore.add_slide` (one
+atomic commit per slide, as extraction does; synthetic embeddings). Then measures: append throughput
+(tiles/s committed), per-slide read latency (`slide_embeddings` of `--reads` random slides: median, p95),
+a full-table embedding scan (`all_embeddings`, MB/s of embedding bytes), and the cohort readers'
+one-scan read of half the slides (`all_embeddings(slide_ids=...)`, what survival bags and the ST and
+classification readers do). Prints the S3/local ratio of each. Goal: a 5,000-tile slide from local S3
+within 2x of local disk; full scans within 1.5x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _fingerprint(dim: int, dtype: str):
+    from mvh.index.store import StoreFingerprint
+
+    return StoreFingerprint(
+        model="bench",
+        model_config={},
+        weights_sha256="random-init",
+        weights_path=None,
+        embed_dim=dim,
+        tile_px=224,
+        mpp=0.5,
+        mean=None,
+        std=None,
+        embedding_dtype=dtype,
+    )
+
+
+def _slide(i: int, n: int, dim: int, rng: np.random.Generator) -> tuple[dict, pd.DataFrame, np.ndarray]:
+    side = int(np.ceil(np.sqrt(n)))
+    x = (np.arange(n) % side) * 448
+    y = (np.arange(n) // side) * 448
+    slide_id = f"slide{i:05d}"
+    tiles = pd.DataFrame(
+        {
+            "tile_id": [f"{slide_id}:{a}:{b}:448" for a, b in zip(x, y, strict=True)],
+            "x": x,
+            "y": y,
+            "tile_px": 224,
+            "mpp": 0.5,
+            "tissue_fraction": 1.0,
+        }
+    )
+    record = {
+        "slide_id": slide_id,
+        "path": f"/data/{slide_id}.svs",
+        "size": 1,
+        "width": side * 448,
+        "height": side * 448,
+        "mpp": 0.25,
+        "mpp_source": "metadata",
+    }
+    return record, tiles, rng.standard_normal((n, dim), dtype=np.float32)
+
+
+def measure(where, args) -> dict[str, float]:
+    from mvh.index.store import EmbeddingStore
+
+    rng = np.random.default_rng(0)
+    store = EmbeddingStore.create(where, _fingerprint(args.dim, args.dtype))
+    n_slides = args.tiles // args.slide_tiles
+    start = time.perf_counter()
+    for i in range(n_slides):
+        store.add_slide(*_slide(i, args.slide_tiles, args.dim, rng))
+    append_s = time.perf_counter() - start
+    start = time.perf_counter()
+    store.optimize()
+    optimize_s = time.perf_counter() - start
+    store = EmbeddingStore.open(where)
+    ids = store.slide_ids()
+    reads = []
+    for slide_id in rng.choice(ids, size=min(args.reads, len(ids)), replace=False):
+        t = time.perf_counter()
+        emb, _ = store.slide_embeddings(str(slide_id))
+        reads.append(time.perf_counter() - t)
+        assert len(emb) == args.slide_tiles
+    start = time.perf_counter()
+    rows, emb = store.all_embeddings(columns=("slide_id", "tile_id"))
+    scan_s = time.perf_counter() - start
+    half = ids[: len(ids) // 2]
+    start = time.perf_counter()
+    store.all_embeddings(columns=("slide_id",), slide_ids=half)
+    cohort_s = time.perf_counter() - start
+    mb = len(rows) * args.dim * np.dtype(args.dtype).itemsize / 1e6
+    return {
+        "append_tiles_per_s": n_slides * args.slide_tiles / append_s,
+        "optimize_s": optimize_s,
+        "slide_read_median_ms": 1000 * statistics.median(reads),
+        "slide_read_p95_ms": 1000 * float(np.percentile(reads, 95)),
+        "full_scan_mb_per_s": mb / scan_s,
+        "cohort_read_mb_per_s": (mb / 2) / cohort_s,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tiles", type=int, default=1_000_000)
+    parser.add_argument("--slide-tiles", type=int, default=5000)
+    parser.add_argument("--dim", type=int, default=768)
+    parser.add_argument("--dtype", default="float16", choices=("float16", "float32"))
+    parser.add_argument("--reads", type=int, default=20)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT))
+    from mvh.index.location import parse_location
+    from tests.sharing.seaweed import SeaweedS3
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = measure(str(Path(tmp) / "store.lance"), args)
+        server = SeaweedS3(Path(tmp) / "seaweed").start()
+        try:
+            server.create_bucket("bench")
+            s3 = measure(parse_location("s3://bench/store.lance", env=server.env()), args)
+        finally:
+            server.stop()
+    slower = {"slide_read_median_ms", "slide_read_p95_ms", "optimize_s"}
+    print(f"{args.tiles} tiles x {args.dim} {args.dtype}, {args.slide_tiles} tiles per slide")
+    print(f"{'':24s} {'local':>10s} {'S3':>10s} {'S3/local':>9s}")
+    ratios = {}
+    for key in local:
+        ratio = s3[key] / local[key] if key in slower else local[key] / s3[key]
+        ratios[key] = ratio
+        print(f"{key:24s} {local[key]:10.1f} {s3[key]:10.1f} {ratio:8.2f}x")
+    print("(ratios are 'times slower on S3': time ratio for latencies, rate ratio for throughputs)")
+    if args.json:
+        args.json.write_text(json.dumps({"local": local, "s3": s3, "s3_slower_by": ratios}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
