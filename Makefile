@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo_out
 
-.PHONY: venv demo test bench clean serve-assets chromium
+.PHONY: venv demo test bench clean serve-assets chromium netns-tools
 
 # torch/torchvision first, pinned to the pair that ships on local disk (no network download where it
 # exists; the only pair with which torchvision and timm import there); elsewhere pip picks a current torch.
@@ -21,7 +21,7 @@ venv: $(STAMP)
 demo: $(STAMP)
 	MVH=$(BIN)/mvh bash scripts/demo.sh $(DEMO_DIR)
 
-test: $(STAMP) serve-assets chromium
+test: $(STAMP) serve-assets chromium netns-tools
 	$(BIN)/python -m pytest -q
 
 # `mvh serve`: OpenSeadragon from the npm registry (served by the app, no CDN), and Debian's chromium
@@ -38,6 +38,10 @@ serve-assets: $(SERVE_ASSETS)
 
 chromium:
 	test -x $(CHROMIUM) || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium; }
+
+# The Ray tests run in a loopback-only network namespace: `unshare` (util-linux) and `ip` (iproute2).
+netns-tools:
+	command -v unshare >/dev/null && command -v ip >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends util-linux iproute2; }
 
 bench: $(STAMP)
 	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
