@@ -79,9 +79,10 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
 
 
 LOSS_CAPTION = (
-    "A short demo run on a few tiles: expect the total loss to fall over the first steps (mostly DINO and "
-    "iBOT as the teacher sharpens), then flatten and wobble; KoLeo is small and may rise as the embeddings "
-    "spread. A flat or rising total from the start, or NaN, means the run is not learning."
+    "A short demo run (tens of steps on one slide): expect the total to fall slowly and then flatten, most "
+    "of the drop from KoLeo (it falls as the embeddings spread apart), while DINO and iBOT stay near their "
+    "starting values (DINO near log of the number of prototypes) and creep down as the teacher sharpens. "
+    "A total that rises from the start, or NaN, means the run is not learning."
 )
 
 
