@@ -16,7 +16,9 @@ from mvh.cli._app import err_console
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-StoreOption = Annotated[str, typer.Option("--store", help="Store directory (or LanceDB URI).")]
+StoreOption = Annotated[
+    str, typer.Option("--store", help="Store: a directory or object-store URI (s3://...), URI@TAG for a tag.")
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 

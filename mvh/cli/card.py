@@ -9,14 +9,14 @@ import typer
 from rich.text import Text
 
 from mvh.cli._app import app, console, guarded, print_json
-from mvh.cli._render import JsonOption, open_store, store_access
+from mvh.cli._render import JsonOption, StoreOption, open_store, store_access
 
 
 @app.command("card")
 @guarded
 @store_access
 def card_cmd(
-    store: Annotated[str, typer.Option("--store", help="Store directory or object-store URI.")],
+    store: StoreOption = "embeddings.lance",
     out: Annotated[
         Path | None, typer.Option("--out", help="Also write the card to this Markdown file.")
     ] = None,

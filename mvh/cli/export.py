@@ -16,10 +16,10 @@ from mvh.cli._render import JsonOption, StoreOption, store_access
 @guarded
 @store_access
 def export_cmd(
-    store: StoreOption,
     out: Annotated[
         Path, typer.Option("--out", help="Output folder (or .parquet file); not an existing file.")
     ],
+    store: StoreOption = "embeddings.lance",
     fmt: Annotated[
         str,
         typer.Option(

@@ -15,7 +15,7 @@ from rich.text import Text
 
 from mvh.cli._app import app, console, err_console, guarded, parse_key_values, print_json
 from mvh.cli._progress import progress_reporter
-from mvh.cli._render import store_access, weights_line
+from mvh.cli._render import StoreOption, store_access, weights_line
 from mvh.errors import UsageError
 
 if TYPE_CHECKING:
@@ -50,9 +50,7 @@ def _summary_table(result: ExtractResult) -> Table:
 @store_access
 def extract_cmd(
     slides: Annotated[list[Path] | None, typer.Argument(help="Slide files and/or folders of slides.")] = None,
-    store: Annotated[
-        str, typer.Option("--store", help="Store directory (or any LanceDB URI).")
-    ] = "embeddings.lance",
+    store: StoreOption = "embeddings.lance",
     model: Annotated[str, typer.Option("--model", help="Backbone name (see `mvh models`).")] = "mv_hybrid",
     weights: Annotated[
         Path | None, typer.Option("--weights", help="Checkpoint file of the backbone.")

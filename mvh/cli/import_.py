@@ -17,8 +17,8 @@ from mvh.cli._render import JsonOption, StoreOption, print_notes, store_access
 @store_access
 def import_cmd(
     h5_dir: Annotated[Path, typer.Argument(help="Folder of TRIDENT/CLAM h5 files (features, coords).")],
-    store: StoreOption,
     model: Annotated[str, typer.Option("--model", help="Name of the tool/model that made the features.")],
+    store: StoreOption = "embeddings.lance",
     mpp: Annotated[
         float | None,
         typer.Option("--mpp", help="um/px of the tiles, for files without target_magnification/mpp."),

@@ -8,14 +8,14 @@ import typer
 from rich.table import Table
 
 from mvh.cli._app import app, console, guarded, print_json
-from mvh.cli._render import store_access, weights_line
+from mvh.cli._render import StoreOption, store_access, weights_line
 
 
 @app.command("info")
 @guarded
 @store_access
 def info_cmd(
-    store: Annotated[str, typer.Option("--store", help="Store directory (or LanceDB URI).")],
+    store: StoreOption = "embeddings.lance",
     as_json: Annotated[bool, typer.Option("--json", help="Print the description as JSON.")] = False,
 ) -> None:
     """Describe a store: fingerprint, counts, slides by status and table schemas."""

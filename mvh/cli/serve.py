@@ -10,11 +10,13 @@ import typer
 from rich.text import Text
 
 from mvh.cli._app import app, console, guarded
+from mvh.cli._render import store_access
 from mvh.errors import DependencyError, UsageError
 
 
 @app.command("serve")
 @guarded
+@store_access
 def serve_cmd(
     store: Annotated[list[str], typer.Option("--store", help="Store directory or URI (repeatable).")],
     results: Annotated[

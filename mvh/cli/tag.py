@@ -9,12 +9,11 @@ from rich.table import Table
 from rich.text import Text
 
 from mvh.cli._app import app, console, guarded, print_json
-from mvh.cli._render import JsonOption, open_store, store_access
+from mvh.cli._render import JsonOption, StoreOption, open_store, store_access
 
 tag_app = typer.Typer(help="Pin store versions by name (Lance tags on every table).", no_args_is_help=True)
 app.add_typer(tag_app, name="tag")
 
-StoreRequired = Annotated[str, typer.Option("--store", help="Store directory or object-store URI.")]
 NameArgument = Annotated[str, typer.Argument(help="Tag name: letters, digits, '.', '_' and '-'.")]
 
 
@@ -23,7 +22,7 @@ NameArgument = Annotated[str, typer.Argument(help="Tag name: letters, digits, '.
 @store_access
 def tag_create_cmd(
     name: NameArgument,
-    store: StoreRequired,
+    store: StoreOption = "embeddings.lance",
     as_json: JsonOption = False,
 ) -> None:
     """Tag the store's current version of every table as NAME."""
@@ -42,7 +41,7 @@ def tag_create_cmd(
 @tag_app.command("list")
 @guarded
 @store_access
-def tag_list_cmd(store: StoreRequired, as_json: JsonOption = False) -> None:
+def tag_list_cmd(store: StoreOption = "embeddings.lance", as_json: JsonOption = False) -> None:
     """List the store's tags and the table versions they pin."""
     tags = open_store(store).tags()
     if as_json:
@@ -59,7 +58,7 @@ def tag_list_cmd(store: StoreRequired, as_json: JsonOption = False) -> None:
 @tag_app.command("delete")
 @guarded
 @store_access
-def tag_delete_cmd(name: NameArgument, store: StoreRequired) -> None:
+def tag_delete_cmd(name: NameArgument, store: StoreOption = "embeddings.lance") -> None:
     """Remove tag NAME (the data it pinned stays until the store is cleaned up)."""
     open_store(store).delete_tag(name)
     console.print(Text(f"deleted tag {name} of {store}"))

@@ -17,7 +17,7 @@ from mvh.cli._render import JsonOption, StoreOption, store_access
 @guarded
 @store_access
 def verify_cmd(
-    store: StoreOption,
+    store: StoreOption = "embeddings.lance",
     slides: Annotated[
         list[str] | None, typer.Option("--slide", help="Check only this slide id (repeatable).")
     ] = None,

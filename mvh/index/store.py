@@ -908,6 +908,34 @@ class EmbeddingStore:
             emb, coords = self.slide_embeddings(slide_id)
             yield slide_id, emb, coords
 
+    def scan_tiles(
+        self, slide_ids: Sequence[str], columns: Sequence[str], batch_rows: int = 65536
+    ) -> Iterator[tuple[np.ndarray, pa.RecordBatch]]:
+        """Stream the visible tile rows of done `slide_ids` in one scan: (slide index int64 [B], rows).
+
+        The slide index says which of `slide_ids` each row belongs to. Only the rows of each slide's
+        committed write are yielded (never a superseded or unfinished one); rows come in storage order, and
+        counts and values are the caller's to check (`all_embeddings` does both). For cohort readers that
+        fill preallocated arrays without the copies `all_embeddings` makes.
+        """
+        order = [str(s) for s in slide_ids]
+        rows = self.slides(status=DONE).set_index("slide_id")
+        absent = [s for s in order if s not in rows.index]
+        if absent:
+            raise StoreError(f"slide(s) {absent[:5]} are not done in store {self.uri}: extract them first")
+        key = "slide_id" if self.legacy else "commit"
+        values = order if self.legacy else [str(c) for c in rows.loc[order, "commit"]]
+        value_set = pa.array(values, pa.string())
+        query = self._tiles.search().select(list(dict.fromkeys(["slide_id", key, *columns])))
+        if order and 2 * len(order) < len(rows):  # a small part of the store: let Lance filter
+            query = query.where(f"slide_id IN ({', '.join(_quote(s) for s in order)})")
+        for batch in query.to_batches(batch_rows) if order else []:
+            index = pc.fill_null(pc.index_in(batch.column(key), value_set=value_set), -1)
+            index = index.to_numpy(zero_copy_only=False).astype(np.int64)
+            keep = np.flatnonzero(index >= 0)
+            if len(keep):
+                yield index[keep], batch if len(keep) == batch.num_rows else batch.take(pa.array(keep))
+
     def all_embeddings(
         self,
         columns: Sequence[str] = ("slide_id", "tile_id", "x", "y", "tile_px", "mpp"),

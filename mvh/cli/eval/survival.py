@@ -42,7 +42,7 @@ def _results_table(result: SurvivalResult) -> Table:
 @store_access
 def survival_cmd(
     cohort: Annotated[Path, typer.Option("--cohort", help="CSV: slide_id, patient_id, time, event[, site].")],
-    store: StoreOption,
+    store: StoreOption = "embeddings.lance",
     loss: Annotated[str, typer.Option("--loss", help="cox (partial likelihood) or nll (time bins).")] = "cox",
     bins: Annotated[int, typer.Option("--bins", help="Time bins for --loss nll.")] = 4,
     folds: Annotated[int, typer.Option("--folds", help="Patient-level cross-validation folds.")] = 5,

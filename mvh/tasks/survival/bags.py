@@ -22,7 +22,6 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from mvh.errors import DataError, StoreDamagedError, StoreError
 from mvh.index.store import DONE, TILES, EmbeddingStore
@@ -32,9 +31,6 @@ from mvh.tasks.survival.cohort import listing
 
 SCAN_BATCH_ROWS = 65536
 
-
-def _quote(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 def _ranks_within_groups(group: np.ndarray) -> np.ndarray:
@@ -126,29 +122,13 @@ class StoreBags(Mapping[str, np.ndarray]):
         rows_of = done.reindex(order)
         counts = rows_of["n_tiles"].to_numpy(np.int64)
         offsets = np.concatenate([[0], np.cumsum(counts)])
-        # The store's own handle: pinned to the version it was opened at, with its storage options.
-        table = store._tables()[TILES]
-        key = "slide_id" if store.legacy else "commit"
-        value_set = pa.array([str(v) for v in (order if store.legacy else rows_of["commit"])], pa.string())
-        dtype = table.schema.field("embedding").type.value_type.to_pandas_dtype()
+        dtype = store.schema()[TILES].field("embedding").type.value_type.to_pandas_dtype()
         embeddings = np.empty((int(offsets[-1]), store.dim), dtype=dtype)
         coords = np.empty((int(offsets[-1]), 2), dtype=np.int64)
         fill = offsets[:-1].copy()
         id_chunks: list[tuple[pa.Array, np.ndarray]] = []
         report(progress, Event.TOTAL, TILES_TASK, int(offsets[-1]))
-        columns = list(dict.fromkeys(["slide_id", key, "tile_id", "x", "y", "embedding"]))
-        query = table.search().select(columns)
-        if 2 * len(order) < len(done):
-            # A small part of the store: let Lance filter. Most of it: one plain scan, filtered here.
-            query = query.where(f"slide_id IN ({', '.join(_quote(s) for s in order)})")
-        for batch in query.to_batches(batch_rows) if order else []:
-            # Rows of other commits (a superseded or unfinished write) or other slides get -1.
-            slide = pc.fill_null(pc.index_in(batch.column(key), value_set=value_set), -1)
-            slide = slide.to_numpy(zero_copy_only=False).astype(np.int64)
-            keep = np.flatnonzero(slide >= 0)
-            if not len(keep):
-                continue
-            slide = slide[keep]
+        for slide, batch in store.scan_tiles(order, ("tile_id", "x", "y", "embedding"), batch_rows):
             rows = fill[slide] + _ranks_within_groups(slide)
             fill += np.bincount(slide, minlength=len(order))
             over = rows >= offsets[slide + 1]
@@ -159,7 +139,6 @@ class StoreBags(Mapping[str, np.ndarray]):
                     "recorded n_tiles (duplicated tiles); re-extract them with --overwrite"
                 )
             values = batch.column("embedding").flatten().to_numpy(zero_copy_only=False).reshape(-1, store.dim)
-            values = values if len(keep) == batch.num_rows else values[keep]
             bad = _non_finite_rows(values)
             if bad.any():
                 broken = sorted({order[i] for i in slide[bad]})
@@ -168,10 +147,10 @@ class StoreBags(Mapping[str, np.ndarray]):
                     "(damaged data); re-extract them with --overwrite"
                 )
             _copy_runs(embeddings, rows, values)
-            coords[rows, 0] = batch.column("x").to_numpy()[keep]
-            coords[rows, 1] = batch.column("y").to_numpy()[keep]
-            id_chunks.append((batch.column("tile_id").take(pa.array(keep)), rows))
-            report(progress, Event.ADVANCE, TILES_TASK, len(keep))
+            coords[rows, 0] = batch.column("x").to_numpy()
+            coords[rows, 1] = batch.column("y").to_numpy()
+            id_chunks.append((batch.column("tile_id"), rows))
+            report(progress, Event.ADVANCE, TILES_TASK, len(rows))
         short = [order[i] for i in np.flatnonzero(fill != offsets[1:])]
         if short:
             raise StoreDamagedError(
