@@ -84,10 +84,11 @@ def pretrain_cmd(
     ] = False,
     config: Annotated[Path | None, typer.Option("--config", help="YAML file of settings.")] = None,
     settings: Annotated[
-        list[str] | None, typer.Option(
+        list[str] | None,
+        typer.Option(
             "--set",
             help="Any setting key=value by DINOv2 key or field name, e.g. optim.patch_embed_lr_mult=0.2.",
-        )
+        ),
     ] = None,
     print_config: Annotated[
         bool,
