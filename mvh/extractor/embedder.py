@@ -58,7 +58,7 @@ class Embedder:
     ) -> None:
         info = get_model_info(model_name)
         require_weights(model_name, weights, random_init)
-        self.model_name = model_name
+        self.model_name = info.name  # the registry name, whichever alias was typed
         self.overrides = dict(overrides or {})
         self.model_config = _json({**info.default_config, **self.overrides})
         self.seed = int(seed)
