@@ -61,3 +61,17 @@ def test_recorder_counts_by_event_and_task():
     rec(Event.ADVANCE, "tiles", 4)
     rec(Event.ADVANCE, "tiles", 6)
     assert rec.count(Event.ADVANCE, "tiles") == 10 and rec.count(Event.TOTAL, "tiles") == 10
+
+
+def test_plain_lines_keep_printing_during_a_long_step():
+    """Piped output never goes quiet for longer than the interval, even when no event arrives."""
+    import time as _time
+
+    buf = io.StringIO()
+    plain = PlainLines(Console(file=buf, width=200), every_s=0.1)
+    with plain.heartbeat():
+        plain(Event.TOTAL, "steps", 10)
+        plain(Event.ADVANCE, "steps")
+        _time.sleep(0.55)  # one long step: no event
+    lines = [line for line in buf.getvalue().splitlines() if "steps 1/10" in line]
+    assert len(lines) >= 4

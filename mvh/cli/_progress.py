@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -52,7 +53,8 @@ class RichBars:
 
 
 class PlainLines:
-    """Plain `task done/total` lines on stderr: at the first event, then at most every `every_s` seconds."""
+    """Plain `task done/total` lines on stderr: at the first event, then at most every `every_s` seconds;
+    with `heartbeat()` running, also every `every_s` seconds while no event arrives (a long step)."""
 
     def __init__(self, console: Console, every_s: float = PLAIN_EVERY_S, clock=time.monotonic) -> None:
         self.console = console
@@ -63,21 +65,43 @@ class PlainLines:
         self.done: dict[str, int] = {}
         self.total: dict[str, int] = {}
         self.status: dict[str, str] = {}
+        self._lock = threading.Lock()
 
     def __call__(self, event: Event, task: str, n: int = 1, detail: str = "") -> None:
         if event is Event.NOTE:
             self.console.print(f"note: {detail}", highlight=False, markup=False, soft_wrap=True)
             return
-        self.done.setdefault(task, 0)
-        if event is Event.TOTAL:
-            self.total[task] = self.total.get(task, 0) + n
-        elif event is Event.ADVANCE:
-            self.done[task] += n
-        elif event is Event.STATUS:
-            self.status[task] = detail
-        now = self.clock()
-        if self.last is None or now - self.last >= self.every_s:
-            self.flush(now)
+        with self._lock:
+            self.done.setdefault(task, 0)
+            if event is Event.TOTAL:
+                self.total[task] = self.total.get(task, 0) + n
+            elif event is Event.ADVANCE:
+                self.done[task] += n
+            elif event is Event.STATUS:
+                self.status[task] = detail
+            now = self.clock()
+            if self.last is None or now - self.last >= self.every_s:
+                self.flush(now)
+
+    @contextmanager
+    def heartbeat(self) -> Iterator[None]:
+        """Print the current line every `every_s` seconds from a background thread while inside."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(self.every_s / 4):
+                with self._lock:
+                    now = self.clock()
+                    if self.last is not None and now - self.last >= self.every_s:
+                        self.flush(now)
+
+        thread = threading.Thread(target=beat, name="mvh-progress-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
 
     def line(self, now: float) -> str:
         """`[12s] slides 3/10 | tiles 640/2100 (loss 4.1)`."""
@@ -107,7 +131,8 @@ def progress_reporter(enabled: bool = True, console: Console | None = None) -> I
         return
     if not console.is_terminal:
         plain = PlainLines(console)
-        yield plain
+        with plain.heartbeat():
+            yield plain
         plain.flush()
         return
     columns = (
