@@ -206,6 +206,13 @@ SLIDES_SCHEMA = pa.schema(
 META_SCHEMA = pa.schema([pa.field("key", pa.string(), nullable=False), pa.field("value", pa.string())])
 
 
+_CREATE_ATTEMPTS = 8  # open_or_create waits up to ~9 s for a concurrent creator's meta table
+
+
+class _CreationRace(Exception):
+    """Another process seems to be creating the same store right now (open_or_create waits and retries)."""
+
+
 def _quote(value: str) -> str:
     """A SQL string literal for a Lance filter."""
     return "'" + str(value).replace("'", "''") + "'"
@@ -431,8 +438,14 @@ class EmbeddingStore:
         return cls(location, db, StoreFingerprint.from_dict(meta["fingerprint"]), meta)
 
     @classmethod
-    def create(cls, where: str | Path | StoreLocation, fingerprint: StoreFingerprint) -> EmbeddingStore:
-        """Create a new empty store bound to `fingerprint` (StoreError if one exists)."""
+    def create(
+        cls, where: str | Path | StoreLocation, fingerprint: StoreFingerprint, *, _racing: bool = False
+    ) -> EmbeddingStore:
+        """Create a new empty store bound to `fingerprint` (StoreError if one exists).
+
+        `_racing` (open_or_create's earlier attempts): tables without meta, or a failed table creation, may
+        be another process creating the same store right now: raise `_CreationRace` to wait for it.
+        """
         location = cls._location(where)
         uri = location.uri
         if location.read_only or location.pinned:
@@ -442,13 +455,18 @@ class EmbeddingStore:
             )
         if cls.exists(location):
             raise StoreError(f"a store already exists at {uri}: open it, or choose another --store path")
+        db = cls._connect(location)
+        if _racing and cls._table_names(db, location) & {TILES, SLIDES}:
+            raise _CreationRace(uri)
         try:
-            db = cls._connect(location)
-            cleaned = cls._check_no_stray_tables(uri, db)
+            # racing: no tables a moment ago; any that appear now are the other creator's (exist_ok below)
+            cleaned = None if _racing else cls._check_no_stray_tables(uri, db)
             schema = tiles_schema(fingerprint.embed_dim, fingerprint.embedding_dtype)
             db.create_table(TILES, data=schema.empty_table(), exist_ok=True)
             db.create_table(SLIDES, data=SLIDES_SCHEMA.empty_table(), exist_ok=True)
         except _LANCE_ERRORS as exc:
+            if _racing:
+                raise _CreationRace(uri) from exc
             raise StoreUnusableError(
                 f"cannot create the store at {uri} ({_reason(exc)}): choose a writable --store path"
             ) from exc
@@ -478,11 +496,22 @@ class EmbeddingStore:
     def open_or_create(
         cls, where: str | Path | StoreLocation, fingerprint: StoreFingerprint
     ) -> EmbeddingStore:
-        """Open the store if it matches `fingerprint`, else create it (FingerprintMismatchError)."""
+        """Open the store if it matches `fingerprint`, else create it (FingerprintMismatchError).
+
+        Two processes creating one store at once: the one that finds the other's tables half made waits
+        for its meta table (a few seconds at most) and opens the store it created.
+        """
         location = cls._location(where)
+        for attempt in range(_CREATE_ATTEMPTS):
+            if cls.exists(location):
+                return cls._checked(cls.open(location), fingerprint)
+            try:
+                return cls.create(location, fingerprint, _racing=True)
+            except _CreationRace:
+                time.sleep(min(0.2 * 2**attempt, 2.0))
         if cls.exists(location):
             return cls._checked(cls.open(location), fingerprint)
-        return cls.create(location, fingerprint)
+        return cls.create(location, fingerprint)  # leftovers of a killed creation: cleaned or refused
 
     @staticmethod
     def _checked(store: EmbeddingStore, fingerprint: StoreFingerprint) -> EmbeddingStore:

@@ -308,3 +308,4 @@ def test_invisible_leftovers_older_than_an_hour_go_with_the_next_commit(store, m
     left = set(store._tiles.to_arrow().column("commit").to_pylist())
     assert old not in left and fresh in left  # a fresh one may belong to a writer still running
     assert store.orphan_tile_count() == 3 and store.n_tiles == 3
+

@@ -196,3 +196,31 @@ def test_two_concurrent_writers_and_a_killed_run_lose_nothing(s3_bucket, s3_serv
         assert store.slide_ids() == [f"s{i}" for i in range(6)]
         assert rows["tile_id"].is_unique and len(rows) == 6 * 54
         assert _mvh("verify", "--store", f"s3://{s3_bucket}/{name}.lance").exit_code == 0
+
+
+CREATOR = """
+import sys, time
+import numpy as np, pandas as pd
+from mvh.index.store import EmbeddingStore, StoreFingerprint
+fp = StoreFingerprint(model="m", model_config={}, weights_sha256="random-init", weights_path=None,
+                      embed_dim=4, tile_px=224, mpp=0.5, mean=None, std=None)
+time.sleep(float(sys.argv[3]) - time.time())  # both processes start creating at the same moment
+store = EmbeddingStore.open_or_create(sys.argv[1], fp)
+sid = sys.argv[2]
+tiles = pd.DataFrame({"tile_id": [f"{sid}:0:0:448"], "x": [0], "y": [0], "tile_px": 224, "mpp": 0.5,
+                      "tissue_fraction": 1.0})
+store.add_slide({"slide_id": sid, "path": sid}, tiles, np.ones((1, 4)))
+"""
+
+
+def test_two_processes_creating_one_new_s3_store_at_once_share_it(s3_bucket, s3_server) -> None:
+    """The second creator waits for the first one's meta table instead of failing on S3's conflicting PUT."""
+    env = {**os.environ, **s3_server.env(), "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    for round_ in range(3):
+        uri = f"s3://{s3_bucket}/new{round_}.lance"
+        start = str(time.time() + 4.0)
+        procs = [subprocess.Popen([sys.executable, "-c", CREATOR, uri, sid, start], env=env,
+                                  stderr=subprocess.PIPE, text=True) for sid in ("a", "b")]
+        errors = [p.communicate(timeout=120)[1] for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], errors
+        assert EmbeddingStore.open(parse_location(uri, env=env)).slide_ids() == ["a", "b"]
