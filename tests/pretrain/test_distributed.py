@@ -22,7 +22,7 @@ from mvh.pretrain.train import LOG_FILE, run_pretrain
 
 from .conftest import tiny_settings
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.distributed
 
 
 def _free_port() -> int:

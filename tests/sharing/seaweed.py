@@ -126,7 +126,7 @@ class SeaweedS3:
             "-master.volumeSizeLimitMB",
             "64",
             "-volume.max",
-            "50",
+            "1000",  # each bucket is a collection with volumes of its own: a test session makes many
             "-filer.localSocket",
             str(self.root / "filer.sock"),
             "-s3.localSocket",
