@@ -6,16 +6,18 @@
 Builds the same store twice, in a temporary folder and in `s3://bench/store.lance` on a SeaweedFS server
 started here (127.0.0.1, free ports, temporary data folder), through `EmbeddingStore.add_slide` (one
 atomic commit per slide, as extraction does; synthetic embeddings). Then measures: append throughput
-(tiles/s committed), per-slide read latency (`slide_embeddings` of `--reads` random slides: median, p95),
-a full-table embedding scan (`all_embeddings`, MB/s of embedding bytes), and the cohort readers'
-one-scan read of half the slides (`all_embeddings(slide_ids=...)`, what survival bags and the ST and
-classification readers do). Prints the S3/local ratio of each. Goal: a 5,000-tile slide from local S3
-within 2x of local disk; full scans within 1.5x.
+(tiles/s committed); then, through a read-only handle as a consumer opens it: per-slide read latency
+(`slide_embeddings` of `--reads` random slides: median, p95), a full-table embedding scan
+(`all_embeddings`, MB/s of embedding bytes), and the cohort readers' one-scan read of half the slides
+(`all_embeddings(slide_ids=...)`, what survival bags and the ST and classification readers do). Prints
+the S3/local ratio of each. Goal: a 5,000-tile slide from local S3 within 2x of local disk; full scans
+within 1.5x.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -74,6 +76,7 @@ def _slide(i: int, n: int, dim: int, rng: np.random.Generator) -> tuple[dict, pd
 
 
 def measure(where, args) -> dict[str, float]:
+    from mvh.index.location import parse_location
     from mvh.index.store import EmbeddingStore
 
     rng = np.random.default_rng(0)
@@ -86,7 +89,10 @@ def measure(where, args) -> dict[str, float]:
     start = time.perf_counter()
     store.optimize()
     optimize_s = time.perf_counter() - start
-    store = EmbeddingStore.open(where)
+    from mvh.index.location import StoreLocation
+
+    location = where if isinstance(where, StoreLocation) else parse_location(where)
+    store = EmbeddingStore.open(dataclasses.replace(location, read_only=True))  # a consumer's handle
     ids = store.slide_ids()
     reads = []
     for slide_id in rng.choice(ids, size=min(args.reads, len(ids)), replace=False):

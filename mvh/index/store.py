@@ -345,9 +345,12 @@ class EmbeddingStore:
                 f"--store {uri} is a regular file, not a store directory: give a folder path (new or "
                 "existing)"
             )
-        # Consistency interval 0: every read sees commits made by other processes.
+        # Writers and readers of the latest version: consistency interval 0, every read sees commits made
+        # by other processes. A read-only or pinned handle reads one version: no re-check per read (on
+        # object storage each re-check is a round trip).
+        interval = None if location.read_only or location.pinned else timedelta(0)
         return lancedb.connect(
-            uri, storage_options=location.storage_options or None, read_consistency_interval=timedelta(0)
+            uri, storage_options=location.storage_options or None, read_consistency_interval=interval
         )
 
     @staticmethod
