@@ -59,9 +59,13 @@ def test_survival_heatmap_figure_is_served_on_its_slide(survival_run: tuple[str,
     assert png.status_code == 200 and png.content == (out / "heatmap_p03.png").read_bytes()
     other = client.get("/api/overlays/cohort/p04").json()
     assert all(f["key"] != "heatmap" for f in other["figures"])
-    # until the survival job writes per-tile attention, the folder says so instead of drawing a layer
-    if not list(out.glob("attention*")):
-        assert overlays["layers"] == [] and any("no per-tile values" in n for n in folder["notes"])
+    # the run's per-tile attention becomes the viewer's layer on that slide, at the stored tiles' places
+    attention = pd.read_csv(out / "attention_p03.csv")
+    [layer] = [layer for layer in overlays["layers"] if layer["kind"] == "attention"]
+    assert layer["slide_id"] == "p03" and len(layer["x"]) == len(attention) == 12
+    stored = EmbeddingStore.open(uri).slide_tiles("p03")
+    assert set(zip(layer["x"], layer["y"], strict=True)) == set(zip(stored["x"], stored["y"], strict=True))
+    assert np.isclose(sum(layer["values"]["attention"]), 1.0, atol=1e-4)  # softmax over the slide's tiles
     listed = json.loads((out / "results.json").read_text())["figures"]
     for key in listed:
         assert client.get(f"/api/results/r0/figures/{key}").status_code == 200
