@@ -316,6 +316,7 @@ class EmbeddingStore:
         self.meta = meta
         self.notes: list[str] = []  # what opening or creating the store did that a user should hear about
         self._writable = False  # set once a write probe succeeded: checked once per handle, not per commit
+        self._frozen_rows: pd.DataFrame | None = None  # slides rows of a read-only/pinned handle, read once
         try:
             self._tiles = db.open_table(TILES)
             self._slides = db.open_table(SLIDES)
@@ -795,7 +796,19 @@ class EmbeddingStore:
 
     # ---------------------------------------------------------------- reading
     def _slide_rows(self, where: str | None = None) -> pd.DataFrame:
-        """Slides rows, one per slide (the latest when racing writers left two), sorted by slide_id."""
+        """Slides rows, one per slide (the latest when racing writers left two), sorted by slide_id.
+
+        A read-only or pinned handle reads one version, so it reads the table once (each query is several
+        object-store requests) and answers from that copy.
+        """
+        if self.location.read_only or self.location.pinned:
+            if self._frozen_rows is None:
+                self._frozen_rows = self._query_slide_rows(None)
+            if where is None:
+                return self._frozen_rows.copy()
+        return self._query_slide_rows(where)
+
+    def _query_slide_rows(self, where: str | None) -> pd.DataFrame:
         query = self._slides.search()
         if where is not None:
             query = query.where(where)
@@ -815,7 +828,11 @@ class EmbeddingStore:
         return frame.reset_index(drop=True)
 
     def _slide_row(self, slide_id: str) -> dict[str, Any] | None:
-        rows = self._slide_rows(f"slide_id = {_quote(slide_id)}")
+        if self.location.read_only or self.location.pinned:
+            rows = self._slide_rows()
+            rows = rows[rows["slide_id"] == slide_id]
+        else:
+            rows = self._slide_rows(f"slide_id = {_quote(slide_id)}")
         return rows.iloc[0].to_dict() if len(rows) else None
 
     def slides(self, status: str | None = None) -> pd.DataFrame:
