@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
@@ -14,8 +15,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,13 +139,11 @@ class SeaweedS3:
                 code = self.process.returncode
                 raise RuntimeError(f"weed exited with {code}; see {self.root / 'weed.log'}")
             try:
-                urllib.request.urlopen(self.endpoint, timeout=2)  # noqa: S310 (loopback only)
-            except urllib.error.HTTPError:
-                break  # the S3 API answers (403 without credentials): it is up
+                _loopback_request("GET", self.s3_port, "/", b"", {}, timeout=2)
             except OSError:
                 time.sleep(0.3)
                 continue
-            break
+            break  # the S3 API answers (403 without credentials): it is up
         else:
             self.stop()
             raise RuntimeError(f"SeaweedFS S3 did not answer in {timeout_s:.0f} s; see {self.root}/weed.log")
@@ -219,14 +216,18 @@ def signed_put(
         key_bytes = hmac.new(key_bytes, part.encode(), hashlib.sha256).digest()
     signature = hmac.new(key_bytes, to_sign.encode(), hashlib.sha256).hexdigest()
     auth = f"AWS4-HMAC-SHA256 Credential={access[0]}/{scope}, SignedHeaders={names}, Signature={signature}"
-    request = urllib.request.Request(
-        f"{endpoint}/{bucket}/{key}",
-        data=body,
-        method="PUT",
-        headers={**{k: v for k, v in signed.items() if k != "host"}, "Authorization": auth},
-    )
+    port = urlparse(endpoint).port
+    headers = {**{k: v for k, v in signed.items() if k != "host"}, "Authorization": auth}
+    return _loopback_request("PUT", port, f"/{bucket}/{key}", body, headers, timeout=10)
+
+
+def _loopback_request(
+    method: str, port: int, path: str, body: bytes, headers: dict[str, str], timeout: float
+) -> int:
+    """One HTTP request to 127.0.0.1:`port` (the only host these tests talk to); the status code."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (loopback only)
-            return response.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
+        connection.request(method, path, body=body, headers=headers)
+        return connection.getresponse().status
+    finally:
+        connection.close()
