@@ -25,6 +25,7 @@ from mvh.index.trident import (
     Geometry,
     H5Slide,
     encode_attrs,
+    files_that_crash_hdf5,
     read_h5,
     read_h5_header,
     resolve_geometry,
@@ -147,9 +148,13 @@ def _scan(cfg: ImportConfig, result: ImportResult) -> list[tuple[str, H5Slide, G
     """Headers and geometry of every file; slide ids checked before anything is written."""
     owners: dict[str, Path] = {}
     good = []
-    for path in cfg.files():
+    files = cfg.files()
+    crashed = files_that_crash_hdf5(files)
+    for path in files:
         header, error = None, ""
         try:
+            if path in crashed:
+                raise DataError(crashed[path])
             header = read_h5_header(path)
         except DataError as exc:
             error = " ".join(str(exc).split())

@@ -18,6 +18,9 @@ are the same layout without the attributes. mvh adds `mpp` and `slide_mpp` to th
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,6 +119,44 @@ def _dataset(f: h5py.File, key: str, path: Path) -> h5py.Dataset:
             f"{path}: no `{key}` dataset; expected a TRIDENT/CLAM feature file (`features`, `coords`)"
         )
     return obj
+
+
+# Reads every attribute, dtype and shape of each file named on the command line, printing a line per file.
+_PROBE = """
+import sys, h5py
+def visit(name, obj):
+    dict(obj.attrs)
+    if isinstance(obj, h5py.Dataset):
+        obj.dtype, obj.shape
+for path in sys.argv[1:]:
+    try:
+        with h5py.File(path, "r") as f:
+            dict(f.attrs)
+            f.visititems(visit)
+    except Exception:
+        pass
+    print("ok", flush=True)
+"""
+
+
+def files_that_crash_hdf5(paths: Sequence[Path]) -> dict[Path, str]:
+    """Files whose headers crash the HDF5 library itself (a corrupt file can segfault it), found in a child
+    process so that one bad file fails alone instead of killing the whole import."""
+    crashed: dict[Path, str] = {}
+    start = 0
+    while start < len(paths):
+        done = subprocess.run(
+            [sys.executable, "-c", _PROBE, *map(str, paths[start:])], capture_output=True, text=True
+        )
+        if done.returncode >= 0:
+            return crashed
+        k = start + done.stdout.count("ok")
+        crashed[paths[k]] = (
+            f"{paths[k]}: reading its header crashed the HDF5 library (signal {-done.returncode}): the file "
+            "is corrupt; export it again from its source"
+        )
+        start = k + 1
+    return crashed
 
 
 def read_h5_header(path: Path) -> H5Slide:

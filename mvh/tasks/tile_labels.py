@@ -30,6 +30,8 @@ def read_label_csv(path: Path) -> pd.DataFrame:
         raise DataError(f"{path}: cannot read the labels CSV ({exc}); give tile_id or path, label") from exc
     if "label" not in df.columns or not ({"tile_id", "path"} & set(df.columns)):
         raise DataError(f"{path}: needs a 'label' column and a 'tile_id' or 'path' column")
+    if df.empty:
+        raise DataError(f"{path}: the labels CSV has no rows; give one row per labelled tile")
     for column in ("label", "group", "patient"):
         if column in df.columns and df[column].isna().any():
             n = int(df[column].isna().sum())

@@ -470,3 +470,21 @@ def test_trident_slide_features_are_not_taken_for_tiles(tmp_path) -> None:
     )
     result = do_import(folder, tmp_path / "x.lance", tile_px=256, mpp=0.5, slide_mpp=0.25)
     assert result.exit_code == 1 and "slide embedding, not tiles" in result.failed[0].error
+
+
+def test_a_file_that_crashes_the_hdf5_library_fails_alone(tmp_path, monkeypatch):
+    """A corrupt h5 can segfault HDF5 itself; the header probe runs in a child, so only that file fails."""
+    import mvh.index.trident as trident
+
+    folder = tmp_path / "h5"
+    folder.mkdir()
+    made = trident_slide(tmp_path / "job", "good", 8)
+    for name in ("a.h5", "crash.h5", "z.h5"):
+        (folder / name).write_bytes(made.read_bytes())
+    # The child probe: the same reads, plus a real segfault when it reaches crash.h5 (as HDF5 does).
+    segfault = "    if path.endswith('crash.h5'):\n        import ctypes; ctypes.string_at(0)\n"
+    crashing = trident._PROBE.replace("    try:\n", segfault + "    try:\n", 1)
+    monkeypatch.setattr(trident, "_PROBE", crashing)
+    crashed = trident.files_that_crash_hdf5(sorted(folder.glob("*.h5")))
+    assert list(crashed) == [folder / "crash.h5"]
+    assert "crashed the HDF5 library" in crashed[folder / "crash.h5"]
