@@ -61,3 +61,14 @@ def golden_path() -> Path:
 def keys_tsv() -> Path:
     """The authors' full-size MV_Hybrid state-dict keys and shapes."""
     return _require(KEYS_TSV)
+
+
+def _deterministic_hypothesis() -> None:
+    """Fuzz tests draw the same examples on every run (CI included): a red run is reproducible."""
+    from hypothesis import settings
+
+    settings.register_profile("mvh", derandomize=True, database=None)
+    settings.load_profile("mvh")
+
+
+_deterministic_hypothesis()

@@ -41,7 +41,8 @@ class Cohort:
 
 
 def listing(values: Sequence[Any], limit: int = 8) -> str:
-    shown = ", ".join(str(v) for v in values[:limit])
+    """Up to `limit` values for a one-line message (values with control characters shown as repr)."""
+    shown = ", ".join(str(v) if str(v).isprintable() else repr(str(v)) for v in values[:limit])
     return shown + (f" (and {len(values) - limit} more)" if len(values) > limit else "")
 
 
