@@ -135,7 +135,8 @@ for path in sys.argv[1:]:
             f.visititems(visit)
     except Exception:
         pass
-    print("ok", flush=True)
+    sys.stdout.write("ok\\n")
+    sys.stdout.flush()
 """
 
 
