@@ -3,7 +3,7 @@
 Settings are merged once: the authors' recipe (the defaults), then `--config FILE.yaml`, then the options
 given here (`--set key=value` reaches every setting, by DINOv2-style key such as `optim.epochs` or by field
 name). The merged result is saved as RUN_DIR/config.yaml; `--print-config` prints it and exits.
-Multi-GPU: `torchrun --nproc-per-node N -m mvh pretrain ...` (same options).
+Multi-GPU: `torchrun --nproc-per-node N -m mvh pretrain ...` (same options; DDP, or FSDP with `--fsdp`).
 The trained-vs-random evidence on a slide is `python benchmarks/pretrain_evidence.py`.
 """
 
@@ -80,7 +80,17 @@ def pretrain_cmd(
         int | None, typer.Option("--max-steps", help="Stop after this step (schedules still span --epochs).")
     ] = None,
     resume: Annotated[
-        bool, typer.Option("--resume", help="Continue exactly from RUN_DIR/checkpoint.pt (same options).")
+        bool,
+        typer.Option(
+            "--resume", help="Continue exactly from the run's training state (same options and world size)."
+        ),
+    ] = False,
+    fsdp: Annotated[
+        bool,
+        typer.Option(
+            "--fsdp",
+            help="Under torchrun: shard student and teacher with FSDP (as the authors) instead of DDP.",
+        ),
     ] = False,
     config: Annotated[Path | None, typer.Option("--config", help="YAML file of settings.")] = None,
     settings: Annotated[
@@ -126,6 +136,8 @@ def pretrain_cmd(
         given["model_overrides"] = parse_key_values(overrides, "--overrides")
     if resume:
         given["resume"] = True
+    if fsdp:
+        given["fsdp"] = True
     from mvh.pretrain.config import load_config
 
     cfg = load_config(config, given)

@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from mvh.errors import CheckpointError
 
@@ -52,11 +51,11 @@ def atomic_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def save_teacher(teacher: nn.Module, run_dir: Path) -> tuple[Path, Path]:
-    """Write teacher_checkpoint.pth ({"teacher": state dict}) and backbone.safetensors; return both paths."""
+def save_teacher(teacher_state: dict[str, torch.Tensor], run_dir: Path) -> tuple[Path, Path]:
+    """Write teacher_checkpoint.pth ({"teacher": full state dict}) and backbone.safetensors; return both."""
     from safetensors.torch import save_file
 
-    state = {k: v.detach().cpu().clone() for k, v in teacher.state_dict().items()}
+    state = {k: v.detach().cpu().clone() for k, v in teacher_state.items()}
     ckpt = run_dir / TEACHER_CHECKPOINT
     atomic_save({"teacher": state}, ckpt)
     backbone = {k[len("backbone.") :]: v.contiguous() for k, v in state.items() if k.startswith("backbone.")}

@@ -23,7 +23,10 @@ from mvh.errors import UsageError
 CONFIG_FILENAME = "config.yaml"
 
 # Settings that may differ between a run and its resumption without changing the trajectory.
-RUNTIME_FIELDS = frozenset({"out", "resume", "max_steps", "device", "workers", "save_every", "config"})
+# FSDP is the same mathematics as DDP (tested); its checkpoint layout differs, which resume checks itself.
+RUNTIME_FIELDS = frozenset(
+    {"out", "resume", "max_steps", "device", "workers", "save_every", "config", "fsdp"}
+)
 
 
 @dataclass
@@ -96,6 +99,7 @@ class PretrainConfig:
     grad_clip: float = 3.0
     # run control
     device: str = "auto"
+    fsdp: bool = False
     precision: str = "fp32"
     seed: int = 0
     save_every: int = 500
@@ -200,6 +204,7 @@ DINOV2_KEYS: dict[str, str] = {
     "save_every": "train.save_every_steps",
     "max_steps": "train.max_steps",
     "device": "train.device",
+    "fsdp": "train.fsdp",
     "resume": "train.resume",
     "config": "train.config_file",
 }
@@ -290,6 +295,7 @@ def validate_config(config: PretrainConfig) -> None:
         ("mask_ratio", 0.0 <= c.mask_ratio[0] <= c.mask_ratio[1] < 1.0, "must be 0 <= min <= max < 1"),
         ("precision", c.precision in ("auto", "fp32", "bf16", "fp16"), "auto, fp32, bf16 or fp16"),
         ("save_every", isinstance(c.save_every, int) and c.save_every >= 1, "must be an integer >= 1"),
+        ("fsdp", isinstance(c.fsdp, bool), "must be true or false"),
         ("blur_kernel_size", c.blur_kernel_size >= 1 and c.blur_kernel_size % 2 == 1, "must be odd and >= 1"),
         ("blur_sigma", 0.0 < c.blur_sigma[0] <= c.blur_sigma[1], "must be 0 < min <= max"),
         ("patch_embed_lr_mult", c.patch_embed_lr_mult >= 0, "must be >= 0"),

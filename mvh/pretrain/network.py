@@ -69,9 +69,18 @@ def build_network(
 
 @torch.no_grad()
 def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
-    """teacher <- momentum * teacher + (1 - momentum) * student, parameter by parameter."""
-    t_params = list(teacher.parameters())
-    s_params = [p.detach() for p in student.parameters()]
+    """teacher <- momentum * teacher + (1 - momentum) * student, parameter by parameter.
+
+    Sharded (FSDP) parameters are updated on this rank's shards: student and teacher are sharded alike,
+    so each rank's local pieces line up and no gathering is needed (as DINOv2's FSDP `update_teacher`).
+    """
+    from torch.distributed.tensor import DTensor
+
+    def local(p: torch.Tensor) -> torch.Tensor:
+        return p.to_local() if isinstance(p, DTensor) else p
+
+    t_params = [local(p) for p in teacher.parameters()]
+    s_params = [local(p.detach()) for p in student.parameters()]
     torch._foreach_mul_(t_params, momentum)
     torch._foreach_add_(t_params, s_params, alpha=1 - momentum)
 

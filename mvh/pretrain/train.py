@@ -4,7 +4,9 @@ Files in the run directory:
 - config.yaml (the merged configuration, DINOv2-style keys), log.jsonl (one JSON record per step),
   loss_curve.png, results.json (exactly `PretrainResult.to_dict()`);
 - checkpoint.pt (the state `resume` continues from exactly), teacher_checkpoint.pth and
-  backbone.safetensors (the weights for `mvh extract`): see `mvh.pretrain.checkpoint`.
+  backbone.safetensors (the weights for `mvh extract`): see `mvh.pretrain.checkpoint`;
+- with --fsdp, checkpoint_sharded/ (DCP, written by every rank) instead of checkpoint.pt: see
+  `mvh.pretrain.fsdp`.
 """
 
 from __future__ import annotations
@@ -51,6 +53,20 @@ from mvh.pretrain.data import (
     keyed_generator,
 )
 from mvh.pretrain.dino_loss import TeacherCentering
+from mvh.pretrain.fsdp import (
+    SHARDED_DIR,
+    check_fsdp_launch,
+    device_mesh,
+    full_state_dict,
+    full_tensor,
+    load_sharded,
+    load_sharded_into,
+    quiet_view_outputs,
+    read_latest,
+    save_sharded,
+    shard_network,
+    sharded_state,
+)
 from mvh.pretrain.masking import sample_masks
 from mvh.pretrain.network import build_network, compute_losses, ema_update, param_groups
 from mvh.pretrain.schedules import build_schedules, scaled_lr
@@ -134,13 +150,13 @@ class PretrainResult(JobResult):
 
 
 class _Distributed:
-    """torchrun environment (WORLD_SIZE > 1) or a single process."""
+    """torchrun environment (WORLD_SIZE > 1, or any size with FSDP) or a single process."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, fsdp: bool = False) -> None:
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.started = False
-        if self.world_size > 1 and not dist.is_initialized():
+        if (self.world_size > 1 or fsdp) and not dist.is_initialized():
             if device.type == "cuda":
                 torch.cuda.set_device(device)
             dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
@@ -172,6 +188,7 @@ class Trainer:
 
         self.config, self.device, self.steps_per_epoch = config, device, steps_per_epoch
         self.world_size = world_size
+        self.sharded = config.fsdp
         self.schedules = build_schedules(
             epochs=config.epochs,
             steps_per_epoch=steps_per_epoch,
@@ -201,15 +218,19 @@ class Trainer:
             learn_last_layer_norm=config.learn_last_layer_norm,
         ).to(device)
         self.teacher = copy.deepcopy(self.student).eval().requires_grad_(False)
+        if self.sharded:  # before the optimiser is built: it must hold the sharded parameters
+            mesh = device_mesh(device, world_size)
+            shard_network(self.student, mesh)
+            shard_network(self.teacher, mesh, reshard_after_forward=True)
         ibot_prototypes = config.ibot_prototypes or config.prototypes
         self.dino_centering = TeacherCentering(config.prototypes, config.centering).to(device)
         self.ibot_centering = TeacherCentering(ibot_prototypes, config.centering).to(device)
         groups = param_groups(self.student, config.patch_embed_lr_mult, config.wd_exempt_ssm)
         self.optimizer = torch.optim.AdamW(groups, betas=(config.adamw_beta1, config.adamw_beta2))
         self.autocast_dtype = resolve_precision(config.precision, device)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.autocast_dtype == torch.float16)
+        self.scaler = _grad_scaler(device, self.autocast_dtype == torch.float16, self.sharded)
         self.model: nn.Module = self.student
-        if world_size > 1:
+        if world_size > 1 and not self.sharded:
             device_ids = [device.index] if device.type == "cuda" else None
             self.model = nn.parallel.DistributedDataParallel(
                 self.student, device_ids=device_ids, find_unused_parameters=True
@@ -231,7 +252,37 @@ class Trainer:
             "batch_in_epoch": step % self.steps_per_epoch,
             "rng": rng_state(),
             "config": self.config.trajectory_dict(),
+            "world_size": self.world_size,
         }
+
+    def _extra_state(self, step: int) -> dict[str, Any]:
+        return {
+            "scaler": self.scaler.state_dict(),
+            "dino_centering": self.dino_centering.state_dict(),
+            "ibot_centering": self.ibot_centering.state_dict(),
+            "step": step,
+        }
+
+    def save_sharded(self, step: int, run_dir: Path, rank: int) -> Path:
+        """FSDP: every rank writes its shards and RNG states of the state after `step` steps (DCP)."""
+        state = sharded_state(self.student, self.teacher, self.optimizer, rank, self._extra_state(step))
+        trajectory = self.config.trajectory_dict()
+        return save_sharded(state, run_dir, step, self.world_size, trajectory, main=rank == 0)
+
+    def load_sharded(self, folder: Path, rank: int) -> int:
+        """FSDP: restore this rank's part of a `save_sharded` folder; return its step."""
+        state = sharded_state(self.student, self.teacher, self.optimizer, rank, self._extra_state(0))
+        load_sharded(state, folder)
+        load_sharded_into(self.student, self.teacher, self.optimizer, state)
+        self.scaler.load_state_dict(state["scaler"])
+        self.dino_centering.load_state_dict(state["dino_centering"])
+        self.ibot_centering.load_state_dict(state["ibot_centering"])
+        set_rng_state(state[f"rng_rank{rank}"])
+        return int(state["step"])
+
+    def teacher_state(self) -> dict[str, torch.Tensor]:
+        """The teacher's full state dict (gathered from the shards under FSDP: call it on every rank)."""
+        return full_state_dict(self.teacher) if self.sharded else self.teacher.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> int:
         """Restore a state from `state_dict`; return its step."""
@@ -281,7 +332,8 @@ class Trainer:
             if self.autocast_dtype is not None
             else contextlib.nullcontext()
         )
-        with autocast:
+        quiet = quiet_view_outputs() if self.sharded else contextlib.nullcontext()
+        with autocast, quiet:
             out = compute_losses(
                 self.model,
                 self.teacher,
@@ -305,7 +357,8 @@ class Trainer:
         self.scaler.unscale_(self.optimizer)
         grad_norm = 0.0
         if c.grad_clip > 0:  # each part on its own, as DINOv2 does
-            grad_norm = float(nn.utils.clip_grad_norm_(self.student.backbone.parameters(), c.grad_clip))
+            norm = nn.utils.clip_grad_norm_(self.student.backbone.parameters(), c.grad_clip)
+            grad_norm = float(full_tensor(norm))
             nn.utils.clip_grad_norm_(self.student.dino_head.parameters(), c.grad_clip)
             nn.utils.clip_grad_norm_(self.student.ibot_head.parameters(), c.grad_clip)
         self.scaler.step(self.optimizer)
@@ -323,6 +376,15 @@ class Trainer:
         }
 
 
+def _grad_scaler(device: torch.device, enabled: bool, sharded: bool) -> torch.amp.GradScaler:
+    """fp16's loss scaler; under FSDP the sharded one, which agrees across ranks on skipping a step."""
+    if sharded:
+        from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+        return ShardedGradScaler(device.type, enabled=enabled)
+    return torch.amp.GradScaler(device.type, enabled=enabled)
+
+
 def _mean_over_ranks(terms: dict[str, float], device: torch.device) -> dict[str, float]:
     keys = sorted(terms)
     values = torch.tensor([terms[k] for k in keys], dtype=torch.float64, device=device)
@@ -330,19 +392,65 @@ def _mean_over_ranks(terms: dict[str, float], device: torch.device) -> dict[str,
     return {k: float(v) / dist.get_world_size() for k, v in zip(keys, values.tolist(), strict=True)}
 
 
-def _check_resumable(config: PretrainConfig, run_dir: Path) -> dict[str, Any]:
+@dataclass
+class _ResumePoint:
+    """Where --resume continues from: a full state (checkpoint.pt) or a sharded DCP folder (--fsdp)."""
+
+    source: Path
+    state: dict[str, Any] | None = None
+    folder: Path | None = None
+
+
+def _check_resumable(config: PretrainConfig, run_dir: Path, world_size: int) -> _ResumePoint:
     state_path = run_dir / TRAIN_STATE
-    if not state_path.exists():
-        raise CheckpointError(f"{state_path}: no training state to resume; run without --resume")
-    state = load_train_state(state_path)
+    latest = read_latest(run_dir)
+    if config.fsdp:
+        if latest is None:
+            if state_path.exists():
+                raise UsageError(f"{state_path}: written by a run without --fsdp; resume it without --fsdp")
+            raise CheckpointError(
+                f"{run_dir / SHARDED_DIR}: no sharded training state to resume; run without --resume"
+            )
+        point = _ResumePoint(source=latest["path"], folder=latest["folder"])
+        saved_config, saved_world = latest["config"], latest["world_size"]
+    else:
+        if not state_path.exists() and latest is not None:
+            raise UsageError(
+                f"{latest['path']}: written by an --fsdp run; resume it with torchrun ... --fsdp"
+            )
+        if not state_path.exists():
+            raise CheckpointError(f"{state_path}: no training state to resume; run without --resume")
+        state = load_train_state(state_path)
+        point = _ResumePoint(source=state_path, state=state)
+        saved_config, saved_world = state["config"], state.get("world_size")
     current = config.trajectory_dict()
-    changed = sorted(k for k in current if state["config"].get(k) != current[k])
+    changed = sorted(k for k in current if saved_config.get(k) != current[k])
     if changed:
         raise UsageError(
-            f"{state_path}: --resume with different settings ({', '.join(changed)}); "
+            f"{point.source}: --resume with different settings ({', '.join(changed)}); "
             "use the command line of the original run"
         )
-    return state
+    if saved_world is not None and saved_world != world_size:
+        raise UsageError(
+            f"{point.source}: written by {saved_world} processes, this run has {world_size}; resume with "
+            f"{saved_world} (nodes x --nproc-per-node): the global batch, lr and data order depend on it"
+        )
+    return point
+
+
+def _save(trainer: Trainer, run_dir: Path, step: int, env: _Distributed) -> None:
+    """Write the training state (checkpoint.pt by rank 0, or shards by every rank) and the teacher weights."""
+    if trainer.sharded:
+        trainer.save_sharded(step, run_dir, env.rank)
+        teacher = trainer.teacher_state()  # a collective: every rank takes part, rank 0 gets the tensors
+    elif env.main:
+        atomic_save(trainer.state_dict(step), run_dir / TRAIN_STATE)
+        teacher = trainer.teacher_state()
+    else:
+        return
+    if env.main:
+        save_teacher(teacher, run_dir)
+        logger.info("step %d: saved the training state and teacher weights in %s", step, run_dir)
 
 
 def _multicrop_dataset(config: PretrainConfig, progress: Progress | None) -> MultiCropDataset:
@@ -438,10 +546,12 @@ def run_pretrain(config: PretrainConfig, *, progress: Progress | None = None) ->
         create_model(config.model, **config.model_overrides)
     run_dir = Path(config.out)
     device = resolve_device(config.device)
-    env = _Distributed(device)
+    if config.fsdp:
+        check_fsdp_launch(device)
+    env = _Distributed(device, fsdp=config.fsdp)
     shown = progress if env.main else None
     try:
-        state = _check_resumable(config, run_dir) if config.resume else None
+        point = _check_resumable(config, run_dir, env.world_size) if config.resume else None
         run_dir.mkdir(parents=True, exist_ok=True)
         if env.main:
             save_config(config, run_dir)
@@ -455,10 +565,19 @@ def run_pretrain(config: PretrainConfig, *, progress: Progress | None = None) ->
             )
         notes = recipe_notes(config, steps_per_epoch, len(dataset))
         trainer = Trainer(config, steps_per_epoch, device, env.world_size)
-        step = trainer.load_state_dict(state) if state is not None else 0
-        resumed_from = step if state is not None else None
-        if resumed_from is not None:
-            notes.append(f"resumed from step {resumed_from} of {run_dir / TRAIN_STATE}")
+        step = 0
+        if point is not None and point.folder is not None:
+            step = trainer.load_sharded(point.folder, env.rank)
+        elif point is not None and point.state is not None:
+            step = trainer.load_state_dict(point.state)
+        resumed_from = step if point is not None else None
+        if point is not None:
+            notes.append(f"resumed from step {resumed_from} of {point.source}")
+        if config.fsdp:
+            notes.append(
+                f"FSDP over {env.world_size} processes: training state sharded in {run_dir / SHARDED_DIR} "
+                "(every rank writes its shards); teacher_checkpoint.pth gathered and written by rank 0"
+            )
         for note in notes:
             report(shown, Event.NOTE, STEPS, 0, note)
         total_steps = trainer.schedules.total_steps
@@ -490,10 +609,8 @@ def run_pretrain(config: PretrainConfig, *, progress: Progress | None = None) ->
                     fh.write(json.dumps(record) + "\n")
                 report(shown, Event.ADVANCE, STEPS, 1)
                 report(shown, Event.STATUS, STEPS, 0, _status_line(record))
-                if step % config.save_every == 0 or step == last_step:
-                    atomic_save(trainer.state_dict(step), run_dir / TRAIN_STATE)
-                    save_teacher(trainer.teacher, run_dir)
-                    logger.info("step %d: saved the training state and teacher weights in %s", step, run_dir)
+            if step % config.save_every == 0 or step == last_step:
+                _save(trainer, run_dir, step, env)
 
         seconds = time.perf_counter() - start_time
         if env.main and records:
