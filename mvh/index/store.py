@@ -59,6 +59,7 @@ from mvh.errors import (
     StoreWriteError,
 )
 from mvh.index.location import StoreLocation, parse_location
+from mvh.index.slide_rows import SlideRows
 from mvh.index.versions import create_tag, delete_tag, list_tags, snapshot_versions, table_versions
 
 log = logging.getLogger(__name__)
@@ -317,6 +318,7 @@ class EmbeddingStore:
         self.notes: list[str] = []  # what opening or creating the store did that a user should hear about
         self._writable = False  # set once a write probe succeeded: checked once per handle, not per commit
         self._frozen_rows: pd.DataFrame | None = None  # slides rows of a read-only/pinned handle, read once
+        self._row_map: SlideRows | None = None  # where each slide's tiles sit (read-only/pinned handles)
         try:
             self._tiles = db.open_table(TILES)
             self._slides = db.open_table(SLIDES)
@@ -884,20 +886,41 @@ class EmbeddingStore:
         try:
             table = query.select(wanted).to_arrow()
         except _DAMAGED_READ_ERRORS as exc:
-            raise StoreDamagedError(
-                f"store {self.uri} is damaged: its tiles cannot be read ({_reason(exc)}); run "
-                f"`mvh verify --store {self.uri}` and restore the store from a copy"
-            ) from exc
-        order = pc.sort_indices(
-            table,
-            sort_keys=[
-                ("slide_id", "ascending"),
-                ("y", "ascending"),
-                ("x", "ascending"),
-                ("tile_id", "ascending"),
-            ],
+            raise self._unreadable_tiles(exc) from exc
+        return _in_order(table)
+
+    def _unreadable_tiles(self, exc: BaseException) -> StoreDamagedError:
+        return StoreDamagedError(
+            f"store {self.uri} is damaged: its tiles cannot be read ({_reason(exc)}); run "
+            f"`mvh verify --store {self.uri}` and restore the store from a copy"
         )
-        return table.take(order)
+
+    def _take_slide(self, row: dict[str, Any], columns: Sequence[str]) -> pa.Table:
+        """A slide's committed tile rows read by row id: the same rows and columns as the filtered read.
+
+        Only for handles that read one table version (read-only or pinned): the map of row ids is scanned
+        once per version (see mvh.index.slide_rows). A writable handle follows the latest version, which
+        may be compacted between the map and the take (row ids move), so it reads through the filter.
+        """
+        slide_id = str(row["slide_id"])
+        commit = None if self.legacy else str(row["commit"])
+        keys = ["slide_id"] if self.legacy else ["slide_id", "commit"]
+        fetch = list(dict.fromkeys(c for c in [*columns, "x", "y", "tile_id"] if c not in keys))
+        try:
+            if self._row_map is None or self._row_map.version != self._tiles.version:
+                self._row_map = SlideRows.scan(self._tiles, with_commit=not self.legacy)
+            ids = self._row_map.row_ids(slide_id, commit)
+            if len(ids):
+                table = self._tiles.take_row_ids(ids.tolist()).select(fetch).to_arrow()
+            else:
+                table = self._tiles.schema.empty_table().select(fetch)
+        except _DAMAGED_READ_ERRORS as exc:
+            raise self._unreadable_tiles(exc) from exc
+        for name, value in zip(keys, (slide_id, commit), strict=False):
+            field = self._tiles.schema.field(name)  # the map matched these values on every row it holds
+            table = table.append_column(field, pa.array([value] * table.num_rows, field.type))
+        wanted = list(dict.fromkeys([*columns, "slide_id", "x", "y", "tile_id", *keys]))
+        return _in_order(table.select(wanted))
 
     def _counts_match(self, table: pa.Table, done: pd.DataFrame) -> bool:
         """True when `table` holds exactly n_tiles rows of each done slide (no concurrent swap in between)."""
@@ -916,6 +939,8 @@ class EmbeddingStore:
     ) -> tuple[dict[str, Any], pa.Table]:
         """A done slide's row and its committed tile rows as stored, UNCHECKED (for integrity checks)."""
         row = self._done_row(slide_id)
+        if self.location.read_only or self.location.pinned:
+            return row, self._take_slide(row, columns)
         return row, self._read_tiles(self._tiles_where(row), columns)
 
     def _slide_table(self, slide_id: str, columns: Sequence[str]) -> pa.Table:
@@ -1082,6 +1107,12 @@ class EmbeddingStore:
             "writable_layout": not self.legacy,
             "schema": {name: [f"{f.name}: {f.type}" for f in s] for name, s in self.schema().items()},
         }
+
+
+def _in_order(table: pa.Table) -> pa.Table:
+    """Tile rows ordered by (slide_id, y, x, tile_id), ties in the order given."""
+    keys = [(name, "ascending") for name in ("slide_id", "y", "x", "tile_id")]
+    return table.take(pc.sort_indices(table, sort_keys=keys))
 
 
 def _holds_no_data(table_dir: Path) -> bool:
