@@ -164,3 +164,18 @@ def test_recipe_variants_train(synthetic_tiles, tmp_path, changes) -> None:
     assert result.steps == 2 and all(math.isfinite(v) for v in losses.values())
     record = json.loads((result.run_dir / LOG_FILE).read_text().splitlines()[0])
     assert ("ibot" in record["loss"]) == (changes.get("mask_probability", 0.5) > 0)
+
+
+def test_fsdp_outside_torchrun_is_refused_in_one_line(synthetic_tiles, tmp_path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from mvh.cli import app
+
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    out = tmp_path / "run"
+    args = ["pretrain", str(synthetic_tiles), "--out", str(out), "--model", "mv_hybrid_tiny", "--fsdp"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "--fsdp: needs torchrun" in lines[0], result.output
+    assert not out.exists()
