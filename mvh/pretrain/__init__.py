@@ -1,7 +1,8 @@
 """DINOv2-style self-supervised pretraining of MV_Hybrid and the ViT baselines.
 
 One concept per module: losses (dino_loss, ibot_loss, koleo_loss, sinkhorn), heads, augment, masking,
-schedules, data, config, the training loop (train) and the trained-vs-random proxy evaluation (evidence).
+schedules, data, config, the training loop (train), FSDP sharding and sharded checkpoints (fsdp) and the
+trained-vs-random proxy evaluation (evidence).
 """
 
 from mvh.pretrain.config import PretrainConfig, load_config, save_config

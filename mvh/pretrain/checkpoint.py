@@ -4,6 +4,8 @@
   trajectory settings (read with `weights_only=True`: only tensors and plain Python values inside);
 - teacher_checkpoint.pth: `{"teacher": {"backbone.*", "dino_head.*", "ibot_head.*"}}` (DINOv2 layout,
   read by `mvh.extractor.models.load_weights`); backbone.safetensors: the teacher backbone alone.
+  An --fsdp run writes the same two weight files (gathered, by rank 0) and its training state as
+  sharded DCP folders instead of checkpoint.pt (see `mvh.pretrain.fsdp`).
 """
 
 from __future__ import annotations

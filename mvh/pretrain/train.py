@@ -404,6 +404,11 @@ class _ResumePoint:
 def _check_resumable(config: PretrainConfig, run_dir: Path, world_size: int) -> _ResumePoint:
     state_path = run_dir / TRAIN_STATE
     latest = read_latest(run_dir)
+    if latest is not None and state_path.exists():
+        raise UsageError(
+            f"{run_dir}: holds both {TRAIN_STATE} and {SHARDED_DIR}/ (runs with and without --fsdp in one "
+            "folder); move the one not to resume out of it"
+        )
     if config.fsdp:
         if latest is None:
             if state_path.exists():

@@ -51,7 +51,7 @@ def _log(run: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def setup(synthetic_tiles, tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
-    settings = tiny_settings(synthetic_tiles, root / "unused", epochs=2, koleo_weight=0.0)
+    settings = tiny_settings(synthetic_tiles, root / "unused", epochs=2, koleo_weight=0.0, device="cpu")
     single = run_pretrain(load_config(None, {**settings, "out": str(root / "single")}))
     per_rank = {**settings, "batch_size": settings["batch_size"] // 2}
     per_rank.pop("out")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -179,3 +180,27 @@ def test_fsdp_outside_torchrun_is_refused_in_one_line(synthetic_tiles, tmp_path,
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "--fsdp: needs torchrun" in lines[0], result.output
     assert not out.exists()
+
+
+def _fake_sharded_checkpoint(run_dir, metadata: bool) -> None:
+    folder = run_dir / "checkpoint_sharded" / "step_00000004"
+    folder.mkdir(parents=True)
+    if metadata:
+        (folder / ".metadata").write_bytes(b"")
+    latest = {"folder": folder.name, "step": 4, "world_size": 2, "config": {}}
+    (run_dir / "checkpoint_sharded" / "latest.json").write_text(json.dumps(latest))
+
+
+def test_resume_refuses_two_kinds_of_state_or_an_incomplete_sharded_one(
+    synthetic_tiles, trained_run, tmp_path
+) -> None:
+    both = tmp_path / "both"
+    both.mkdir()
+    shutil.copy(trained_run.run_dir / "checkpoint.pt", both / "checkpoint.pt")
+    _fake_sharded_checkpoint(both, metadata=True)
+    with pytest.raises(UsageError, match="holds both checkpoint.pt and checkpoint_sharded/"):
+        run_pretrain(load_config(None, tiny_settings(synthetic_tiles, both, epochs=3, resume=True)))
+    partial = tmp_path / "partial"
+    _fake_sharded_checkpoint(partial, metadata=False)
+    with pytest.raises(CheckpointError, match=r"step_00000004: sharded checkpoint incomplete"):
+        run_pretrain(load_config(None, tiny_settings(synthetic_tiles, partial, epochs=3, resume=True)))
