@@ -148,9 +148,13 @@ def test_fsdp_sharded_checkpoint_resumes_the_same_curve_exactly(setup, fsdp_run)
     part = root / "fsdp_resumed"
     _torchrun(config, part, "--fsdp", "--max-steps", "3")
     assert json.loads((part / "checkpoint_sharded" / "latest.json").read_text())["step"] == 3
+    torn = part / "checkpoint_sharded" / "step_00000006"  # a save killed half way: latest.json not moved
+    torn.mkdir()
+    (torn / "__0_0.distcp").write_bytes(b"partial")
     done = _torchrun(config, part, "--fsdp", "--resume")
     assert json.loads(done.stdout)["resumed_from"] == 3
     assert [r["step"] for r in _log(part)] == list(range(8))
+    assert sorted(p.name for p in (part / "checkpoint_sharded").iterdir()) == ["latest.json", "step_00000008"]
     for a, b in zip(_log(fsdp), _log(part), strict=True):
         assert b["loss"] == a["loss"] and b["grad_norm_backbone"] == a["grad_norm_backbone"], a["step"]
     full = torch.load(fsdp / "teacher_checkpoint.pth", weights_only=True)["teacher"]
