@@ -13,13 +13,19 @@ Training state: `torch.distributed.checkpoint` (DCP) writes RUN_DIR/checkpoint_s
 points RUN_DIR/checkpoint_sharded/latest.json at it (step, world size, trajectory settings) and removes the
 older step folders, so an interrupted save leaves the previous checkpoint in force. The consumable
 teacher_checkpoint.pth is gathered to full tensors and written by rank 0 alone.
+
+Reading a sharded checkpoint never runs pickled code: `.metadata` is unpickled with an allow-list of
+DCP's own metadata classes, and DCP's non-tensor values (optimiser hyper-parameters, RNG states) are
+checked with `torch.load(weights_only=True)` before DCP reads them (DCP itself unpickles them freely).
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
+import pickle
 import shutil
 import warnings
 from collections.abc import Iterator
@@ -154,6 +160,53 @@ def save_sharded(
     return folder
 
 
+_METADATA_MODULES = ("torch.distributed.checkpoint.metadata",)
+_METADATA_NAMES = {
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    ("torch.serialization", "_get_layout"),
+    ("torch", "Size"),
+    ("pathlib", "PosixPath"),
+    ("pathlib", "WindowsPath"),
+}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Unpickles DCP's `.metadata` (its dataclasses, torch dtypes and sizes) and nothing else."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        dtype = module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
+        if module in _METADATA_MODULES or (module, name) in _METADATA_NAMES or dtype:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not part of DCP metadata")
+
+
+def check_metadata(folder: Path) -> None:
+    """Refuse a DCP folder whose `.metadata` is not plain DCP metadata (e.g. carries pickled code)."""
+    path = folder / ".metadata"
+    try:
+        with open(path, "rb") as fh:
+            _MetadataUnpickler(fh).load()
+    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path}: not the metadata of a sharded checkpoint written by `mvh pretrain` ({exc}); "
+            "start without --resume"
+        ) from exc
+
+
+def _weights_only_planner() -> Any:
+    from torch.distributed.checkpoint import DefaultLoadPlanner
+
+    class WeightsOnlyLoadPlanner(DefaultLoadPlanner):
+        """DCP's default load planner; a non-tensor value must load with `weights_only=True` first."""
+
+        def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
+            torch.load(value, weights_only=True)  # raises on pickled code before DCP unpickles it
+            value.seek(0)
+            super().load_bytes(read_item, value)
+
+    return WeightsOnlyLoadPlanner()
+
+
 def read_latest(run_dir: Path) -> dict[str, Any] | None:
     """RUN_DIR/checkpoint_sharded/latest.json of a sharded run, or None where there is none."""
     path = run_dir / SHARDED_DIR / LATEST
@@ -169,18 +222,31 @@ def read_latest(run_dir: Path) -> dict[str, Any] | None:
         raise CheckpointError(
             f"{folder}: sharded checkpoint incomplete (no .metadata); start without --resume"
         )
+    check_metadata(folder)
     return {"folder": folder, "step": step, "world_size": world_size, "config": config, "path": path}
+
+
+def _failure(exc: BaseException) -> str:
+    """One line saying why DCP failed: the first rank's own exception, not DCP's multi-rank report."""
+    failures = getattr(exc, "failures", None)
+    if isinstance(failures, dict) and failures:
+        first = next(iter(failures.values()))
+        exc = first[0] if isinstance(first, tuple) else first
+    if isinstance(exc, pickle.UnpicklingError):
+        return "a value holds pickled code or objects other than plain data; refused"
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 def load_sharded(state: dict[str, Any], folder: Path) -> dict[str, Any]:
     """Fill the template `state` (from `sharded_state`) in place from the DCP folder; return it."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
 
     try:
-        dcp.load(state, storage_reader=dcp.FileSystemReader(folder))
-    except Exception as exc:  # DCP raises its own CheckpointException (and others) for foreign folders
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        dcp.load(state, storage_reader=dcp.FileSystemReader(folder), planner=_weights_only_planner())
+    except (CheckpointException, Exception) as exc:  # DCP's exception derives from BaseException
         raise CheckpointError(
-            f"{folder}: cannot load the sharded checkpoint ({first}); start without --resume"
+            f"{folder}: cannot load the sharded checkpoint ({_failure(exc)}); start without --resume"
         ) from exc
     return state

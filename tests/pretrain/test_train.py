@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import shutil
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch.distributed.checkpoint.metadata import Metadata
 
 from mvh.errors import CheckpointError, UsageError
 from mvh.extractor.models import create_model, load_weights
@@ -186,7 +188,7 @@ def _fake_sharded_checkpoint(run_dir, metadata: bool) -> None:
     folder = run_dir / "checkpoint_sharded" / "step_00000004"
     folder.mkdir(parents=True)
     if metadata:
-        (folder / ".metadata").write_bytes(b"")
+        (folder / ".metadata").write_bytes(pickle.dumps(Metadata(state_dict_metadata={})))
     latest = {"folder": folder.name, "step": 4, "world_size": 2, "config": {}}
     (run_dir / "checkpoint_sharded" / "latest.json").write_text(json.dumps(latest))
 
