@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -13,6 +15,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mvh import __version__
 from mvh.errors import CheckpointError, MvhError, StoreError, UsageError
@@ -21,7 +24,7 @@ from mvh.serve.catalog import Catalog, NotFound
 from mvh.serve.config import ServeConfig
 from mvh.serve.results import figures_for, layers_for, read_results_folder
 from mvh.serve.search import SearchService
-from mvh.serve.tiles import TileServer
+from mvh.serve.tiles import Tile, TileServer
 from mvh.serve.uploads import NotAnImage, UploadTooLarge
 
 HERE = Path(__file__).resolve().parent
@@ -29,6 +32,8 @@ STATIC = HERE / "static"
 OPENSEADRAGON = HERE / "node_modules" / "openseadragon" / "build" / "openseadragon"
 MAX_K = 1000
 JPEG = "image/jpeg"
+# Tiles are content-addressed by their ETag: the browser keeps them an hour, then revalidates (304).
+TILE_CACHE_CONTROL = "private, max-age=3600"
 
 
 def status_for(exc: MvhError) -> int:
@@ -121,24 +126,26 @@ def _page(name: str) -> FileResponse:
     return FileResponse(STATIC / name, media_type="text/html")
 
 
-def create_app(config: ServeConfig) -> FastAPI:
-    """Build the app over the stores and results folders of `config` (stores are opened now)."""
-    catalog = Catalog(config.stores)
-    tiles = TileServer()
-    searcher = SearchService(catalog, config)
-    results = [read_results_folder(folder, f"r{i}") for i, folder in enumerate(config.results)]
-    app = FastAPI(
-        title="mvh serve",
-        version=__version__,
-        description="Search embedding stores by image or stored tile; browse slides with overlays.",
-        docs_url=None,
-        redoc_url=None,
-    )
-    app.state.catalog, app.state.tiles, app.state.results = catalog, tiles, results
+def tile_response(request: Request, tile: Tile) -> Response:
+    """A JPEG tile with its ETag and cache lifetime; 304 without a body when the browser has it."""
+    headers = {"ETag": tile.etag, "Cache-Control": TILE_CACHE_CONTROL}
+    given = {tag.strip().removeprefix("W/") for tag in request.headers.get("if-none-match", "").split(",")}
+    if tile.etag in given or "*" in given:
+        return Response(status_code=304, headers=headers)
+    return Response(tile.data, media_type=JPEG, headers=headers)
 
-    @app.middleware("http")
-    async def gate(request: Request, call_next: Any) -> Response:
-        path = request.url.path
+
+class Gate:
+    """The token rule and the upload cap in front of every HTTP request, as plain ASGI (a decorator
+    middleware would add a task and a body stream to every request, a few ms on a busy 2-core machine)."""
+
+    def __init__(self, app: ASGIApp, config: ServeConfig) -> None:
+        self.app = app
+        self.config = config
+
+    def refusal(self, request: Request) -> Response | None:
+        """The response refusing `request`, or None to let it through."""
+        config, path = self.config, request.url.path
         if config.token is not None and path not in OPEN_PATHS and not authorized(request, config.token):
             if path.startswith("/api/") or path == "/openapi.json":
                 return _error(401, "missing or wrong token: send Authorization: Bearer TOKEN",
@@ -147,7 +154,40 @@ def create_app(config: ServeConfig) -> FastAPI:
         length = request.headers.get("content-length", "")
         if length.isdigit() and int(length) > config.max_upload_bytes + 65536:
             return _error(413, f"request body over the {config.max_upload_mb:g} MB upload cap: send a tile")
-        return await call_next(request)
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer a refused request here; pass the others on."""
+        if scope["type"] == "http":
+            refused = self.refusal(Request(scope))
+            if refused is not None:
+                await refused(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def create_app(config: ServeConfig) -> FastAPI:
+    """Build the app over the stores and results folders of `config` (stores are opened now)."""
+    catalog = Catalog(config.stores, max_batch=config.max_batch, batch_wait_s=config.batch_wait_ms / 1000)
+    tiles = TileServer(cache_bytes=int(config.tile_cache_mb * 2**20))
+    searcher = SearchService(catalog, config)
+    results = [read_results_folder(folder, f"r{i}") for i, folder in enumerate(config.results)]
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        catalog.close()  # the image-query workers end with the app
+
+    app = FastAPI(
+        title="mvh serve",
+        version=__version__,
+        description="Search embedding stores by image or stored tile; browse slides with overlays.",
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.catalog, app.state.tiles, app.state.results = catalog, tiles, results
+    app.add_middleware(Gate, config=config)
 
     @app.exception_handler(MvhError)
     async def mvh_error(request: Request, exc: MvhError) -> JSONResponse:
@@ -235,12 +275,17 @@ def create_app(config: ServeConfig) -> FastAPI:
         return FileResponse(found.path, media_type="image/png")
 
     @app.get("/api/tiles/{slide_id}/{x}/{y}.jpg", response_class=Response,
-             responses={200: {"content": {JPEG: {}}}})
-    def stored_tile(slide_id: str, x: int, y: int, store: str | None = None) -> Response:
+             responses={200: {"content": {JPEG: {}}}, 304: {"description": "the browser's copy is current"}})
+    async def stored_tile(
+        request: Request, slide_id: str, x: int, y: int, store: str | None = None
+    ) -> Response:
         """A stored tile as JPEG, read from its slide at the store's geometry."""
-        entry = catalog.holding(slide_id, store)
-        data = tiles.stored_tile(entry, slide_id, x, y)
-        return Response(data, media_type=JPEG, headers={"Cache-Control": "private, max-age=3600"})
+        tile = tiles.cached_stored(store, slide_id, x, y) if store else None
+        if tile is None:
+            tile = await run_in_threadpool(
+                lambda: tiles.stored_tile(catalog.holding(slide_id, store), slide_id, x, y)
+            )
+        return tile_response(request, tile)
 
     @app.get("/api/dzi/{store}/{slide_id}")
     def dzi(store: str, slide_id: str) -> dict[str, Any]:
@@ -250,16 +295,18 @@ def create_app(config: ServeConfig) -> FastAPI:
         return tiles.descriptor(entry, slide_id, url)
 
     @app.get("/api/dzi/{store}/{slide_id}/{level}/{col}_{row}.jpeg", response_class=Response,
-             responses={200: {"content": {JPEG: {}}}})
-    def dzi_tile(
-        store: str, slide_id: str,
+             responses={200: {"content": {JPEG: {}}}, 304: {"description": "the browser's copy is current"}})
+    async def dzi_tile(
+        request: Request, store: str, slide_id: str,
         level: Annotated[int, PathParam(ge=0, le=64)],
         col: Annotated[int, PathParam(ge=0)],
         row: Annotated[int, PathParam(ge=0)],
     ) -> Response:
-        """One DeepZoom tile (JPEG, cached)."""
-        data = tiles.deepzoom_tile(catalog.get(store), slide_id, level, col, row)
-        return Response(data, media_type=JPEG, headers={"Cache-Control": "private, max-age=3600"})
+        """One DeepZoom tile (JPEG; a tile in memory is answered without leaving the event loop)."""
+        tile = tiles.cached_deepzoom(store, slide_id, level, col, row)
+        if tile is None:
+            tile = await run_in_threadpool(tiles.deepzoom_tile, catalog.get(store), slide_id, level, col, row)
+        return tile_response(request, tile)
 
     @app.post("/api/search", response_model=SearchResponse, openapi_extra=_SEARCH_BODY)
     async def search(request: Request) -> Any:

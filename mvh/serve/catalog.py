@@ -16,9 +16,16 @@ import pandas as pd
 
 from mvh.errors import UsageError
 from mvh.extractor.embedder import Embedder
+from mvh.index.faiss_index import VectorIndex
+from mvh.index.index_files import load_index
 from mvh.index.location import parse_location
 from mvh.index.store import DONE, RANDOM_INIT, EmbeddingStore
-from mvh.tasks.query import query_embedder
+from mvh.serve.batcher import MicroBatcher
+from mvh.tasks.query import ImageQuery, QueryResult, image_query_results, query_embedder
+
+# The FAISS flat (exact) search computes queries on their own below 20 at once (BLAS above); keeping
+# batches under it keeps a batched query's scores those of a lone one.
+MAX_BATCH = 16
 
 
 class NotFound(UsageError):
@@ -48,16 +55,25 @@ def _optional_int(value: Any) -> int | None:
 
 
 class StoreEntry:
-    """One served store: its name, the opened store, a cached slide table and a lazily built embedder."""
+    """One served store: its name, the opened store, a cached slide table, and, built on first use, its
+    embedder, its vector index and the batcher that runs concurrent image queries together."""
 
-    def __init__(self, name: str, store: EmbeddingStore, source: str) -> None:
+    def __init__(
+        self, name: str, store: EmbeddingStore, source: str, max_batch: int = MAX_BATCH,
+        batch_wait_s: float = 0.002,
+    ) -> None:
         self.name = name
         self.store = store
-        self.source = source  # the --store text (URI[@tag]): what searches reopen
+        self.source = source  # the --store text (URI[@tag]): what stored-tile searches reopen
         self._lock = threading.Lock()
+        self._index_lock = threading.Lock()
         self._slides: tuple[int, dict[str, SlideRecord]] | None = None
         self._tiles: dict[str, np.ndarray] = {}
         self._embedder: Embedder | None = None
+        self._index: VectorIndex | None = None
+        self.image_batcher: MicroBatcher[tuple[np.ndarray, ImageQuery], QueryResult] = MicroBatcher(
+            self._search_images, max_batch=max_batch, max_wait_s=batch_wait_s, name=f"mvh-search-{name}"
+        )
 
     def image_queries(self) -> tuple[bool, str]:
         """(whether an uploaded image can be embedded here, why not)."""
@@ -79,6 +95,29 @@ class StoreEntry:
             if self._embedder is None:
                 self._embedder = query_embedder(self.store)
             return self._embedder
+
+    def index(self) -> VectorIndex:
+        """The store's vector index, loaded once: the served handle is read-only, a snapshot of the store
+        as it was at start-up (IndexNotFoundError / StaleIndexError as `mvh search`)."""
+        with self._index_lock:
+            if self._index is None:
+                self._index = load_index(self.store)
+            return self._index
+
+    def _search_images(self, queries: list[tuple[np.ndarray, ImageQuery]]) -> list[QueryResult]:
+        # one forward of the stacked tiles [B, tile_px, tile_px, 3], one index search per k
+        embedder, index = self.embedder(), self.index()
+        embeddings = embedder.embed_images(np.stack([tile for tile, _ in queries]), batch_size=len(queries))
+        return image_query_results(self.store, index, embeddings, [query for _, query in queries])
+
+    def search_image(self, tile: np.ndarray, query: ImageQuery) -> QueryResult:
+        """Hits of a query tile already cut to the store's tile (`prepare_query_image`), batched with the
+        image queries that arrive at the same time."""
+        return self.image_batcher((tile, query))
+
+    def close(self) -> None:
+        """Stop the image-query worker."""
+        self.image_batcher.close()
 
     def slide_records(self) -> dict[str, SlideRecord]:
         """Done slides by id, re-read when the store's version changes."""
@@ -150,6 +189,7 @@ class StoreEntry:
             "slides_by_status": info["slides_by_status"],
             "image_queries": ok,
             "image_queries_reason": why,
+            "image_batches": self.image_batcher.stats(),
             "fingerprint": info["fingerprint"],
             "mvh_version": info.get("mvh_version"),
             "created": info.get("created"),
@@ -164,7 +204,7 @@ class Catalog:
     """The served stores by name (the store folders' names, `-TAG` for a pinned tag, made unique);
     each opened read-only."""
 
-    def __init__(self, uris: list[str]) -> None:
+    def __init__(self, uris: list[str], max_batch: int = MAX_BATCH, batch_wait_s: float = 0.002) -> None:
         self.entries: dict[str, StoreEntry] = {}
         for uri in uris:
             location = parse_location(str(uri), read_only=True)
@@ -173,7 +213,14 @@ class Catalog:
             while name in self.entries:
                 n += 1
                 name = f"{base}-{n}"
-            self.entries[name] = StoreEntry(name, EmbeddingStore.open(location), str(uri))
+            self.entries[name] = StoreEntry(
+                name, EmbeddingStore.open(location), str(uri), max_batch=max_batch, batch_wait_s=batch_wait_s
+            )
+
+    def close(self) -> None:
+        """Stop every store's image-query worker (the app's shutdown)."""
+        for entry in self.entries.values():
+            entry.close()
 
     def get(self, name: str | None) -> StoreEntry:
         """The store called `name`; with None, the only store (UsageError when there are several)."""

@@ -13,6 +13,11 @@ DEFAULT_PORT = 8765
 DEFAULT_UPLOAD_MB = 20.0
 # Pixels a query image may decode to (a 1000 px tile is 1 MP; a 20 MB PNG can hold far more).
 DEFAULT_MAX_PIXELS = 40_000_000
+# Image queries arriving within this many ms of a waiting one share its model forward (see `batcher`).
+DEFAULT_BATCH_WAIT_MS = 2.0
+DEFAULT_MAX_BATCH = 16
+# JPEG bytes of DeepZoom and stored tiles kept in memory (a 254 px DeepZoom tile is ~10-20 KB).
+DEFAULT_TILE_CACHE_MB = 256.0
 
 
 def is_loopback(host: str) -> bool:
@@ -37,6 +42,9 @@ class ServeConfig:
     insecure_no_token: bool = False
     max_upload_mb: float = DEFAULT_UPLOAD_MB
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_batch: int = DEFAULT_MAX_BATCH
+    batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS
+    tile_cache_mb: float = DEFAULT_TILE_CACHE_MB
 
     def __post_init__(self) -> None:
         if not self.stores:
@@ -54,6 +62,14 @@ class ServeConfig:
             raise UsageError(f"--max-upload-mb must be positive, got {self.max_upload_mb}")
         if self.max_pixels < 1:
             raise UsageError(f"max_pixels must be positive, got {self.max_pixels}")
+        if not 1 <= self.max_batch <= 19:
+            raise UsageError(
+                f"max_batch must be 1-19 (FAISS searches 20+ queries differently), got {self.max_batch}"
+            )
+        if not 0 <= self.batch_wait_ms <= 1000:
+            raise UsageError(f"batch_wait_ms must be 0-1000 ms, got {self.batch_wait_ms}")
+        if not self.tile_cache_mb >= 0:
+            raise UsageError(f"tile_cache_mb must be 0 or more, got {self.tile_cache_mb}")
         self.results = [Path(r) for r in self.results]
         for folder in self.results:
             if not (folder / "results.json").is_file():

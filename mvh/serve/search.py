@@ -1,26 +1,24 @@
-"""Searches from the web app go through `mvh.tasks.query.run_query`, as `mvh search` does.
+"""Searches from the web app go through `mvh.tasks.query`, as `mvh search` does.
 
-So a query gives the same hits in the browser as on the command line. The uploaded bytes are checked
-(`uploads.decode_upload`: RGB exactly as `run_query` converts a file) before the model sees them, then
-handed to `run_query` as an uncompressed PPM of those pixels in a private temporary folder (never in a
-store; decoding it again costs little); the store's embedder is built once per store and reused.
+So a query gives the same hits in the browser as on the command line. An uploaded image is checked
+(`uploads.decode_upload`: RGB exactly as `mvh search` converts a file), cut to the store's tile by
+`prepare_query_image`, embedded by the store's model and searched by `image_query_results`: the
+functions `mvh search --query` runs. Image queries that arrive together share one model forward and one
+index search (the store entry's batcher); a stored-tile query runs `run_query` itself.
 """
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
-
-from PIL import Image
 
 from mvh.errors import UsageError
 from mvh.jobs import jsonable
 from mvh.serve.catalog import Catalog, StoreEntry
 from mvh.serve.config import ServeConfig
 from mvh.serve.uploads import decode_upload, png_data_url
-from mvh.tasks.query import QueryResult, parse_tile_ref, prepare_query_image, run_query
+from mvh.tasks.query import ImageQuery, QueryResult, parse_tile_ref, prepare_query_image, run_query
 
 
 def tile_url(store: str, slide_id: str, x: int, y: int) -> str:
@@ -60,17 +58,14 @@ class SearchService:
         ok, why = entry.image_queries()
         if not ok:
             raise UsageError(why)
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise UsageError(f"k must be at least 1, got {k}: it is the number of hits")
         pixels = decode_upload(data, self.config.max_upload_bytes, self.config.max_pixels)
         fp = entry.store.fingerprint
-        fed, _ = prepare_query_image(pixels, fp.tile_px, fp.mpp, query_mpp)
-        with tempfile.TemporaryDirectory(prefix="mvh-serve-") as tmp:
-            path = Path(tmp) / "query.ppm"
-            Image.fromarray(pixels).save(path, format="PPM")
-            result = run_query(
-                entry.source, image=path, k=k, slide_level=slide_level, query_mpp=query_mpp,
-                embedder=entry.embedder(),
-            )
-        query = {**jsonable(result.query), "source": Path(filename).name, "query_mpp": query_mpp,
+        fed, notes = prepare_query_image(pixels, fp.tile_px, fp.mpp, query_mpp)
+        name = Path(filename).name
+        result = entry.search_image(fed, ImageQuery(name, k, slide_level, notes=tuple(notes)))
+        query = {**jsonable(result.query), "source": name, "query_mpp": query_mpp,
                  "width": int(pixels.shape[1]), "height": int(pixels.shape[0]), "image": png_data_url(fed)}
         return self._response(entry, result, query)
 

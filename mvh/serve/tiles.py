@@ -1,15 +1,18 @@
 """Pixels for the browser: DeepZoom tiles (OpenSlide's DeepZoomGenerator, JPEG) and stored tiles as JPEG.
 
-Both are cached (LRU, bounded by entry count); DeepZoom generators keep their slide open, bounded too.
-Slides are opened only through the path the store recorded for a slide id (see `catalog`).
+Both are kept in memory as JPEG bytes with a content ETag (`TileCache`: LRU bounded by bytes), so a cached
+tile costs a dict lookup; DeepZoom generators keep their slide open, bounded by count. Slides are opened
+only through the path the store recorded for a slide id (see `catalog`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import numpy as np
@@ -38,18 +41,13 @@ class LruCache(Generic[K, V]):
         self._items: OrderedDict[K, V] = OrderedDict()
         self._lock = threading.Lock()
         self._on_evict = on_evict
-        self.hits = 0
-        self.misses = 0
 
     def get(self, key: K) -> V | None:
         """The cached value (marked as recently used) or None."""
         with self._lock:
             value = self._items.get(key)
-            if value is None:
-                self.misses += 1
-                return None
-            self._items.move_to_end(key)
-            self.hits += 1
+            if value is not None:
+                self._items.move_to_end(key)
             return value
 
     def put(self, key: K, value: V) -> V:
@@ -65,6 +63,54 @@ class LruCache(Generic[K, V]):
             if self._on_evict is not None:
                 self._on_evict(item)
         return value
+
+
+@dataclass(frozen=True)
+class Tile:
+    """JPEG bytes and their ETag (a digest of the bytes, quoted as HTTP wants it)."""
+
+    data: bytes
+    etag: str
+
+    @classmethod
+    def of(cls, data: bytes) -> Tile:
+        """The tile of these JPEG bytes."""
+        return cls(data, '"' + hashlib.blake2b(data, digest_size=12).hexdigest() + '"')
+
+
+class TileCache:
+    """A thread-safe least-recently-used cache of tiles bounded by their total JPEG bytes."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._items: OrderedDict[Hashable, Tile] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: Hashable) -> Tile | None:
+        """The cached tile (marked as recently used) or None."""
+        with self._lock:
+            tile = self._items.get(key)
+            if tile is not None:
+                self._items.move_to_end(key)
+            return tile
+
+    def put(self, key: Hashable, tile: Tile) -> Tile:
+        """Keep `tile` (evicting least recently used tiles beyond max_bytes); return the cached tile."""
+        size = len(tile.data)
+        with self._lock:
+            if key in self._items:
+                return self._items[key]
+            if size > self.max_bytes:
+                return tile
+            self._items[key] = tile
+            self.bytes += size
+            while self.bytes > self.max_bytes:
+                self.bytes -= len(self._items.popitem(last=False)[1].data)
+        return tile
 
 
 def _jpeg(image: Image.Image | np.ndarray) -> bytes:
@@ -90,13 +136,20 @@ def _open_deepzoom_source(record: SlideRecord) -> Any:
 class TileServer:
     """DeepZoom descriptors and tiles, and stored tiles as JPEG, with caches shared by all requests."""
 
-    def __init__(self, generators: int = 16, tiles: int = 4096) -> None:
+    def __init__(self, generators: int = 16, cache_bytes: int = 256 * 2**20) -> None:
         self._generators: LruCache[tuple[str, str], tuple[Any, DeepZoomGenerator]] = LruCache(
             generators, on_evict=lambda pair: pair[0].close()
         )
         self._open_lock = threading.Lock()
-        self.dz_tiles: LruCache[tuple[str, str, int, int, int], bytes] = LruCache(tiles)
-        self.stored_tiles: LruCache[tuple[str, str, int, int], bytes] = LruCache(tiles)
+        self.cache = TileCache(cache_bytes)  # DeepZoom and stored tiles, told apart by their keys
+
+    def cached_deepzoom(self, store: str, slide_id: str, level: int, col: int, row: int) -> Tile | None:
+        """A DeepZoom tile already made (None when it is not in memory)."""
+        return self.cache.get(("dz", store, slide_id, level, col, row))
+
+    def cached_stored(self, store: str, slide_id: str, x: int, y: int) -> Tile | None:
+        """A stored tile already read (None when it is not in memory)."""
+        return self.cache.get(("stored", store, slide_id, x, y))
 
     def _generator(self, entry: StoreEntry, slide_id: str) -> DeepZoomGenerator:
         key = (entry.name, slide_id)
@@ -127,10 +180,10 @@ class TileServer:
             }
         }
 
-    def deepzoom_tile(self, entry: StoreEntry, slide_id: str, level: int, col: int, row: int) -> bytes:
-        """One DeepZoom tile as JPEG bytes (NotFound outside the pyramid)."""
-        key = (entry.name, slide_id, level, col, row)
-        cached = self.dz_tiles.get(key)
+    def deepzoom_tile(self, entry: StoreEntry, slide_id: str, level: int, col: int, row: int) -> Tile:
+        """One DeepZoom tile as JPEG (NotFound outside the pyramid)."""
+        key = ("dz", entry.name, slide_id, level, col, row)
+        cached = self.cache.get(key)
         if cached is not None:
             return cached
         generator = self._generator(entry, slide_id)
@@ -143,17 +196,17 @@ class TileServer:
             image = generator.get_tile(level, (col, row))
         except (openslide.OpenSlideError, OSError, ValueError) as exc:
             raise SlideError(f"slide {slide_id!r}: tile {level}/{col}_{row} cannot be read: {exc}") from exc
-        return self.dz_tiles.put(key, _jpeg(image))
+        return self.cache.put(key, Tile.of(_jpeg(image)))
 
-    def stored_tile(self, entry: StoreEntry, slide_id: str, x: int, y: int) -> bytes:
-        """A stored tile read back from its slide at the store's geometry, as JPEG bytes."""
-        key = (entry.name, slide_id, x, y)
-        cached = self.stored_tiles.get(key)
+    def stored_tile(self, entry: StoreEntry, slide_id: str, x: int, y: int) -> Tile:
+        """A stored tile read back from its slide at the store's geometry, as JPEG."""
+        key = ("stored", entry.name, slide_id, x, y)
+        cached = self.cache.get(key)
         if cached is not None:
             return cached
         entry.require_tile(slide_id, x, y)
         pixels = read_stored_pixels(entry, slide_id, x, y)
-        return self.stored_tiles.put(key, _jpeg(pixels))
+        return self.cache.put(key, Tile.of(_jpeg(pixels)))
 
     def footprint(self, entry: StoreEntry, slide_id: str) -> int:
         """The level-0 side of the slide's stored tiles (as extraction computed it)."""

@@ -311,6 +311,59 @@ class SearchConfig:
         object.__setattr__(self, "exclude_slides", tuple(self.exclude_slides))
 
 
+@dataclass(frozen=True)
+class ImageQuery:
+    """An image query already cut to the store's tile (`prepare_query_image`): what to search and report."""
+
+    source: str
+    k: int = 10
+    slide_level: bool = False
+    exclude_slides: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+def _result(
+    store: EmbeddingStore, index: VectorIndex, hits: pd.DataFrame, k: int, slide_level: bool,
+    query: dict[str, Any], notes: list[str], snapshot: dict[str, Any],
+) -> QueryResult:
+    if len(hits) < k:
+        what = "slide(s)" if slide_level else "tile(s)"
+        notes.append(f"only {len(hits)} {what} found: the store holds fewer candidates than -k {k}")
+    return QueryResult(
+        hits=hits, slide_level=slide_level, query=query, index=index.params.describe(), notes=notes,
+        store=snapshot,
+    )
+
+
+def image_query_results(
+    store: EmbeddingStore, index: VectorIndex, embeddings: np.ndarray, queries: list[ImageQuery]
+) -> list[QueryResult]:
+    """Results of image queries whose tiles are embedded [Q, dim]: tile-level queries with the same k and
+    excluded slides share one index search of their stacked embeddings (each row is searched on its own,
+    so the hits are those of a lone query); `mvh search --query` and the web app both end here."""
+    if embeddings.ndim != 2 or embeddings.shape[0] != len(queries):
+        raise ValueError(f"embeddings {embeddings.shape} do not match {len(queries)} queries")
+    snapshot = store.snapshot()
+    hits: dict[int, pd.DataFrame] = {}
+    groups: dict[tuple[int, tuple[str, ...]], list[int]] = {}
+    for i, request in enumerate(queries):
+        if request.slide_level:
+            hits[i] = search_slides(store, embeddings[i : i + 1], k=request.k,
+                                    exclude_slides=list(request.exclude_slides), index=index)
+        else:
+            groups.setdefault((request.k, request.exclude_slides), []).append(i)
+    for (k, exclude), rows in groups.items():
+        found = search(store, embeddings[rows], k=k, exclude_slides=list(exclude), index=index)
+        by_query = found["query"].to_numpy()
+        for j, i in enumerate(rows):
+            hits[i] = found[by_query == j].drop(columns="query").reset_index(drop=True)
+    return [
+        _result(store, index, hits[i], request.k, request.slide_level,
+                {"kind": "image", "source": request.source, "n_tiles": 1}, list(request.notes), snapshot)
+        for i, request in enumerate(queries)
+    ]
+
+
 def run_search(
     cfg: SearchConfig, *, progress: Progress | None = None, embedder: Embedder | None = None
 ) -> QueryResult:
@@ -318,19 +371,21 @@ def run_search(
     store = EmbeddingStore.open(cfg.store)
     report(progress, Event.STATUS, STEPS, 0, "loading the index")
     index = load_index(store)
-    exclude = list(cfg.exclude_slides)
-    slide_level = cfg.slide_level
-    notes: list[str] = []
-    own_tile: str | None = None
-    query_image: np.ndarray | None = None
     if cfg.image is not None:
         report(progress, Event.STATUS, STEPS, 0, "embedding the query image")
         emb, query_image, notes = embed_query_image(
             store, load_image(Path(cfg.image)), cfg.query_mpp, embedder=embedder, weights=cfg.weights
         )
-        query: dict[str, Any] = {"kind": "image", "source": str(cfg.image), "n_tiles": 1}
-        caption = f"query\n{Path(cfg.image).name}"
-    elif cfg.tile is not None:
+        request = ImageQuery(source=str(cfg.image), k=cfg.k, slide_level=cfg.slide_level,
+                             exclude_slides=cfg.exclude_slides, notes=tuple(notes))
+        result = image_query_results(store, index, emb, [request])[0]
+        return _with_montage(store, cfg, result, query_image, f"query\n{Path(cfg.image).name}")
+    exclude = list(cfg.exclude_slides)
+    slide_level = cfg.slide_level
+    notes: list[str] = []
+    own_tile: str | None = None
+    query_image: np.ndarray | None = None
+    if cfg.tile is not None:
         slide_id, x, y, tile_id = resolve_tile_ref(store, index, cfg.tile)
         emb = tile_embedding(store, slide_id, x, y)
         query = {"kind": "tile", "source": f"{slide_id}:{x}:{y}", "tile_id": tile_id, "n_tiles": 1,
@@ -357,17 +412,18 @@ def run_search(
     else:
         hits = search(store, emb, k=cfg.k, exclude_slides=exclude, index=index, exclude_tiles=own)
         hits = hits.drop(columns="query")
-    if len(hits) < cfg.k:
-        what = "slide(s)" if slide_level else "tile(s)"
-        notes.append(f"only {len(hits)} {what} found: the store holds fewer candidates than -k {cfg.k}")
-    result = QueryResult(
-        hits=hits, slide_level=slide_level, query=query, index=index.params.describe(), notes=notes,
-        store=store.snapshot(),
-    )
+    result = _result(store, index, hits, cfg.k, slide_level, query, notes, store.snapshot())
+    if cfg.montage is not None and query_image is None and query["kind"] == "slide":
+        query_image = _slide_thumbnail(store, cfg.slide, store.fingerprint.tile_px)
+    return _with_montage(store, cfg, result, query_image, caption)
+
+
+def _with_montage(
+    store: EmbeddingStore, cfg: SearchConfig, result: QueryResult, query_image: np.ndarray | None,
+    caption: str,
+) -> QueryResult:
     if cfg.montage is not None:
-        if query_image is None and query["kind"] == "slide":
-            query_image = _slide_thumbnail(store, cfg.slide, store.fingerprint.tile_px)
-        result.montage, extra = write_montage(store, query_image, hits, cfg.montage, caption)
+        result.montage, extra = write_montage(store, query_image, result.hits, cfg.montage, caption)
         result.notes.extend(extra)
     return result
 

@@ -141,11 +141,12 @@ def test_deepzoom_descriptor_and_tiles(app_client: TestClient, sample_slide: Pat
     # top DeepZoom level = level 0 pixels: tile (4, 3) covers x 1015..1270 (overlap 1 each side), y 761..1016
     top = int(np.ceil(np.log2(2967)))
     tiles = app_client.app.state.tiles
-    before = tiles.dz_tiles.hits
+    assert tiles.cached_deepzoom("embeddings", REAL, top, 4, 3) is None
     first = app_client.get(f"/api/dzi/embeddings/{REAL}/{top}/4_3.jpeg")
+    cached = tiles.cached_deepzoom("embeddings", REAL, top, 4, 3)
+    assert cached is not None and cached.data == first.content
     again = app_client.get(f"/api/dzi/embeddings/{REAL}/{top}/4_3.jpeg")
     assert first.status_code == again.status_code == 200 and first.content == again.content
-    assert tiles.dz_tiles.hits == before + 1
     assert_region(first.content, sample_slide, (1015, 761), 256)
     assert app_client.get(f"/api/dzi/embeddings/{REAL}/{top}/99_0.jpeg").status_code == 404
     assert app_client.get(f"/api/dzi/embeddings/{REAL}/{top + 1}/0_0.jpeg").status_code == 404
