@@ -178,3 +178,13 @@ def test_resume_refuses_another_world_size_or_checkpoint_kind(setup, fsdp_run) -
         assert errors and all(message in line for line in errors), (extra, nproc, done.stderr[-2000:])
         # torchrun reports the exit code with its own traceback; none of mvh's frames may appear in it
         assert "mvh/pretrain" not in done.stderr and (run / LOG_FILE).read_text() == before
+
+
+def test_fsdp_on_one_rank_equals_one_process_exactly(setup) -> None:
+    root, config, single, _, _ = setup
+    whole = root / "one_rank.yaml"
+    settings = yaml.safe_load(config.read_text())
+    whole.write_text(yaml.safe_dump({**settings, "batch_size": settings["batch_size"] * 2}))
+    out = root / "fsdp_one_rank"
+    _torchrun(whole, out, "--fsdp", nproc=1)
+    assert [r["loss"] for r in _log(out)] == [r["loss"] for r in _log(single)]
