@@ -53,6 +53,7 @@ def test_metadata_carrying_code_is_refused_without_running_it(tmp_path) -> None:
         check_metadata(_sharded_run(tmp_path / "torn", pickle.dumps(Metadata(state_dict_metadata={}))[:20]))
 
 
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")  # one process, on purpose
 def test_non_tensor_values_carrying_code_are_refused_without_running_them(tmp_path) -> None:
     marker = tmp_path / "ran"
     good, evil = tmp_path / "good", tmp_path / "evil"
