@@ -88,3 +88,7 @@ class FigureError(MvhError):
 
 class DependencyError(MvhError):
     """An optional dependency needed for the requested path is not installed."""
+
+
+class WorkerStartError(MvhError):
+    """An embedding worker of a Ray cluster cannot start: its node lacks the model, packages or device."""
