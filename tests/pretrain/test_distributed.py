@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -32,16 +34,41 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _torchrun_cmd(config: Path, out: Path, *extra: str, nproc: int = 2) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+            "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), "-m", "mvh", "pretrain",
+            "--config", str(config), "--out", str(out), "--json", *extra]  # fmt: skip
+
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+
+
 def _torchrun(
     config: Path, out: Path, *extra: str, nproc: int = 2, ok: bool = True
 ) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-           "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
-           "-m", "mvh", "pretrain", "--config", str(config), "--out", str(out), "--json", *extra]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    cmd = _torchrun_cmd(config, out, *extra, nproc=nproc)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=ENV)
     assert (done.returncode == 0) == ok, done.stderr[-3000:]
     return done
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is `pid` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _wait_gone(pids: list[int]) -> None:
+    deadline = time.monotonic() + 60
+    while any(Path(f"/proc/{pid}").exists() for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _log(run: Path) -> list[dict]:
@@ -188,3 +215,26 @@ def test_fsdp_on_one_rank_equals_one_process_exactly(setup) -> None:
     out = root / "fsdp_one_rank"
     _torchrun(whole, out, "--fsdp", nproc=1)
     assert [r["loss"] for r in _log(out)] == [r["loss"] for r in _log(single)]
+
+
+def test_fsdp_run_killed_mid_training_resumes_the_same_curve_exactly(setup, fsdp_run) -> None:
+    root, config, _, _, _ = setup
+    fsdp, _ = fsdp_run
+    part = root / "fsdp_killed"
+    latest = part / "checkpoint_sharded" / "latest.json"
+    cmd = _torchrun_cmd(config, part, "--fsdp", "--save-every", "2")
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not latest.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    ranks = _children(proc.pid)  # torchrun starts each rank in a session of its own
+    assert len(ranks) == 2 and proc.poll() is None, "the run ended before it could be killed"
+    for pid in [proc.pid, *ranks]:  # the whole job dies at once, wherever it is (maybe mid-save)
+        os.kill(pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    _wait_gone(ranks)
+    killed_at = json.loads(latest.read_text())["step"]
+    assert killed_at in (2, 4, 6), killed_at
+    done = _torchrun(config, part, "--fsdp", "--resume")
+    assert json.loads(done.stdout)["resumed_from"] == killed_at
+    assert [r["loss"] for r in _log(part)] == [r["loss"] for r in _log(fsdp)]
