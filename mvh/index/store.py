@@ -21,7 +21,9 @@ leave two rows for a slide: readers keep the latest. Tiles of a superseded commi
 switch; invisible leftovers older than an hour are deleted by the next commit of their slide.
 
 Reads that hand embeddings on check that every value is finite and that each slide has the tiles its row
-counts (`StoreDamagedError` otherwise); `mvh.index.integrity.verify_store` re-computes the checksums.
+counts (`StoreDamagedError` otherwise); `mvh.index.integrity.verify_store` re-computes the checksums. A
+read-only or pinned handle reads a slide by its row ids (`mvh.index.slide_rows`: one object GET or a few
+instead of a filtered scan's dozen on S3); a writable handle filters on slide_id and commit.
 """
 
 from __future__ import annotations
