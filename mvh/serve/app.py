@@ -168,7 +168,8 @@ class Gate:
 
 def create_app(config: ServeConfig) -> FastAPI:
     """Build the app over the stores and results folders of `config` (stores are opened now)."""
-    catalog = Catalog(config.stores, max_batch=config.max_batch, batch_wait_s=config.batch_wait_ms / 1000)
+    catalog = Catalog(config.stores, max_batch=config.max_batch, batch_wait_s=config.batch_wait_ms / 1000,
+                      torch_threads=config.torch_threads)
     tiles = TileServer(cache_bytes=int(config.tile_cache_mb * 2**20))
     searcher = SearchService(catalog, config)
     results = [read_results_folder(folder, f"r{i}") for i, folder in enumerate(config.results)]

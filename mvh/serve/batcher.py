@@ -32,7 +32,7 @@ class MicroBatcher(Generic[T, R]):
 
     def __init__(
         self, handle: Callable[[list[T]], list[R]], max_batch: int = 16, max_wait_s: float = 0.002,
-        name: str = "mvh-batcher",
+        name: str = "mvh-batcher", on_start: Callable[[], None] | None = None,
     ) -> None:
         if max_batch < 1 or max_wait_s < 0:
             raise ValueError(f"max_batch {max_batch} must be >= 1 and max_wait_s {max_wait_s} >= 0")
@@ -40,6 +40,7 @@ class MicroBatcher(Generic[T, R]):
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.name = name
+        self.on_start = on_start  # run once in the worker thread (e.g. its torch threads)
         self.batches = 0  # batches handled, requests in them, and the largest batch
         self.requests = 0
         self.largest = 0
@@ -99,6 +100,8 @@ class MicroBatcher(Generic[T, R]):
         return batch, False
 
     def _run(self) -> None:
+        if self.on_start is not None:
+            self.on_start()
         stop = False
         while not stop:
             first = self._queue.get()

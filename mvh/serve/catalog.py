@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from mvh.errors import UsageError
 from mvh.extractor.embedder import Embedder
@@ -60,7 +61,7 @@ class StoreEntry:
 
     def __init__(
         self, name: str, store: EmbeddingStore, source: str, max_batch: int = MAX_BATCH,
-        batch_wait_s: float = 0.002,
+        batch_wait_s: float = 0.002, torch_threads: int = 1,
     ) -> None:
         self.name = name
         self.store = store
@@ -72,7 +73,8 @@ class StoreEntry:
         self._embedder: Embedder | None = None
         self._index: VectorIndex | None = None
         self.image_batcher: MicroBatcher[tuple[np.ndarray, ImageQuery], QueryResult] = MicroBatcher(
-            self._search_images, max_batch=max_batch, max_wait_s=batch_wait_s, name=f"mvh-search-{name}"
+            self._search_images, max_batch=max_batch, max_wait_s=batch_wait_s, name=f"mvh-search-{name}",
+            on_start=lambda: torch.set_num_threads(torch_threads),  # OpenMP: this thread's forwards only
         )
 
     def image_queries(self) -> tuple[bool, str]:
@@ -204,7 +206,9 @@ class Catalog:
     """The served stores by name (the store folders' names, `-TAG` for a pinned tag, made unique);
     each opened read-only."""
 
-    def __init__(self, uris: list[str], max_batch: int = MAX_BATCH, batch_wait_s: float = 0.002) -> None:
+    def __init__(
+        self, uris: list[str], max_batch: int = MAX_BATCH, batch_wait_s: float = 0.002, torch_threads: int = 1
+    ) -> None:
         self.entries: dict[str, StoreEntry] = {}
         for uri in uris:
             location = parse_location(str(uri), read_only=True)
@@ -214,7 +218,8 @@ class Catalog:
                 n += 1
                 name = f"{base}-{n}"
             self.entries[name] = StoreEntry(
-                name, EmbeddingStore.open(location), str(uri), max_batch=max_batch, batch_wait_s=batch_wait_s
+                name, EmbeddingStore.open(location), str(uri), max_batch=max_batch, batch_wait_s=batch_wait_s,
+                torch_threads=torch_threads,
             )
 
     def close(self) -> None:

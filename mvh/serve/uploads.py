@@ -55,5 +55,5 @@ def decode_upload(data: bytes, max_bytes: int, max_pixels: int) -> np.ndarray:
 def png_data_url(pixels: np.ndarray) -> str:
     """A `data:image/png;base64,...` URL of RGB uint8 pixels [H, W, 3]."""
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
+    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)  # lossless either way; 30% less CPU
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -122,13 +122,20 @@ def test_concurrent_image_queries_equal_sequential_ones(serve_store: str, he_til
         assert (one["query"], one["notes"]) == (many["query"], many["notes"])
 
 
-def test_image_worker_stops_with_the_app(serve_store: str, he_tile: Path) -> None:
-    app = create_app(ServeConfig(stores=[serve_store]))
-    batcher = app.state.catalog.entries["embeddings"].image_batcher
+def test_image_worker_runs_its_own_torch_threads_and_stops_with_the_app(
+    serve_store: str, he_tile: Path
+) -> None:
+    main_threads = torch.get_num_threads()
+    app = create_app(ServeConfig(stores=[serve_store], torch_threads=main_threads + 1))
+    entry = app.state.catalog.entries["embeddings"]
+    batcher = entry.image_batcher
+    in_forward: list[int] = []
+    entry.embedder().model.register_forward_pre_hook(lambda *_: in_forward.append(torch.get_num_threads()))
     with TestClient(app) as client:
         assert len(_search(client, he_tile.read_bytes(), 3)["hits"]) == 3
         worker = batcher._thread
         assert worker is not None and worker.is_alive()
+    assert in_forward == [main_threads + 1] and torch.get_num_threads() == main_threads
     assert not worker.is_alive()
     with pytest.raises(BatcherClosed):
         batcher.submit((np.zeros((224, 224, 3), np.uint8), ImageQuery("x")))
