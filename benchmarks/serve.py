@@ -4,6 +4,9 @@ The store holds the real sample slide (embedded by `mv_hybrid_tiny`, random-init
 embedded by the same small model) plus synthetic slides of clustered embeddings
 (`mvh.index.synthetic`) up to `--tiles` rows, indexed IVF-PQ. `mvh serve` runs as its own process (as a
 user runs it); `--clients` threads send requests until `--requests` are done or `--max-seconds` pass.
+Beside the latencies it prints the load average, the server's CPU time per request (from /proc: robust
+to other load), how many image queries shared a forward, and the model's forward time for 1 and for
+`--clients` tiles with the server's intra-op threads (what batching buys).
 
     python benchmarks/serve.py [--tiles 100000 --clients 10 --requests 200 --max-seconds 120]
 
@@ -13,6 +16,7 @@ Goals (issue 17): search p95 < 300 ms at 10 concurrent clients; cached DeepZoom 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -33,6 +37,7 @@ from mvh.extractor.synthetic import write_synthetic_slide
 from mvh.index.store import EmbeddingStore
 from mvh.index.synthetic import clustered_embeddings
 from mvh.index.vector import build_index
+from mvh.serve.config import default_torch_threads
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TILES_PER_SLIDE = 2000
@@ -113,9 +118,38 @@ def run_clients(
 
 
 def summary(name: str, latencies: list[float]) -> str:
-    """`name: n, p50, p95` in ms."""
+    """`name: n, p50, p95` in ms, and the load average now."""
     p50, p95 = np.percentile(latencies, [50, 95])
-    return f"{name}: n={len(latencies)} p50 {p50:.1f} ms, p95 {p95:.1f} ms"
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return f"{name}: n={len(latencies)} p50 {p50:.1f} ms, p95 {p95:.1f} ms  (load average {load})"
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def forward_times(uri: str, batches: list[int], repeats: int = 10) -> str:
+    """Median forward time of the store's model on 1 and on n tiles, with the server's intra-op threads."""
+    import torch
+
+    from mvh.tasks.query import query_embedder
+
+    torch.set_num_threads(default_torch_threads())
+    embedder = query_embedder(EmbeddingStore.open(uri), device="cpu")
+    tile = np.random.default_rng(0).integers(0, 256, (embedder.tile_px, embedder.tile_px, 3), dtype=np.uint8)
+    out = []
+    for n in batches:
+        tiles = np.stack([tile] * n)
+        embedder.embed_images(tiles)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            embedder.embed_images(tiles)
+            times.append((time.perf_counter() - start) * 1000)
+        out.append(f"{n} tile(s) {np.median(times):.1f} ms")
+    return f"model forward ({torch.get_num_threads()} intra-op thread(s)): " + ", ".join(out)
 
 
 def main() -> None:
@@ -144,10 +178,20 @@ def main() -> None:
                                     data={"k": "10"})
 
             run_clients(list(range(5)), 1, args.max_seconds, post)  # warm-up: model built, index loaded
+            cpu = cpu_seconds(proc.pid)
             alone = run_clients(list(range(max(args.requests // 5, 5))), 1, args.max_seconds, post)
             print(summary("POST /api/search (image, k=10, 1 client)", alone))
+            print(f"  server CPU per search: {(cpu_seconds(proc.pid) - cpu) / len(alone) * 1000:.1f} ms")
+            before = httpx.get(url + "/api/stores").json()[0]["image_batches"]
+            cpu = cpu_seconds(proc.pid)
             search = run_clients(list(range(args.requests)), args.clients, args.max_seconds, post)
             print(summary(f"POST /api/search (image, k=10, {args.clients} clients)", search))
+            after = httpx.get(url + "/api/stores").json()[0]["image_batches"]
+            batches = after["batches"] - before["batches"]
+            mean = (after["requests"] - before["requests"]) / max(batches, 1)
+            print(f"  server CPU per search: {(cpu_seconds(proc.pid) - cpu) / len(search) * 1000:.1f} ms; "
+                  f"{len(search)} queries in {batches} forwards (mean batch {mean:.1f}, "
+                  f"largest {after['largest']})")
             desc = httpx.get(f"{url}/api/dzi/bench/{slide_id}").json()["Image"]
             width, height = int(desc["Size"]["Width"]), int(desc["Size"]["Height"])
             tile = int(desc["TileSize"])
@@ -165,12 +209,16 @@ def main() -> None:
                 return session.get(url + path)
 
             cold = run_clients(paths, args.clients, args.max_seconds, get)
-            cached = run_clients(paths, args.clients, args.max_seconds, get)
             print(summary(f"DeepZoom tiles, cold ({args.clients} clients)", cold))
+            cpu = cpu_seconds(proc.pid)
+            cached = run_clients(paths, args.clients, args.max_seconds, get)
             print(summary(f"DeepZoom tiles, cached ({args.clients} clients)", cached))
+            per_tile = (cpu_seconds(proc.pid) - cpu) / len(cached) * 1000
+            print(f"  server CPU per cached tile: {per_tile:.2f} ms")
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+        print(forward_times(uri, [1, args.clients]))
 
 
 if __name__ == "__main__":
