@@ -6,9 +6,12 @@
 Builds the same store twice, in a temporary folder and in `s3://bench/store.lance` on a SeaweedFS server
 started here (127.0.0.1, free ports, temporary data folder), through `EmbeddingStore.add_slide` (one
 atomic commit per slide, as extraction does; synthetic embeddings). Then measures: append throughput
-(tiles/s committed); then, through a read-only handle as a consumer opens it: per-slide read latency
-(`slide_embeddings` of `--reads` random slides: median, p95), a full-table embedding scan
-(`all_embeddings`, MB/s of embedding bytes), and the cohort readers' one-scan read of half the slides
+(tiles/s committed); then, through a read-only handle as a consumer opens it: the handle's first per-slide
+read (it scans the slide -> row ids map once), per-slide read latency (`slide_embeddings` of `--reads`
+other random slides, read by row id: median, p95; interleaved with the same reads through the filtered scan
+a writable handle uses; on S3 also the object GETs per read, counted by the server), a full-table
+embedding scan (`all_embeddings`, MB/s of embedding bytes), and the cohort readers' one-scan read of half
+the slides
 (`all_embeddings(slide_ids=...)`, what survival bags and the ST and classification readers do). Prints
 the S3/local ratio of each. Goal: a 5,000-tile slide from local S3 within 2x of local disk; full scans
 within 1.5x.
@@ -75,7 +78,14 @@ def _slide(i: int, n: int, dim: int, rng: np.random.Generator) -> tuple[dict, pd
     return record, tiles, rng.standard_normal((n, dim), dtype=np.float32)
 
 
-def measure(where, args) -> dict[str, float]:
+def _filtered_read(store, slide_id: str):
+    """`slide_embeddings` through the filtered scan a writable handle uses, on the same read-only handle."""
+    row = store._done_row(slide_id)
+    return store._split(store._read_tiles(store._tiles_where(row), ["embedding"]))
+
+
+def measure(where, args, gets=None) -> dict[str, float]:
+    """The figures of one store; `gets()` (S3 only) says how many GETs the server has answered so far."""
     from mvh.index.location import parse_location
     from mvh.index.store import EmbeddingStore
 
@@ -94,12 +104,19 @@ def measure(where, args) -> dict[str, float]:
     location = where if isinstance(where, StoreLocation) else parse_location(where)
     store = EmbeddingStore.open(dataclasses.replace(location, read_only=True))  # a consumer's handle
     ids = store.slide_ids()
-    reads = []
-    for slide_id in rng.choice(ids, size=min(args.reads, len(ids)), replace=False):
-        t = time.perf_counter()
-        emb, _ = store.slide_embeddings(str(slide_id))
-        reads.append(time.perf_counter() - t)
-        assert len(emb) == args.slide_tiles
+    chosen = [str(s) for s in rng.choice(ids, size=min(args.reads + 1, len(ids)), replace=False)]
+    start = time.perf_counter()
+    assert len(store.slide_embeddings(chosen[0])[0]) == args.slide_tiles
+    first_s = time.perf_counter() - start
+    reads, requests, filtered, filtered_requests = [], [], [], []
+    for k, slide_id in enumerate(chosen[1:]):
+        for path in ("rows", "filter") if k % 2 else ("filter", "rows"):  # same load, alternating order
+            before = gets() if gets else 0
+            t = time.perf_counter()
+            emb, _ = store.slide_embeddings(slide_id) if path == "rows" else _filtered_read(store, slide_id)
+            (reads if path == "rows" else filtered).append(time.perf_counter() - t)
+            (requests if path == "rows" else filtered_requests).append((gets() if gets else 0) - before)
+            assert len(emb) == args.slide_tiles
     start = time.perf_counter()
     rows, emb = store.all_embeddings(columns=("slide_id", "tile_id"))
     scan_s = time.perf_counter() - start
@@ -108,14 +125,20 @@ def measure(where, args) -> dict[str, float]:
     store.all_embeddings(columns=("slide_id",), slide_ids=half)
     cohort_s = time.perf_counter() - start
     mb = len(rows) * args.dim * np.dtype(args.dtype).itemsize / 1e6
-    return {
+    figures = {
         "append_tiles_per_s": n_slides * args.slide_tiles / append_s,
         "optimize_s": optimize_s,
+        "slide_first_read_ms": 1000 * first_s,
         "slide_read_median_ms": 1000 * statistics.median(reads),
         "slide_read_p95_ms": 1000 * float(np.percentile(reads, 95)),
+        "filtered_read_median_ms": 1000 * statistics.median(filtered),
         "full_scan_mb_per_s": mb / scan_s,
         "cohort_read_mb_per_s": (mb / 2) / cohort_s,
     }
+    if gets:
+        figures["slide_read_gets_median"] = float(statistics.median(requests))
+        figures["filtered_read_gets_median"] = float(statistics.median(filtered_requests))
+    return figures
 
 
 def main() -> None:
@@ -136,20 +159,35 @@ def main() -> None:
         server = SeaweedS3(Path(tmp) / "seaweed").start()
         try:
             server.create_bucket("bench")
-            s3 = measure(parse_location("s3://bench/store.lance", env=server.env()), args)
+            s3 = measure(
+                parse_location("s3://bench/store.lance", env=server.env()),
+                args,
+                gets=lambda: server.request_counts("bench").get("GET", 0),
+            )
         finally:
             server.stop()
-    slower = {"slide_read_median_ms", "slide_read_p95_ms", "optimize_s"}
+    slower = {
+        "slide_first_read_ms",
+        "slide_read_median_ms",
+        "slide_read_p95_ms",
+        "filtered_read_median_ms",
+        "optimize_s",
+    }
     print(f"{args.tiles} tiles x {args.dim} {args.dtype}, {args.slide_tiles} tiles per slide")
     print(f"{'':24s} {'local':>10s} {'S3':>10s} {'S3/local':>9s}")
     ratios = {}
+    gets = {key: s3.pop(key) for key in ("slide_read_gets_median", "filtered_read_gets_median")}
+    for key, value in gets.items():
+        print(f"{'S3 ' + key:24s} {'':>10s} {value:10.1f}")
     for key in local:
         ratio = s3[key] / local[key] if key in slower else local[key] / s3[key]
         ratios[key] = ratio
         print(f"{key:24s} {local[key]:10.1f} {s3[key]:10.1f} {ratio:8.2f}x")
     print("(ratios are 'times slower on S3': time ratio for latencies, rate ratio for throughputs)")
     if args.json:
-        args.json.write_text(json.dumps({"local": local, "s3": s3, "s3_slower_by": ratios}, indent=2))
+        args.json.write_text(
+            json.dumps({"local": local, "s3": s3, "s3_gets": gets, "s3_slower_by": ratios}, indent=2)
+        )
 
 
 if __name__ == "__main__":
