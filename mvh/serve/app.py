@@ -15,6 +15,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mvh import __version__
@@ -315,7 +316,11 @@ def create_app(config: ServeConfig) -> FastAPI:
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         try:
             if kind == "multipart/form-data":
-                form = await request.form(max_files=1, max_fields=8)
+                # Starlette spools an upload over 1 MB to disk, one thread hop per chunk; the upload cap
+                # already bounds it, so it stays in memory
+                parser = MultiPartParser(request.headers, request.stream(), max_files=1, max_fields=8)
+                parser.spool_max_size = config.max_upload_bytes + 65536
+                form = await parser.parse()
                 upload = form.get("image")
                 if upload is None or isinstance(upload, str):
                     return _error(422, "multipart search needs a file field `image` (PNG/JPEG/TIFF)")
@@ -334,6 +339,8 @@ def create_app(config: ServeConfig) -> FastAPI:
         except ValidationError as exc:
             return _error(422, "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}"
                                          for e in exc.errors()))
+        except MultiPartException as exc:
+            return _error(400, f"unreadable multipart body ({exc.message})")
         except ValueError as exc:  # a body that is not JSON, or a malformed multipart body
             return _error(400, f"unreadable request body ({exc})")
         return _error(415, "send multipart/form-data with a file `image`, or JSON {\"tile\": \"SLIDE:X:Y\"}")

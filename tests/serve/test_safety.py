@@ -189,3 +189,21 @@ def test_read_only(app_client: TestClient, serve_store: str, he_tile: Path) -> N
     assert _tree(Path(serve_store)) == before
     for method in ("put", "delete", "patch"):
         assert getattr(app_client, method)("/api/stores").status_code == 405
+
+
+def test_uploads_never_touch_the_disk(
+    app_client: TestClient, he_tile: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the real tile is 2 MB: Starlette's default spools uploads over 1 MB to a temporary file
+    assert he_tile.stat().st_size > 2**20
+
+    def no_disk(self: object) -> None:
+        raise AssertionError("an upload was spooled to disk")
+
+    monkeypatch.setattr("tempfile.SpooledTemporaryFile.rollover", no_disk)
+    with he_tile.open("rb") as fh:
+        response = app_client.post("/api/search", files={"image": ("he.png", fh)}, data={"k": "2"})
+    assert response.status_code == 200 and len(response.json()["hits"]) == 2
+    malformed = app_client.post("/api/search", content=b"--x\r\nnot a part",
+                                headers={"content-type": "multipart/form-data; boundary=x"})
+    assert 400 <= malformed.status_code < 500
