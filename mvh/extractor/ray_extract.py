@@ -14,21 +14,32 @@ Ray is an optional extra (`pip install -e ".[ray]"`), imported only here and onl
 from __future__ import annotations
 
 import os
+import re
 import time
-from collections import deque
-from collections.abc import Sequence
+import uuid
+from collections import Counter, deque
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mvh.errors import DependencyError, StoreError, StoreWriteError, UsageError
+from mvh.errors import (
+    DependencyError,
+    MvhError,
+    StoreError,
+    StoreWriteError,
+    UsageError,
+    WorkerStartError,
+)
 from mvh.extractor.extract import ExtractConfig, SlideInput, SlideResult, _failure, _plan, embed_grid
 from mvh.index.store import DONE, EmbeddingStore
 from mvh.progress import SLIDES, TILES, Event, Progress, report
 
 LOCAL = "local"
+BROKEN = "broken"  # an actor that could not build its model: the run stops (every slide would fail alike)
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 @dataclass(frozen=True)
@@ -84,22 +95,36 @@ class SlideEmbedder:
     """The body of a Ray embedding actor: a model on one device, embedding one whole slide per call."""
 
     def __init__(self, cfg: ExtractConfig, device: str) -> None:
-        self.cfg = cfg
-        self.embedder = cfg.embedder(device)
-        self.device = str(self.embedder.device)
-
-    def where(self) -> dict[str, Any]:
-        """This actor's process id, node address and device (for progress and for tests)."""
         import ray
 
-        return {"pid": os.getpid(), "node": ray.util.get_node_ip_address(), "device": self.device}
+        self.cfg = cfg
+        self.node = ray.util.get_node_ip_address()
+        self.device = device
+        self.broken: MvhError | None = None  # why this actor cannot embed (its node's model or device)
+        try:
+            self.embedder = cfg.embedder(device)
+        except MvhError as exc:
+            self.broken = exc
+        except Exception as exc:  # noqa: BLE001 (reported to the driver, which stops the run with it)
+            self.broken = WorkerStartError(f"{type(exc).__name__}: {_one_line(str(exc))}")
+        else:
+            self.device = _device_name(str(self.embedder.device), ray.get_gpu_ids())
 
-    def sees(self, path: str) -> bool:
-        """Whether `path` exists on this actor's node (a shared filesystem check)."""
-        return Path(path).exists()
+    def where(self) -> dict[str, Any]:
+        """This actor's process id, node address, device and start-up error (for progress and tests)."""
+        return {"pid": os.getpid(), "node": self.node, "device": self.device, "broken": self.broken}
+
+    def reads(self, path: str, token: str) -> bool:
+        """Whether this node reads `token` from `path`: the driver's file, not one of the same name."""
+        try:
+            return Path(path).read_text(encoding="utf-8") == token
+        except OSError:
+            return False
 
     def embed(self, source: SlideInput) -> dict[str, Any]:
         """Plan, decode and embed one slide: its record, tile rows and embeddings, or its failure."""
+        if self.broken is not None:
+            return {"status": BROKEN, "error": self.broken, "device": self.label}
         start = time.perf_counter()
         try:
             record, grid = _plan(source, self.cfg)
@@ -107,7 +132,7 @@ class SlideEmbedder:
             return {
                 "status": "failed",
                 "error": _failure(source, "cannot be tiled", exc),
-                "device": self.device,
+                "device": self.label,
             }
         try:
             emb = embed_grid(self.embedder, grid, self.cfg.batch_size, self.cfg.workers)
@@ -116,7 +141,7 @@ class SlideEmbedder:
                 "status": "failed",
                 "error": _failure(source, "tile decode failed", exc),
                 "record": record,
-                "device": self.device,
+                "device": self.label,
             }
         record["seconds"] = time.perf_counter() - start
         return {
@@ -124,8 +149,38 @@ class SlideEmbedder:
             "record": record,
             "tiles": grid.to_frame(),
             "embeddings": emb,
-            "device": self.device,
+            "device": self.label,
         }
+
+    @property
+    def label(self) -> str:
+        """`device@node`: which device of which node embedded a slide (results and progress show it)."""
+        return f"{self.device}@{self.node}"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(_ANSI.sub("", text).split())
+
+
+def _stop(error: MvhError, label: str) -> MvhError:
+    """`error` of the actor at `label`, re-raised by the driver with where it happened (same type)."""
+    return type(error)(f"embedding worker {label} cannot start: {error}")
+
+
+def _start_failure(exc: Exception, label: str) -> WorkerStartError:
+    """An actor whose creation itself failed (its class or packages do not load on its node)."""
+    lines = [line for line in _ANSI.sub("", str(exc)).splitlines() if line.strip()]
+    return WorkerStartError(
+        f"embedding worker {label} cannot start: {' '.join((lines or ['no cause given'])[-1].split())}; "
+        "install the same mvh and packages on every node"
+    )
+
+
+def _device_name(device: str, gpu_ids: Sequence[int | str]) -> str:
+    """The device as its node names it: `cuda:<Ray's GPU id>` (an actor sees its GPU as cuda:0)."""
+    if device.startswith("cuda") and len(gpu_ids) == 1:
+        return f"cuda:{gpu_ids[0]}"
+    return device
 
 
 def _actor_count(ray: Any, options: RayOptions, gpu: bool) -> int:
@@ -138,20 +193,35 @@ def _actor_count(ray: Any, options: RayOptions, gpu: bool) -> int:
 
 
 def _check_reachable(ray: Any, store: EmbeddingStore, actors: Sequence[Any]) -> None:
-    """A local store path must be visible from every node: refuse a multi-node cluster that cannot see it."""
+    """A local store path must be the same folder on every node: refuse a multi-node cluster where it is not.
+
+    The driver writes a file with a random token into the store folder; every embedding worker must read
+    that token back, so a node that has no such folder, or its own folder of the same name, is caught.
+    """
     if "://" in store.uri and not store.uri.startswith("file://"):
         return
-    nodes = {n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")}
+    nodes = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}  # several nodes may share one address
     if len(nodes) <= 1:
         return
-    path = str(Path(store.uri.removeprefix("file://")).resolve())
-    blind = [i for i, seen in enumerate(ray.get([a.sees.remote(path) for a in actors])) if not seen]
-    if blind:
+    token = uuid.uuid4().hex
+    probe = Path(store.uri.removeprefix("file://")).resolve() / f".mvh-reachable-{token}"
+    probe.write_text(token, encoding="utf-8")
+    try:
+        seen = ray.get([a.reads.remote(str(probe), token) for a in actors])
+    finally:
+        probe.unlink(missing_ok=True)
+    if not all(seen):
         raise UsageError(
             f"--store {store.uri} is a local path but the Ray cluster has {len(nodes)} nodes and "
-            f"{len(blind)} embedding worker(s) cannot see it: use an object-store URI (s3://...) or a "
-            "filesystem shared by every node"
+            f"{seen.count(False)} embedding worker(s) do not see this folder: use an object-store URI "
+            "(s3://...) or a filesystem shared by every node"
         )
+
+
+def _tally(labels: Iterable[str]) -> str:
+    """`cuda:0@10.0.0.3, cuda:1@10.0.0.3` or, for repeats, `cpu@127.0.0.1 x2`."""
+    counts = Counter(labels)
+    return ", ".join(label if n == 1 else f"{label} x{n}" for label, n in sorted(counts.items()))
 
 
 def _size(source: SlideInput) -> int:
@@ -187,7 +257,35 @@ def run_on_ray(
     device = "cuda" if gpu else "cpu"
     n_actors = min(_actor_count(ray, options, gpu), max(1, len(slides)))
     actors = [remote.remote(cfg, device) for _ in range(n_actors)]
+    try:
+        return _drive(ray, remote, actors, cfg, device, store, slides, options, progress)
+    finally:  # free the cluster's CPUs/GPUs now, also when the run stops with an error
+        for actor in actors:
+            ray.kill(actor)
+
+
+def _drive(
+    ray: Any,
+    remote: Any,
+    actors: list[Any],
+    cfg: ExtractConfig,
+    device: str,
+    store: EmbeddingStore,
+    slides: Sequence[SlideInput],
+    options: RayOptions,
+    progress: Progress | None,
+) -> list[SlideResult]:
+    """Schedule `slides` on `actors` (replacements are appended) and commit each slide as it arrives."""
+    try:
+        where = ray.get([a.where.remote() for a in actors])
+    except ray.exceptions.RayActorError as exc:
+        raise _start_failure(exc, "on the cluster") from exc
+    labels = {a: f"{w['device']}@{w['node']}" for a, w in zip(actors, where, strict=True)}
+    for w, label in zip(where, labels.values(), strict=True):
+        if w["broken"] is not None:
+            raise _stop(w["broken"], label)
     _check_reachable(ray, store, actors)
+    report(progress, Event.STATUS, SLIDES, 0, f"{len(actors)} embedding workers: {_tally(labels.values())}")
     queue = deque(sorted(range(len(slides)), key=lambda k: _size(slides[k]), reverse=True))
     attempts = dict.fromkeys(range(len(slides)), 0)
     in_flight: dict[Any, tuple[int, Any]] = {}
@@ -217,7 +315,10 @@ def run_on_ray(
         try:
             out = ray.get(ref)
         except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as exc:
-            cause = " ".join(str(exc).split())[:300]
+            label = labels.pop(actor, "a new worker")
+            if getattr(exc, "actor_init_failed", False):
+                raise _start_failure(exc, label) from exc
+            cause = _one_line(str(exc))[:300]
             if attempts[k] <= options.max_retries:
                 queue.appendleft(k)
                 report(
@@ -225,15 +326,21 @@ def run_on_ray(
                     Event.NOTE,
                     SLIDES,
                     0,
-                    f"embedding worker died on {source.slide_id}; retrying it (attempt {attempts[k] + 1})",
+                    f"embedding worker {label} died on {source.slide_id}; retrying it "
+                    f"(attempt {attempts[k] + 1})",
                 )
             else:
                 record_failure(
-                    k, f"embedding worker died {attempts[k]} time(s) on this slide: {cause}", None, ""
+                    k, f"embedding worker died {attempts[k]} time(s) on this slide: {cause}", None, label
                 )
             actor = remote.remote(cfg, device)  # replace the dead actor
+            actors.append(actor)
             submit(actor)
             continue
+        labels[actor] = out["device"]
+        if out["status"] == BROKEN:
+            raise _stop(out["error"], out["device"])
+        report(progress, Event.STATUS, SLIDES, 0, f"{source.slide_id} {out['status']} on {out['device']}")
         if out["status"] == DONE:
             record, tiles, emb = out["record"], out["tiles"], np.asarray(out["embeddings"])
             report(progress, Event.TOTAL, TILES, len(tiles))

@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -17,7 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mvh.errors import UsageError
 from mvh.extractor.extract import ExtractConfig, run_extract
+from mvh.progress import SLIDES, TILES, Event, Recorder
 
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
@@ -120,11 +123,87 @@ def test_a_killed_worker_is_survived_without_loss_or_duplicates(cluster, sample_
     assert store.slides(status="done")["n_tiles"].tolist() == [54] * 6
 
 
-def test_devices_run_one_worker_per_device_on_the_same_ray_path(cluster, sample_slide, tmp_path):
+def test_devices_run_one_worker_per_device_and_progress_names_each_workers_device(
+    cluster, sample_slide, tmp_path
+):
     slides = tuple(_copies(sample_slide, tmp_path / "slides", 3, corrupt=False))
+    progress = Recorder()
     result = run_extract(
-        ExtractConfig(**BASE, slides=slides, store=str(tmp_path / "dev.lance"), devices=("cpu", "cpu"))
+        ExtractConfig(**BASE, slides=slides, store=str(tmp_path / "dev.lance"), devices=("cpu", "cpu")),
+        progress=progress,
     )
-    assert [r.status for r in result.slides] == ["done"] * 3 and result.devices == ["cpu"]
+    assert [r.status for r in result.slides] == ["done"] * 3
+    assert result.devices == ["cpu@127.0.0.1"] and {r.device for r in result.slides} == {"cpu@127.0.0.1"}
     _, rows, _ = _rows(tmp_path / "dev.lance")
     assert rows["tile_id"].is_unique and len(rows) == 3 * 54
+    status = [d for e, t, _, d in progress.calls if e == Event.STATUS and t == SLIDES]
+    assert status[0] == "2 embedding workers: cpu@127.0.0.1 x2"
+    assert sorted(status[1:]) == [f"slide{i} done on cpu@127.0.0.1" for i in range(3)]
+    assert progress.count(Event.ADVANCE, TILES) == progress.count(Event.TOTAL, TILES) == 3 * 54
+    assert progress.count(Event.ADVANCE, SLIDES) == progress.count(Event.TOTAL, SLIDES) == 3
+
+
+def test_a_worker_that_cannot_build_its_model_stops_the_run_with_its_error(cluster, sample_slide, tmp_path):
+    """fp16 needs CUDA: every CPU actor fails alike, so the run stops with that one line (exit 2), instead of
+    retrying every slide on new actors and recording each as failed."""
+    slides = tuple(_copies(sample_slide, tmp_path / "slides", 2, corrupt=False))
+    store = tmp_path / "fp16.lance"
+    cfg = ExtractConfig(
+        **BASE, precision="fp16", slides=slides, store=str(store), ray_address=cluster.address
+    )
+    with pytest.raises(UsageError) as stopped:
+        run_extract(cfg)
+    message = str(stopped.value)
+    assert message.startswith("embedding worker cpu@127.0.0.1 cannot start: --precision fp16 needs")
+    assert "\n" not in message and "\x1b" not in message
+    assert stopped.value.exit_code == 2
+    from mvh.index.store import EmbeddingStore
+
+    assert EmbeddingStore.open(str(store)).slides().empty  # no slide was tried, none recorded as failed
+
+
+def _alive_nodes() -> int:
+    return sum(n["Alive"] for n in ray.nodes())
+
+
+def _wait_for(condition, what: str, seconds: float = 180) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+
+
+def test_a_local_store_that_another_node_sees_as_another_folder_is_refused(cluster, sample_slide, tmp_path):
+    """A third node in its own mount namespace has its own folder at the store's path: refused.
+
+    Runs last: it adds a node to the shared cluster and takes it away again.
+    """
+    slides = tuple(_copies(sample_slide, tmp_path / "slides", 3, corrupt=False))
+    store = tmp_path / "private" / "emb.lance"
+    store.mkdir(parents=True)
+    ray_cli = Path(sys.executable).parent / "ray"
+    inner = (
+        f"mount -t tmpfs tmpfs {store.parent} && mkdir -p {store} && exec {ray_cli} start --block "
+        f"--address {cluster.address} --node-ip-address 127.0.0.1 --num-cpus 1 --disable-usage-stats"
+    )
+    before = _alive_nodes()
+    node = subprocess.Popen(
+        ["unshare", "-m", "sh", "-c", inner],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for(lambda: _alive_nodes() == before + 1, "the third node")
+        _wait_for(lambda: ray.available_resources().get("CPU", 0) == 3, "the third node's CPU to be free")
+        on_ray = {"ray_address": cluster.address, "ray_workers": 3}  # one worker per node
+        with pytest.raises(UsageError) as refused:
+            run_extract(ExtractConfig(**BASE, slides=slides, store=str(store), **on_ray))
+        message = str(refused.value)
+        assert "\n" not in message and "1 embedding worker(s) do not see this folder" in message
+        assert "object-store URI" in message
+        assert not list(store.glob(".mvh-reachable-*")), "the probe file must be removed"
+    finally:
+        os.killpg(node.pid, signal.SIGTERM)
+        node.wait(timeout=60)
+        _wait_for(lambda: _alive_nodes() == before, "the third node to leave")

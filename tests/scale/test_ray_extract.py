@@ -38,4 +38,4 @@ def test_ray_cases_in_a_loopback_only_namespace(tmp_path: Path) -> None:
     assert done.returncode == 0, (
         f"Ray cases failed inside the namespace:\n{done.stdout[-8000:]}\n{done.stderr[-3000:]}"
     )
-    assert re.search(r"\b3 passed", done.stdout), done.stdout[-2000:]
+    assert re.search(r"\b5 passed", done.stdout), done.stdout[-2000:]
