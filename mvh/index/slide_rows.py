@@ -30,19 +30,24 @@ class SlideRows:
     rows: dict[tuple[str, str | None], np.ndarray]
 
     @classmethod
-    def scan(cls, table: Any, *, with_commit: bool) -> SlideRows:
-        """Scan the key columns of `table` (a LanceDB table at a fixed version) once."""
+    def scan(cls, table: Any, *, with_commit: bool, batch_rows: int = 262_144) -> SlideRows:
+        """Scan the key columns of `table` (a LanceDB table at a fixed version) once, in batches.
+
+        Only the row ids are kept (8 bytes a row); the key strings live one batch at a time.
+        """
         version = int(table.version)
         keys = ["slide_id", "commit"] if with_commit else ["slide_id"]
-        scanned = table.search().select(keys).with_row_id(True).to_arrow()
-        grouped = pa.TableGroupBy(scanned, keys, use_threads=False).aggregate([(ROW_ID, "list")])
-        ids = grouped.column(f"{ROW_ID}_list")
-        slide_ids = grouped.column("slide_id").to_pylist()
-        commits = grouped.column("commit").to_pylist() if with_commit else [None] * len(slide_ids)
-        rows = {
-            (str(slide_id), commit): np.sort(ids[i].values.to_numpy(zero_copy_only=False).astype(np.uint64))
-            for i, (slide_id, commit) in enumerate(zip(slide_ids, commits, strict=True))
-        }
+        parts: dict[tuple[str, str | None], list[np.ndarray]] = {}
+        for batch in table.search().select(keys).with_row_id(True).to_batches(batch_rows):
+            grouped = pa.TableGroupBy(pa.Table.from_batches([batch]), keys, use_threads=False).aggregate(
+                [(ROW_ID, "list")]
+            )
+            ids = grouped.column(f"{ROW_ID}_list")
+            slide_ids = grouped.column("slide_id").to_pylist()
+            commits = grouped.column("commit").to_pylist() if with_commit else [None] * len(slide_ids)
+            for i, key in enumerate(zip(slide_ids, commits, strict=True)):
+                parts.setdefault(key, []).append(ids[i].values.to_numpy(zero_copy_only=False))
+        rows = {key: np.sort(np.concatenate(chunks).astype(np.uint64)) for key, chunks in parts.items()}
         return cls(version=version, rows=rows)
 
     def row_ids(self, slide_id: str, commit: str | None) -> np.ndarray:

@@ -203,13 +203,16 @@ def test_a_store_of_an_older_mvh_reads_by_slide_id_rows(tmp_path) -> None:
     assert set(ro._row_map.rows) == {("a", None), ("b", None), ("c", None)}
 
 
-def test_slide_rows_scan_groups_row_ids_by_slide_and_commit(tmp_path) -> None:
+@pytest.mark.parametrize("batch_rows", [2, 65536], ids=["keys-across-batches", "one-batch"])
+def test_slide_rows_scan_groups_row_ids_by_slide_and_commit(tmp_path, batch_rows) -> None:
     """Independent of the store: row ids by (slide_id, commit) on a plain LanceDB table."""
     db = lancedb.connect(str(tmp_path / "plain"))
     first = {"slide_id": ["a", "b", "a", "a", "b"], "commit": ["1", "2", "9", "1", "2"], "v": range(5)}
     table = db.create_table("t", data=pa.table(first))
     table.add(pa.table({"slide_id": ["b", "a"], "commit": ["2", "1"], "v": [5, 6]}))  # a second fragment
-    rows = SlideRows.scan(table, with_commit=True)
+    batches = table.search().select(["v"]).to_batches(batch_rows)
+    assert max(b.num_rows for b in batches) == min(batch_rows, 5)  # the scan really comes in batches
+    rows = SlideRows.scan(table, with_commit=True, batch_rows=batch_rows)
     fragment_1 = 1 << 32
     assert {k: v.tolist() for k, v in rows.rows.items()} == {
         ("a", "1"): [0, 3, fragment_1 + 1],
