@@ -23,7 +23,8 @@ DEFAULT_MAX_BATCH = 16
 # of CPU with 2 threads, 49 ms with 1; on a quiet machine 37 ms vs 44 ms).
 def default_torch_threads() -> int:
     """Half the cores this process may run on (at least 1)."""
-    return max(1, len(os.sched_getaffinity(0)) // 2)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // 2)
 
 
 # JPEG bytes of DeepZoom and stored tiles kept in memory (a 254 px DeepZoom tile is ~10-20 KB).
