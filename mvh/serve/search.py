@@ -4,7 +4,8 @@ So a query gives the same hits in the browser as on the command line. An uploade
 (`uploads.decode_upload`: RGB exactly as `mvh search` converts a file), cut to the store's tile by
 `prepare_query_image`, embedded by the store's model and searched by `image_query_results`: the
 functions `mvh search --query` runs. Image queries that arrive together share one model forward and one
-index search (the store entry's batcher); a stored-tile query runs `run_query` itself.
+index search (the store entry's batcher); a stored-tile query runs `run_search` on the entry's open
+store and index.
 """
 
 from __future__ import annotations
@@ -18,7 +19,14 @@ from mvh.jobs import jsonable
 from mvh.serve.catalog import Catalog, StoreEntry
 from mvh.serve.config import ServeConfig
 from mvh.serve.uploads import decode_upload, png_data_url
-from mvh.tasks.query import ImageQuery, QueryResult, parse_tile_ref, prepare_query_image, run_query
+from mvh.tasks.query import (
+    ImageQuery,
+    QueryResult,
+    SearchConfig,
+    parse_tile_ref,
+    prepare_query_image,
+    run_search,
+)
 
 
 def tile_url(store: str, slide_id: str, x: int, y: int) -> str:
@@ -76,9 +84,9 @@ class SearchService:
         slide_id, x, y = parse_tile_ref(tile)
         entry = self.catalog.holding(slide_id, store)
         entry.slide(slide_id)
-        result = run_query(
-            entry.source, tile=tile, k=k, slide_level=slide_level, include_self=include_self
-        )
+        cfg = SearchConfig(store=entry.source, tile=tile, k=k, slide_level=slide_level,
+                           include_self=include_self)
+        result = run_search(cfg, opened=(entry.store, entry.index()))
         query = {**jsonable(result.query), "slide_id": slide_id, "x": x, "y": y,
                  "image": tile_url(entry.name, slide_id, x, y)}
         return self._response(entry, result, query)

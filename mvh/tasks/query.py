@@ -365,12 +365,20 @@ def image_query_results(
 
 
 def run_search(
-    cfg: SearchConfig, *, progress: Progress | None = None, embedder: Embedder | None = None
+    cfg: SearchConfig, *, progress: Progress | None = None, embedder: Embedder | None = None,
+    opened: tuple[EmbeddingStore, VectorIndex] | None = None,
 ) -> QueryResult:
-    """Search the store with one query (an image file, a stored tile, or a slide)."""
-    store = EmbeddingStore.open(cfg.store)
-    report(progress, Event.STATUS, STEPS, 0, "loading the index")
-    index = load_index(store)
+    """Search the store with one query (an image file, a stored tile, or a slide).
+
+    `opened`: the store `cfg.store` names, already open, with its loaded index (a server keeps them
+    across requests); without it the store is opened and its index loaded here.
+    """
+    if opened is not None:
+        store, index = opened
+    else:
+        store = EmbeddingStore.open(cfg.store)
+        report(progress, Event.STATUS, STEPS, 0, "loading the index")
+        index = load_index(store)
     if cfg.image is not None:
         report(progress, Event.STATUS, STEPS, 0, "embedding the query image")
         emb, query_image, notes = embed_query_image(
@@ -443,7 +451,7 @@ def run_query(
     montage: Path | None = None,
     embedder: Embedder | None = None,
 ) -> QueryResult:
-    """`run_search` with keyword arguments (the web app's entry point)."""
+    """`run_search` with keyword arguments."""
     cfg = SearchConfig(
         store=str(store_uri), image=image, tile=tile, slide=slide, k=k, slide_level=slide_level,
         exclude_slides=tuple(exclude_slides or ()), include_self=include_self, query_mpp=query_mpp,

@@ -19,6 +19,7 @@ from mvh.index.store import EmbeddingStore
 from mvh.serve import ServeConfig, create_app
 from mvh.serve.batcher import BatcherClosed, MicroBatcher
 from mvh.tasks.query import ImageQuery, image_query_results
+from tests.serve.conftest import REAL
 
 N = 6
 
@@ -139,3 +140,19 @@ def test_image_worker_runs_its_own_torch_threads_and_stops_with_the_app(
     assert not worker.is_alive()
     with pytest.raises(BatcherClosed):
         batcher.submit((np.zeros((224, 224, 3), np.uint8), ImageQuery("x")))
+
+
+def test_stored_tile_search_reuses_the_open_store_and_index(
+    serve_store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # re-opening the store and re-loading the index per request cost ~180 ms of CPU at 100k tiles
+    client = TestClient(create_app(ServeConfig(stores=[serve_store])))
+    first = client.post("/api/search", json={"tile": f"{REAL}:1120:896", "k": 4}).json()
+
+    def refuse(*_: object, **__: object) -> None:
+        raise AssertionError("the store or its index was opened again")
+
+    monkeypatch.setattr("mvh.tasks.query.load_index", refuse)
+    monkeypatch.setattr("mvh.tasks.query.EmbeddingStore.open", refuse)
+    again = client.post("/api/search", json={"tile": f"{REAL}:1120:896", "k": 4})
+    assert again.status_code == 200 and again.json()["hits"] == first["hits"] and len(first["hits"]) == 4
