@@ -204,7 +204,7 @@ import numpy as np, pandas as pd
 from mvh.index.store import EmbeddingStore, StoreFingerprint
 fp = StoreFingerprint(model="m", model_config={}, weights_sha256="random-init", weights_path=None,
                       embed_dim=4, tile_px=224, mpp=0.5, mean=None, std=None)
-time.sleep(float(sys.argv[3]) - time.time())  # both processes start creating at the same moment
+time.sleep(max(0.0, float(sys.argv[3]) - time.time()))  # both start creating at the same moment (if not late)
 store = EmbeddingStore.open_or_create(sys.argv[1], fp)
 sid = sys.argv[2]
 tiles = pd.DataFrame({"tile_id": [f"{sid}:0:0:448"], "x": [0], "y": [0], "tile_px": 224, "mpp": 0.5,
