@@ -451,8 +451,9 @@ class EmbeddingStore:
     ) -> EmbeddingStore:
         """Create a new empty store bound to `fingerprint` (StoreError if one exists).
 
-        `_racing` (open_or_create's earlier attempts): tables without meta, or a failed table creation, may
-        be another process creating the same store right now: raise `_CreationRace` to wait for it.
+        `_racing` (open_or_create's earlier attempts): tables without meta, a failed table creation, or a
+        store that appeared since open_or_create looked, may be another process creating the same store
+        right now: raise `_CreationRace` to wait for it (and open its store).
         """
         location = cls._location(where)
         uri = location.uri
@@ -462,6 +463,8 @@ class EmbeddingStore:
                 "writable --store (no --read-only, no @tag or --store-version)"
             )
         if cls.exists(location):
+            if _racing:  # another creator finished since open_or_create looked: open its store
+                raise _CreationRace(uri)
             raise StoreError(f"a store already exists at {uri}: open it, or choose another --store path")
         db = cls._connect(location)
         if _racing and cls._table_names(db, location) & {TILES, SLIDES}:

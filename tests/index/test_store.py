@@ -309,3 +309,22 @@ def test_invisible_leftovers_older_than_an_hour_go_with_the_next_commit(store, m
     assert old not in left and fresh in left  # a fresh one may belong to a writer still running
     assert store.orphan_tile_count() == 3 and store.n_tiles == 3
 
+
+def test_a_creator_losing_the_race_between_its_two_checks_opens_the_winners_store(
+    tmp_path, monkeypatch
+) -> None:
+    """Seen on S3 under load: the other process's meta table appeared between open_or_create's check and
+    create's own check; the loser must open that store, not fail with 'a store already exists'."""
+    winner = EmbeddingStore.create(tmp_path / "race.lance", make_fp())
+    winner.add_slide(record("a"), tiles_of("a", 2), np.ones((2, DIM)))
+    real_exists = EmbeddingStore.exists.__func__
+    looks: list[object] = []
+
+    def exists(cls: type[EmbeddingStore], where: object) -> bool:
+        looks.append(where)  # the first look (open_or_create's) sees no store yet, later ones see it
+        return len(looks) > 1 and real_exists(cls, where)
+
+    monkeypatch.setattr(EmbeddingStore, "exists", classmethod(exists))
+    loser = EmbeddingStore.open_or_create(tmp_path / "race.lance", make_fp())
+    assert loser.slide_ids() == ["a"] and loser.fingerprint == winner.fingerprint
+    assert len(looks) >= 3  # open_or_create, create (the race), open_or_create again
