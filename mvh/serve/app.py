@@ -313,6 +313,7 @@ def create_app(config: ServeConfig) -> FastAPI:
     @app.post("/api/search", response_model=SearchResponse, openapi_extra=_SEARCH_BODY)
     async def search(request: Request) -> Any:
         """Search a store: multipart `image` (+ k, store, slide_level, query_mpp) or JSON `{"tile": ...}`."""
+        # answered as built (plain JSON): `response_model` documents the shape, tests check it
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         try:
             if kind == "multipart/form-data":
@@ -327,15 +328,15 @@ def create_app(config: ServeConfig) -> FastAPI:
                 fields = {k: v for k, v in form.items() if k != "image" and isinstance(v, str) and v != ""}
                 params = _ImageForm.model_validate(fields)
                 data = await upload.read(config.max_upload_bytes + 1)
-                return await run_in_threadpool(
+                return JSONResponse(await run_in_threadpool(
                     searcher.image_search, params.store, data, upload.filename or "upload", params.k,
                     params.slide_level, params.query_mpp,
-                )
+                ))
             if kind == "application/json":
                 body = TileQuery.model_validate(await request.json())
-                return await run_in_threadpool(
+                return JSONResponse(await run_in_threadpool(
                     searcher.tile_search, body.store, body.tile, body.k, body.slide_level, body.include_self
-                )
+                ))
         except ValidationError as exc:
             return _error(422, "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}"
                                          for e in exc.errors()))
@@ -344,6 +345,15 @@ def create_app(config: ServeConfig) -> FastAPI:
         except ValueError as exc:  # a body that is not JSON, or a malformed multipart body
             return _error(400, f"unreadable request body ({exc})")
         return _error(415, "send multipart/form-data with a file `image`, or JSON {\"tile\": \"SLIDE:X:Y\"}")
+
+    @app.get("/api/queries/{query_id}.png", response_class=Response,
+             responses={200: {"content": {"image/png": {}}}, 404: {"description": "unknown or evicted"}})
+    def query_image(query_id: str) -> Response:
+        """The query image of a recent image search as fed to the model (PNG; kept in memory, LRU)."""
+        png = searcher.queries.png(query_id)
+        if png is None:
+            raise NotFound(f"no query image {query_id!r}: it is not one of the recent searches; search again")
+        return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
     @app.get("/api/search/limits")
     def limits() -> dict[str, Any]:

@@ -18,7 +18,8 @@ from mvh.errors import UsageError
 from mvh.jobs import jsonable
 from mvh.serve.catalog import Catalog, StoreEntry
 from mvh.serve.config import ServeConfig
-from mvh.serve.uploads import decode_upload, png_data_url
+from mvh.serve.queries import QueryImages, query_url
+from mvh.serve.uploads import decode_upload
 from mvh.tasks.query import (
     ImageQuery,
     QueryResult,
@@ -45,6 +46,7 @@ class SearchService:
     def __init__(self, catalog: Catalog, config: ServeConfig) -> None:
         self.catalog = catalog
         self.config = config
+        self.queries = QueryImages()
 
     def _response(self, entry: StoreEntry, result: QueryResult, query: dict[str, Any]) -> dict[str, Any]:
         tile_px = entry.store.fingerprint.tile_px
@@ -74,7 +76,8 @@ class SearchService:
         name = Path(filename).name
         result = entry.search_image(fed, ImageQuery(name, k, slide_level, notes=tuple(notes)))
         query = {**jsonable(result.query), "source": name, "query_mpp": query_mpp,
-                 "width": int(pixels.shape[1]), "height": int(pixels.shape[0]), "image": png_data_url(fed)}
+                 "width": int(pixels.shape[1]), "height": int(pixels.shape[0]),
+                 "image": query_url(self.queries.add(fed))}
         return self._response(entry, result, query)
 
     def tile_search(

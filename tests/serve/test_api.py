@@ -58,7 +58,10 @@ def test_image_search_equals_mvh_search_json(
     assert out["notes"] == cli_out["notes"] and out["index"] == cli_out["index"]
     assert all(h["tile_px"] == 224 for h in out["hits"])
     # the query as fed to the model: the centre crop (1000 px without um/px, 448 px at 0.25) resized to 224
-    fed = np.asarray(Image.open(io.BytesIO(_data_url_bytes(out["query"]["image"]))))
+    assert out["query"]["image"].startswith("/api/queries/")
+    shown = app_client.get(out["query"]["image"])
+    assert shown.status_code == 200 and shown.headers["content-type"] == "image/png"
+    fed = np.asarray(Image.open(io.BytesIO(shown.content)))
     source = np.asarray(Image.open(he_tile).convert("RGB"))
     side = 448 if extra else 1000
     top = (source.shape[0] - side) // 2
@@ -82,13 +85,6 @@ def test_rgba_and_jpeg_uploads_equal_mvh_search_json(
         assert [(h["tile_id"], h["score"]) for h in out["hits"]] == [
             (h["tile_id"], h["score"]) for h in cli_out["hits"]
         ], name
-
-
-def _data_url_bytes(url: str) -> bytes:
-    import base64
-
-    assert url.startswith("data:image/png;base64,")
-    return base64.b64decode(url.split(",", 1)[1])
 
 
 def test_tile_and_slide_level_search_equal_mvh_search_json(app_client: TestClient, serve_store: str) -> None:

@@ -101,6 +101,7 @@ def test_concurrent_image_queries_equal_sequential_ones(serve_store: str, he_til
     ks = [5, 5, 5, 3, 5, 7]
     with TestClient(create_app(ServeConfig(stores=[serve_store], batch_wait_ms=0))) as client:
         alone = [_search(client, data, k) for data, k in zip(images, ks, strict=True)]
+        fed = {out["query"]["image"]: client.get(out["query"]["image"]).content for out in alone}
         assert client.app.state.catalog.entries["embeddings"].image_batcher.stats()["largest"] == 1
     app = create_app(ServeConfig(stores=[serve_store], batch_wait_ms=1000, max_batch=N))
     entry = app.state.catalog.entries["embeddings"]
@@ -110,6 +111,7 @@ def test_concurrent_image_queries_equal_sequential_ones(serve_store: str, he_til
     with TestClient(app) as client, ThreadPoolExecutor(N) as pool:
         together = list(pool.map(lambda pair: _search(client, *pair), zip(images, ks, strict=True)))
         stats = entry.image_batcher.stats()
+        fed.update({out["query"]["image"]: client.get(out["query"]["image"]).content for out in together})
     # the model really ran batches: float32 [B, 3, 224, 224], B > 1, one row per query
     assert all(dtype is torch.float32 and shape[1:] == (3, 224, 224) for shape, dtype in inputs)
     assert max(shape[0] for shape, _ in inputs) > 1 and sum(shape[0] for shape, _ in inputs) == N
@@ -120,7 +122,11 @@ def test_concurrent_image_queries_equal_sequential_ones(serve_store: str, he_til
         # a batched float32 forward rounds differently from a lone one (measured: <= 1e-6 on the embedding)
         np.testing.assert_allclose([h["score"] for h in many["hits"]], [h["score"] for h in one["hits"]],
                                    rtol=0, atol=1e-5)
-        assert (one["query"], one["notes"]) == (many["query"], many["notes"])
+        assert one["notes"] == many["notes"]
+        # the query as fed: each search links its own copy (a new id), with the same pixels
+        assert {**one["query"], "image": None} == {**many["query"], "image": None}
+        assert one["query"]["image"] != many["query"]["image"]
+        assert fed[one["query"]["image"]] == fed[many["query"]["image"]]
 
 
 def test_image_worker_runs_its_own_torch_threads_and_stops_with_the_app(

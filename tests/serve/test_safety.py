@@ -102,7 +102,7 @@ def test_no_parameter_is_a_path(
         f"/api/overlays/embeddings/{e}", f"/api/overlays/{e}/{REAL}", f"/api/tiles/{e}/1120/896.jpg",
         f"/api/tiles/{REAL}/1120/896.jpg?store={e}", f"/api/dzi/{e}/{REAL}", f"/api/dzi/embeddings/{e}",
         f"/api/dzi/embeddings/{e}/0/0_0.jpeg", f"/api/dzi/{e}/{REAL}/0/0_0.jpeg", f"/slides/{e}",
-        f"/static/{e}", f"/vendor/openseadragon/{e}",
+        f"/static/{e}", f"/vendor/openseadragon/{e}", f"/api/queries/{e}.png",
     ]
     for url in urls:
         response = app_client.get(url)
