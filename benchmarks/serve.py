@@ -3,10 +3,13 @@
 The store holds the real sample slide (embedded by `mv_hybrid_tiny`, random-init, so an image query is
 embedded by the same small model) plus synthetic slides of clustered embeddings
 (`mvh.index.synthetic`) up to `--tiles` rows, indexed IVF-PQ. `mvh serve` runs as its own process (as a
-user runs it); `--clients` threads send requests until `--requests` are done or `--max-seconds` pass.
+user runs it); the load comes from a separate client process (`serve_client.py`: stdlib `http.client`,
+one keep-alive connection per client thread, request bodies built once), `--clients` connections sending
+until `--requests` are done or `--max-seconds` pass.
 Beside the latencies it prints the load average, the server's CPU time per request (from /proc: robust
-to other load), how many image queries shared a forward, and the model's forward time for 1 and for
-`--clients` tiles with the server's intra-op threads (what batching buys).
+to other load), the client process's CPU time per request (it shares the cores), how many image queries
+shared a forward, and the model's forward time for 1 and for `--clients` tiles with the server's
+intra-op threads (what batching buys).
 
     python benchmarks/serve.py [--tiles 100000 --clients 10 --requests 200 --max-seconds 120]
 
@@ -16,17 +19,15 @@ Goals (issue 17): search p95 < 300 ms at 10 concurrent clients; cached DeepZoom 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import pickle
 import re
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import httpx
 import numpy as np
@@ -88,33 +89,31 @@ def start_server(uri: str) -> tuple[subprocess.Popen[str], str]:
     raise RuntimeError("mvh serve did not start")
 
 
-def run_clients(
-    work: list[Any], clients: int, max_seconds: float, send: Callable[[httpx.Client, Any], httpx.Response]
-) -> list[float]:
-    """Send each item once from `clients` threads (stop at max_seconds): latencies in ms."""
-    latencies: list[float] = []
-    lock = threading.Lock()
-    items = iter(work)
-    deadline = time.monotonic() + max_seconds
+CLIENT = Path(__file__).resolve().parent / "serve_client.py"
+Request = tuple[str, str, bytes | None, dict[str, str]]
 
-    def client() -> None:
-        with httpx.Client(timeout=60) as session:
-            while time.monotonic() < deadline:
-                with lock:
-                    item = next(items, None)
-                if item is None:
-                    return
-                start = time.perf_counter()
-                response = send(session, item)
-                elapsed = (time.perf_counter() - start) * 1000
-                response.raise_for_status()
-                with lock:
-                    latencies.append(elapsed)
 
-    with ThreadPoolExecutor(clients) as pool:
-        for future in [pool.submit(client) for _ in range(clients)]:
-            future.result()
-    return latencies
+def multipart(fields: dict[str, str], name: str, filename: str, data: bytes, kind: str) -> tuple[bytes, str]:
+    """A multipart/form-data body (built once, sent as is) and its content type."""
+    boundary = "mvhbench" + "0" * 24
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+             for k, v in fields.items()]
+    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+                 f"Content-Type: {kind}\r\n\r\n".encode() + data + b"\r\n")
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def run_clients(url: str, work: list[Request], clients: int, max_seconds: float) -> tuple[list[float], float]:
+    """Send each request once from `clients` keep-alive connections of a separate client process (stop
+    at max_seconds): latencies in ms and the client process's CPU seconds while sending."""
+    host, port = url.removeprefix("http://").split(":")
+    job = {"host": host, "port": int(port), "clients": clients, "max_seconds": max_seconds, "requests": work}
+    done = subprocess.run([sys.executable, str(CLIENT)], input=pickle.dumps(job), capture_output=True,
+                          check=True)
+    out = json.loads(done.stdout)
+    if out["failures"]:
+        raise RuntimeError(f"{len(out['failures'])} requests failed, e.g. {out['failures'][0]}")
+    return out["latencies"], out["cpu_s"]
 
 
 def summary(name: str, latencies: list[float]) -> str:
@@ -173,24 +172,27 @@ def main() -> None:
         payload = query.read_bytes()
         proc, url = start_server(uri)
         try:
-            def post(session: httpx.Client, _: int) -> httpx.Response:
-                return session.post(url + "/api/search", files={"image": ("q.png", payload, "image/png")},
-                                    data={"k": "10"})
+            body, kind = multipart({"k": "10"}, "image", "q.png", payload, "image/png")
+            post: Request = ("POST", "/api/search", body, {"Content-Type": kind})
 
-            run_clients(list(range(5)), 1, args.max_seconds, post)  # warm-up: model built, index loaded
+            def per_request(what: str, cpu: float, client_cpu: float, n: int) -> str:
+                return (f"  server CPU per {what}: {(cpu_seconds(proc.pid) - cpu) / n * 1000:.2f} ms; "
+                        f"client CPU per {what}: {client_cpu / n * 1000:.2f} ms")
+
+            run_clients(url, [post] * 5, 1, args.max_seconds)  # warm-up: model built, index loaded
             cpu = cpu_seconds(proc.pid)
-            alone = run_clients(list(range(max(args.requests // 5, 5))), 1, args.max_seconds, post)
+            alone, client_cpu = run_clients(url, [post] * max(args.requests // 5, 5), 1, args.max_seconds)
             print(summary("POST /api/search (image, k=10, 1 client)", alone))
-            print(f"  server CPU per search: {(cpu_seconds(proc.pid) - cpu) / len(alone) * 1000:.1f} ms")
+            print(per_request("search", cpu, client_cpu, len(alone)))
             before = httpx.get(url + "/api/stores").json()[0]["image_batches"]
             cpu = cpu_seconds(proc.pid)
-            search = run_clients(list(range(args.requests)), args.clients, args.max_seconds, post)
+            search, client_cpu = run_clients(url, [post] * args.requests, args.clients, args.max_seconds)
             print(summary(f"POST /api/search (image, k=10, {args.clients} clients)", search))
+            cpu_line = per_request("search", cpu, client_cpu, len(search))
             after = httpx.get(url + "/api/stores").json()[0]["image_batches"]
             batches = after["batches"] - before["batches"]
             mean = (after["requests"] - before["requests"]) / max(batches, 1)
-            print(f"  server CPU per search: {(cpu_seconds(proc.pid) - cpu) / len(search) * 1000:.1f} ms; "
-                  f"{len(search)} queries in {batches} forwards (mean batch {mean:.1f}, "
+            print(f"{cpu_line}; {len(search)} queries in {batches} forwards (mean batch {mean:.1f}, "
                   f"largest {after['largest']})")
             desc = httpx.get(f"{url}/api/dzi/bench/{slide_id}").json()["Image"]
             width, height = int(desc["Size"]["Width"]), int(desc["Size"]["Height"])
@@ -203,18 +205,13 @@ def main() -> None:
                 rows = -(-int(np.ceil(height / scale)) // tile)
                 paths += [f"/api/dzi/bench/{slide_id}/{level}/{c}_{r}.jpeg"
                           for r in range(rows) for c in range(cols)]
-            paths = paths[: args.requests]
-
-            def get(session: httpx.Client, path: str) -> httpx.Response:
-                return session.get(url + path)
-
-            cold = run_clients(paths, args.clients, args.max_seconds, get)
+            gets: list[Request] = [("GET", path, None, {}) for path in paths[: args.requests]]
+            cold, _ = run_clients(url, gets, args.clients, args.max_seconds)
             print(summary(f"DeepZoom tiles, cold ({args.clients} clients)", cold))
             cpu = cpu_seconds(proc.pid)
-            cached = run_clients(paths, args.clients, args.max_seconds, get)
+            cached, client_cpu = run_clients(url, gets, args.clients, args.max_seconds)
             print(summary(f"DeepZoom tiles, cached ({args.clients} clients)", cached))
-            per_tile = (cpu_seconds(proc.pid) - cpu) / len(cached) * 1000
-            print(f"  server CPU per cached tile: {per_tile:.2f} ms")
+            print(per_request("cached tile", cpu, client_cpu, len(cached)))
         finally:
             proc.terminate()
             proc.wait(timeout=30)
