@@ -313,7 +313,6 @@ def create_app(config: ServeConfig) -> FastAPI:
     @app.post("/api/search", response_model=SearchResponse, openapi_extra=_SEARCH_BODY)
     async def search(request: Request) -> Any:
         """Search a store: multipart `image` (+ k, store, slide_level, query_mpp) or JSON `{"tile": ...}`."""
-        # answered as built (plain JSON): `response_model` documents the shape, tests check it
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         try:
             if kind == "multipart/form-data":
@@ -328,15 +327,15 @@ def create_app(config: ServeConfig) -> FastAPI:
                 fields = {k: v for k, v in form.items() if k != "image" and isinstance(v, str) and v != ""}
                 params = _ImageForm.model_validate(fields)
                 data = await upload.read(config.max_upload_bytes + 1)
-                return JSONResponse(await run_in_threadpool(
+                return await run_in_threadpool(
                     searcher.image_search, params.store, data, upload.filename or "upload", params.k,
                     params.slide_level, params.query_mpp,
-                ))
+                )
             if kind == "application/json":
                 body = TileQuery.model_validate(await request.json())
-                return JSONResponse(await run_in_threadpool(
+                return await run_in_threadpool(
                     searcher.tile_search, body.store, body.tile, body.k, body.slide_level, body.include_self
-                ))
+                )
         except ValidationError as exc:
             return _error(422, "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}"
                                          for e in exc.errors()))
