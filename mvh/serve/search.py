@@ -76,7 +76,7 @@ class SearchService:
         name = Path(filename).name
         result = entry.search_image(fed, ImageQuery(name, k, slide_level, notes=tuple(notes)))
         query = {**jsonable(result.query), "source": name, "query_mpp": query_mpp,
-                 "width": int(pixels.shape[1]), "height": int(pixels.shape[0]),
+                 "width": pixels.width, "height": pixels.height,
                  "image": query_url(self.queries.add(fed))}
         return self._response(entry, result, query)
 

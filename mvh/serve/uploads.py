@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import warnings
 
-import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from mvh.errors import UsageError
@@ -21,8 +20,8 @@ class NotAnImage(UsageError):
     """An upload that is not a readable PNG/JPEG/TIFF image (HTTP 415)."""
 
 
-def decode_upload(data: bytes, max_bytes: int, max_pixels: int) -> np.ndarray:
-    """RGB uint8 [H, W, 3] of an uploaded PNG/JPEG/TIFF (UploadTooLarge / NotAnImage otherwise)."""
+def decode_upload(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
+    """The decoded RGB image of an uploaded PNG/JPEG/TIFF (UploadTooLarge / NotAnImage otherwise)."""
     if len(data) > max_bytes:
         raise UploadTooLarge(
             f"the image is {len(data) / 2**20:.1f} MB, over the {max_bytes / 2**20:g} MB upload cap: "
@@ -44,7 +43,7 @@ def decode_upload(data: bytes, max_bytes: int, max_pixels: int) -> np.ndarray:
                     )
                 image.load()
                 # convert("RGB") of an RGB image is a plain copy: skipped, the pixels are the same
-                return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+                return image if image.mode == "RGB" else image.convert("RGB")
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise UploadTooLarge(f"the image would decode to too many pixels ({exc}): send a tile") from exc
     except UnidentifiedImageError as exc:

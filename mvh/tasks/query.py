@@ -61,26 +61,34 @@ class QueryResult:
 
 
 # ---------------------------------------------------------------------------- query images
-def load_image(path: Path) -> np.ndarray:
-    """An image file as RGB uint8 [H, W, 3] (UsageError naming the file when unreadable)."""
+def load_image(path: Path) -> Image.Image:
+    """An image file as a decoded RGB Pillow image (UsageError naming the file when unreadable)."""
     try:
         with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
+            image.load()
+            return image if image.mode == "RGB" else image.convert("RGB")
     except (OSError, UnidentifiedImageError) as exc:
         raise UsageError(f"cannot read query image {path}: {exc}; give a PNG/JPEG/TIFF tile") from exc
 
 
-def _centre_crop(image: np.ndarray, h: int, w: int) -> np.ndarray:
-    top = (image.shape[0] - h) // 2
-    left = (image.shape[1] - w) // 2
-    return image[top : top + h, left : left + w]
+def _centre_crop(image: Image.Image, side: int) -> Image.Image:
+    """The centre side x side square (the image itself when it is that square: no copy)."""
+    w, h = image.size
+    if (w, h) == (side, side):
+        return image
+    top = (h - side) // 2
+    left = (w - side) // 2
+    return image.crop((left, top, left + side, top + side))
 
 
 def prepare_query_image(
-    image: np.ndarray, tile_px: int, mpp: float, query_mpp: float | None = None
+    image: Image.Image, tile_px: int, mpp: float, query_mpp: float | None = None
 ) -> tuple[np.ndarray, list[str]]:
-    """Bring an RGB image [H, W, 3] to the store's tile (tile_px at mpp): the tile and notes for the user."""
-    h, w = image.shape[:2]
+    """Bring an RGB image to the store's tile (tile_px at mpp): the tile [tile_px, tile_px, 3] and notes.
+
+    Cropping and resizing stay in Pillow: a 1000 px upload is never unpacked to an array and packed back.
+    """
+    w, h = image.size
     notes: list[str] = []
     if query_mpp is not None:
         if not query_mpp > 0:
@@ -88,7 +96,7 @@ def prepare_query_image(
         side = tile_px * mpp / query_mpp  # the store's physical tile, in query pixels
         if min(h, w) >= side:
             crop = max(1, int(round(side)))
-            region = _centre_crop(image, crop, crop)
+            region = _centre_crop(image, crop)
             if (h, w) != (crop, crop):
                 notes.append(
                     f"query image {w}x{h} px at {query_mpp:g} um/px: its centre {crop} px "
@@ -96,25 +104,22 @@ def prepare_query_image(
                 )
         else:
             crop = min(h, w)
-            region = _centre_crop(image, crop, crop)
+            region = _centre_crop(image, crop)
             notes.append(
                 f"query image {w}x{h} px at {query_mpp:g} um/px covers less than a store tile "
                 f"({tile_px * mpp:g} um): its centre square was upscaled to {tile_px} px"
             )
     else:
         crop = min(h, w)
-        region = _centre_crop(image, crop, crop)
+        region = _centre_crop(image, crop)
         if (h, w) != (tile_px, tile_px):
             notes.append(
                 f"query image {w}x{h} px has no --query-mpp: its centre {crop} px square was resized to "
                 f"{tile_px} px; pass --query-mpp to match the store's {mpp:g} um/px"
             )
-    if region.shape[:2] != (tile_px, tile_px):
-        resized = Image.fromarray(np.ascontiguousarray(region)).resize(
-            (tile_px, tile_px), Image.Resampling.BILINEAR
-        )
-        region = np.asarray(resized)
-    return np.ascontiguousarray(region), notes
+    if region.size != (tile_px, tile_px):
+        region = region.resize((tile_px, tile_px), Image.Resampling.BILINEAR)
+    return np.ascontiguousarray(np.asarray(region)), notes
 
 
 def query_embedder(store: EmbeddingStore, weights: Path | None = None, device: str = "auto") -> Embedder:
@@ -132,12 +137,12 @@ def query_embedder(store: EmbeddingStore, weights: Path | None = None, device: s
 
 def embed_query_image(
     store: EmbeddingStore,
-    image: np.ndarray,
+    image: Image.Image,
     query_mpp: float | None = None,
     embedder: Embedder | None = None,
     weights: Path | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Embedding [1, dim] of an RGB image [H, W, 3], the tile it was cut to, and notes."""
+    """Embedding [1, dim] of an RGB image, the tile [H, W, 3] it was cut to, and notes."""
     fp = store.fingerprint
     tile, notes = prepare_query_image(image, fp.tile_px, fp.mpp, query_mpp)
     embedder = embedder if embedder is not None else query_embedder(store, weights)

@@ -148,15 +148,28 @@ def test_prepare_query_image_physical_size() -> None:
     image = np.zeros((1000, 1000, 3), dtype=np.uint8)
     image[...] = (0, 0, 255)
     image[276:724, 276:724] = (255, 0, 0)  # the centre 448 px: one store tile at 0.25 um/px
-    tile, notes = prepare_query_image(image, tile_px=224, mpp=0.5, query_mpp=0.25)
+    tile, notes = prepare_query_image(Image.fromarray(image), tile_px=224, mpp=0.5, query_mpp=0.25)
     assert tile.shape == (224, 224, 3) and (tile == (255, 0, 0)).all() and "centre 448 px" in notes[0]
-    tile, notes = prepare_query_image(image[:300, :200], tile_px=224, mpp=0.5)
+    tile, notes = prepare_query_image(Image.fromarray(image[:300, :200]), tile_px=224, mpp=0.5)
     assert tile.shape == (224, 224, 3) and "centre 200 px square" in notes[0]
-    tile, notes = prepare_query_image(image[:100, :100], tile_px=224, mpp=0.5, query_mpp=0.5)
+    tile, notes = prepare_query_image(Image.fromarray(image[:100, :100]), tile_px=224, mpp=0.5, query_mpp=0.5)
     assert tile.shape == (224, 224, 3) and "upscaled" in notes[0]
     same = np.arange(224 * 224 * 3, dtype=np.uint8).reshape(224, 224, 3)
-    tile, notes = prepare_query_image(same, tile_px=224, mpp=0.5)
+    tile, notes = prepare_query_image(Image.fromarray(same), tile_px=224, mpp=0.5)
     assert notes == [] and np.array_equal(tile, same)
+
+
+@pytest.mark.parametrize(("h", "w", "query_mpp"), [(300, 517, None), (1000, 1000, None), (611, 480, 0.3)])
+def test_prepare_query_image_is_the_centre_square_resized_bilinear(
+    h: int, w: int, query_mpp: float | None
+) -> None:
+    image = np.random.default_rng(h + w).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    side = min(h, w) if query_mpp is None else round(224 * 0.5 / query_mpp)
+    top, left = (h - side) // 2, (w - side) // 2
+    centre = np.ascontiguousarray(image[top : top + side, left : left + side])
+    expected = np.asarray(Image.fromarray(centre).resize((224, 224), Image.Resampling.BILINEAR))
+    tile, _ = prepare_query_image(Image.fromarray(image), tile_px=224, mpp=0.5, query_mpp=query_mpp)
+    assert tile.dtype == np.uint8 and np.array_equal(tile, expected)
 
 
 def test_parse_tile_ref() -> None:
