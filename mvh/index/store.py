@@ -910,6 +910,7 @@ class EmbeddingStore:
         slide_id = str(row["slide_id"])
         commit = None if self.legacy else str(row["commit"])
         keys = ["slide_id"] if self.legacy else ["slide_id", "commit"]
+        values = [slide_id] if self.legacy else [slide_id, commit]
         fetch = list(dict.fromkeys(c for c in [*columns, "x", "y", "tile_id"] if c not in keys))
         try:
             if self._row_map is None or self._row_map.version != self._tiles.version:
@@ -921,7 +922,7 @@ class EmbeddingStore:
                 table = self._tiles.schema.empty_table().select(fetch)
         except _DAMAGED_READ_ERRORS as exc:
             raise self._unreadable_tiles(exc) from exc
-        for name, value in zip(keys, (slide_id, commit), strict=False):
+        for name, value in zip(keys, values, strict=True):
             field = self._tiles.schema.field(name)  # the map matched these values on every row it holds
             table = table.append_column(field, pa.array([value] * table.num_rows, field.type))
         wanted = list(dict.fromkeys([*columns, "slide_id", "x", "y", "tile_id", *keys]))
