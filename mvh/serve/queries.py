@@ -10,11 +10,11 @@ from __future__ import annotations
 import io
 import re
 import secrets
-import threading
-from collections import OrderedDict
 
 import numpy as np
 from PIL import Image
+
+from mvh.serve.lru import LruCache
 
 # 224 px RGB is 150 KB: 256 queries are ~38 MB.
 DEFAULT_KEEP = 256
@@ -25,29 +25,21 @@ class QueryImages:
     """A thread-safe LRU of the last `keep` query images (RGB uint8 [H, W, 3]) by random id."""
 
     def __init__(self, keep: int = DEFAULT_KEEP) -> None:
-        self.keep = keep
-        self._images: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()
+        self._images: LruCache[str, np.ndarray] = LruCache(keep)
 
     def add(self, pixels: np.ndarray) -> str:
         """Keep a query image (read-only view, no copy); its new id."""
         pixels = pixels.view()
         pixels.flags.writeable = False
         query_id = secrets.token_hex(16)
-        with self._lock:
-            self._images[query_id] = pixels
-            while len(self._images) > self.keep:
-                self._images.popitem(last=False)
+        self._images.put(query_id, pixels)
         return query_id
 
     def png(self, query_id: str) -> bytes | None:
         """The PNG of a kept query image (lossless), or None when the id is unknown or evicted."""
         if QUERY_ID.fullmatch(query_id) is None:
             return None
-        with self._lock:
-            pixels = self._images.get(query_id)
-            if pixels is not None:
-                self._images.move_to_end(query_id)
+        pixels = self._images.get(query_id)
         if pixels is None:
             return None
         buffer = io.BytesIO()

@@ -1,6 +1,6 @@
 """Pixels for the browser: DeepZoom tiles (OpenSlide's DeepZoomGenerator, JPEG) and stored tiles as JPEG.
 
-Both are kept in memory as JPEG bytes with a content ETag (`TileCache`: LRU bounded by bytes), so a cached
+Both are kept in memory as JPEG bytes with a content ETag (`tile_cache`: LRU bounded by bytes), so a cached
 tile costs a dict lookup; DeepZoom generators keep their slide open, bounded by count. Slides are opened
 only through the path the store recorded for a slide id (see `catalog`).
 """
@@ -10,10 +10,9 @@ from __future__ import annotations
 import hashlib
 import io
 import threading
-from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import numpy as np
 import openslide
@@ -24,46 +23,11 @@ from mvh.errors import MvhError, SlideError
 from mvh.extractor.slide import open_slide
 from mvh.extractor.tiling import make_tile_grid_at, read_tile
 from mvh.serve.catalog import NotFound, SlideRecord, StoreEntry
+from mvh.serve.lru import LruCache
 
 DZ_TILE = 254
 DZ_OVERLAP = 1
 JPEG_QUALITY = 85
-
-K = TypeVar("K")
-V = TypeVar("V")
-
-
-class LruCache(Generic[K, V]):
-    """A thread-safe least-recently-used cache of at most `size` entries."""
-
-    def __init__(self, size: int, on_evict: Callable[[V], None] | None = None) -> None:
-        self.size = size
-        self._items: OrderedDict[K, V] = OrderedDict()
-        self._lock = threading.Lock()
-        self._on_evict = on_evict
-
-    def get(self, key: K) -> V | None:
-        """The cached value (marked as recently used) or None."""
-        with self._lock:
-            value = self._items.get(key)
-            if value is not None:
-                self._items.move_to_end(key)
-            return value
-
-    def put(self, key: K, value: V) -> V:
-        """Store `value` (evicting the least recently used entry when full); return the cached value."""
-        evicted = []
-        with self._lock:
-            if key in self._items:
-                return self._items[key]
-            self._items[key] = value
-            while len(self._items) > self.size:
-                evicted.append(self._items.popitem(last=False)[1])
-        for item in evicted:
-            if self._on_evict is not None:
-                self._on_evict(item)
-        return value
-
 
 @dataclass(frozen=True)
 class Tile:
@@ -78,39 +42,9 @@ class Tile:
         return cls(data, '"' + hashlib.blake2b(data, digest_size=12).hexdigest() + '"')
 
 
-class TileCache:
-    """A thread-safe least-recently-used cache of tiles bounded by their total JPEG bytes."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self.bytes = 0
-        self._items: OrderedDict[Hashable, Tile] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def get(self, key: Hashable) -> Tile | None:
-        """The cached tile (marked as recently used) or None."""
-        with self._lock:
-            tile = self._items.get(key)
-            if tile is not None:
-                self._items.move_to_end(key)
-            return tile
-
-    def put(self, key: Hashable, tile: Tile) -> Tile:
-        """Keep `tile` (evicting least recently used tiles beyond max_bytes); return the cached tile."""
-        size = len(tile.data)
-        with self._lock:
-            if key in self._items:
-                return self._items[key]
-            if size > self.max_bytes:
-                return tile
-            self._items[key] = tile
-            self.bytes += size
-            while self.bytes > self.max_bytes:
-                self.bytes -= len(self._items.popitem(last=False)[1].data)
-        return tile
+def tile_cache(max_bytes: int) -> LruCache[Hashable, Tile]:
+    """A cache of tiles bounded by their total JPEG bytes."""
+    return LruCache(max_bytes, weight=lambda tile: len(tile.data))
 
 
 def _jpeg(image: Image.Image | np.ndarray) -> bytes:
@@ -141,7 +75,7 @@ class TileServer:
             generators, on_evict=lambda pair: pair[0].close()
         )
         self._open_lock = threading.Lock()
-        self.cache = TileCache(cache_bytes)  # DeepZoom and stored tiles, told apart by their keys
+        self.cache = tile_cache(cache_bytes)  # DeepZoom and stored tiles, told apart by their keys
 
     def cached_deepzoom(self, store: str, slide_id: str, level: int, col: int, row: int) -> Tile | None:
         """A DeepZoom tile already made (None when it is not in memory)."""

@@ -7,20 +7,20 @@ import hashlib
 import numpy as np
 from fastapi.testclient import TestClient
 
-from mvh.serve.tiles import Tile, TileCache
+from mvh.serve.tiles import Tile, tile_cache
 from tests.serve.conftest import REAL
 
 
 def test_tile_cache_is_bounded_by_bytes_least_recently_used_first() -> None:
-    cache = TileCache(max_bytes=100)
+    cache = tile_cache(max_bytes=100)
     for key in "abc":
         cache.put(key, Tile.of(bytes(40)))
-    assert len(cache) == 2 and cache.bytes == 80 and cache.get("a") is None  # a went first
+    assert len(cache) == 2 and cache.total == 80 and cache.get("a") is None  # a went first
     assert cache.get("b") is not None  # b is now the most recently used
     cache.put("d", Tile.of(bytes(30)))
-    assert cache.bytes == 70 and cache.get("c") is None and cache.get("b") is not None
+    assert cache.total == 70 and cache.get("c") is None and cache.get("b") is not None
     cache.put("huge", Tile.of(bytes(101)))  # larger than the whole cache: answered, not kept
-    assert cache.get("huge") is None and cache.bytes == 70
+    assert cache.get("huge") is None and cache.total == 70
 
 
 def _etag(data: bytes) -> str:
