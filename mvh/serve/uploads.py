@@ -8,6 +8,7 @@ import warnings
 from PIL import Image, UnidentifiedImageError
 
 from mvh.errors import UsageError
+from mvh.tasks.png_decode import decode_rgb
 
 FORMATS = {"PNG", "JPEG", "MPO", "TIFF"}
 
@@ -41,9 +42,7 @@ def decode_upload(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
                         f"the image is {width} x {height} px, over the {max_pixels:,} pixel limit: "
                         "send a tile, not a slide"
                     )
-                image.load()
-                # convert("RGB") of an RGB image is a plain copy: skipped, the pixels are the same
-                return image if image.mode == "RGB" else image.convert("RGB")
+                return decode_rgb(image, data)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise UploadTooLarge(f"the image would decode to too many pixels ({exc}): send a tile") from exc
     except UnidentifiedImageError as exc:

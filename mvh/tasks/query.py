@@ -9,6 +9,7 @@ their slides for the montage the way extraction read them (`make_tile_grid_at` +
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from mvh.index.index_files import load_index
 from mvh.index.ranking import search, search_slides
 from mvh.index.store import EmbeddingStore
 from mvh.progress import STEPS, Event, Progress, report
+from mvh.tasks.png_decode import decode_rgb
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +66,10 @@ class QueryResult:
 def load_image(path: Path) -> Image.Image:
     """An image file as a decoded RGB Pillow image (UsageError naming the file when unreadable)."""
     try:
-        with Image.open(path) as image:
-            image.load()
-            return image if image.mode == "RGB" else image.convert("RGB")
-    except (OSError, UnidentifiedImageError) as exc:
+        data = path.read_bytes()
+        with Image.open(io.BytesIO(data)) as image:
+            return decode_rgb(image, data)
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise UsageError(f"cannot read query image {path}: {exc}; give a PNG/JPEG/TIFF tile") from exc
 
 
