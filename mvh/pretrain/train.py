@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import json
 import logging
 import math
@@ -167,8 +168,15 @@ class _Distributed:
         return self.rank == 0
 
     def close(self) -> None:
+        """Destroy the process group, then free it and its threads while the interpreter is whole.
+
+        Call it once the models are gone: FSDP/DDP modules keep the group alive. A group freed later, at
+        interpreter exit, joins gloo threads that may still need the GIL and the process can abort
+        ("terminate called without an active exception") after a successful run.
+        """
         if self.started:
             dist.destroy_process_group()
+            gc.collect()
 
 
 def _load_log(path: Path, up_to_step: int) -> list[dict[str, Any]]:
@@ -554,90 +562,97 @@ def run_pretrain(config: PretrainConfig, *, progress: Progress | None = None) ->
     if config.fsdp:
         check_fsdp_launch(device)
     env = _Distributed(device, fsdp=config.fsdp)
-    shown = progress if env.main else None
     try:
-        point = _check_resumable(config, run_dir, env.world_size) if config.resume else None
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if env.main:
-            save_config(config, run_dir)
-        report(shown, Event.STATUS, STEPS, 0, "reading the inputs")
-        dataset = _multicrop_dataset(config, shown)
-        global_batch = config.batch_size * env.world_size
-        steps_per_epoch = len(dataset) // global_batch
-        if steps_per_epoch == 0:
-            raise UsageError(
-                f"pretrain: {len(dataset)} tiles is less than one batch of {global_batch}; lower --batch-size"
-            )
-        notes = recipe_notes(config, steps_per_epoch, len(dataset))
-        trainer = Trainer(config, steps_per_epoch, device, env.world_size)
-        step = 0
-        if point is not None and point.folder is not None:
-            step = trainer.load_sharded(point.folder, env.rank)
-        elif point is not None and point.state is not None:
-            step = trainer.load_state_dict(point.state)
-        resumed_from = step if point is not None else None
-        if point is not None:
-            notes.append(f"resumed from step {resumed_from} of {point.source}")
-        if config.fsdp:
-            notes.append(
-                f"FSDP over {env.world_size} processes: training state sharded in {run_dir / SHARDED_DIR} "
-                "(every rank writes its shards); teacher_checkpoint.pth gathered and written by rank 0"
-            )
-        for note in notes:
-            report(shown, Event.NOTE, STEPS, 0, note)
-        total_steps = trainer.schedules.total_steps
-        last_step = total_steps if config.max_steps is None else min(total_steps, config.max_steps)
-        report(shown, Event.TOTAL, STEPS, last_step)
-        report(shown, Event.ADVANCE, STEPS, step)
-        report(shown, Event.STATUS, STEPS, 0, "first batch (loader workers starting)")
-        records = _load_log(run_dir / LOG_FILE, step) if env.main else []
-        if env.main:
-            (run_dir / LOG_FILE).write_text("".join(json.dumps(r) + "\n" for r in records))
-
-        start_time = time.perf_counter()
-        images_done = 0
-        first_loss = None
-        data = iter(_loader(dataset, config, step, last_step, env, pin=device.type == "cuda"))
-        trainer.student.train()
-        while step < last_step:
-            tick = time.perf_counter()
-            batch = next(data)
-            record = trainer.step(batch, step, env.rank)
-            step += 1
-            n_images = batch["global_crops"].shape[0] // 2 * env.world_size
-            images_done += n_images
-            record["images_per_second"] = n_images / max(time.perf_counter() - tick, 1e-9)
-            first_loss = record["loss"]["total"] if first_loss is None else first_loss
-            if env.main:
-                records.append(record)
-                with open(run_dir / LOG_FILE, "a") as fh:
-                    fh.write(json.dumps(record) + "\n")
-                report(shown, Event.ADVANCE, STEPS, 1)
-                report(shown, Event.STATUS, STEPS, 0, _status_line(record))
-            if step % config.save_every == 0 or step == last_step:
-                _save(trainer, run_dir, step, env)
-
-        seconds = time.perf_counter() - start_time
-        if env.main and records:
-            plot_losses(records, run_dir / LOSS_PNG, f"DINOv2 pretraining of {config.model}: loss per step")
-        result = PretrainResult(
-            run_dir=run_dir,
-            steps=step,
-            total_steps=total_steps,
-            epochs_done=step / steps_per_epoch,
-            n_tiles=len(dataset),
-            first_loss=first_loss,
-            last_loss=records[-1]["loss"]["total"] if records else None,
-            seconds=seconds,
-            images_per_second=images_done / max(seconds, 1e-9),
-            teacher_checkpoint=run_dir / TEACHER_CHECKPOINT,
-            backbone_weights=run_dir / BACKBONE_WEIGHTS,
-            resumed_from=resumed_from,
-            rank=env.rank,
-            notes=notes,
-        )
-        if env.main:
-            result.write_json(run_dir / RESULTS)
-        return result
+        return _train(config, run_dir, device, env, progress)
     finally:
-        env.close()
+        env.close()  # after _train returned: its models, which hold the process group, are freed
+
+
+def _train(
+    config: PretrainConfig, run_dir: Path, device: torch.device, env: _Distributed, progress: Progress | None
+) -> PretrainResult:
+    """The training loop of `run_pretrain` on this rank (resume, steps, checkpoints, results)."""
+    shown = progress if env.main else None
+    point = _check_resumable(config, run_dir, env.world_size) if config.resume else None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if env.main:
+        save_config(config, run_dir)
+    report(shown, Event.STATUS, STEPS, 0, "reading the inputs")
+    dataset = _multicrop_dataset(config, shown)
+    global_batch = config.batch_size * env.world_size
+    steps_per_epoch = len(dataset) // global_batch
+    if steps_per_epoch == 0:
+        raise UsageError(
+            f"pretrain: {len(dataset)} tiles is less than one batch of {global_batch}; lower --batch-size"
+        )
+    notes = recipe_notes(config, steps_per_epoch, len(dataset))
+    trainer = Trainer(config, steps_per_epoch, device, env.world_size)
+    step = 0
+    if point is not None and point.folder is not None:
+        step = trainer.load_sharded(point.folder, env.rank)
+    elif point is not None and point.state is not None:
+        step = trainer.load_state_dict(point.state)
+    resumed_from = step if point is not None else None
+    if point is not None:
+        notes.append(f"resumed from step {resumed_from} of {point.source}")
+    if config.fsdp:
+        notes.append(
+            f"FSDP over {env.world_size} processes: training state sharded in {run_dir / SHARDED_DIR} "
+            "(every rank writes its shards); teacher_checkpoint.pth gathered and written by rank 0"
+        )
+    for note in notes:
+        report(shown, Event.NOTE, STEPS, 0, note)
+    total_steps = trainer.schedules.total_steps
+    last_step = total_steps if config.max_steps is None else min(total_steps, config.max_steps)
+    report(shown, Event.TOTAL, STEPS, last_step)
+    report(shown, Event.ADVANCE, STEPS, step)
+    report(shown, Event.STATUS, STEPS, 0, "first batch (loader workers starting)")
+    records = _load_log(run_dir / LOG_FILE, step) if env.main else []
+    if env.main:
+        (run_dir / LOG_FILE).write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    start_time = time.perf_counter()
+    images_done = 0
+    first_loss = None
+    data = iter(_loader(dataset, config, step, last_step, env, pin=device.type == "cuda"))
+    trainer.student.train()
+    while step < last_step:
+        tick = time.perf_counter()
+        batch = next(data)
+        record = trainer.step(batch, step, env.rank)
+        step += 1
+        n_images = batch["global_crops"].shape[0] // 2 * env.world_size
+        images_done += n_images
+        record["images_per_second"] = n_images / max(time.perf_counter() - tick, 1e-9)
+        first_loss = record["loss"]["total"] if first_loss is None else first_loss
+        if env.main:
+            records.append(record)
+            with open(run_dir / LOG_FILE, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+            report(shown, Event.ADVANCE, STEPS, 1)
+            report(shown, Event.STATUS, STEPS, 0, _status_line(record))
+        if step % config.save_every == 0 or step == last_step:
+            _save(trainer, run_dir, step, env)
+
+    seconds = time.perf_counter() - start_time
+    if env.main and records:
+        plot_losses(records, run_dir / LOSS_PNG, f"DINOv2 pretraining of {config.model}: loss per step")
+    result = PretrainResult(
+        run_dir=run_dir,
+        steps=step,
+        total_steps=total_steps,
+        epochs_done=step / steps_per_epoch,
+        n_tiles=len(dataset),
+        first_loss=first_loss,
+        last_loss=records[-1]["loss"]["total"] if records else None,
+        seconds=seconds,
+        images_per_second=images_done / max(seconds, 1e-9),
+        teacher_checkpoint=run_dir / TEACHER_CHECKPOINT,
+        backbone_weights=run_dir / BACKBONE_WEIGHTS,
+        resumed_from=resumed_from,
+        rank=env.rank,
+        notes=notes,
+    )
+    if env.main:
+        result.write_json(run_dir / RESULTS)
+    return result

@@ -68,3 +68,23 @@ def test_real_slide_fixture_falls_back_to_the_user_cache(tmp_path, monkeypatch) 
     absent.parent.mkdir()
     absent.write_bytes(b"shared")
     assert sample_slide_location(absent) == absent
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "stream", "text"),
+    [
+        (["--version"], 0, "stdout", "mvh"),
+        (["pretrain", "--no-such-option"], 2, "stderr", "No such option"),
+        (["pretrain", "--config", "/nonexistent/run.yaml"], 2, "stderr", "/nonexistent/run.yaml"),
+    ],
+)
+def test_a_torchrun_worker_keeps_its_exit_code_and_flushes_piped_output(args, code, stream, text) -> None:
+    """Under torchrun (LOCAL_RANK set) mvh ends with os._exit: nothing written may be lost to it."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "LOCAL_RANK": "0", "RANK": "0", "WORLD_SIZE": "1"}
+    done = subprocess.run([sys.executable, "-m", "mvh", *args], capture_output=True, text=True, env=env)
+    assert done.returncode == code, done.stderr
+    assert text in getattr(done, stream)
