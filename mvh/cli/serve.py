@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from typing import Annotated
 
@@ -11,7 +10,7 @@ from rich.text import Text
 
 from mvh.cli._app import app, console, guarded
 from mvh.cli._render import store_access
-from mvh.errors import DependencyError, UsageError
+from mvh.errors import DependencyError
 
 
 @app.command("serve")
@@ -40,7 +39,7 @@ def serve_cmd(
     try:
         import uvicorn
 
-        from mvh.serve import ServeConfig, create_app
+        from mvh.serve import ServeConfig, create_app, listening_socket
     except ImportError as exc:
         raise DependencyError(f"mvh serve needs the serve extra ({exc}): pip install 'mvh[serve]'") from exc
     config = ServeConfig(
@@ -48,16 +47,7 @@ def serve_cmd(
         insecure_no_token=insecure_no_token, max_upload_mb=max_upload_mb,
     )
     web = create_app(config)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise UsageError(
-            f"--host {host} --port {port}: cannot listen there ({exc}); choose another port"
-        ) from exc
+    sock = listening_socket(host, port)
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     names = ", ".join(web.state.catalog.entries)

@@ -6,5 +6,6 @@ Nothing but the CLI imports this package.
 
 from mvh.serve.app import create_app
 from mvh.serve.config import ServeConfig
+from mvh.serve.listen import listening_socket
 
-__all__ = ["ServeConfig", "create_app"]
+__all__ = ["ServeConfig", "create_app", "listening_socket"]
