@@ -15,7 +15,6 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mvh import __version__
@@ -23,6 +22,7 @@ from mvh.errors import CheckpointError, MvhError, StoreError, UsageError
 from mvh.serve.auth import COOKIE, OPEN_PATHS, authorized, cookie_value, token_ok
 from mvh.serve.catalog import Catalog, NotFound
 from mvh.serve.config import ServeConfig
+from mvh.serve.form import parse_form, read_body
 from mvh.serve.results import figures_for, layers_for, read_results_folder
 from mvh.serve.search import SearchService
 from mvh.serve.tiles import Tile, TileServer
@@ -316,19 +316,14 @@ def create_app(config: ServeConfig) -> FastAPI:
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         try:
             if kind == "multipart/form-data":
-                # Starlette spools an upload over 1 MB to disk, one thread hop per chunk; the upload cap
-                # already bounds it, so it stays in memory
-                parser = MultiPartParser(request.headers, request.stream(), max_files=1, max_fields=8)
-                parser.spool_max_size = config.max_upload_bytes + 65536
-                form = await parser.parse()
-                upload = form.get("image")
-                if upload is None or isinstance(upload, str):
+                body = await read_body(request.stream(), config.max_upload_bytes + 65536)
+                form = parse_form(body, request.headers["content-type"], max_fields=8, max_files=1)
+                upload = form.files.get("image")
+                if upload is None:
                     return _error(422, "multipart search needs a file field `image` (PNG/JPEG/TIFF)")
-                fields = {k: v for k, v in form.items() if k != "image" and isinstance(v, str) and v != ""}
-                params = _ImageForm.model_validate(fields)
-                data = await upload.read(config.max_upload_bytes + 1)
+                params = _ImageForm.model_validate({k: v for k, v in form.fields.items() if v != ""})
                 return await run_in_threadpool(
-                    searcher.image_search, params.store, data, upload.filename or "upload", params.k,
+                    searcher.image_search, params.store, upload.data, upload.filename or "upload", params.k,
                     params.slide_level, params.query_mpp,
                 )
             if kind == "application/json":
@@ -339,8 +334,6 @@ def create_app(config: ServeConfig) -> FastAPI:
         except ValidationError as exc:
             return _error(422, "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}"
                                          for e in exc.errors()))
-        except MultiPartException as exc:
-            return _error(400, f"unreadable multipart body ({exc.message})")
         except ValueError as exc:  # a body that is not JSON, or a malformed multipart body
             return _error(400, f"unreadable request body ({exc})")
         return _error(415, "send multipart/form-data with a file `image`, or JSON {\"tile\": \"SLIDE:X:Y\"}")

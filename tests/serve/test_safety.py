@@ -194,7 +194,7 @@ def test_read_only(app_client: TestClient, serve_store: str, he_tile: Path) -> N
 def test_uploads_never_touch_the_disk(
     app_client: TestClient, he_tile: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # the real tile is 2 MB: Starlette's default spools uploads over 1 MB to a temporary file
+    # the real tile is 2 MB: a spooling form parser (Starlette's default) would write it to a temporary file
     assert he_tile.stat().st_size > 2**20
 
     def no_disk(self: object) -> None:
@@ -207,3 +207,15 @@ def test_uploads_never_touch_the_disk(
     malformed = app_client.post("/api/search", content=b"--x\r\nnot a part",
                                 headers={"content-type": "multipart/form-data; boundary=x"})
     assert 400 <= malformed.status_code < 500
+
+
+def test_a_chunked_upload_without_content_length_is_cut_at_the_cap(serve_store: str) -> None:
+    client = TestClient(create_app(ServeConfig(stores=[serve_store], max_upload_mb=0.05)))
+
+    def body():
+        for _ in range(40):  # 40 x 16 KB, well over the 50 KB cap
+            yield b"--x\r\n" + os.urandom(16_000)
+
+    kind = {"content-type": "multipart/form-data; boundary=x"}
+    response = client.post("/api/search", content=body(), headers=kind)
+    assert response.status_code == 413 and "upload cap (0.11 MB with the form" in response.json()["detail"]
