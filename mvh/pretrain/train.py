@@ -168,11 +168,11 @@ class _Distributed:
         return self.rank == 0
 
     def close(self) -> None:
-        """Destroy the process group, then free it and its threads while the interpreter is whole.
+        """Destroy the process group and, once the models are gone, free it and its threads here.
 
-        Call it once the models are gone: FSDP/DDP modules keep the group alive. A group freed later, at
-        interpreter exit, joins gloo threads that may still need the GIL and the process can abort
-        ("terminate called without an active exception") after a successful run.
+        DDP's reducer holds the group until its model is freed, so call this after the training loop
+        returned. FSDP/DTensor caches hold it longer; a torchrun worker therefore ends without the
+        interpreter's teardown, where freeing it could abort a finished rank (`mvh.cli.main`).
         """
         if self.started:
             dist.destroy_process_group()

@@ -14,8 +14,6 @@ from PIL import Image
 
 from mvh.tasks.png_decode import _decode_plain_png, decode_rgb
 
-HE_TILE = Path(__file__).resolve().parents[3] / "shared" / "data" / "he_tile_1000px.png"
-
 
 def _pillow_rgb(data: bytes) -> np.ndarray:
     """The independent expectation: Pillow's own decode and convert("RGB")."""
@@ -59,8 +57,8 @@ def _textured(h: int, w: int, channels: int, seed: int = 0) -> np.ndarray:
     return ((base + noise * (yy[..., None] % 3 == 0)) % 256).astype(np.uint8)
 
 
-def test_the_real_he_tile_takes_the_libdeflate_path_and_equals_pillow() -> None:
-    data = HE_TILE.read_bytes()
+def test_the_real_he_tile_takes_the_libdeflate_path_and_equals_pillow(he_tile: Path) -> None:
+    data = he_tile.read_bytes()
     fast = _decode_plain_png(data)
     assert fast is not None and fast.mode == "RGB" and fast.size == (1000, 1000)
     np.testing.assert_array_equal(np.asarray(fast), _pillow_rgb(data))
