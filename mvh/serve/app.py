@@ -334,7 +334,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         except ValidationError as exc:
             return _error(422, "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}"
                                          for e in exc.errors()))
-        except ValueError as exc:  # a body that is not JSON, or a malformed multipart body
+        except ValueError as exc:  # a body that is not JSON (a malformed form is a FormError: 400)
             return _error(400, f"unreadable request body ({exc})")
         return _error(415, "send multipart/form-data with a file `image`, or JSON {\"tile\": \"SLIDE:X:Y\"}")
 

@@ -58,7 +58,7 @@ def _plain_layout(data: bytes) -> tuple[int, int, str, bytes] | None:
     if not data.startswith(_SIGNATURE):
         return None
     view = memoryview(data)
-    pos, header, idat = len(_SIGNATURE), None, []
+    pos, header, idat, idat_ended = len(_SIGNATURE), None, [], False
     while pos + 8 <= len(data):
         length, kind = struct.unpack_from(">I4s", data, pos)
         body = view[pos + 8 : pos + 8 + length]
@@ -67,23 +67,22 @@ def _plain_layout(data: bytes) -> tuple[int, int, str, bytes] | None:
         if kind == b"IHDR" and length == 13:
             header = struct.unpack_from(">IIBBBBB", body)
         elif kind == b"IDAT":
-            if idat and idat[-1] is None:
+            if idat_ended:
                 return None  # IDAT chunks split by another chunk: not a valid PNG, Pillow decides
             idat.append(body)
         elif kind == b"acTL":
             return None  # APNG: Pillow handles the frames
         elif kind == b"IEND":
             break
-        elif idat and idat[-1] is not None:
-            idat.append(None)  # marks the end of the IDAT run
+        else:
+            idat_ended = bool(idat)
         pos += 12 + length
-    streams = [chunk for chunk in idat if chunk is not None]
-    if header is None or not streams:
+    if header is None or not idat:
         return None
     width, height, depth, colour, compression, filtering, interlace = header
     if depth != 8 or colour not in _PLAIN or (compression, filtering, interlace) != (0, 0, 0):
         return None
-    return width, height, _PLAIN[colour], b"".join(streams)
+    return width, height, _PLAIN[colour], b"".join(idat)
 
 
 def _stored_zlib(payload: bytes) -> bytes:

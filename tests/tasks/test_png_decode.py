@@ -146,6 +146,23 @@ def _apng() -> bytes:
     return buf.getvalue()
 
 
+def test_idat_chunks_split_by_another_chunk_are_left_to_pillow() -> None:
+    chunks = _chunks(_png(_textured(60, 40, 3, seed=4)))
+    stream = b"".join(d for t, d in chunks if t == b"IDAT")
+    half = len(stream) // 2
+    parts = [chunks[0], (b"IDAT", stream[:half]), (b"tEXt", b"k\x00v"), (b"IDAT", stream[half:])]
+    parts.append((b"IEND", b""))
+    data = _assemble(parts)
+    assert _decode_plain_png(data) is None
+    try:
+        expected = _pillow_rgb(data)
+    except (OSError, ValueError):
+        with pytest.raises((OSError, ValueError)):
+            _ours(data)
+    else:
+        np.testing.assert_array_equal(_ours(data), expected)
+
+
 @pytest.mark.parametrize(
     "make",
     [
