@@ -35,7 +35,7 @@ import pandas as pd
 
 from mvh.extractor.extract import ExtractConfig, extract_slides
 from mvh.extractor.synthetic import write_synthetic_slide
-from mvh.index.store import EmbeddingStore
+from mvh.store.store import EmbeddingStore
 from mvh.index.synthetic import clustered_embeddings
 from mvh.index.vector import build_index
 from mvh.serve.config import default_torch_threads

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _fingerprint(dim: int, dtype: str):
-    from mvh.index.store import StoreFingerprint
+    from mvh.store.store import StoreFingerprint
 
     return StoreFingerprint(
         model="bench",
@@ -86,8 +86,8 @@ def _filtered_read(store, slide_id: str):
 
 def measure(where, args, gets=None) -> dict[str, float]:
     """The figures of one store; `gets()` (S3 only) says how many GETs the server has answered so far."""
-    from mvh.index.location import parse_location
-    from mvh.index.store import EmbeddingStore
+    from mvh.store.location import parse_location
+    from mvh.store.store import EmbeddingStore
 
     rng = np.random.default_rng(0)
     store = EmbeddingStore.create(where, _fingerprint(args.dim, args.dtype))
@@ -99,7 +99,7 @@ def measure(where, args, gets=None) -> dict[str, float]:
     start = time.perf_counter()
     store.optimize()
     optimize_s = time.perf_counter() - start
-    from mvh.index.location import StoreLocation
+    from mvh.store.location import StoreLocation
 
     location = where if isinstance(where, StoreLocation) else parse_location(where)
     store = EmbeddingStore.open(dataclasses.replace(location, read_only=True))  # a consumer's handle
@@ -151,7 +151,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
-    from mvh.index.location import parse_location
+    from mvh.store.location import parse_location
     from tests.sharing.seaweed import SeaweedS3
 
     with tempfile.TemporaryDirectory() as tmp:

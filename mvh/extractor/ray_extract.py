@@ -34,7 +34,7 @@ from mvh.errors import (
     WorkerStartError,
 )
 from mvh.extractor.extract import ExtractConfig, SlideInput, SlideResult, _failure, _plan, embed_grid
-from mvh.index.store import DONE, EmbeddingStore
+from mvh.store.store import DONE, EmbeddingStore
 from mvh.progress import SLIDES, TILES, Event, Progress, report
 
 LOCAL = "local"

@@ -25,7 +25,7 @@ import pandas as pd
 
 from mvh.errors import DataError, MissingMppError, StoreError, UsageError
 from mvh.extractor.hashing import sha256_file
-from mvh.index.store import EmbeddingStore
+from mvh.store.store import EmbeddingStore
 from mvh.progress import SAMPLES, Event, Progress, report
 from mvh.tasks.st_data import STSample, read_patches_index
 

@@ -20,7 +20,7 @@ from mvh.extractor.extract import ExtractConfig, embed_grid, extract_slides, fin
 from mvh.extractor.slide import open_slide
 from mvh.extractor.synthetic import write_synthetic_slide
 from mvh.extractor.tiling import make_tile_grid, read_tile
-from mvh.index.store import EmbeddingStore
+from mvh.store.store import EmbeddingStore
 from mvh.progress import SLIDES, TILES, Event, Recorder
 
 MODEL = "mv_hybrid_tiny"

@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 from mvh.cli import app
 from mvh.extractor.embedder import Embedder
 from mvh.extractor.synthetic import write_synthetic_slide
-from mvh.index.integrity import verify_store
-from mvh.index.store import EmbeddingStore
+from mvh.store.integrity import verify_store
+from mvh.store.store import EmbeddingStore
 
 runner = CliRunner()
 BASE = [

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mvh.index.integrity import verify_store
-from mvh.index.store import EmbeddingStore
+from mvh.store.integrity import verify_store
+from mvh.store.store import EmbeddingStore
 from tests.reliability._faults import DIM, fingerprint, tiles
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,7 +30,7 @@ SCRIPT = textwrap.dedent(
     import os, signal, sys
     import lancedb.db
     import numpy as np
-    from mvh.index.store import EmbeddingStore
+    from mvh.store.store import EmbeddingStore
     from tests.reliability._faults import fingerprint, tiles
 
     uri, point = sys.argv[1], sys.argv[2]

@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 
 from mvh.cli import app
 from mvh.errors import StoreDamagedError, StoreError, StoreUnusableError, StoreWriteError
-from mvh.index.integrity import CHECKSUM, NON_FINITE, verify_store
-from mvh.index.store import SLIDES_SCHEMA, EmbeddingStore, tiles_schema
+from mvh.store.integrity import CHECKSUM, NON_FINITE, verify_store
+from mvh.store.store import SLIDES_SCHEMA, EmbeddingStore, tiles_schema
 from tests.reliability._faults import DIM, distinct, fingerprint, rot_bytes, store_with, tiles
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,7 +30,7 @@ RACER = textwrap.dedent(
     """
     import sys, time
     import numpy as np
-    from mvh.index.store import EmbeddingStore
+    from mvh.store.store import EmbeddingStore
     from tests.reliability._faults import tiles
 
     original = EmbeddingStore._append_tiles

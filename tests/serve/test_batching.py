@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from mvh.index.index_files import load_index
-from mvh.index.store import EmbeddingStore
+from mvh.store.store import EmbeddingStore
 from mvh.serve import ServeConfig, create_app
 from mvh.serve.batcher import BatcherClosed, MicroBatcher
 from mvh.tasks.query import ImageQuery, image_query_results

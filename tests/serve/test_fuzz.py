@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 
-from mvh.index.store import EmbeddingStore
+from mvh.store.store import EmbeddingStore
 from mvh.serve import ServeConfig, create_app
 from tests.serve.conftest import REAL
 

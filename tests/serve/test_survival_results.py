@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from mvh.cli import app as cli
-from mvh.index.store import EmbeddingStore
+from mvh.store.store import EmbeddingStore
 from mvh.serve import ServeConfig, create_app
 from tests.serve.conftest import REAL
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mvh.index.location import parse_location
-from mvh.index.store import EmbeddingStore
+from mvh.store.location import parse_location
+from mvh.store.store import EmbeddingStore
 from tests.index.test_store_rows import add, assert_reads_equal
 from tests.reliability._faults import fingerprint
 

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from mvh.errors import CohortError, SlideError, UsageError
-from mvh.index.store import EmbeddingStore, StoreFingerprint
+from mvh.store.store import EmbeddingStore, StoreFingerprint
 from mvh.progress import FOLDS, TILES, Event, Recorder
 from mvh.tasks.survival import SurvivalConfig, SurvivalResult, SurvivalSettings, run_survival
 

@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from mvh.errors import DataError, StoreDamagedError, StoreError
-from mvh.index.store import DONE, TILES, EmbeddingStore
+from mvh.store.store import DONE, TILES, EmbeddingStore
 from mvh.progress import TILES as TILES_TASK
 from mvh.progress import Event, Progress, report
 from mvh.tasks.survival.cohort import listing

@@ -14,7 +14,7 @@ import numpy as np
 
 from mvh.errors import FingerprintMismatchError, UsageError
 from mvh.index.exact import exact_search
-from mvh.index.store import DONE, EmbeddingStore
+from mvh.store.store import DONE, EmbeddingStore
 from mvh.jobs import JobResult
 from mvh.progress import Event, Progress, report
 

@@ -15,7 +15,7 @@ from mvh.index.exact import exact_search
 from mvh.index.index_files import load_index
 from mvh.index.params import auto_params, check_params
 from mvh.index.ranking import search
-from mvh.index.store import EmbeddingStore, StoreFingerprint
+from mvh.store.store import EmbeddingStore, StoreFingerprint
 from mvh.progress import VECTORS, Event, Recorder
 
 DIM = 16

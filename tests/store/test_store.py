@@ -15,7 +15,7 @@ import pyarrow as pa
 import pytest
 
 from mvh.errors import FingerprintMismatchError, StoreError, StoreNotFoundError, UsageError
-from mvh.index.store import EmbeddingStore, StoreFingerprint, embeddings_to_numpy
+from mvh.store.store import EmbeddingStore, StoreFingerprint, embeddings_to_numpy
 
 DIM = 8
 
@@ -254,7 +254,7 @@ def test_optimize_indexes_ids_and_keeps_reads(store) -> None:
 WRITER = """
 import sys
 import numpy as np, pandas as pd
-from mvh.index.store import EmbeddingStore
+from mvh.store.store import EmbeddingStore
 store = EmbeddingStore.open(sys.argv[1])
 for i in range(8):
     sid = f"{sys.argv[2]}{i}"
@@ -295,7 +295,7 @@ def test_all_embeddings_of_chosen_slides_in_one_scan(store) -> None:
 
 
 def test_invisible_leftovers_older_than_an_hour_go_with_the_next_commit(store, monkeypatch) -> None:
-    import mvh.index.store as store_module
+    import mvh.store.store as store_module
 
     old = f"{int((time.time() - 7200) * 1000):012x}-{'0' * 16}"
     fresh = f"{int(time.time() * 1000):012x}-{'1' * 16}"

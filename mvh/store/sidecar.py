@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from mvh.errors import StoreError
-from mvh.index.location import StoreLocation
+from mvh.store.location import StoreLocation
 
 SIDECAR = "_mvh"
 

@@ -1,7 +1,7 @@
 """`run_import`: a folder of per-slide h5 files (TRIDENT's, CLAM's or mvh's own) into a store.
 
 The store's model is `external:<name>`. Each file's geometry comes from its attributes
-(`mvh.index.trident`) or the flags that supply what is missing; every attribute, both dataset dtypes and
+(`mvh.interop.trident`) or the flags that supply what is missing; every attribute, both dataset dtypes and
 the file's tile order are kept in the slide row's `attrs` column, so an export writes them back exactly.
 A broken file fails alone (recorded, exit 1); an empty slide (TRIDENT's `features` of shape (0,)) is done
 with 0 tiles. Slide ids are checked before anything is written.
@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 
 from mvh.errors import DataError, UsageError
-from mvh.index.slide_ids import check_slide_id
-from mvh.index.store import DONE, EmbeddingStore, StoreFingerprint
-from mvh.index.trident import (
+from mvh.store.slide_ids import check_slide_id
+from mvh.store.store import DONE, EmbeddingStore, StoreFingerprint
+from mvh.interop.trident import (
     Geometry,
     H5Slide,
     encode_attrs,

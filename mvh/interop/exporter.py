@@ -1,7 +1,7 @@
 """`run_export`: a store's done slides as TRIDENT-complete h5, CLAM's layout, or Parquet.
 
 `h5`: one `<slide_id>.h5` per done slide; slides imported from h5 files get their attributes, dtypes and
-row order back exactly, slides mvh tiled get every coords attribute TRIDENT writes (`mvh.index.trident`).
+row order back exactly, slides mvh tiled get every coords attribute TRIDENT writes (`mvh.interop.trident`).
 `clam`: CLAM's `h5_files/<slide_id>.h5` and `pt_files/<slide_id>.pt` (a float32 tensor [N, D]).
 `parquet`: the tiles table of done slides, the store fingerprint as JSON in the schema metadata key
 `mvh.fingerprint`. Every file is resolved inside the output folder.
@@ -22,10 +22,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mvh.errors import DataError, StoreError, UsageError
-from mvh.index.interop_import import ATTRS
-from mvh.index.slide_ids import path_inside
-from mvh.index.store import DONE, EmbeddingStore, StoreFingerprint, embeddings_to_arrow
-from mvh.index.trident import Geometry, decode_attrs, trident_coords_attrs, write_h5
+from mvh.interop.importer import ATTRS
+from mvh.store.slide_ids import path_inside
+from mvh.store.store import DONE, EmbeddingStore, StoreFingerprint, embeddings_to_arrow
+from mvh.interop.trident import Geometry, decode_attrs, trident_coords_attrs, write_h5
 from mvh.jobs import JobResult
 from mvh.progress import SLIDES, Event, Progress, report
 
@@ -270,7 +270,7 @@ def export_parquet(store: EmbeddingStore, out: Path | str, progress: Progress | 
 
 
 def _verify(store: EmbeddingStore, result: ExportResult) -> None:
-    from mvh.index.integrity import verify_store
+    from mvh.store.integrity import verify_store
 
     verdict = verify_store(store)
     if not verdict.ok:

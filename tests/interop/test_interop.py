@@ -11,11 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from mvh.errors import StoreError, UsageError
-from mvh.index.interop import ExportConfig, ImportConfig, export_parquet, run_export, run_import
-from mvh.index.store import EmbeddingStore, StoreFingerprint
+from mvh.interop import ExportConfig, ImportConfig, export_parquet, run_export, run_import
+from mvh.store.store import EmbeddingStore, StoreFingerprint
 from mvh.progress import FILES, SLIDES, Event, Recorder
 
-from .test_interop_peers import DIM, do_import, make_mvh_store, trident_slide
+from tests.interop.test_peers import DIM, do_import, make_mvh_store, trident_slide
 
 
 @pytest.fixture()
@@ -221,7 +221,7 @@ def test_parquet_export(mvh_store, tmp_path) -> None:
 def test_export_verify_runs_verify_store_first(mvh_store, tmp_path, monkeypatch) -> None:
     result = run_export(ExportConfig(mvh_store.uri, tmp_path / "ok", verify=True))
     assert result.verified and result.n_slides == 2
-    import mvh.index.integrity as integrity
+    import mvh.store.integrity as integrity
 
     real = integrity.verify_store
 

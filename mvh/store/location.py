@@ -187,6 +187,13 @@ class StoreLocation:
         return _scheme(self.uri) in REMOTE_SCHEMES
 
     @property
+    def local_path(self) -> Path | None:
+        """The directory of a local store; None for an object-store URI."""
+        if self.is_remote:
+            return None
+        return Path(self.uri.removeprefix("file://"))
+
+    @property
     def pinned(self) -> bool:
         """Whether a past snapshot was asked for (a tag or a version): such a store is read-only."""
         return self.tag is not None or self.version is not None

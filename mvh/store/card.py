@@ -17,8 +17,8 @@ from typing import Any
 import yaml
 
 from mvh.errors import UsageError
-from mvh.index.objects import SidecarFiles
-from mvh.index.store import DONE, FAILED, RANDOM_INIT, EmbeddingStore
+from mvh.store.sidecar import SidecarFiles
+from mvh.store.store import DONE, FAILED, RANDOM_INIT, EmbeddingStore
 from mvh.jobs import JobResult, jsonable
 
 USER_FIELDS = ("owner", "license", "contact", "description", "cohort", "citation")

@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from mvh.errors import UsageError
-from mvh.index.interop import ExportConfig, ImportConfig, run_export, run_import
-from mvh.index.store import EmbeddingStore, StoreFingerprint
+from mvh.interop import ExportConfig, ImportConfig, run_export, run_import
+from mvh.store.store import EmbeddingStore, StoreFingerprint
 
 DIM = 6
 
@@ -474,7 +474,7 @@ def test_trident_slide_features_are_not_taken_for_tiles(tmp_path) -> None:
 
 def test_a_file_that_crashes_the_hdf5_library_fails_alone(tmp_path, monkeypatch):
     """A corrupt h5 can segfault HDF5 itself; the header probe runs in a child, so only that file fails."""
-    import mvh.index.trident as trident
+    import mvh.interop.trident as trident
 
     folder = tmp_path / "h5"
     folder.mkdir()

@@ -4,7 +4,7 @@ Import: `interop_import` (ImportConfig -> run_import -> ImportResult). Export: `
 (ExportConfig -> run_export -> ExportResult). The peers' h5 conventions: `trident`.
 """
 
-from mvh.index.interop_export import (
+from mvh.interop.exporter import (
     FORMATS,
     ExportConfig,
     ExportResult,
@@ -12,7 +12,7 @@ from mvh.index.interop_export import (
     export_parquet,
     run_export,
 )
-from mvh.index.interop_import import (
+from mvh.interop.importer import (
     ATTRS,
     EXTERNAL_WEIGHTS,
     FailedFile,

@@ -21,8 +21,8 @@ leave two rows for a slide: readers keep the latest. Tiles of a superseded commi
 switch; invisible leftovers older than an hour are deleted by the next commit of their slide.
 
 Reads that hand embeddings on check that every value is finite and that each slide has the tiles its row
-counts (`StoreDamagedError` otherwise); `mvh.index.integrity.verify_store` re-computes the checksums. A
-read-only or pinned handle reads a slide by its row ids (`mvh.index.slide_rows`: one object GET or a few
+counts (`StoreDamagedError` otherwise); `mvh.store.integrity.verify_store` re-computes the checksums. A
+read-only or pinned handle reads a slide by its row ids (`mvh.store.slide_rows`: one object GET or a few
 instead of a filtered scan's dozen on S3); a writable handle filters on slide_id and commit.
 """
 
@@ -60,16 +60,15 @@ from mvh.errors import (
     StoreUnusableError,
     StoreWriteError,
 )
-from mvh.index.location import StoreLocation, parse_location
-from mvh.index.slide_rows import SlideRows
-from mvh.index.versions import create_tag, delete_tag, list_tags, snapshot_versions, table_versions
+from mvh.store.location import StoreLocation, parse_location
+from mvh.store.slide_rows import SlideRows
+from mvh.store.versions import create_tag, delete_tag, list_tags, snapshot_versions, table_versions
 
 log = logging.getLogger(__name__)
 
 TILES = "tiles"
 SLIDES = "slides"
 META = "meta"
-INDEX_DIRNAME = "_index"
 RANDOM_INIT = "random-init"
 DONE = "done"
 FAILED = "failed"
@@ -570,7 +569,7 @@ class EmbeddingStore:
 
     def _probe_remote_write(self) -> None:
         """Write and delete a small object beside the tables: refused credentials show before any work."""
-        from mvh.index.objects import SidecarFiles
+        from mvh.store.sidecar import SidecarFiles
 
         probe = SidecarFiles(self.location, "probe")
         name = f"write-{uuid.uuid4().hex}"
@@ -602,7 +601,7 @@ class EmbeddingStore:
     def create_tag(self, name: str) -> dict[str, int]:
         """Tag the current version of every table as `name`."""
         self.check_writable()
-        from mvh.index.location import check_tag_name
+        from mvh.store.location import check_tag_name
 
         return create_tag(self._tables(), check_tag_name(name), self.uri)
 
@@ -640,18 +639,6 @@ class EmbeddingStore:
         """Number of tiles of done slides."""
         done = self.slides(status=DONE)
         return int(done["n_tiles"].sum()) if len(done) else 0
-
-    @property
-    def index_dir(self) -> Path:
-        """The folder the vector index is read from: inside a local store, or the local cache of the index
-        published beside a remote store (fetched or refetched here; a folder that does not exist when none
-        was published)."""
-        local = _local_path(self.uri)
-        if local is not None:
-            return local / INDEX_DIRNAME
-        from mvh.index.index_cache import cache_root, cached_index
-
-        return cached_index(self.location) or cache_root() / "index" / "none"
 
     def schema(self) -> dict[str, pa.Schema]:
         """Arrow schemas of the tables."""
@@ -904,7 +891,7 @@ class EmbeddingStore:
         """A slide's committed tile rows read by row id: the same rows and columns as the filtered read.
 
         Only for handles that read one table version (read-only or pinned): the map of row ids is scanned
-        once per version (see mvh.index.slide_rows). A writable handle follows the latest version, which
+        once per version (see mvh.store.slide_rows). A writable handle follows the latest version, which
         may be compacted between the map and the take (row ids move), so it reads through the filter.
         """
         slide_id = str(row["slide_id"])

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from mvh.errors import StoreError
-from mvh.index.store import _DTYPES, DONE, EmbeddingStore, embedding_checksum
+from mvh.store.store import _DTYPES, DONE, EmbeddingStore, embedding_checksum
 from mvh.jobs import JobResult
 from mvh.progress import SLIDES, Event, Progress, report
 

@@ -11,10 +11,10 @@ import pyarrow as pa
 import pytest
 
 from mvh.errors import StoreDamagedError
-from mvh.index.integrity import CHECKSUM, verify_store
-from mvh.index.location import parse_location
-from mvh.index.slide_rows import SlideRows
-from mvh.index.store import SLIDES_SCHEMA, EmbeddingStore, tiles_schema
+from mvh.store.integrity import CHECKSUM, verify_store
+from mvh.store.location import parse_location
+from mvh.store.slide_rows import SlideRows
+from mvh.store.store import SLIDES_SCHEMA, EmbeddingStore, tiles_schema
 from tests.reliability._faults import DIM, distinct, fingerprint, rot_bytes, store_with
 
 

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from mvh.errors import IndexNotFoundError, StaleIndexError, UsageError
-from mvh.index.store import EmbeddingStore, StoreFingerprint
+from mvh.store.store import EmbeddingStore, StoreFingerprint
+from mvh.index.index_cache import index_dir
 from mvh.index.synthetic import clustered_embeddings
 from mvh.index.vector import (
     FLAT_MAX_TILES,
@@ -213,7 +214,7 @@ def test_stale_index_and_incremental_update(
     with pytest.raises(IndexNotFoundError, match="mvh index build"):
         load_index(store)
     build_index(store)
-    files_before = set(p.name for p in store.index_dir.iterdir())
+    files_before = set(p.name for p in index_dir(store).iterdir())
     new = np.random.default_rng(5).standard_normal((12, DIM)).astype(np.float32)
     add_slide(store, "D", new)
     with pytest.raises(StaleIndexError, match="1 slide.*added \\(D\\).*mvh index build"):
@@ -226,7 +227,7 @@ def test_stale_index_and_incremental_update(
     hits = search(store, new[[3]], k=1)
     assert hits.iloc[0]["slide_id"] == "D" and hits.iloc[0]["score"] == pytest.approx(1.0, abs=1e-5)
     assert not index_info(store)["stale"]
-    files_after = set(p.name for p in store.index_dir.iterdir())
+    files_after = set(p.name for p in index_dir(store).iterdir())
     assert len(files_after) == 3 and not (files_before - {"index.json"}) & files_after  # old build removed
     assert build_index(store, update=True).n_added == 0
 
@@ -234,7 +235,7 @@ def test_stale_index_and_incremental_update(
     add_slide(store, "C", embs["C"] * 2.0 + 1.0)
     result = build_index(store, update=True)
     assert not result.incremental and any("re-embedded (C)" in note for note in result.notes)
-    meta = json.loads((store.index_dir / "index.json").read_text())
+    meta = json.loads((index_dir(store) / "index.json").read_text())
     assert meta["store_version"] == store.version and meta["n_tiles"] == 97
 
 
