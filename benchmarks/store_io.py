@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _fingerprint(dim: int, dtype: str):
-    from mvh.store.store import StoreFingerprint
+    from mvh.store import StoreFingerprint
 
     return StoreFingerprint(
         model="bench",
@@ -80,14 +80,14 @@ def _slide(i: int, n: int, dim: int, rng: np.random.Generator) -> tuple[dict, pd
 
 def _filtered_read(store, slide_id: str):
     """`slide_embeddings` through the filtered scan a writable handle uses, on the same read-only handle."""
-    row = store._done_row(slide_id)
-    return store._split(store._read_tiles(store._tiles_where(row), ["embedding"]))
+    row = store.reader.done_row(slide_id)
+    return store.reader.split(store.reader.filtered_slide(row, ["embedding"]))
 
 
 def measure(where, args, gets=None) -> dict[str, float]:
     """The figures of one store; `gets()` (S3 only) says how many GETs the server has answered so far."""
+    from mvh.store import EmbeddingStore
     from mvh.store.location import parse_location
-    from mvh.store.store import EmbeddingStore
 
     rng = np.random.default_rng(0)
     store = EmbeddingStore.create(where, _fingerprint(args.dim, args.dtype))

@@ -14,9 +14,9 @@ import numpy as np
 
 from mvh.errors import FingerprintMismatchError, UsageError
 from mvh.index.exact import exact_search
-from mvh.store.store import DONE, EmbeddingStore
 from mvh.jobs import JobResult
 from mvh.progress import Event, Progress, report
+from mvh.store import DONE, EmbeddingStore
 
 MAX_LISTED = 20
 

@@ -30,7 +30,7 @@ def print_notes(notes: list[str]) -> None:
 
 def weights_line(sha256: str) -> str:
     """`weights: ...` line of a store's fingerprint, loud about random-init weights."""
-    from mvh.store.store import RANDOM_INIT
+    from mvh.store import RANDOM_INIT
 
     if sha256 == RANDOM_INIT:
         return "weights: random-init (NOT trained weights: for trying the pipeline, not for results)"
@@ -116,6 +116,6 @@ def store_access(fn: F) -> F:
 
 def open_store(store: str) -> Any:
     """The `EmbeddingStore` a command's `--store` names (with the access flags of `store_access`)."""
-    from mvh.store.store import EmbeddingStore
+    from mvh.store import EmbeddingStore
 
     return EmbeddingStore.open(store)

@@ -19,7 +19,7 @@ def info_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the description as JSON.")] = False,
 ) -> None:
     """Describe a store: fingerprint, counts, slides by status and table schemas."""
-    from mvh.store.store import EmbeddingStore
+    from mvh.store import EmbeddingStore
 
     info = EmbeddingStore.open(store).info()
     if as_json:

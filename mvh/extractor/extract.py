@@ -42,10 +42,10 @@ from mvh.extractor.dataset import TileDataset
 from mvh.extractor.embedder import Embedder, resolve_device
 from mvh.extractor.slide import open_slide
 from mvh.extractor.tiling import TileGrid, make_tile_grid, read_tile
-from mvh.store.slide_ids import check_slide_id
-from mvh.store.store import DONE, EmbeddingStore
 from mvh.jobs import JobResult
 from mvh.progress import SLIDES, TILES, Event, Progress, report
+from mvh.store import DONE, EmbeddingStore
+from mvh.store.slide_ids import check_slide_id
 
 log = logging.getLogger(__name__)
 

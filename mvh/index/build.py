@@ -23,9 +23,9 @@ from mvh.index.faiss_index import ROW_COLUMNS, build_faiss_index, want_gpu
 from mvh.index.index_cache import index_dir
 from mvh.index.index_files import read_index, read_meta, save_index, slide_state, stale_reason
 from mvh.index.params import IndexParams, auto_params, check_params
-from mvh.store.store import EmbeddingStore
 from mvh.jobs import JobResult
 from mvh.progress import STEPS, VECTORS, Event, Progress, report
+from mvh.store import EmbeddingStore
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,9 @@ import uuid
 from pathlib import Path
 
 from mvh.errors import StoreError
+from mvh.store import EmbeddingStore
 from mvh.store.location import StoreLocation
 from mvh.store.sidecar import SidecarFiles
-from mvh.store.store import EmbeddingStore
 
 META_FILE = "index.json"
 AREA = "index"

@@ -26,7 +26,7 @@ from mvh.errors import IndexNotFoundError, StaleIndexError, StoreError
 from mvh.index.faiss_index import ROW_COLUMNS, VectorIndex, to_gpu, want_gpu
 from mvh.index.index_cache import build_folder, index_dir, publish_index
 from mvh.index.params import IndexParams
-from mvh.store.store import DONE, EmbeddingStore
+from mvh.store import DONE, EmbeddingStore
 
 META_FILE = "index.json"
 FORMAT = 1

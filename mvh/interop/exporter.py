@@ -23,11 +23,11 @@ import pyarrow.parquet as pq
 
 from mvh.errors import DataError, StoreError, UsageError
 from mvh.interop.importer import ATTRS
-from mvh.store.slide_ids import path_inside
-from mvh.store.store import DONE, EmbeddingStore, StoreFingerprint, embeddings_to_arrow
 from mvh.interop.trident import Geometry, decode_attrs, trident_coords_attrs, write_h5
 from mvh.jobs import JobResult
 from mvh.progress import SLIDES, Event, Progress, report
+from mvh.store import DONE, EmbeddingStore, StoreFingerprint, embeddings_to_arrow
+from mvh.store.slide_ids import path_inside
 
 FORMATS = ("h5", "clam", "parquet")
 INTERNAL_COLUMNS = ("commit",)  # store bookkeeping, not exported

@@ -19,8 +19,6 @@ import numpy as np
 import pandas as pd
 
 from mvh.errors import DataError, UsageError
-from mvh.store.slide_ids import check_slide_id
-from mvh.store.store import DONE, EmbeddingStore, StoreFingerprint
 from mvh.interop.trident import (
     Geometry,
     H5Slide,
@@ -32,6 +30,8 @@ from mvh.interop.trident import (
 )
 from mvh.jobs import JobResult
 from mvh.progress import FILES, Event, Progress, report
+from mvh.store import DONE, EmbeddingStore, StoreFingerprint
+from mvh.store.slide_ids import check_slide_id
 
 EXTERNAL_WEIGHTS = "external"
 ATTRS = "attrs"  # the slides table's nullable JSON column of per-slide attributes

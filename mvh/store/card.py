@@ -17,9 +17,10 @@ from typing import Any
 import yaml
 
 from mvh.errors import UsageError
-from mvh.store.sidecar import SidecarFiles
-from mvh.store.store import DONE, FAILED, RANDOM_INIT, EmbeddingStore
 from mvh.jobs import JobResult, jsonable
+from mvh.store.schema import DONE, FAILED, RANDOM_INIT
+from mvh.store.sidecar import SidecarFiles
+from mvh.store.store import EmbeddingStore
 
 USER_FIELDS = ("owner", "license", "contact", "description", "cohort", "citation")
 _TOOLS = ("mvh", "lancedb", "pyarrow", "torch", "timm", "openslide-python")

@@ -15,9 +15,10 @@ import numpy as np
 import pyarrow as pa
 
 from mvh.errors import StoreError
-from mvh.store.store import _DTYPES, DONE, EmbeddingStore, embedding_checksum
 from mvh.jobs import JobResult
 from mvh.progress import SLIDES, Event, Progress, report
+from mvh.store.schema import DONE, DTYPES, embedding_checksum
+from mvh.store.store import EmbeddingStore
 
 COUNT = "count"
 DUPLICATE = "duplicate"
@@ -75,7 +76,7 @@ def _check_slide(store: EmbeddingStore, slide_id: str) -> tuple[int, list[Proble
         problems.append(Problem(slide_id, DUPLICATE, f"{n - n_unique} duplicate tile ids"))
     fp = store.fingerprint
     column_type = table.schema.field("embedding").type
-    expected = pa.list_(_DTYPES[fp.embedding_dtype], fp.embed_dim)
+    expected = pa.list_(DTYPES[fp.embedding_dtype], fp.embed_dim)
     if column_type != expected:
         problems.append(
             Problem(slide_id, DIM, f"embedding column is {column_type}, fingerprint says {expected}")

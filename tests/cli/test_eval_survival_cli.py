@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from mvh.cli import app
 from mvh.extractor.extract import ExtractConfig, SlideInput, extract_slides
-from mvh.store.store import EmbeddingStore
+from mvh.store import EmbeddingStore
 
 pytestmark = pytest.mark.real_data
 N_PATIENTS = 12

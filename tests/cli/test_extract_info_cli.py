@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from mvh.cli import app
 from mvh.extractor.synthetic import write_synthetic_slide
-from mvh.store.store import EmbeddingStore
+from mvh.store import EmbeddingStore
 
 runner = CliRunner()
 BASE = [

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mvh.cli import app
-from mvh.store.store import EmbeddingStore
+from mvh.store import EmbeddingStore
 from tests.interop.test_peers import make_mvh_store, trident_slide
 
 runner = CliRunner()

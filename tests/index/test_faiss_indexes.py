@@ -11,7 +11,6 @@ import pandas as pd
 import pytest
 
 from mvh.errors import IndexNotFoundError, StaleIndexError, UsageError
-from mvh.store.store import EmbeddingStore, StoreFingerprint
 from mvh.index.index_cache import index_dir
 from mvh.index.synthetic import clustered_embeddings
 from mvh.index.vector import (
@@ -27,6 +26,7 @@ from mvh.index.vector import (
     search,
     search_slides,
 )
+from mvh.store import EmbeddingStore, StoreFingerprint
 
 DIM = 32
 

@@ -15,8 +15,8 @@ from mvh.index.exact import exact_search
 from mvh.index.index_files import load_index
 from mvh.index.params import auto_params, check_params
 from mvh.index.ranking import search
-from mvh.store.store import EmbeddingStore, StoreFingerprint
 from mvh.progress import VECTORS, Event, Recorder
+from mvh.store import EmbeddingStore, StoreFingerprint
 
 DIM = 16
 

@@ -12,9 +12,8 @@ import pytest
 
 from mvh.errors import StoreError, UsageError
 from mvh.interop import ExportConfig, ImportConfig, export_parquet, run_export, run_import
-from mvh.store.store import EmbeddingStore, StoreFingerprint
 from mvh.progress import FILES, SLIDES, Event, Recorder
-
+from mvh.store import EmbeddingStore, StoreFingerprint
 from tests.interop.test_peers import DIM, do_import, make_mvh_store, trident_slide
 
 

@@ -19,7 +19,7 @@ import torch
 
 from mvh.errors import UsageError
 from mvh.interop import ExportConfig, ImportConfig, run_export, run_import
-from mvh.store.store import EmbeddingStore, StoreFingerprint
+from mvh.store import EmbeddingStore, StoreFingerprint
 
 DIM = 6
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mvh.store.store import EmbeddingStore
+from mvh.store import EmbeddingStore
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 SLIDE_COLUMNS = [

@@ -11,10 +11,11 @@ import pyarrow as pa
 import pytest
 
 from mvh.errors import StoreDamagedError
+from mvh.store import EmbeddingStore, tiles_schema
 from mvh.store.integrity import CHECKSUM, verify_store
 from mvh.store.location import parse_location
+from mvh.store.schema import SLIDES_SCHEMA
 from mvh.store.slide_rows import SlideRows
-from mvh.store.store import SLIDES_SCHEMA, EmbeddingStore, tiles_schema
 from tests.reliability._faults import DIM, distinct, fingerprint, rot_bytes, store_with
 
 
@@ -63,8 +64,8 @@ def assert_reads_equal(by_rows: EmbeddingStore, filtered: EmbeddingStore) -> Non
         np.testing.assert_array_equal(got_emb, want_emb)
         np.testing.assert_array_equal(got_xy, want_xy)
         pd.testing.assert_frame_equal(by_rows.slide_tiles(slide_id), filtered.slide_tiles(slide_id))
-    assert by_rows._row_map is not None and by_rows._row_map.version == by_rows._tiles.version
-    assert filtered._row_map is None  # the writable handle read through the filter
+    assert by_rows.reader.row_map is not None and by_rows.reader.row_map.version == by_rows.tables.tiles.version
+    assert filtered.reader.row_map is None  # the writable handle read through the filter
 
 
 @pytest.fixture()
@@ -78,21 +79,21 @@ def many(tmp_path) -> tuple[EmbeddingStore, dict[str, np.ndarray]]:
 def test_a_read_only_handle_reads_every_slide_by_rows_as_the_filter_does(many) -> None:
     store, expected = many
     ro = reader(store)
-    assert ro._row_map is None  # built on the first per-slide read, not at open
+    assert ro.reader.row_map is None  # built on the first per-slide read, not at open
     assert_reads_equal(ro, store)
     for slide_id, emb in expected.items():  # and both are what was written, by (y, x)
         np.testing.assert_array_equal(ro.slide_embeddings(slide_id)[0], emb)
-    rows = ro._row_map.rows
+    rows = ro.reader.row_map.rows
     assert len(rows) == 12 and all(len(rows[(s, c)]) == 1 + 3 * int(s[1:]) for s, c in rows)
 
 
 def test_after_compaction_fragments_hold_several_slides_and_reads_still_agree(many) -> None:
     store, expected = many
     store.optimize()
-    assert store._tiles.stats()["fragment_stats"]["num_fragments"] < 12  # slides share fragments now
+    assert store.tables.tiles.stats()["fragment_stats"]["num_fragments"] < 12  # slides share fragments now
     ro = reader(store)
     assert_reads_equal(ro, store)
-    fragments = {int(ids[0]) >> 32 for ids in ro._row_map.rows.values()}
+    fragments = {int(ids[0]) >> 32 for ids in ro.reader.row_map.rows.values()}
     assert len(fragments) < 12
     np.testing.assert_array_equal(ro.slide_embeddings("s07")[0], expected["s07"])
 
@@ -121,7 +122,7 @@ def test_a_pinned_handle_reads_the_tagged_tiles_after_overwrites_and_compaction(
     assert pinned.location.pinned
     for slide_id, emb in expected.items():
         np.testing.assert_array_equal(pinned.slide_embeddings(slide_id)[0], emb)
-    assert pinned._row_map.version == pinned._tiles.version < store._tiles.version
+    assert pinned.reader.row_map.version == pinned.tables.tiles.version < store.tables.tiles.version
 
 
 def test_the_map_is_rescanned_when_the_handle_moves_to_another_version(many) -> None:
@@ -129,32 +130,32 @@ def test_the_map_is_rescanned_when_the_handle_moves_to_another_version(many) -> 
     store, expected = many
     ro = reader(store)
     ro.slide_embeddings("s01")
-    old = ro._row_map
+    old = ro.reader.row_map
     new = add(store, "s01", 6, seed=77)
     store.optimize()
-    for table in (ro._tiles, ro._slides):  # as if the handle were moved to the latest version
+    for table in (ro.tables.tiles, ro.tables.slides):  # as if the handle were moved to the latest version
         table.checkout_latest()
-    ro._frozen_rows = None
+    ro.reader.frozen_rows = None
     np.testing.assert_array_equal(ro.slide_embeddings("s01")[0], new)
-    assert ro._row_map is not old and ro._row_map.version == store._tiles.version
+    assert ro.reader.row_map is not old and ro.reader.row_map.version == store.tables.tiles.version
     assert_reads_equal(ro, store)
 
 
 def test_the_map_ignores_invisible_rows_and_an_unknown_commit_reads_nothing(many) -> None:
     store, _ = many
-    leftover = store._tiles_table("s02", grid_tiles("s02", 3, 5), distinct(3, 123), "0-unfinished")
-    store._tiles.add(leftover)  # an interrupted re-extraction: tiles appended, no slides row names them
+    leftover = store.writer.tiles_table("s02", grid_tiles("s02", 3, 5), distinct(3, 123), "0-unfinished")
+    store.tables.tiles.add(leftover)  # an interrupted re-extraction: tiles appended, no slides row names them
     ro = reader(store)
     assert_reads_equal(ro, store)
-    assert len(ro._row_map.row_ids("s02", "0-unfinished")) == 3
-    assert len(ro._row_map.row_ids("s02", "no-such-commit")) == 0
+    assert len(ro.reader.row_map.row_ids("s02", "0-unfinished")) == 3
+    assert len(ro.reader.row_map.row_ids("s02", "no-such-commit")) == 0
 
 
 def test_a_row_appended_behind_mvhs_back_is_read_and_refused_like_the_filter(many) -> None:
     store, _ = many
-    row = store._done_row("s04")
-    extra = store._tiles_table("s04", grid_tiles("s04", 1, 1), distinct(1, 404), row["commit"])
-    store._tiles.add(extra)  # a duplicate tile id under the slide's own commit
+    row = store.reader.done_row("s04")
+    extra = store.writer.tiles_table("s04", grid_tiles("s04", 1, 1), distinct(1, 404), row["commit"])
+    store.tables.tiles.add(extra)  # a duplicate tile id under the slide's own commit
     ro = reader(store)
     got = ro.raw_slide_tiles("s04", ["tile_id"])[1]
     assert got.equals(store.raw_slide_tiles("s04", ["tile_id"])[1]) and got.num_rows == row["n_tiles"] + 1
@@ -200,7 +201,7 @@ def test_a_store_of_an_older_mvh_reads_by_slide_id_rows(tmp_path) -> None:
     writable, ro = EmbeddingStore.open(uri), reader(EmbeddingStore.open(uri))
     assert ro.legacy
     assert_reads_equal(ro, writable)
-    assert set(ro._row_map.rows) == {("a", None), ("b", None), ("c", None)}
+    assert set(ro.reader.row_map.rows) == {("a", None), ("b", None), ("c", None)}
 
 
 @pytest.mark.parametrize("batch_rows", [2, 65536], ids=["keys-across-batches", "one-batch"])

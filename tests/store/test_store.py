@@ -15,7 +15,7 @@ import pyarrow as pa
 import pytest
 
 from mvh.errors import FingerprintMismatchError, StoreError, StoreNotFoundError, UsageError
-from mvh.store.store import EmbeddingStore, StoreFingerprint, embeddings_to_numpy
+from mvh.store import EmbeddingStore, StoreFingerprint, embeddings_to_numpy
 
 DIM = 8
 
@@ -144,7 +144,7 @@ def test_crash_between_tiles_and_done_row_leaves_no_visible_half_slide(store, mo
     def crash(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt("killed between the two writes")
 
-    monkeypatch.setattr(store, "_upsert_slide", crash)
+    monkeypatch.setattr(store.writer, "upsert_slide", crash)
     with pytest.raises(KeyboardInterrupt):
         store.add_slide(record("b"), tiles_of("b", 6), np.full((6, DIM), 2.0))
     monkeypatch.undo()
@@ -170,7 +170,7 @@ def test_overwrite_replaces_tiles_and_a_failed_rerun_keeps_them(store) -> None:
     store.add_slide(record("a"), tiles_of("a", 5), np.ones((5, DIM)))
     emb, _ = store.slide_embeddings("a")
     np.testing.assert_array_equal(emb, np.ones((5, DIM)))
-    assert store._tiles.count_rows() == 5  # the superseded commit's tiles are deleted after the switch
+    assert store.tables.tiles.count_rows() == 5  # the superseded commit's tiles are deleted after the switch
     assert store.add_failed_slide(record("a"), "decode error in tile 3") is False
     row = store.slides().iloc[0]
     assert (row["status"], row["n_tiles"]) == ("done", 5)
@@ -243,7 +243,7 @@ def test_optimize_indexes_ids_and_keeps_reads(store) -> None:
         store.add_slide(record(sid), tiles_of(sid, n), np.full((n, DIM), float(n)))
     before = store.all_embeddings()
     store.optimize()
-    assert {tuple(ix.columns) for ix in store._tiles.list_indices()} == {("slide_id",), ("tile_id",)}
+    assert {tuple(ix.columns) for ix in store.tables.tiles.list_indices()} == {("slide_id",), ("tile_id",)}
     store.add_slide(record("c"), tiles_of("c", 2), np.zeros((2, DIM)))  # appended after the index
     rows, emb = store.all_embeddings()
     assert rows[rows["slide_id"] != "c"].reset_index(drop=True).equals(before[0])
@@ -254,7 +254,7 @@ def test_optimize_indexes_ids_and_keeps_reads(store) -> None:
 WRITER = """
 import sys
 import numpy as np, pandas as pd
-from mvh.store.store import EmbeddingStore
+from mvh.store import EmbeddingStore
 store = EmbeddingStore.open(sys.argv[1])
 for i in range(8):
     sid = f"{sys.argv[2]}{i}"
@@ -274,7 +274,7 @@ def test_two_processes_append_to_one_store(store) -> None:
     ]
     assert [p.wait(timeout=180) for p in procs] == [0, 0]
     assert len(store.slide_ids()) == 16 and store.n_tiles == 16 * 30
-    ids = store._tiles.to_arrow().column("tile_id").to_pylist()
+    ids = store.tables.tiles.to_arrow().column("tile_id").to_pylist()
     assert len(ids) == len(set(ids)) == 16 * 30
     rows, emb = store.all_embeddings()
     for sid, part in rows.groupby("slide_id"):
@@ -295,17 +295,17 @@ def test_all_embeddings_of_chosen_slides_in_one_scan(store) -> None:
 
 
 def test_invisible_leftovers_older_than_an_hour_go_with_the_next_commit(store, monkeypatch) -> None:
-    import mvh.store.store as store_module
+    import mvh.store.writer as store_module
 
     old = f"{int((time.time() - 7200) * 1000):012x}-{'0' * 16}"
     fresh = f"{int(time.time() * 1000):012x}-{'1' * 16}"
     for commit in (old, fresh):  # two interrupted commits: tiles appended, no slides row
-        table = store._tiles_table("a", tiles_of("a", 3), np.zeros((3, DIM)), commit)
-        store._append_tiles("a", table)
+        table = store.writer.tiles_table("a", tiles_of("a", 3), np.zeros((3, DIM)), commit)
+        store.writer.append_tiles("a", table)
     assert store.orphan_tile_count() == 6
-    monkeypatch.setattr(store_module, "_new_commit", lambda: f"{int(time.time() * 1000):012x}-{'2' * 16}")
+    monkeypatch.setattr(store_module, "new_commit", lambda: f"{int(time.time() * 1000):012x}-{'2' * 16}")
     store.add_slide(record("a"), tiles_of("a", 3), np.ones((3, DIM)))
-    left = set(store._tiles.to_arrow().column("commit").to_pylist())
+    left = set(store.tables.tiles.to_arrow().column("commit").to_pylist())
     assert old not in left and fresh in left  # a fresh one may belong to a writer still running
     assert store.orphan_tile_count() == 3 and store.n_tiles == 3
 
