@@ -18,20 +18,12 @@ from pathlib import Path
 
 from mvh.errors import StoreError
 from mvh.store import EmbeddingStore
-from mvh.store.location import StoreLocation
+from mvh.store.location import StoreLocation, cache_root
 from mvh.store.sidecar import SidecarFiles
 
 META_FILE = "index.json"
 AREA = "index"
 INDEX_DIRNAME = "_index"
-
-
-def cache_root() -> Path:
-    """`$MVH_CACHE_DIR`, else `$XDG_CACHE_HOME/mvh`, else `~/.cache/mvh`."""
-    if os.environ.get("MVH_CACHE_DIR"):
-        return Path(os.environ["MVH_CACHE_DIR"])
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return base / "mvh"
 
 
 def _sha256(data: bytes) -> str:
@@ -95,9 +87,8 @@ def cached_index(location: StoreLocation) -> Path | None:
         return None
     if "sha256" not in meta:
         raise StoreError(f"the index beside {location.describe()} has no checksums: run `mvh index build`")
-    key = _sha256(location.uri.encode())[:16]
     checksum = meta["sha256"][meta["index_file"]][:16]
-    folder = cache_root() / "index" / key / f"v{meta['store_version']}-{checksum}"
+    folder = location.cache_dir(AREA) / f"v{meta['store_version']}-{checksum}"
     if folder.is_dir() and _verified(folder, meta):
         return folder
     remote = SidecarFiles(location, AREA)
