@@ -268,6 +268,10 @@ def _commit(store: EmbeddingStore, slide_id: str, slide: H5Slide, geometry: Geom
     tile_ids = slide.tile_ids or [f"{slide_id}:{a}:{b}:{geometry.size_l0}" for a, b in zip(x, y, strict=True)]
     if len(set(tile_ids)) != n:
         raise DataError(f"{slide.path}: two tiles share a tile id (or coordinates); fix the file")
+    # Own tile ids can be unique while coordinates repeat: the same tile would be stored twice.
+    shared = n - len(np.unique(slide.coords, axis=0)) if n else 0
+    if shared:
+        raise DataError(f"{slide.path}: {shared} tile(s) repeat another tile's coordinates; fix the file")
     tiles = pd.DataFrame(
         {
             "tile_id": pd.Series(tile_ids, dtype=object),

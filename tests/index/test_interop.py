@@ -308,3 +308,15 @@ def test_reimport_is_idempotent(tmp_path) -> None:
     store = EmbeddingStore.open(tmp_path / "s.lance")
     again = store.all_embeddings()
     assert first[0].equals(again[0]) and (first[1] == again[1]).all() and store.n_tiles == 4
+
+
+def test_duplicate_coordinates_fail_that_file_even_with_its_own_tile_ids(tmp_path) -> None:
+    # Before: 54 tiles at one coordinate were imported when the file named each tile itself.
+    path = trident_slide(tmp_path / "job", "s", 54)
+    with h5py.File(path, "a") as f:
+        f["coords"][:] = f["coords"][0]
+        f["tile_ids"] = np.array([f"t{i}" for i in range(54)], dtype=object).astype("S")
+    result = do_import(path.parent, tmp_path / "s.lance")
+    assert result.exit_code == 1 and [f.slide_id for f in result.failed] == ["s"]
+    assert "53 tile(s) repeat another tile's coordinates" in result.failed[0].error
+    assert EmbeddingStore.open(tmp_path / "s.lance").slide_ids() == []
