@@ -99,15 +99,17 @@ def _size_l0(tiles: pd.DataFrame, fp: StoreFingerprint, slide_mpp: float | None,
 
 def _mvh_file_attrs(store: EmbeddingStore, rec: pd.Series) -> dict[str, Any]:
     fp = store.fingerprint
-    return {
+    attrs: dict[str, Any] = {
         "slide_path": "" if pd.isna(rec["path"]) else str(rec["path"]),
-        "width": np.int64(-1 if pd.isna(rec["width"]) else int(rec["width"])),
-        "height": np.int64(-1 if pd.isna(rec["height"]) else int(rec["height"])),
         "mpp_source": "" if pd.isna(rec["mpp_source"]) else str(rec["mpp_source"]),
         "model": fp.model,
         "weights_sha256": fp.weights_sha256,
         "fingerprint": json.dumps(fp.to_dict()),
     }
+    for key in ("width", "height"):  # an unknown size is left out (h5 has no null), never -1
+        if not pd.isna(rec[key]):
+            attrs[key] = np.int64(int(rec[key]))
+    return attrs
 
 
 @dataclass

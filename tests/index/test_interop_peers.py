@@ -368,11 +368,17 @@ def test_clam_files_need_all_three_flags_then_import(tmp_path) -> None:
     coords = np.array([[x * 512, y * 512] for y in range(3) for x in range(3)])
     clam_extract(tmp_path / "feats", "slide1", feats, coords)
     folder = tmp_path / "feats" / "h5_files"
-    with pytest.raises(UsageError, match=r"`patch_size` is missing; pass --tile-px"):
+    # Before: one missing attribute per run, so a CLAM folder took three failed runs to import.
+    with pytest.raises(UsageError) as err:
         do_import(folder, tmp_path / "x.lance")
-    with pytest.raises(UsageError, match=r"`target_magnification` \(or mvh's `mpp`\) is missing; pass --mpp"):
+    assert str(err.value) == (
+        f"{folder / 'slide1.h5'}: attributes `patch_size` and `target_magnification` (or mvh's `mpp`) and "
+        "`patch_size_level0` (or `level0_magnification`) are missing; pass --tile-px (tile px of these "
+        "features) and --mpp (um/px the tiles were embedded at) and --slide-mpp (level-0 um/px of the slides)"
+    )
+    with pytest.raises(UsageError, match=r"`target_magnification` \(or mvh's `mpp`\) and `patch_size_le"):
         do_import(folder, tmp_path / "x.lance", tile_px=256)
-    with pytest.raises(UsageError, match=r"`patch_size_level0` \(or `level0_magnification`\).*--slide-mpp"):
+    with pytest.raises(UsageError, match=r"attribute `patch_size_level0` \(or `level0_magnification`\) is "):
         do_import(folder, tmp_path / "x.lance", tile_px=256, mpp=0.5)
     assert not EmbeddingStore.exists(tmp_path / "x.lance")
     do_import(folder, tmp_path / "x.lance", tile_px=256, mpp=0.5, slide_mpp=0.25)
@@ -388,6 +394,11 @@ def test_clam_files_need_all_three_flags_then_import(tmp_path) -> None:
     assert (attrs["patch_size"], attrs["patch_size_level0"]) == (256, 512)
     assert (attrs["level0_magnification"], attrs["target_magnification"]) == (40, 20)
     assert "mpp" not in attrs and any("lacked were added" in n for n in result.notes)
+    # CLAM's files carry no slide size: left out, not the string "None" nor -1.
+    with h5py.File(tmp_path / "back" / "h5_files" / "slide1.h5", "r") as f:
+        assert not {"level0_width", "level0_height"} & set(f["coords"].attrs)
+        assert not {"width", "height"} & set(f.attrs)
+    assert store.slides()[["width", "height"]].isna().all().all()
     assert torch.equal(clam_dataset_item(tmp_path / "back", "slide1", False), torch.from_numpy(feats))
 
 
