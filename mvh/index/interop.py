@@ -14,7 +14,6 @@ from mvh.index.interop_export import (
 )
 from mvh.index.interop_import import (
     ATTRS,
-    EXTERNAL_WEIGHTS,
     FailedFile,
     ImportConfig,
     ImportedFile,
@@ -22,6 +21,7 @@ from mvh.index.interop_import import (
     import_h5,
     run_import,
 )
+from mvh.index.interop_provenance import EXTERNAL_WEIGHTS
 
 __all__ = [
     "ATTRS",

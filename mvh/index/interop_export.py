@@ -13,7 +13,7 @@ import json
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import numpy as np
@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from mvh.errors import DataError, StoreError, UsageError
 from mvh.index.interop_import import ATTRS
+from mvh.index.interop_provenance import shareable
 from mvh.index.slide_ids import path_inside
 from mvh.index.store import DONE, EmbeddingStore, StoreFingerprint, embeddings_to_arrow
 from mvh.index.trident import Geometry, decode_attrs, trident_coords_attrs, write_h5
@@ -98,9 +99,9 @@ def _size_l0(tiles: pd.DataFrame, fp: StoreFingerprint, slide_mpp: float | None,
 
 
 def _mvh_file_attrs(store: EmbeddingStore, rec: pd.Series) -> dict[str, Any]:
-    fp = store.fingerprint
+    fp = shareable(store.fingerprint)
     attrs: dict[str, Any] = {
-        "slide_path": "" if pd.isna(rec["path"]) else str(rec["path"]),
+        "slide_path": "" if pd.isna(rec["path"]) else PurePath(str(rec["path"])).name,  # no local path
         "mpp_source": "" if pd.isna(rec["mpp_source"]) else str(rec["mpp_source"]),
         "model": fp.model,
         "weights_sha256": fp.weights_sha256,
@@ -205,7 +206,7 @@ def _export_slides(
     for slide_id, rec in slides.iterrows():
         sid = str(slide_id)
         target = path_inside(h5_dir, f"{sid}.h5")
-        data = _slide_file(store, sid, rec, str(h5_dir))
+        data = _slide_file(store, sid, rec, h5_dir.name)  # TRIDENT's savetodir, without the local path
         native = native or _saved_attrs(rec) is None
         added.update(data.added)
         if data.no_level0:
@@ -257,7 +258,7 @@ def export_parquet(store: EmbeddingStore, out: Path | str, progress: Progress | 
     internal = [tiles_schema.get_field_index(n) for n in INTERNAL_COLUMNS if n in tiles_schema.names]
     for index in sorted(internal, reverse=True):
         tiles_schema = tiles_schema.remove(index)
-    schema = tiles_schema.with_metadata({b"mvh.fingerprint": json.dumps(fp.to_dict()).encode()})
+    schema = tiles_schema.with_metadata({b"mvh.fingerprint": json.dumps(shareable(fp).to_dict()).encode()})
     slide_ids = store.slide_ids(DONE)
     report(progress, Event.TOTAL, SLIDES, len(slide_ids))
     with pq.ParquetWriter(out, schema) as writer:

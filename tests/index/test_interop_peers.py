@@ -277,8 +277,9 @@ def mvh_store(tmp_path) -> EmbeddingStore:
     return make_mvh_store(tmp_path / "mvh.lance")
 
 
-def do_import(folder: Path, store: Path, **flags):
-    return run_import(ImportConfig(folder, str(store), "uni_v1", **flags))
+def do_import(folder: Path, store: Path, model: str | None = "uni_v1", **flags):
+    """`mvh import` of `folder` into `store`, by default with --model uni_v1 (what `trident_slide` names)."""
+    return run_import(ImportConfig(folder, str(store), model, **flags))
 
 
 # ---------------------------------------------------------------- tests
@@ -332,13 +333,13 @@ def test_mvh_export_reads_as_trident_patho_bench_and_clam(tmp_path, mvh_store) -
     assert attrs["patch_size"] == 224 and attrs["patch_size_level0"] == 448
     assert attrs["level0_magnification"] == 40 and attrs["target_magnification"] == 20  # 10/0.25, 10/0.5
     assert attrs["patch_size"] * attrs["level0_magnification"] // attrs["target_magnification"] == 448
-    assert attrs["overlap"] == 0 and attrs["name"] == "a" and attrs["savetodir"] == str(tmp_path / "h5")
+    assert attrs["overlap"] == 0 and attrs["name"] == "a" and attrs["savetodir"] == "h5"
     assert attrs["level0_width"] == 4000 and attrs["level0_height"] == 3000
     np.testing.assert_array_equal(read["grid"], coords // 448)
     with h5py.File(tmp_path / "h5" / "a.h5", "r") as f:
         assert dict(f["features"].attrs) == {
             "name": "a",
-            "savetodir": str(tmp_path / "h5"),
+            "savetodir": "h5",  # the folder's name: no local path is shared
             "encoder": "tiny",
         }
     bench = patho_bench_load(tmp_path / "h5")
@@ -462,7 +463,7 @@ def test_scanner_resolution_gives_a_float_magnification(tmp_path) -> None:
     assert isinstance(attrs["level0_magnification"], np.float64)
     assert attrs["level0_magnification"] == pytest.approx(10 / 0.2527)
     assert attrs["patch_size_level0"] == 443  # round(224 * 0.5 / 0.2527), the footprint the tiles used
-    back = do_import(tmp_path / "out", tmp_path / "back.lance")
+    back = do_import(tmp_path / "out", tmp_path / "back.lance", model=None)
     assert back.exit_code == 0
     assert (
         EmbeddingStore.open(tmp_path / "back.lance").slides().set_index("slide_id").loc["scan", "mpp"]
