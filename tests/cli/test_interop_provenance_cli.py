@@ -13,8 +13,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from mvh.cli import app
-from mvh.index.store import EmbeddingStore
-from tests.index.test_interop_peers import DIM, clam_extract, trident_slide
+from mvh.store import EmbeddingStore
+from tests.interop.test_peers import DIM, clam_extract, trident_slide
 
 runner = CliRunner()
 
