@@ -86,14 +86,17 @@ def _shared_slides(a: EmbeddingStore, b: EmbeddingStore, notes: list[str]) -> li
                          "they are compared by tiles only")
     if "file_hash" not in slides_a or "file_hash" not in slides_b:
         return []
-    by_hash = {h: row for h, row in zip(slides_a["file_hash"], slides_a.to_dict("records"), strict=True) if h}
-    shared = []
-    for row in slides_b.to_dict("records"):
-        match = by_hash.get(row["file_hash"]) if row["file_hash"] else None
-        if match is not None:
-            shared.append(SharedSlide(row["file_hash"], match["slide_id"], row["slide_id"], match.get("path"),
-                                      row.get("path")))
-    return shared
+    # One file can sit in a store under several slide ids: every pair is named, not one per hash.
+    by_hash: dict[str, list[dict]] = {}
+    for row in slides_a.to_dict("records"):
+        if row["file_hash"]:
+            by_hash.setdefault(row["file_hash"], []).append(row)
+    return [
+        SharedSlide(row["file_hash"], match["slide_id"], row["slide_id"], match.get("path"), row.get("path"))
+        for row in slides_b.to_dict("records")
+        if row["file_hash"]
+        for match in by_hash.get(row["file_hash"], [])
+    ]
 
 
 def run_overlap(

@@ -13,7 +13,7 @@ import json
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import numpy as np
@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from mvh.errors import DataError, StoreError, UsageError
 from mvh.interop.importer import ATTRS
+from mvh.interop.provenance import shareable
 from mvh.interop.trident import Geometry, decode_attrs, trident_coords_attrs, write_h5
 from mvh.jobs import JobResult
 from mvh.progress import SLIDES, Event, Progress, report
@@ -98,16 +99,18 @@ def _size_l0(tiles: pd.DataFrame, fp: StoreFingerprint, slide_mpp: float | None,
 
 
 def _mvh_file_attrs(store: EmbeddingStore, rec: pd.Series) -> dict[str, Any]:
-    fp = store.fingerprint
-    return {
-        "slide_path": "" if pd.isna(rec["path"]) else str(rec["path"]),
-        "width": np.int64(-1 if pd.isna(rec["width"]) else int(rec["width"])),
-        "height": np.int64(-1 if pd.isna(rec["height"]) else int(rec["height"])),
+    fp = shareable(store.fingerprint)
+    attrs: dict[str, Any] = {
+        "slide_path": "" if pd.isna(rec["path"]) else PurePath(str(rec["path"])).name,  # no local path
         "mpp_source": "" if pd.isna(rec["mpp_source"]) else str(rec["mpp_source"]),
         "model": fp.model,
         "weights_sha256": fp.weights_sha256,
         "fingerprint": json.dumps(fp.to_dict()),
     }
+    for key in ("width", "height"):  # an unknown size is left out (h5 has no null), never -1
+        if not pd.isna(rec[key]):
+            attrs[key] = np.int64(int(rec[key]))
+    return attrs
 
 
 @dataclass
@@ -203,7 +206,7 @@ def _export_slides(
     for slide_id, rec in slides.iterrows():
         sid = str(slide_id)
         target = path_inside(h5_dir, f"{sid}.h5")
-        data = _slide_file(store, sid, rec, str(h5_dir))
+        data = _slide_file(store, sid, rec, h5_dir.name)  # TRIDENT's savetodir, without the local path
         native = native or _saved_attrs(rec) is None
         added.update(data.added)
         if data.no_level0:
@@ -255,7 +258,7 @@ def export_parquet(store: EmbeddingStore, out: Path | str, progress: Progress | 
     internal = [tiles_schema.get_field_index(n) for n in INTERNAL_COLUMNS if n in tiles_schema.names]
     for index in sorted(internal, reverse=True):
         tiles_schema = tiles_schema.remove(index)
-    schema = tiles_schema.with_metadata({b"mvh.fingerprint": json.dumps(fp.to_dict()).encode()})
+    schema = tiles_schema.with_metadata({b"mvh.fingerprint": json.dumps(shareable(fp).to_dict()).encode()})
     slide_ids = store.slide_ids(DONE)
     report(progress, Event.TOTAL, SLIDES, len(slide_ids))
     with pq.ParquetWriter(out, schema) as writer:
