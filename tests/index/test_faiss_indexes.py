@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from mvh.core.synthetic_embeddings import clustered_embeddings
 from mvh.errors import IndexNotFoundError, StaleIndexError, UsageError
 from mvh.index.index_cache import index_dir
-from mvh.index.synthetic import clustered_embeddings
 from mvh.index.vector import (
     FLAT_MAX_TILES,
     HIT_COLUMNS,
