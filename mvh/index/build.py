@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mvh.core.vectors import l2_normalise
 from mvh.errors import StoreError
-from mvh.index.exact import l2_normalise
 from mvh.index.faiss_index import ROW_COLUMNS, build_faiss_index, want_gpu
 from mvh.index.index_cache import index_dir
 from mvh.index.index_files import read_index, read_meta, save_index, slide_state, stale_reason

@@ -1,6 +1,6 @@
 """A FAISS index in memory: build one from embeddings, search it, turn row ids back into tile rows.
 
-Embeddings are L2-normalised (`mvh.index.exact.l2_normalise`) and compared by inner product, so every
+Embeddings are L2-normalised (`mvh.core.vectors.l2_normalise`) and compared by inner product, so every
 score is a cosine similarity.
 """
 
@@ -14,8 +14,8 @@ import faiss
 import numpy as np
 import pandas as pd
 
+from mvh.core.vectors import l2_normalise
 from mvh.errors import DataError, UsageError
-from mvh.index.exact import l2_normalise
 from mvh.index.params import IndexParams
 
 ROW_COLUMNS = ("slide_id", "tile_id", "x", "y", "tile_px", "mpp")

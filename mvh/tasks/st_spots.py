@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mvh.core.files import sha256_file
 from mvh.errors import DataError, MissingMppError, StoreError, UsageError
-from mvh.extractor.hashing import sha256_file
 from mvh.progress import SAMPLES, Event, Progress, report
 from mvh.store import EmbeddingStore
 from mvh.tasks.st_data import STSample, read_patches_index

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from mvh.core.precision import resolve_precision
 from mvh.errors import CheckpointError, FingerprintMismatchError, UsageError, WeightsRequiredError
-from mvh.extractor.embedder import Embedder, resolve_precision
+from mvh.extractor.embedder import Embedder
 
 MODEL = "mv_hybrid_tiny"
 

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import tifffile
 
+from mvh.core.synthetic_slides import write_synthetic_slide
 from mvh.errors import FingerprintMismatchError, UsageError
 from mvh.extractor.embedder import Embedder
 from mvh.extractor.extract import ExtractConfig, embed_grid, extract_slides, find_slides, parse_devices
 from mvh.extractor.slide import open_slide
-from mvh.extractor.synthetic import write_synthetic_slide
 from mvh.extractor.tiling import make_tile_grid, read_tile
 from mvh.progress import SLIDES, TILES, Event, Recorder
 from mvh.store import EmbeddingStore

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from mvh.core.synthetic_slides import write_synthetic_slide
 from mvh.extractor.slide import open_slide
-from mvh.extractor.synthetic import write_synthetic_slide
 from mvh.extractor.tissue import TissueMask, detect_tissue
 
 MPP = 0.5

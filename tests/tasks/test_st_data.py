@@ -278,7 +278,7 @@ def test_moved_spots_are_embedded_again_and_said_so(cohort, embedder, tmp_path):
 
 
 def sha256_of(path):
-    from mvh.extractor.hashing import sha256_file
+    from mvh.core.files import sha256_file
 
     return sha256_file(path)
 
