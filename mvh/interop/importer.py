@@ -38,9 +38,10 @@ from mvh.interop.trident import (
 from mvh.jobs import JobResult
 from mvh.progress import FILES, Event, Progress, report
 from mvh.store import DONE, EmbeddingStore, StoreFingerprint
+from mvh.store.schema import OLD_SLIDE_ATTRS, SLIDE_ATTRS
 from mvh.store.slide_ids import check_slide_id
 
-ATTRS = "attrs"  # the slides table's nullable JSON column of per-slide attributes
+ATTRS = SLIDE_ATTRS  # the slides table's nullable JSON column of per-slide attributes
 CONVENTION_NOTE = (
     "TRIDENT magnifications read as um/px = 10 / magnification (TRIDENT's convention: 20x = 0.5)"
 )
@@ -306,7 +307,7 @@ def _commit(store: EmbeddingStore, slide_id: str, slide: H5Slide, geometry: Geom
         "mpp_source": _text_attr(fa, "mpp_source") or geometry.sources.get("slide_mpp", "unknown"),
         "seconds": 0.0,
     }
-    if ATTRS in store.schema()["slides"].names:
+    if {ATTRS, OLD_SLIDE_ATTRS} & set(store.schema()["slides"].names):  # under either name (before 0.2)
         order = _file_order(x, y, tile_ids)
         record[ATTRS] = json.dumps(_slide_attrs(slide, geometry, order, note))
     else:

@@ -5,7 +5,7 @@ barcode): a `tile_px` tile at the store's um/px (224 px at 0.5 um/px = 112 um) c
 top-left = floor(centre) - size // 2 in level-0 px (HEST's convention), or where a patches file says.
 A stored spot embedding is reused only when the barcode AND its tile position match and the image file
 is the one it was cut from (size and a hash of its first and last MiB, and the slide's um/px, kept in the
-slide's `attrs` with the h5ad's sha256); everything else is embedded again and reported. The store is
+slide's `slide_attrs` with the h5ad's sha256); everything else is embedded again and reported. The store is
 read in one scan.
 """
 
@@ -128,13 +128,13 @@ def plan_spot_tiles(
 
 
 def _stored_attrs(slides: pd.DataFrame, sample_id: str) -> dict[str, Any] | None:
-    if "attrs" not in slides.columns:
+    if "slide_attrs" not in slides.columns:
         return None
     row = slides.loc[slides["slide_id"] == sample_id]
-    if not len(row) or not isinstance(row["attrs"].iloc[0], str):
+    if not len(row) or not isinstance(row["slide_attrs"].iloc[0], str):
         return None
     try:
-        value = json.loads(row["attrs"].iloc[0])
+        value = json.loads(row["slide_attrs"].iloc[0])
     except (TypeError, json.JSONDecodeError):
         return None
     return value.get("st") if isinstance(value, dict) else None
@@ -225,7 +225,7 @@ def sync_store(
                          "run `mvh verify`, then re-embed those slides")
     slides = store.slides()
     done = set(slides.loc[slides["status"] == "done", "slide_id"]) if len(slides) else set()
-    has_attrs = "attrs" in slides.columns
+    has_attrs = "slide_attrs" in slides.columns
     by_slide = rows.groupby("slide_id", sort=False).indices
     embedder = None
     result = SyncReport()
@@ -299,7 +299,7 @@ def _commit(store: EmbeddingStore, plan: SpotTiles, embeddings: np.ndarray, seco
               "size": plan.identity["image"]["size"],
               "mpp": plan.slide_mpp if plan.kind == "wsi" else fp.mpp,
               "mpp_source": plan.mpp_source if plan.kind == "wsi" else "patches",
-              "attrs": json.dumps({"st": plan.identity}, sort_keys=True),
+              "slide_attrs": json.dumps({"st": plan.identity}, sort_keys=True),
               "seconds": seconds}
     if plan.dims is not None:
         record["width"], record["height"] = plan.dims

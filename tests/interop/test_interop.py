@@ -337,8 +337,16 @@ def _strings(value: object) -> list[str]:
 def test_no_local_path_in_exported_files(tmp_path) -> None:
     # Before: the weights path, the import folder and the slide path were written as given.
     fp = StoreFingerprint(
-        model="tiny", model_config={}, weights_sha256="ab" * 32, weights_path="/home/me/ckpt/uni.pt",
-        embed_dim=DIM, tile_px=224, mpp=0.5, mean=None, std=None, extra={"imported_from": "/home/me/feats"},
+        model="tiny",
+        model_config={},
+        weights_sha256="ab" * 32,
+        weights_path="/home/me/ckpt/uni.pt",
+        embed_dim=DIM,
+        tile_px=224,
+        mpp=0.5,
+        mean=None,
+        std=None,
+        extra={"imported_from": "/home/me/feats"},
     )
     store = EmbeddingStore.create(tmp_path / "p.lance", fp)
     slide = make_mvh_store(tmp_path / "src.lance")

@@ -318,11 +318,11 @@ def test_recorded_image_or_h5ad_change_is_detected_through_slide_attrs(cohort, e
     _sync(samples, expr, store, lambda: embedder)
     groups = expr.spots.groupby("sample_id", sort=False).indices
     plans = [plan_spot_tiles(s, expr.spots.iloc[groups[s.sample_id]], 0.5, 224, False)[0] for s in samples]
-    # The slides' attrs as a store with the `attrs` column keeps them: A0 was cut from another image
+    # The slides' attrs as a store with the `slide_attrs` column keeps them: A0 was cut from another image
     # file, B0's h5ad had another hash; positions and barcodes are unchanged.
     a0 = {**plans[0].identity, "image": {**plans[0].identity["image"], "edge_sha256": "0" * 64}}
     b0 = {**plans[1].identity, "h5ad_sha256": "f" * 64}
-    slides = store.slides().assign(attrs=[json.dumps({"st": a0}), json.dumps({"st": b0})])
+    slides = store.slides().assign(slide_attrs=[json.dumps({"st": a0}), json.dumps({"st": b0})])
     store.slides = lambda status=None: slides
     _, report = sync_store(plans, store, lambda: embedder)
     a, b = report.samples
