@@ -182,3 +182,19 @@ def test_pretrain_takes_the_scan_resolution_of_slides_without_one(tmp_path) -> N
     assert given.exit_code == 0, given.output
     assert json.loads(given.stdout)["n_tiles"] == 4  # 256 px at 0.5 um/px = 128 um: 2 x 2 tiles of 64 um
     assert "slide_mpp: 0.5" in (run / "config.yaml").read_text()
+
+
+def test_what_a_library_prints_to_stdout_during_a_job_goes_to_stderr(capsys) -> None:
+    """Ray's driver thread prints worker deaths to sys.stdout: `--json` output must stay parseable."""
+    import threading
+
+    from mvh.cli._progress import progress_reporter
+
+    with progress_reporter(enabled=False):
+        thread = threading.Thread(target=print, args=("(raylet) A worker died or was killed",))
+        thread.start()
+        thread.join()
+    print('{"ok": true}')
+    captured = capsys.readouterr()
+    assert captured.out == '{"ok": true}\n'
+    assert "A worker died" in captured.err
