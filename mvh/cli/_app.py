@@ -15,7 +15,7 @@ from mvh import __version__
 from mvh.cli._console import console, err_console
 from mvh.cli._group import MvhGroup
 from mvh.errors import MvhError, UsageError
-from mvh.index.location import redact_environment
+from mvh.store.location import redact_environment
 
 F = TypeVar("F", bound=Callable[..., Any])
 
