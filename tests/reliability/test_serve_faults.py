@@ -15,7 +15,7 @@ import pytest
 
 from mvh.extractor.extract import ExtractConfig, extract_slides
 from mvh.extractor.synthetic import write_synthetic_slide
-from mvh.index.store import EmbeddingStore
+from mvh.store.store import EmbeddingStore
 from mvh.index.vector import build_index
 
 
