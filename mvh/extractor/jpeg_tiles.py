@@ -125,17 +125,20 @@ class JpegPyramid:
     def read(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         """RGB uint8 [h, w, 3] at `level` from level-pixel top-left (x, y); white outside the level."""
         lv = self.levels[level]
-        out = np.full((h, w, 3), 255, dtype=np.uint8)
         x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, lv.width), min(y + h, lv.height)
+        inside = (x0, y0, x1, y1) == (x, y, x + w, y + h)
+        # Inside the level every pixel is written below, unless a tile is not stored (then refilled white).
+        out = np.empty((h, w, 3), dtype=np.uint8) if inside else np.full((h, w, 3), 255, dtype=np.uint8)
         for ty in range(y0 // lv.tile_h, -(-y1 // lv.tile_h)) if y1 > y0 and x1 > x0 else ():
             top = ty * lv.tile_h
             r0, r1 = max(y0, top), min(y1, top + lv.tile_h)
             for tx in range(x0 // lv.tile_w, -(-x1 // lv.tile_w)):
                 tile = self._tile(level, ty * lv.across + tx)
-                if tile is None:
-                    continue
                 left = tx * lv.tile_w
                 c0, c1 = max(x0, left), min(x1, left + lv.tile_w)
+                if tile is None:
+                    out[r0 - y : r1 - y, c0 - x : c1 - x] = 255
+                    continue
                 out[r0 - y : r1 - y, c0 - x : c1 - x] = tile[r0 - top : r1 - top, c0 - left : c1 - left]
         return out
 
