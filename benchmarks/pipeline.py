@@ -141,6 +141,37 @@ def decode_pass(slide: Path, plan: tuple[int, int, list[int]], workers: int) -> 
     return {"tiles": n_grid, "seconds": seconds, "jpeg_tiles": len(indices), "mp_per_s": pixels / seconds / 1e6}
 
 
+_BASELINE = """
+import json, sys, tempfile, time, torch
+from pathlib import Path
+from mvh.extractor.embedder import Embedder
+from mvh.extractor.extract import ExtractConfig, SlideInput, run_pipeline
+from mvh.index.store import EmbeddingStore
+slide, workers, batch, device, scratch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+e = Embedder("vit_s12_dinov2", random_init=True, device=device)
+e.model = lambda x: x.new_zeros(x.shape[0], e.dim)
+cfg = ExtractConfig("vit_s12_dinov2", random_init=True, batch_size=batch, workers=workers)
+with tempfile.TemporaryDirectory(dir=scratch) as tmp:
+    store = EmbeddingStore.create(Path(tmp) / "b.lance", e.fingerprint(cfg.mpp, cfg.tile_px))
+    start = time.perf_counter()
+    r = run_pipeline(e, store, [SlideInput(Path(slide))], cfg)[0]
+    print(json.dumps({"tiles": r.n_tiles, "seconds": time.perf_counter() - start, "status": r.status}))
+"""
+
+
+def baseline_pass(args: argparse.Namespace, slide: Path) -> dict[str, Any]:
+    """(a) with an older mvh (`--baseline DIR`, e.g. `git archive` of a commit) in a subprocess."""
+    command = [
+        sys.executable, "-c", _BASELINE, str(slide), str(args.workers), str(args.batch_size), args.device,
+        str(SCRATCH),
+    ]
+    env = dict(os.environ, PYTHONPATH=str(args.baseline))
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"baseline failed on {slide}: {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def _trident_env(args: argparse.Namespace) -> dict[str, str]:
     paths = [str(p) for p in (args.trident_deps, args.trident) if p is not None]
     return dict(os.environ, PYTHONPATH=os.pathsep.join(paths), PYTHONWARNINGS="ignore")
@@ -194,6 +225,7 @@ def main() -> None:
     parser.add_argument("--models", default="noop", help="comma-separated: noop and/or registered backbones")
     parser.add_argument("--trident", type=Path, default=None, help="a TRIDENT checkout (never committed)")
     parser.add_argument("--trident-deps", type=Path, default=None, help="pip --target folder of its extras")
+    parser.add_argument("--baseline", type=Path, default=None, help="an older mvh tree: its (a) alternates too")
     parser.add_argument("--whole-process", type=Path, default=None, help="slide for the whole-process runs")
     parser.add_argument("--json", action="store_true", help="print the results as JSON (default: a table)")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
@@ -210,6 +242,8 @@ def main() -> None:
     for repeat in range(args.repeats):
         for slide in args.slides:
             passes: list[tuple[str, Any]] = [(f"a:{m}", e) for m, e in embedders.items()]
+            if args.baseline is not None:
+                passes.append(("a0:baseline", None))
             passes.append(("b:decode", None))
             if args.trident is not None:
                 passes.append(("c:trident", None))
@@ -217,6 +251,8 @@ def main() -> None:
                 load = _load()
                 if name.startswith("a:"):
                     out = mvh_pass(embedder, slide, cfg)
+                elif name == "a0:baseline":
+                    out = baseline_pass(args, slide)
                 elif name == "b:decode":
                     out = decode_pass(slide, plans[slide], args.workers)
                 else:
@@ -235,8 +271,8 @@ def main() -> None:
                 "tiles_per_s": statistics.median(r["tiles_per_s"] for r in mine),
                 "runs": [round(r["tiles_per_s"], 1) for r in mine],
             }
-        a, b, c = row.get("a:noop"), row["b:decode"], row.get("c:trident")
-        if a is not None:
+        a, b, c = row.get("a:noop"), row.get("b:decode"), row.get("c:trident")
+        if a is not None and b is not None:
             row["a_over_b"] = a["tiles_per_s"] / b["tiles_per_s"]
             if c is not None:
                 row["a_over_c"] = a["tiles_per_s"] / c["tiles_per_s"]
