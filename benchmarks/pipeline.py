@@ -130,7 +130,9 @@ def decode_pass(slide: Path, plan: tuple[int, int, list[int]], workers: int) -> 
     """(b): decode the plan's JPEG tiles once in `workers` processes: output tiles, seconds, MP/s."""
     n_grid, level, indices = plan
     n = max(1, workers)
-    shares = [(str(slide), level, indices[w * len(indices) // n : (w + 1) * len(indices) // n]) for w in range(n)]
+    shares = [
+        (str(slide), level, indices[w * len(indices) // n : (w + 1) * len(indices) // n]) for w in range(n)
+    ]
     start = time.perf_counter()
     if workers == 0:
         pixels = _decode_share(shares[0])
@@ -138,7 +140,12 @@ def decode_pass(slide: Path, plan: tuple[int, int, list[int]], workers: int) -> 
         with multiprocessing.get_context("fork").Pool(n) as pool:
             pixels = sum(pool.map(_decode_share, shares))
     seconds = time.perf_counter() - start
-    return {"tiles": n_grid, "seconds": seconds, "jpeg_tiles": len(indices), "mp_per_s": pixels / seconds / 1e6}
+    return {
+        "tiles": n_grid,
+        "seconds": seconds,
+        "jpeg_tiles": len(indices),
+        "mp_per_s": pixels / seconds / 1e6,
+    }
 
 
 _BASELINE = """
@@ -147,7 +154,8 @@ from pathlib import Path
 from mvh.extractor.embedder import Embedder
 from mvh.extractor.extract import ExtractConfig, SlideInput, run_pipeline
 from mvh.index.store import EmbeddingStore
-slide, workers, batch, device, scratch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+slide, workers, batch, device, scratch = sys.argv[1:6]
+workers, batch = int(workers), int(batch)
 e = Embedder("vit_s12_dinov2", random_init=True, device=device)
 e.model = lambda x: x.new_zeros(x.shape[0], e.dim)
 cfg = ExtractConfig("vit_s12_dinov2", random_init=True, batch_size=batch, workers=workers)
@@ -162,7 +170,13 @@ with tempfile.TemporaryDirectory(dir=scratch) as tmp:
 def baseline_pass(args: argparse.Namespace, slide: Path) -> dict[str, Any]:
     """(a) with an older mvh (`--baseline DIR`, e.g. `git archive` of a commit) in a subprocess."""
     command = [
-        sys.executable, "-c", _BASELINE, str(slide), str(args.workers), str(args.batch_size), args.device,
+        sys.executable,
+        "-c",
+        _BASELINE,
+        str(slide),
+        str(args.workers),
+        str(args.batch_size),
+        args.device,
         str(SCRATCH),
     ]
     env = dict(os.environ, PYTHONPATH=str(args.baseline))
@@ -180,8 +194,17 @@ def _trident_env(args: argparse.Namespace) -> dict[str, str]:
 def trident_pass(args: argparse.Namespace, slide: Path, encoder: str = "noop") -> dict[str, Any]:
     """(c): TRIDENT on one slide in a subprocess: tiles, in-process seconds, stage seconds, wall seconds."""
     command = [
-        sys.executable, str(HERE / "pipeline_trident.py"), str(slide), "--workers", str(args.workers),
-        "--encoder", encoder, "--batch-size", str(args.batch_size), "--device", args.device,
+        sys.executable,
+        str(HERE / "pipeline_trident.py"),
+        str(slide),
+        "--workers",
+        str(args.workers),
+        "--encoder",
+        encoder,
+        "--batch-size",
+        str(args.batch_size),
+        "--device",
+        args.device,
     ]
     start = time.perf_counter()
     done = subprocess.run(command, env=_trident_env(args), capture_output=True, text=True, check=False)
@@ -195,9 +218,23 @@ def mvh_whole_process(args: argparse.Namespace, slide: Path) -> dict[str, Any]:
     """`mvh extract` with ViT-S/16 (random weights) on one slide as a whole process: tiles, wall seconds."""
     with tempfile.TemporaryDirectory(dir=SCRATCH) as tmp:
         command = [
-            sys.executable, "-m", "mvh", "extract", str(slide), "--store", f"{tmp}/e.lance", "--model", VIT_S16,
-            "--random-init", "--workers", str(args.workers), "--batch-size", str(args.batch_size),
-            "--device", args.device, "--json",
+            sys.executable,
+            "-m",
+            "mvh",
+            "extract",
+            str(slide),
+            "--store",
+            f"{tmp}/e.lance",
+            "--model",
+            VIT_S16,
+            "--random-init",
+            "--workers",
+            str(args.workers),
+            "--batch-size",
+            str(args.batch_size),
+            "--device",
+            args.device,
+            "--json",
         ]
         start = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -225,7 +262,9 @@ def main() -> None:
     parser.add_argument("--models", default="noop", help="comma-separated: noop and/or registered backbones")
     parser.add_argument("--trident", type=Path, default=None, help="a TRIDENT checkout (never committed)")
     parser.add_argument("--trident-deps", type=Path, default=None, help="pip --target folder of its extras")
-    parser.add_argument("--baseline", type=Path, default=None, help="an older mvh tree: its (a) alternates too")
+    parser.add_argument(
+        "--baseline", type=Path, default=None, help="an older mvh tree: its (a) alternates too"
+    )
     parser.add_argument("--whole-process", type=Path, default=None, help="slide for the whole-process runs")
     parser.add_argument("--json", action="store_true", help="print the results as JSON (default: a table)")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
@@ -233,7 +272,9 @@ def main() -> None:
     SCRATCH.mkdir(parents=True, exist_ok=True)
     notes = []
     if args.trident is None or not (args.trident / "trident").is_dir():
-        notes.append(f"TRIDENT skipped: no checkout at {args.trident} (fetch mahmoodlab/TRIDENT, pass --trident)")
+        notes.append(
+            f"TRIDENT skipped: no checkout at {args.trident} (fetch mahmoodlab/TRIDENT, pass --trident)"
+        )
         args.trident = None
     cfg = ExtractConfig(VIT_S16, random_init=True, batch_size=args.batch_size, workers=args.workers)
     embedders = {m: make_embedder(m, args.device) for m in args.models.split(",")}
@@ -285,8 +326,14 @@ def main() -> None:
             whole["speedup"] = whole["trident"]["wall_s"] / whole["mvh"]["wall_s"]
         whole["load_after"] = _load()
     result = {
-        "workers": args.workers, "batch_size": args.batch_size, "device": args.device, "cpus": os.cpu_count(),
-        "trident_commit": _commit(args.trident), "summary": summary, "whole_process": whole, "runs": runs,
+        "workers": args.workers,
+        "batch_size": args.batch_size,
+        "device": args.device,
+        "cpus": os.cpu_count(),
+        "trident_commit": _commit(args.trident),
+        "summary": summary,
+        "whole_process": whole,
+        "runs": runs,
         "notes": notes,
     }
     text = json.dumps(result, indent=2, default=str)
@@ -301,14 +348,18 @@ def table(result: dict[str, Any]) -> str:
     for slide, row in result["summary"].items():
         for name, cell in row.items():
             if isinstance(cell, dict):
-                lines.append(f"| {slide} | {name} | {cell['tiles']} | {cell['tiles_per_s']:.0f} | {cell['runs']} |")
+                lines.append(
+                    f"| {slide} | {name} | {cell['tiles']} | {cell['tiles_per_s']:.0f} | {cell['runs']} |"
+                )
         ratios = ", ".join(f"{k} {v:.2f}" for k, v in row.items() if not isinstance(v, dict))
         lines.append(f"| {slide} | ratios | | | {ratios} |")
     whole = result["whole_process"]
     if whole:
         for tool in ("mvh", "trident"):
             if tool in whole:
-                lines.append(f"whole process, {tool}: {whole[tool]['tiles']} tiles in {whole[tool]['wall_s']:.1f} s")
+                lines.append(
+                    f"whole process, {tool}: {whole[tool]['tiles']} tiles in {whole[tool]['wall_s']:.1f} s"
+                )
     return "\n".join(lines + result["notes"])
 
 

@@ -20,7 +20,6 @@ import tempfile
 import time
 
 import torch
-
 import trident.wsi_objects.WSI as trident_wsi
 from trident import load_wsi
 from trident.patch_encoder_models.utils.transform_utils import get_eval_transforms
@@ -73,12 +72,18 @@ def main() -> None:
         wsi = load_wsi(args.slide, lazy_init=False)
         segmenter = segmentation_model_factory("otsu")
         wsi.segment_tissue(
-            segmenter, target_mag=segmenter.target_mag, job_dir=job, batch_size=args.batch_size,
-            device=args.device, num_workers=args.workers,
+            segmenter,
+            target_mag=segmenter.target_mag,
+            job_dir=job,
+            batch_size=args.batch_size,
+            device=args.device,
+            num_workers=args.workers,
         )
         segmented = time.perf_counter()
         coords = wsi.extract_tissue_coords(
-            target_mag=args.mag, patch_size=args.patch_size, save_coords=job,
+            target_mag=args.mag,
+            patch_size=args.patch_size,
+            save_coords=job,
             min_tissue_proportion=args.min_tissue,
         )
         tiled = time.perf_counter()
@@ -90,10 +95,17 @@ def main() -> None:
 
         with h5py.File(f"{job}/features/{wsi.name}.h5") as f:
             n = int(f["features"].shape[0])
-    print(json.dumps({
-        "tiles": n, "segment_s": segmented - start, "coords_s": tiled - segmented,
-        "features_s": done - tiled, "seconds": done - start,
-    }))
+    print(
+        json.dumps(
+            {
+                "tiles": n,
+                "segment_s": segmented - start,
+                "coords_s": tiled - segmented,
+                "features_s": done - tiled,
+                "seconds": done - start,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -115,7 +115,9 @@ def write_aperio_slide(
                 tile=(tile, tile),
                 compression="jpeg",
                 compressionargs={"level": quality},
-                description=description if level == 0 else f"{width}x{height} -> {width // ds}x{height // ds}",
+                description=description
+                if level == 0
+                else f"{width}x{height} -> {width // ds}x{height // ds}",
                 metadata=None,
                 software="mvh.aperio_writer",
             )

@@ -170,8 +170,8 @@ class Embedder:
                 x.permute(0, 3, 1, 2), size=(self.tile_px, self.tile_px), mode="bilinear", antialias=True
             )
             return (x - self._mean) / self._std
-        rows = x.view(b, h, w * c)
-        rows.sub_(self._mean.view(1, c).repeat(w, 1).view(-1)).div_(self._std.view(1, c).repeat(w, 1).view(-1))
+        mean_row, std_row = self._mean.view(1, c).repeat(w, 1), self._std.view(1, c).repeat(w, 1)
+        x.view(b, h, w * c).sub_(mean_row.view(-1)).div_(std_row.view(-1))
         return x.permute(0, 3, 1, 2)
 
     def embed_uint8(self, images: torch.Tensor) -> np.ndarray:

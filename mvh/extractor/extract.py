@@ -630,8 +630,10 @@ def run_extract(cfg: ExtractConfig, *, progress: Progress | None = None) -> Extr
 
         del embedder
         options = RayOptions(
-            address=cfg.ray_address or "local", cpus_per_worker=cfg.ray_cpus_per_worker,
-            max_retries=cfg.ray_max_retries, workers=cfg.ray_workers or (len(devices) or None),
+            address=cfg.ray_address or "local",
+            cpus_per_worker=cfg.ray_cpus_per_worker,
+            max_retries=cfg.ray_max_retries,
+            workers=cfg.ray_workers or (len(devices) or None),
         )
         results += run_on_ray(cfg, store, todo, options, devices=devices, progress=progress)
         used = sorted({r.device for r in results if r.device}) or devices
