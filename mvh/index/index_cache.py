@@ -17,19 +17,13 @@ import uuid
 from pathlib import Path
 
 from mvh.errors import StoreError
-from mvh.index.location import StoreLocation
-from mvh.index.objects import SidecarFiles
+from mvh.store import EmbeddingStore
+from mvh.store.location import StoreLocation, cache_root
+from mvh.store.sidecar import SidecarFiles
 
 META_FILE = "index.json"
 AREA = "index"
-
-
-def cache_root() -> Path:
-    """`$MVH_CACHE_DIR`, else `$XDG_CACHE_HOME/mvh`, else `~/.cache/mvh`."""
-    if os.environ.get("MVH_CACHE_DIR"):
-        return Path(os.environ["MVH_CACHE_DIR"])
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return base / "mvh"
+INDEX_DIRNAME = "_index"
 
 
 def _sha256(data: bytes) -> str:
@@ -93,9 +87,8 @@ def cached_index(location: StoreLocation) -> Path | None:
         return None
     if "sha256" not in meta:
         raise StoreError(f"the index beside {location.describe()} has no checksums: run `mvh index build`")
-    key = _sha256(location.uri.encode())[:16]
     checksum = meta["sha256"][meta["index_file"]][:16]
-    folder = cache_root() / "index" / key / f"v{meta['store_version']}-{checksum}"
+    folder = location.cache_dir(AREA) / f"v{meta['store_version']}-{checksum}"
     if folder.is_dir() and _verified(folder, meta):
         return folder
     remote = SidecarFiles(location, AREA)
@@ -115,3 +108,13 @@ def cached_index(location: StoreLocation) -> Path | None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def index_dir(store: EmbeddingStore) -> Path:
+    """The folder the store's vector index is read from: inside a local store, or the local cache of the
+    index published beside a remote store (fetched or refetched here; a folder that does not exist when
+    none was published)."""
+    local = store.location.local_path
+    if local is not None:
+        return local / INDEX_DIRNAME
+    return cached_index(store.location) or cache_root() / "index" / "none"
