@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from mvh.extractor.aperio_writer import texture_from_slide, write_aperio_slide
 from mvh.extractor.sample import sample_slide_path
@@ -26,8 +27,10 @@ from mvh.extractor.synthetic import synthetic_he_rgb
 SLIDES = {"bench_20x": (22_080, 16_560, 0.5, 20, 1), "bench_40x": (44_160, 33_120, 0.25, 40, 2)}
 
 
-def _synthetic(side: int) -> np.ndarray:
-    return synthetic_he_rgb(side, side, seed=0)
+def _synthetic(scale: int) -> np.ndarray:
+    """mvh's synthetic H&E texture, 1,024 px rendered once and upsampled like the sample's crop."""
+    texture = Image.fromarray(synthetic_he_rgb(1024, 1024, seed=0))
+    return np.asarray(texture.resize((1024 * scale,) * 2, Image.Resampling.BICUBIC))
 
 
 def main() -> None:
@@ -47,7 +50,7 @@ def main() -> None:
         step = 16 * up  # sides stay multiples of the deepest downsample
         w, h = (max(step, round(v * args.scale / step) * step) for v in (width, height))
         start = time.perf_counter()
-        texture = texture_from_slide(sample, scale=up) if sample else _synthetic(1024 * up)
+        texture = texture_from_slide(sample, scale=up) if sample else _synthetic(up)
         path = write_aperio_slide(args.out / f"{name}.svs", texture, w, h, mpp, mag)
         size = path.stat().st_size / 2**20
         print(f"{path}: {w} x {h} px at {mpp} um/px, {size:.0f} MiB, {time.perf_counter() - start:.0f} s")

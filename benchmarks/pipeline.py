@@ -43,7 +43,7 @@ from mvh.extractor.embedder import Embedder
 from mvh.extractor.extract import ExtractConfig, SlideInput, _plan, run_pipeline
 from mvh.extractor.jpeg_tiles import JpegPyramid
 from mvh.extractor.slide import open_slide
-from mvh.index.store import EmbeddingStore
+from mvh.store import EmbeddingStore
 
 HERE = Path(__file__).resolve().parent
 SCRATCH = Path("/tmp/pipeline-scratch")
