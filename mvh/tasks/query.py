@@ -182,16 +182,15 @@ def parse_tile_ref(text: str) -> tuple[str, int, int]:
 def resolve_tile_ref(store: EmbeddingStore, index: VectorIndex, text: str) -> tuple[str, int, int, str]:
     """(slide_id, x, y, tile_id) of the stored tile `text` names: an exact tile id of the index, or the
     first reading of `tile_ref_candidates` that names a tile; UsageError naming the nearest tile else."""
-    rows = index.rows
     row = int(index.tile_rows([text])[0])
     if row >= 0:
-        hit = rows.iloc[row]
+        hit = index.rows.take(np.array([row])).iloc[0]
         return str(hit["slide_id"]), int(hit["x"]), int(hit["y"]), str(hit["tile_id"])
     parse_tile_ref(text)
     for slide_id, x, y in tile_ref_candidates(text):
-        match = rows[(rows["slide_id"] == slide_id) & (rows["x"] == x) & (rows["y"] == y)]
-        if len(match):
-            return slide_id, x, y, str(match["tile_id"].iloc[0])
+        found = index.rows.find(slide_id, x, y)
+        if found >= 0:
+            return slide_id, x, y, str(index.rows.take(np.array([found])).iloc[0]["tile_id"])
     slide_id, x, y = tile_ref_candidates(text)[-1]
     tile_embedding(store, slide_id, x, y)  # raises with the nearest stored tile
     raise UsageError(f"--query-tile {text!r} is not in the index of {store.uri}: run `mvh index build`")
