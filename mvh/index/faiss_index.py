@@ -142,6 +142,8 @@ class VectorIndex:
         if k < 1:
             raise UsageError(f"-k must be at least 1, got {k}")
         q = l2_normalise(check_queries(queries, self.index.d))
+        if self.params.kind == "exact":  # mvh.index.store_scan: no FAISS index, a pass over the store
+            return self.index.search_allowed(q, k, None if allowed is None else np.asarray(allowed, bool))
         if allowed is None and self.gpu_index is not None:
             scores, ids = self.gpu_index.search(q, k)
             return scores, ids.astype(np.int64)

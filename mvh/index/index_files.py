@@ -247,13 +247,26 @@ def read_meta(store: EmbeddingStore) -> dict[str, Any] | None:
 
 
 def load_index(
-    store: EmbeddingStore, allow_stale: bool = False, use_gpu: bool | None = None, private: Path | None = None
+    store: EmbeddingStore, allow_stale: bool = False, use_gpu: bool | None = None, private: Path | None = None,
+    exact_fallback: bool = True,
 ) -> VectorIndex:
     """The index that belongs to the store as opened (IndexNotFoundError if none, StaleIndexError if the
-    latest index is older than the store); `private`: also look in that `--index-cache` folder."""
+    latest index is older than the store); `private`: also look in that `--index-cache` folder.
+
+    A read-only or pinned handle, which cannot build one, gets an exact search by a pass over the store
+    instead (`mvh.index.store_scan`, its note in `meta["notes"]`) unless `exact_fallback` is False.
+    """
     found = find_build(store, private)
     if found is None:
         meta = read_meta(store)
+        if exact_fallback and (store.location.pinned or store.location.read_only):
+            from mvh.index.store_scan import scan_index  # store_scan builds on this module's neighbours
+
+            if meta is None or store.location.pinned:
+                why = "no index was built for this store version"
+            else:
+                why = f"the index is stale ({stale_reason(meta, slide_state(store))})"
+            return scan_index(store, f"{why} and {store.location.describe()} is opened read-only")
         if meta is None or store.location.pinned or not allow_stale:
             _raise_missing(store, meta)
         found = IndexFolder(store), meta

@@ -60,6 +60,8 @@ class IndexParams:
 
     def describe(self) -> str:
         """One line: the factory string and the search-time parameters."""
+        if self.kind == "exact":
+            return "exact (a streamed pass over the store, no index)"
         if self.kind == "ivfpq":
             rerank = " re-rank=stored" if self.refine == "stored" else ""
             return f"{self.factory_string()} nprobe={self.nprobe} k_factor={self.k_factor}{rerank}"
