@@ -29,6 +29,8 @@ HIT_COLUMNS = ("query", "rank", "slide_id", "tile_id", "x", "y", "mpp", "score")
 
 def empty_index(params: IndexParams, dim: int) -> faiss.Index:
     """An untrained FAISS index of `params` over `dim`-d vectors (inner product)."""
+    if params.kind == "flat":
+        return faiss.IndexFlatIP(dim)  # the class a serialised copy comes back as, so shards can merge
     index = faiss.index_factory(dim, params.factory_string(), faiss.METRIC_INNER_PRODUCT)
     if params.kind == "hnsw":
         faiss.downcast_index(index).hnsw.efConstruction = int(params.ef_construction or 40)
