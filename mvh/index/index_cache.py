@@ -88,9 +88,13 @@ def _upload(remote: SidecarFiles, path: Path) -> None:
     if isinstance(remote.fs, pafs.LocalFileSystem):
         remote.put(path.name, path.read_bytes())  # only the tests' local stand-in for a bucket
         return
-    with remote.fs.open_output_stream(f"{remote.root}/{path.name}") as out, open(path, "rb") as src:
-        while block := src.read(_BLOCK):
-            out.write(block)
+    try:
+        with remote.fs.open_output_stream(f"{remote.root}/{path.name}") as out, open(path, "rb") as src:
+            while block := src.read(_BLOCK):
+                out.write(block)
+    except OSError as exc:
+        said = remote.location.redact(str(exc))
+        raise StoreError(f"cannot write {path.name} beside {remote.location.describe()}: {said}") from exc
 
 
 def publish(location: StoreLocation, folder: Path, meta: dict[str, Any], keep: Iterable[str]) -> dict[str, Any]:
