@@ -290,7 +290,7 @@ def test_sync_reads_the_store_in_one_scan_and_checks_finiteness(cohort, embedder
     expr = load_expression(samples)
     store = EmbeddingStore.create(tmp_path / "s.lance", embedder.fingerprint(mpp=0.5, tile_px=224))
     _sync(samples, expr, store, lambda: embedder)
-    calls = {"all_embeddings": 0, "slide_embeddings": 0, "slide_tiles": 0}
+    calls = {"all_embeddings": 0, "slide_embeddings": 0, "slide_tiles": 0, "scan_tiles": 0}
     for name in calls:
         original = getattr(store, name)
 
@@ -300,9 +300,9 @@ def test_sync_reads_the_store_in_one_scan_and_checks_finiteness(cohort, embedder
 
         setattr(store, name, counted)
     assert _sync(samples, expr, store, lambda: None) == ["reused", "reused"]
-    assert calls == {"all_embeddings": 1, "slide_embeddings": 0, "slide_tiles": 0}
-    X, found = spot_embeddings(store, expr.spots)
-    assert found.all() and calls["all_embeddings"] == 2
+    assert calls == {"all_embeddings": 1, "slide_embeddings": 0, "slide_tiles": 0, "scan_tiles": 0}
+    X, found = spot_embeddings(store, expr.spots)  # one streamed scan of the spots' samples
+    assert found.all() and calls["all_embeddings"] == 1 and calls["scan_tiles"] == 1
     rows, emb = EmbeddingStore.all_embeddings(store, columns=("slide_id", "tile_id", "x", "y"))
     emb = emb.copy()
     emb[0, 0] = np.nan
