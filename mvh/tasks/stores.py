@@ -54,17 +54,17 @@ def open_spec(
 MEMMAP_BYTES = 1 << 30  # a selection larger than this is filled into a memory-mapped temporary file
 
 
-def _allocate(n: int, dim: int) -> np.ndarray:
-    """A zeroed float32 [n, dim] array: in RAM when small, else memory-mapped from an unlinked temp file
-    (the pages are the kernel's to evict, so a cohort-sized selection never has to fit in RAM)."""
-    if n * dim * 4 <= MEMMAP_BYTES:
-        return np.zeros((n, dim), dtype=np.float32)
+def allocate(n: int, dim: int, dtype: Any = np.float32) -> np.ndarray:
+    """A zeroed [n, dim] array: in RAM when small, else memory-mapped from an unlinked temp file (the
+    pages are the kernel's to evict, so a cohort-sized selection never has to fit in RAM)."""
+    if n * dim * np.dtype(dtype).itemsize <= MEMMAP_BYTES:
+        return np.zeros((n, dim), dtype=dtype)
     from mvh.index.index_cache import cache_root
 
     folder = cache_root() / "tmp"
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=folder, suffix=".npy") as handle:
-        return np.lib.format.open_memmap(handle.name, mode="w+", dtype=np.float32, shape=(n, dim))
+        return np.lib.format.open_memmap(handle.name, mode="w+", dtype=dtype, shape=(n, dim))
 
 
 def select_tiles(
@@ -84,7 +84,7 @@ def select_tiles(
     wanted = pd.Index([str(k) for k in keys])
     if not wanted.is_unique:
         raise ValueError("select_tiles needs unique keys")
-    emb = _allocate(len(wanted), store.dim)
+    emb = allocate(len(wanted), store.dim)
     found = np.zeros(len(wanted), dtype=bool)
     values = {c: np.full(len(wanted), None, dtype=object) for c in columns}
     slides = store.slide_ids() if slide_ids is None else list(slide_ids)
@@ -107,8 +107,8 @@ def tile_key(batch: pa.RecordBatch) -> np.ndarray:
 
 def slide_tile_key(batch: pa.RecordBatch) -> np.ndarray:
     """`slide_id` + NUL + `tile_id` of each row (a `select_tiles` key for per-slide tile names)."""
-    slides = np.asarray(batch.column("slide_id").to_pylist(), dtype=object)
-    return slides + "\0" + tile_key(batch)
+    pairs = zip(batch.column("slide_id").to_pylist(), batch.column("tile_id").to_pylist(), strict=True)
+    return np.asarray([f"{s}\0{t}" for s, t in pairs], dtype=object)  # numpy's + would drop a trailing NUL
 
 
 def read_slides(
@@ -121,7 +121,7 @@ def read_slides(
 
     done = store.slides(status="done").set_index("slide_id")
     n = int(done.loc[list(slide_ids), "n_tiles"].sum()) if len(slide_ids) else 0
-    emb = _allocate(n, store.dim)
+    emb = allocate(n, store.dim)
     parts, filled = [], 0
     for _, batch in store.scan_tiles(list(slide_ids), list(dict.fromkeys([*columns, "slide_id", "embedding"]))):
         if filled + batch.num_rows > n:
