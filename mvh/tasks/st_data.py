@@ -44,7 +44,7 @@ import scipy.sparse as sp
 from mvh.errors import DataError, UsageError
 from mvh.index.slide_ids import check_slide_id
 from mvh.index.store import EmbeddingStore
-from mvh.tasks.stores import select_tiles, slide_tile_key
+from mvh.tasks.stores import SEP, select_tiles, slide_tile_key
 
 WSI_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide", ".dcm")
 STUDY_COLUMNS = ("study", "dataset_title", "source")
@@ -321,7 +321,7 @@ def read_patches_index(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def spot_embeddings(store: EmbeddingStore, spots: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Embeddings [N, D] aligned with `spots` rows (sample_id, barcode) and a found mask [N], in one scan."""
-    keys = (spots["sample_id"].astype(str) + "\0" + spots["barcode"].astype(str)).tolist()
+    keys = (spots["sample_id"].astype(str) + SEP + spots["barcode"].astype(str)).tolist()
     unique = list(dict.fromkeys(keys))
     done = set(store.slide_ids())
     samples = sorted({str(s) for s in spots["sample_id"]} & done)

@@ -52,6 +52,7 @@ def open_spec(
 
 
 MEMMAP_BYTES = 1 << 30  # a selection larger than this is filled into a memory-mapped temporary file
+SEP = "\x1f"  # joins slide and tile ids in keys: slide ids never hold control characters
 
 
 def allocate(n: int, dim: int, dtype: Any = np.float32) -> np.ndarray:
@@ -106,9 +107,9 @@ def tile_key(batch: pa.RecordBatch) -> np.ndarray:
 
 
 def slide_tile_key(batch: pa.RecordBatch) -> np.ndarray:
-    """`slide_id` + NUL + `tile_id` of each row (a `select_tiles` key for per-slide tile names)."""
+    """`slide_id` + SEP + `tile_id` of each row (a `select_tiles` key for per-slide tile names)."""
     pairs = zip(batch.column("slide_id").to_pylist(), batch.column("tile_id").to_pylist(), strict=True)
-    return np.asarray([f"{s}\0{t}" for s, t in pairs], dtype=object)  # numpy's + would drop a trailing NUL
+    return np.asarray([f"{s}{SEP}{t}" for s, t in pairs], dtype=object)
 
 
 def read_slides(

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import mvh.tasks.stores as stores
-from mvh.tasks.stores import read_slides, select_tiles, slide_tile_key, tile_key
+from mvh.tasks.stores import SEP, read_slides, select_tiles, slide_tile_key, tile_key
 from tests.index.test_vector import DIM, add_slide, make_store
 
 
@@ -29,7 +29,8 @@ def test_selected_tiles_equal_per_slide_reads(tmp_path: Path, monkeypatch, memma
     np.testing.assert_array_equal(emb[0], truth["b"][1][3])
     np.testing.assert_array_equal(emb[3], truth["c"][1][24])
     assert rows["slide_id"].tolist() == ["b", "a", None, "c"] and not emb[2].any()
-    keyed, _, found = select_tiles(store, ["a\0" + truth["a"][0][1], "b\0" + truth["a"][0][1]], slide_tile_key)
+    pair = truth["a"][0][1]
+    _, _, found = select_tiles(store, ["a" + SEP + pair, "b" + SEP + pair], slide_tile_key)
     assert found.tolist() == [True, False]
     rows, emb = read_slides(store, ["c", "a"], ("slide_id", "tile_id"))
     assert sorted(rows["tile_id"]) == sorted(truth["a"][0] + truth["c"][0])
