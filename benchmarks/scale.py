@@ -70,8 +70,18 @@ def write_store(path: Path, first: int, n_slides: int, slide_tiles: int) -> None
     """Append slides `first` .. `first + n_slides - 1` (skipping done ones) through `add_slide`."""
     from mvh.index.store import EmbeddingStore, StoreFingerprint
 
-    fp = StoreFingerprint(model="synthetic", model_config={}, weights_sha256="random-init", weights_path=None,
-                          embed_dim=DIM, tile_px=224, mpp=0.5, mean=None, std=None, embedding_dtype="float16")
+    fp = StoreFingerprint(
+        model="synthetic",
+        model_config={},
+        weights_sha256="random-init",
+        weights_path=None,
+        embed_dim=DIM,
+        tile_px=224,
+        mpp=0.5,
+        mean=None,
+        std=None,
+        embedding_dtype="float16",
+    )
     store = EmbeddingStore.open_or_create(str(path), fp)
     done = set(store.slide_ids())
     gen = Generator()
@@ -81,10 +91,22 @@ def write_store(path: Path, first: int, n_slides: int, slide_tiles: int) -> None
         if slide_id in done:
             continue
         xs, ys = (np.arange(slide_tiles) % side) * 448, (np.arange(slide_tiles) // side) * 448
-        tiles = pd.DataFrame({"tile_id": [f"{slide_id}:{x}:{y}:448" for x, y in zip(xs, ys, strict=True)],
-                              "x": xs, "y": ys, "tile_px": 224, "mpp": 0.5, "tissue_fraction": 1.0})
-        record = {"slide_id": slide_id, "path": f"/synthetic/{slide_id}.svs", "mpp": 0.25,
-                  "file_hash": f"synthetic-{i}"}
+        tiles = pd.DataFrame(
+            {
+                "tile_id": [f"{slide_id}:{x}:{y}:448" for x, y in zip(xs, ys, strict=True)],
+                "x": xs,
+                "y": ys,
+                "tile_px": 224,
+                "mpp": 0.5,
+                "tissue_fraction": 1.0,
+            }
+        )
+        record = {
+            "slide_id": slide_id,
+            "path": f"/synthetic/{slide_id}.svs",
+            "mpp": 0.25,
+            "file_hash": f"synthetic-{i}",
+        }
         store.add_slide(record, tiles, gen.slide(i, slide_tiles))
 
 
@@ -132,10 +154,15 @@ def measure_search(store_path: Path, n_queries: int, out: Path) -> None:
         search_slides(store, emb[chosen], k=10, exclude_slides=[slide_id], index=index)
         slide_lat.append(time.perf_counter() - t)
     result = {
-        "recall@10": recall, "queries": n_queries, "exact_pass_s": exact_s,
-        "p50_ms": 1000 * float(np.percentile(lat, 50)), "p95_ms": 1000 * float(np.percentile(lat, 95)),
-        "query_slide_p95_s": float(np.percentile(slide_lat, 95)), "index_resident_mb": resident,
-        "rss_mb": rss_mb(), "index": index.params.describe(),
+        "recall@10": recall,
+        "queries": n_queries,
+        "exact_pass_s": exact_s,
+        "p50_ms": 1000 * float(np.percentile(lat, 50)),
+        "p95_ms": 1000 * float(np.percentile(lat, 95)),
+        "query_slide_p95_s": float(np.percentile(slide_lat, 95)),
+        "index_resident_mb": resident,
+        "rss_mb": rss_mb(),
+        "index": index.params.describe(),
     }
     out.write_text(json.dumps(result, indent=1))
 
@@ -146,12 +173,22 @@ def _timed(cmd: list[str], log: Path) -> dict:
     stats = log.with_suffix(".time")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with open(log, "w") as out:
-        done = subprocess.run(["/usr/bin/time", "-o", str(stats), "-f", "%e %U %S %M", *cmd], stdout=out,
-                              stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        done = subprocess.run(
+            ["/usr/bin/time", "-o", str(stats), "-f", "%e %U %S %M", *cmd],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
+        )
     wall, user, system, peak = stats.read_text().split("\n")[-2].split()
-    return {"wall_s": float(wall), "cpu_s": float(user) + float(system), "peak_rss_mb": int(peak) / 1024,
-            "load_before": float(load), "load_after": float(Path("/proc/loadavg").read_text().split()[0]),
-            "exit": done.returncode}
+    return {
+        "wall_s": float(wall),
+        "cpu_s": float(user) + float(system),
+        "peak_rss_mb": int(peak) / 1024,
+        "load_before": float(load),
+        "load_after": float(Path("/proc/loadavg").read_text().split()[0]),
+        "exit": done.returncode,
+    }
 
 
 def du_mb(path: Path) -> float:
@@ -174,13 +211,47 @@ def run_size(n: int, root: Path, slide_tiles: int, queries: int) -> dict:
         ("verify", [*mvh, "verify", "--store", str(store), "--json"]),
         ("index build", [*mvh, "index", "build", "--store", str(store), "--json"]),
         ("search", [py, me, "_search", str(store), str(queries), str(folder / "search.json")]),
-        ("export h5", [*mvh, "export", "--store", str(store), "--out", str(folder / "h5"), "--format", "h5", "--json"]),
-        ("export parquet", [*mvh, "export", "--store", str(store), "--out", str(folder / "parquet"),
-                            "--format", "parquet", "--json"]),
-        ("import h5", [*mvh, "import", str(folder / "h5"), "--model", "synthetic", "--store",
-                       str(folder / "imported.lance"), "--dtype", "float16", "--mpp", "0.5", "--tile-px", "224",
-                       "--json"]),
-        ("overlap", [*mvh, "overlap", "--store", str(store), "--store", str(folder / "small.lance"), "--json"]),
+        (
+            "export h5",
+            [*mvh, "export", "--store", str(store), "--out", str(folder / "h5"), "--format", "h5", "--json"],
+        ),
+        (
+            "export parquet",
+            [
+                *mvh,
+                "export",
+                "--store",
+                str(store),
+                "--out",
+                str(folder / "parquet"),
+                "--format",
+                "parquet",
+                "--json",
+            ],
+        ),
+        (
+            "import h5",
+            [
+                *mvh,
+                "import",
+                str(folder / "h5"),
+                "--model",
+                "synthetic",
+                "--store",
+                str(folder / "imported.lance"),
+                "--dtype",
+                "float16",
+                "--mpp",
+                "0.5",
+                "--tile-px",
+                "224",
+                "--json",
+            ],
+        ),
+        (
+            "overlap",
+            [*mvh, "overlap", "--store", str(store), "--store", str(folder / "small.lance"), "--json"],
+        ),
         ("index build --update", [*mvh, "index", "build", "--store", str(store), "--update", "--json"]),
     ]
     for name, cmd in steps:
@@ -193,9 +264,13 @@ def run_size(n: int, root: Path, slide_tiles: int, queries: int) -> dict:
             write_store(store, n_slides, 1, slide_tiles)
         print(f"[{n:,}] {name} ...", flush=True)
         figures = _timed(cmd, folder / f"{name.replace(' ', '_')}.log")
-        figures["disk_mb"] = {"write": du_mb(store), "index build": du_mb(store / "_index"),
-                              "export h5": du_mb(folder / "h5"), "export parquet": du_mb(folder / "parquet"),
-                              "import h5": du_mb(folder / "imported.lance")}.get(name)
+        figures["disk_mb"] = {
+            "write": du_mb(store),
+            "index build": du_mb(store / "_index"),
+            "export h5": du_mb(folder / "h5"),
+            "export parquet": du_mb(folder / "parquet"),
+            "import h5": du_mb(folder / "imported.lance"),
+        }.get(name)
         if name == "search":
             figures.update(json.loads((folder / "search.json").read_text()))
         figures["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
@@ -217,8 +292,12 @@ def table(all_results: list[dict]) -> str:
         cells = []
         for r in all_results:
             f = r.get(name)
-            cells.append("-" if f is None else
-                         f"{f['wall_s']:.0f} s, CPU {f['cpu_s']:.0f} s, {f['peak_rss_mb']:.0f} MB (load {f['load_before']:.1f})")
+            cells.append(
+                "-"
+                if f is None
+                else f"{f['wall_s']:.0f} s, CPU {f['cpu_s']:.0f} s, {f['peak_rss_mb']:.0f} MB "
+                f"(load {f['load_before']:.1f})"
+            )
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -231,13 +310,18 @@ def main() -> None:
     parser.add_argument("--slide-tiles", type=int, default=SLIDE_TILES)
     parser.add_argument("--queries", type=int, default=1000)
     args = parser.parse_args()
-    results = [run_size(parse_size(s), args.root, args.slide_tiles, args.queries) for s in args.sizes.split(",")]
+    results = [
+        run_size(parse_size(s), args.root, args.slide_tiles, args.queries) for s in args.sizes.split(",")
+    ]
     print(table(results))
     for r in results:
         if "search" in r:
             s = r["search"]
-            print(f"{r['n']:,}: recall@10 {s['recall@10']:.3f}, p50 {s['p50_ms']:.1f} ms, p95 {s['p95_ms']:.1f} ms, "
-                  f"query-slide p95 {s['query_slide_p95_s']:.2f} s, index resident {s['index_resident_mb']:.0f} MB")
+            print(
+                f"{r['n']:,}: recall@10 {s['recall@10']:.3f}, p50 {s['p50_ms']:.1f} ms, "
+                f"p95 {s['p95_ms']:.1f} ms, query-slide p95 {s['query_slide_p95_s']:.2f} s, "
+                f"index resident {s['index_resident_mb']:.0f} MB"
+            )
     print(f"peak RSS of this driver: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
 

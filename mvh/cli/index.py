@@ -48,7 +48,8 @@ def index_build_cmd(
 
     cfg = IndexBuildConfig(store=store, kind=kind, nlist=nlist, m=m, nbits=nbits, nprobe=nprobe,
                            hnsw_m=hnsw_m, ef_search=ef, update=update, ray_address=ray_address,
-                           index_cache=None if index_cache is None else str(index_cache), shard_tiles=shard_tiles)
+                           index_cache=None if index_cache is None else str(index_cache),
+                           shard_tiles=shard_tiles)
     with progress_reporter(enabled=not as_json) as progress:
         result = run_index_build(cfg, progress=progress)
     if as_json:

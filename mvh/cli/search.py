@@ -73,7 +73,9 @@ def search_cmd(
     ] = None,
     index_cache: Annotated[
         Path | None,
-        typer.Option("--index-cache", help="Also use private indexes built here (`mvh index build --index-cache`)."),
+        typer.Option(
+            "--index-cache", help="Also use private indexes built here (`mvh index build --index-cache`)."
+        ),
     ] = None,
     as_json: JsonOption = False,
 ) -> None:

@@ -23,7 +23,13 @@ import faiss
 from mvh.errors import UsageError
 from mvh.index.faiss_index import empty_index, train_index, training_rows, want_gpu
 from mvh.index.index_files import (
-    IndexFolder, find_build, read_index, save_build, slide_state, stale_reason, writing_folder,
+    IndexFolder,
+    find_build,
+    read_index,
+    save_build,
+    slide_state,
+    stale_reason,
+    writing_folder,
 )
 from mvh.index.params import IndexParams, auto_params, check_params
 from mvh.index.shards import SHARD_TILES, add_shard, plan_shards, training_sample
@@ -208,7 +214,8 @@ def _extend(
                 (folder / name).hardlink_to(source.local_folder(meta) / name)
     for shard in shards:
         report(progress, Event.STATUS, VECTORS, 0, f"adding {len(shard.slides)} new slide(s)")
-        parts.append(add_shard(store, index, shard, folder, lambda b: report(progress, Event.ADVANCE, VECTORS, b)))
+        advance = lambda b: report(progress, Event.ADVANCE, VECTORS, b)  # noqa: E731
+        parts.append(add_shard(store, index, shard, folder, advance))
     added = int(index.ntotal) - int(meta["n_tiles"])
     notes = [f"added {added} tiles of {len(new_slides)} new slide(s)"]
     params = IndexParams.from_dict(meta["params"])

@@ -67,7 +67,8 @@ def remote_names(location: StoreLocation) -> list[str]:
     try:
         infos = remote.fs.get_file_info(pafs.FileSelector(remote.root, allow_not_found=True))
     except OSError as exc:
-        raise StoreError(f"cannot list the index beside {location.describe()}: {location.redact(str(exc))}") from exc
+        said = location.redact(str(exc))
+        raise StoreError(f"cannot list the index beside {location.describe()}: {said}") from exc
     return sorted(Path(info.path).name for info in infos if info.type == pafs.FileType.File)
 
 
@@ -97,7 +98,9 @@ def _upload(remote: SidecarFiles, path: Path) -> None:
         raise StoreError(f"cannot write {path.name} beside {remote.location.describe()}: {said}") from exc
 
 
-def publish(location: StoreLocation, folder: Path, meta: dict[str, Any], keep: Iterable[str]) -> dict[str, Any]:
+def publish(
+    location: StoreLocation, folder: Path, meta: dict[str, Any], keep: Iterable[str]
+) -> dict[str, Any]:
     """Upload a build made in `folder` beside the store: new files, its build json, `index.json` last.
 
     Files no longer named by `keep` (the files of the builds to keep) are deleted afterwards.
@@ -141,7 +144,8 @@ def fetch_build(location: StoreLocation, meta: dict[str, Any]) -> Path:
     try:
         for name in meta["files"]:
             try:
-                with remote.fs.open_input_stream(f"{remote.root}/{name}") as src, open(tmp / name, "wb") as out:
+                source = remote.fs.open_input_stream(f"{remote.root}/{name}")
+                with source as src, open(tmp / name, "wb") as out:
                     while block := src.read(_BLOCK):
                         out.write(block)
             except OSError as exc:

@@ -28,7 +28,15 @@ import faiss
 
 from mvh.errors import IndexNotFoundError, StaleIndexError, StoreError
 from mvh.index.faiss_index import VectorIndex, to_gpu, want_gpu
-from mvh.index.index_cache import META_FILE, build_folder, fetch_build, publish, remote_json, remote_names, store_key
+from mvh.index.index_cache import (
+    META_FILE,
+    build_folder,
+    fetch_build,
+    publish,
+    remote_json,
+    remote_names,
+    store_key,
+)
 from mvh.index.params import IndexParams
 from mvh.index.row_parts import PartSet, part_files
 from mvh.index.store import DONE, EmbeddingStore
@@ -72,7 +80,9 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise StoreError(f"index metadata {path} is unreadable ({exc}): rebuild with `mvh index build`") from exc
+        raise StoreError(
+            f"index metadata {path} is unreadable ({exc}): rebuild with `mvh index build`"
+        ) from exc
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -219,10 +229,14 @@ def read_index(folder: Path, meta: dict[str, Any]) -> VectorIndex:
     try:
         index = faiss.read_index(str(folder / meta["index_file"]))
     except (OSError, RuntimeError) as exc:
-        raise StoreError(f"index files in {folder} are unreadable ({exc}): rebuild with `mvh index build`") from exc
+        raise StoreError(
+            f"index files in {folder} are unreadable ({exc}): rebuild with `mvh index build`"
+        ) from exc
     rows = PartSet(folder, meta["parts"])
     if index.ntotal != rows.n:
-        raise StoreError(f"index in {folder} has {index.ntotal} vectors but {rows.n} rows: run `mvh index build`")
+        raise StoreError(
+            f"index in {folder} has {index.ntotal} vectors but {rows.n} rows: run `mvh index build`"
+        )
     return VectorIndex(index=index, rows=rows, params=IndexParams.from_dict(meta["params"]), meta=meta)
 
 
@@ -235,7 +249,8 @@ def find_build(
     folders = [IndexFolder(store)] + ([IndexFolder(store, private)] if private is not None else [])
     for folder in folders:
         first = [folder.tagged(store.location.tag)] if store.location.tag else []
-        for meta in [*first, folder.current(), *(folder.builds() if store.location.pinned or private else [])]:
+        others = folder.builds() if store.location.pinned or private else []
+        for meta in [*first, folder.current(), *others]:
             if meta is not None and stale_reason(meta, state) is None:
                 return folder, meta
     return None
@@ -247,7 +262,10 @@ def read_meta(store: EmbeddingStore) -> dict[str, Any] | None:
 
 
 def load_index(
-    store: EmbeddingStore, allow_stale: bool = False, use_gpu: bool | None = None, private: Path | None = None,
+    store: EmbeddingStore,
+    allow_stale: bool = False,
+    use_gpu: bool | None = None,
+    private: Path | None = None,
     exact_fallback: bool = True,
 ) -> VectorIndex:
     """The index that belongs to the store as opened (IndexNotFoundError if none, StaleIndexError if the
@@ -286,7 +304,9 @@ def _raise_missing(store: EmbeddingStore, meta: dict[str, Any] | None) -> None:
             "is built"
         )
     if meta is None:
-        raise IndexNotFoundError(f"store {store.uri} has no vector index: build it with `mvh index build --store {store.uri}`")
+        raise IndexNotFoundError(
+            f"store {store.uri} has no vector index: build it with `mvh index build --store {store.uri}`"
+        )
     raise StaleIndexError(
         f"the index of {store.uri} is stale ({stale_reason(meta, slide_state(store))}): run `mvh index build "
         f"--store {store.uri}` (add --update to add new slides only)"
@@ -322,7 +342,8 @@ def index_info(store: EmbeddingStore) -> dict[str, Any]:
     if not folder.remote:
         size = sum((folder.path / n).stat().st_size for n in meta["files"] if (folder.path / n).exists())
     return {
-        "store": store.uri, "exists": True, "kind": meta["params"]["kind"], "description": meta["description"],
+        "store": store.uri, "exists": True, "kind": meta["params"]["kind"],
+        "description": meta["description"],
         "params": meta["params"], "n_tiles": meta["n_tiles"], "n_tiles_in_store": store.n_tiles,
         "n_slides": len(meta["slides"]), "built_from_version": meta["store_version"],
         "store_version": store.version, "stale": reason is not None, "stale_reason": reason,

@@ -136,7 +136,8 @@ def run_overlap(
         hit = best >= config.threshold
         slide_b = np.asarray(batch.column("slide_id").to_pylist(), dtype=object)
         result.n_near_duplicate_tiles += int(hit.sum())
-        result.n_near_duplicate_tiles_outside_shared_slides += int((hit & ~np.isin(slide_b, list(shared_b))).sum())
+        outside = hit & ~np.isin(slide_b, list(shared_b))
+        result.n_near_duplicate_tiles_outside_shared_slides += int(outside.sum())
         for slide_id in slide_b[hit]:
             per_slide[str(slide_id)] = per_slide.get(str(slide_id), 0) + 1
         tile_b = batch.column("tile_id").to_pylist()
@@ -146,7 +147,9 @@ def run_overlap(
         report(progress, Event.ADVANCE, "tiles", batch.num_rows)
     result.slides_b_with_near_duplicates = dict(sorted(per_slide.items()))
     names_a = index.rows.take(np.array([row for _, _, row in top], dtype=np.int64))["tile_id"].tolist()
-    result.closest_pairs = [TilePair(tile, str(name), cos) for (cos, tile, _), name in zip(top, names_a, strict=True)]
+    result.closest_pairs = [
+        TilePair(tile, str(name), cos) for (cos, tile, _), name in zip(top, names_a, strict=True)
+    ]
     return result
 
 

@@ -133,7 +133,8 @@ def auto_params(
     `auto` is exact Flat up to FLAT_MAX_TILES vectors, IVF-PQ above. IVF-PQ: nlist = the power of two
     nearest to sqrt(n) (at most n / 39, FAISS's minimum of training points per cell), nprobe =
     max(8, nlist / 16), m = dim / 8 sub-quantisers of 4 bits (fast-scan), top 4k re-ranked by exact
-    cosine on the stored vectors (`refine`: "stored", or "sq8"/"flat" inside FAISS). HNSW: 32 links, efConstruction 64, efSearch 64 (256 above FLAT_MAX_TILES vectors; at 1M
+    cosine on the stored vectors (`refine`: "stored", or "sq8"/"flat" inside FAISS). HNSW: 32 links,
+    efConstruction 64, efSearch 64 (256 above FLAT_MAX_TILES vectors; at 1M
     clustered vectors HNSW then reaches recall@10 0.93 only, so `auto` never picks it).
     Given values that do not fit the resolved kind are a UsageError, never ignored.
     """

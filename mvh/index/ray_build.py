@@ -36,8 +36,12 @@ def _connect(address: str) -> Any:
         return ray
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     try:
-        ray.init(address=None if address == LOCAL else address, include_dashboard=False,
-                 logging_level="ERROR", log_to_driver=False)
+        ray.init(
+            address=None if address == LOCAL else address,
+            include_dashboard=False,
+            logging_level="ERROR",
+            log_to_driver=False,
+        )
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise UsageError(
             f"--ray-address {address}: cannot connect ({' '.join(str(exc).split())}); start a cluster with "
@@ -46,7 +50,9 @@ def _connect(address: str) -> Any:
     return ray
 
 
-def build_shard(location: StoreLocation, trained: bytes, shard: Shard, folder: str) -> tuple[dict[str, Any], bytes]:
+def build_shard(
+    location: StoreLocation, trained: bytes, shard: Shard, folder: str
+) -> tuple[dict[str, Any], bytes]:
     """A Ray task's body: stream `shard` into a copy of the `trained` index and a row part in `folder`."""
     store = EmbeddingStore.open(location)
     index = faiss.deserialize_index(np.frombuffer(trained, dtype=np.uint8))
@@ -55,7 +61,11 @@ def build_shard(location: StoreLocation, trained: bytes, shard: Shard, folder: s
 
 
 def add_shards_on_ray(
-    address: str, store: EmbeddingStore, index: faiss.Index, shards: list[Shard], folder: Path,
+    address: str,
+    store: EmbeddingStore,
+    index: faiss.Index,
+    shards: list[Shard],
+    folder: Path,
     progress: Progress | None = None,
 ) -> list[dict[str, Any]]:
     """Add every shard on Ray workers and merge them into `index` (in place, shard order); the parts."""

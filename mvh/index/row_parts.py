@@ -110,13 +110,20 @@ class PartWriter:
         self._code = {s: i for i, s in enumerate(self.slides)}
         self.n, self.written = int(n), 0
         rows_name, vec_name = part_files(self.part_id)
-        self._vectors = np.lib.format.open_memmap(folder / vec_name, mode="w+", dtype=np.dtype(dtype),
-                                                  shape=(self.n, dim))
-        schema = pa.schema([
-            pa.field("slide_id", pa.string()), pa.field("tile_id", pa.string()), pa.field("x", pa.int64()),
-            pa.field("y", pa.int64()), pa.field("tile_px", pa.int32()), pa.field("mpp", pa.float64()),
-            pa.field(CODE, pa.int32()),
-        ])
+        self._vectors = np.lib.format.open_memmap(
+            folder / vec_name, mode="w+", dtype=np.dtype(dtype), shape=(self.n, dim)
+        )
+        schema = pa.schema(
+            [
+                pa.field("slide_id", pa.string()),
+                pa.field("tile_id", pa.string()),
+                pa.field("x", pa.int64()),
+                pa.field("y", pa.int64()),
+                pa.field("tile_px", pa.int32()),
+                pa.field("mpp", pa.float64()),
+                pa.field(CODE, pa.int32()),
+            ]
+        )
         self._sink = pa.OSFile(str(folder / rows_name), "wb")
         self._writer = pa.ipc.new_file(self._sink, schema)
         self._schema = schema
@@ -173,7 +180,9 @@ class PartSet:
                     f"index part {entry['id']} in {self.folder} is unreadable ({exc}): run `mvh index build`"
                 ) from exc
             if rows.num_rows != entry["n"] or len(vectors) != entry["n"]:
-                raise StoreError(f"index part {entry['id']} in {self.folder} is incomplete: run `mvh index build`")
+                raise StoreError(
+                    f"index part {entry['id']} in {self.folder} is incomplete: run `mvh index build`"
+                )
             self._parts.append(_Part(rows, vectors, list(entry["slides"])))
         self.offsets = np.cumsum([0, *[int(e["n"]) for e in self.entries]])
 
@@ -238,7 +247,8 @@ class PartSet:
             code = part.slides.index(slide_id)
             rows = part.rows
             hit = np.flatnonzero(
-                (rows.column(CODE).to_numpy() == code) & (rows.column("x").to_numpy() == x)
+                (rows.column(CODE).to_numpy() == code)
+                & (rows.column("x").to_numpy() == x)
                 & (rows.column("y").to_numpy() == y)
             )
             if len(hit):

@@ -99,7 +99,10 @@ def training_sample(store: EmbeddingStore, state: dict[str, list[Any]], size: in
 
 
 def add_shard(
-    store: EmbeddingStore, index: faiss.Index, shard: Shard, folder: Path,
+    store: EmbeddingStore,
+    index: faiss.Index,
+    shard: Shard,
+    folder: Path,
     advance: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Stream `shard`'s tiles into `index` (in place) and into a new row part in `folder`; its entry."""

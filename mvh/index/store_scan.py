@@ -77,7 +77,9 @@ class StoreRows:
             local = ids - first
             inside = np.flatnonzero((local >= 0) & (local < batch.num_rows))
             if len(inside):
-                parts.append(pa.Table.from_batches([batch.take(pa.array(local[inside]))]).select(list(columns)))
+                parts.append(
+                    pa.Table.from_batches([batch.take(pa.array(local[inside]))]).select(list(columns))
+                )
                 where.append(inside)
         table = pa.concat_tables(parts) if parts else pa.table({c: [] for c in columns})
         order = np.argsort(np.concatenate(where)) if where else np.zeros(0, np.int64)
@@ -112,7 +114,8 @@ class StoreRows:
         for first, batch in _batches(self.store, ["x", "y"]):
             hit = np.flatnonzero(
                 (np.asarray(batch.column("slide_id").to_pylist(), dtype=object) == slide_id)
-                & (batch.column("x").to_numpy() == x) & (batch.column("y").to_numpy() == y)
+                & (batch.column("x").to_numpy() == x)
+                & (batch.column("y").to_numpy() == y)
             )
             if len(hit):
                 return int(first + hit[0])
@@ -125,7 +128,9 @@ class _ScanSearcher:
     def __init__(self, store: EmbeddingStore, n: int) -> None:
         self.store, self.d, self.ntotal = store, store.dim, n
 
-    def search_allowed(self, q: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def search_allowed(
+        self, q: np.ndarray, k: int, allowed: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-k of unit queries `q` among the allowed rows."""
         return scan_top_k(self.store, q, k, allowed)
 
@@ -133,8 +138,9 @@ class _ScanSearcher:
 def scan_index(store: EmbeddingStore, why: str) -> VectorIndex:
     """A `VectorIndex` that searches `store` exactly by streaming it, with `why` in its notes."""
     rows = StoreRows(store)
-    note = (f"exact search (a full pass over the store): {why}; build a private index with "
-            f"`mvh index build --store {store.location.describe()} --index-cache DIR` for fast searches")
+    note = (
+        f"exact search (a full pass over the store): {why}; build a private index with "
+        f"`mvh index build --store {store.location.describe()} --index-cache DIR` for fast searches"
+    )
     meta: dict[str, Any] = {"exact": True, "notes": [note]}
     return VectorIndex(index=_ScanSearcher(store, rows.n), rows=rows, params=EXACT, meta=meta)
-

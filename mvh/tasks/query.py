@@ -420,14 +420,16 @@ def run_search(
         chosen = representative_tiles(emb)
         if len(chosen) < n_slide_tiles:
             emb = emb[chosen]
-            notes.append(f"the query slide's {n_slide_tiles} tiles are represented by {len(chosen)} (the tile "
-                         "nearest each k-means centre of its embeddings, as Yottixel's mosaic)")
+            notes.append(
+                f"the query slide's {n_slide_tiles} tiles are represented by {len(chosen)} (the tile "
+                "nearest each k-means centre of its embeddings, as Yottixel's mosaic)"
+            )
         slide_level = True
         if not cfg.include_self and slide not in exclude:
             exclude.append(slide)
             notes.append(f"slide {slide} itself is excluded from its own ranking (--include-self keeps it)")
-        query = {"kind": "slide", "source": slide, "n_tiles": int(n_slide_tiles), "n_query_tiles": int(len(emb)),
-                 "include_self": cfg.include_self}
+        query = {"kind": "slide", "source": slide, "n_tiles": int(n_slide_tiles),
+                 "n_query_tiles": int(len(emb)), "include_self": cfg.include_self}
         caption = f"query slide\n{slide}"
     own = None if own_tile is None else [own_tile]
     if slide_level:

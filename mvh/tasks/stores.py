@@ -124,7 +124,8 @@ def read_slides(
     n = int(done.loc[list(slide_ids), "n_tiles"].sum()) if len(slide_ids) else 0
     emb = allocate(n, store.dim)
     parts, filled = [], 0
-    for _, batch in store.scan_tiles(list(slide_ids), list(dict.fromkeys([*columns, "slide_id", "embedding"]))):
+    wanted = list(dict.fromkeys([*columns, "slide_id", "embedding"]))
+    for _, batch in store.scan_tiles(list(slide_ids), wanted):
         if filled + batch.num_rows > n:
             break
         emb[filled : filled + batch.num_rows] = raw_embeddings(store, batch)

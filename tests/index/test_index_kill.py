@@ -54,8 +54,14 @@ def test_a_killed_build_keeps_the_previous_index_and_a_rerun_completes(tmp_path:
     add_slide(store, "d", rng.standard_normal((40, DIM)).astype(np.float32))
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "store")], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(tmp_path / "store")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == -9, done.stderr[-2000:]
     assert read_meta(store) == before  # index.json untouched: the previous build is the one in use
     stale = load_index(store, allow_stale=True)

@@ -130,7 +130,8 @@ def test_auto_params_thresholds() -> None:
     assert p.nlist & (p.nlist - 1) == 0 and 39 * p.nlist <= FLAT_MAX_TILES + 1 and p.nprobe >= 8
     assert auto_params(10_000_000, 768).nlist > auto_params(1_000_000, 768).nlist
     assert auto_params(5000, 1000, "ivfpq").m == 125  # a divisor of the dimension
-    assert auto_params(5000, 768, "ivfpq", nlist=32, nbits=8, refine="sq8").factory_string() == "IVF32,PQ96x8,Refine(SQ8)"
+    sq8 = auto_params(5000, 768, "ivfpq", nlist=32, nbits=8, refine="sq8")
+    assert sq8.factory_string() == "IVF32,PQ96x8,Refine(SQ8)"
     assert auto_params(5000, 768, "hnsw", ef_search=99).ef_search == 99
     assert auto_params(5000, 768, "hnsw").ef_search < auto_params(10**6, 768, "hnsw").ef_search
     with pytest.raises(UsageError, match="must divide"):

@@ -54,8 +54,10 @@ def test_ray_build_equals_the_one_process_build(cluster, tmp_path, kind):
     ia, ib = load_index(one), load_index(on_ray)
     if kind == "ivfpq":  # the same trained quantiser (same sample, same seed)
         qa, qb = faiss.extract_index_ivf(ia.index).quantizer, faiss.extract_index_ivf(ib.index).quantizer
-        np.testing.assert_array_equal(faiss.rev_swig_ptr(faiss.downcast_index(qa).get_xb(), qa.ntotal * 32),
-                                      faiss.rev_swig_ptr(faiss.downcast_index(qb).get_xb(), qb.ntotal * 32))
+        np.testing.assert_array_equal(
+            faiss.rev_swig_ptr(faiss.downcast_index(qa).get_xb(), qa.ntotal * 32),
+            faiss.rev_swig_ptr(faiss.downcast_index(qb).get_xb(), qb.ntotal * 32),
+        )
     queries = np.random.default_rng(1).standard_normal((50, 32)).astype(np.float32)
     sa, ra = ia.search_ids(queries, 10)
     sb, rb = ib.search_ids(queries, 10)

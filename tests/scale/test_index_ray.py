@@ -33,5 +33,7 @@ def test_ray_index_build_in_a_loopback_only_namespace(tmp_path: Path) -> None:
     done = subprocess.run(
         ["unshare", "-n", "sh", "-c", inner], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
     )
-    assert done.returncode == 0, f"Ray cases failed inside the namespace:\n{done.stdout[-8000:]}\n{done.stderr[-3000:]}"
+    assert done.returncode == 0, (
+        f"Ray cases failed inside the namespace:\n{done.stdout[-8000:]}\n{done.stderr[-3000:]}"
+    )
     assert re.search(r"\b2 passed", done.stdout), done.stdout[-2000:]

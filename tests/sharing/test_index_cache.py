@@ -35,8 +35,12 @@ def test_publish_fetch_verify_and_refetch(s3_bucket, s3_server, tmp_path, monkey
     assert (fetch_build(consumer, meta1) / "tiles-a.faiss").read_bytes() == b"index-v1"
 
     # a new build gets a new cache key; keeping build a keeps its files, else they are deleted
-    meta2 = publish(producer, tmp_path / "b2", _fake_build(tmp_path / "b2", b"index-v2", 5, "b"),
-                    keep=["tiles-a.faiss", "build-a.json"])
+    meta2 = publish(
+        producer,
+        tmp_path / "b2",
+        _fake_build(tmp_path / "b2", b"index-v2", 5, "b"),
+        keep=["tiles-a.faiss", "build-a.json"],
+    )
     newer = fetch_build(consumer, remote_json(consumer, "index.json"))
     assert newer != folder and (newer / "tiles-b.faiss").read_bytes() == b"index-v2" and newer.name == "v5-b"
     assert {"tiles-a.faiss", "build-a.json", "tiles-b.faiss", "part-p.npy"} <= set(remote_names(producer))
