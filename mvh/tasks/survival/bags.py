@@ -6,7 +6,8 @@ array for the whole cohort (memory-mapped from a temporary file above 1 GiB,
 `mvh.tasks.stores.allocate`, so a 10M-tile cohort never has to fit in RAM), streams the `tiles` table
 once (filtered to the cohort's slides) and writes each batch straight to its rows; patient bags are
 then contiguous views of that array. Within a slide, tiles are ordered by (y, x, tile_id), as
-`EmbeddingStore.slide_embeddings` orders them. Embeddings keep the store's dtype (float16 stores stay half the size in memory); training casts each batch to float32.
+`EmbeddingStore.slide_embeddings` orders them. Embeddings keep the store's dtype (float16 stores stay
+half the size in memory); training casts each batch to float32.
 
 Visibility follows the store's rules: the scan runs on the store's own (possibly version-pinned) tiles
 table and keeps only the rows of each slide's committed write (the `commit` its done row names; by
