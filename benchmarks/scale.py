@@ -68,7 +68,7 @@ class Generator:
 
 def write_store(path: Path, first: int, n_slides: int, slide_tiles: int) -> None:
     """Append slides `first` .. `first + n_slides - 1` (skipping done ones) through `add_slide`."""
-    from mvh.index.store import EmbeddingStore, StoreFingerprint
+    from mvh.store import EmbeddingStore, StoreFingerprint
 
     fp = StoreFingerprint(
         model="synthetic",
@@ -122,8 +122,8 @@ def measure_search(store_path: Path, n_queries: int, out: Path) -> None:
 
     from mvh.index.index_files import load_index
     from mvh.index.ranking import search_slides
-    from mvh.index.store import EmbeddingStore
     from mvh.index.store_scan import scan_top_k
+    from mvh.store import EmbeddingStore
 
     faiss.omp_set_num_threads(1)  # single-query latency as a server thread sees it
     store = EmbeddingStore.open(f"{store_path}")

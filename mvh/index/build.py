@@ -33,9 +33,9 @@ from mvh.index.index_files import (
 )
 from mvh.index.params import IndexParams, auto_params, check_params
 from mvh.index.shards import SHARD_TILES, add_shard, plan_shards, training_sample
-from mvh.index.store import EmbeddingStore
 from mvh.jobs import JobResult
 from mvh.progress import STEPS, VECTORS, Event, Progress, report
+from mvh.store import EmbeddingStore
 
 
 @dataclass(frozen=True)

@@ -24,20 +24,14 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from mvh.errors import StoreError
-from mvh.index.location import StoreLocation
-from mvh.index.objects import SidecarFiles
+from mvh.store import EmbeddingStore
+from mvh.store.location import StoreLocation, cache_root
+from mvh.store.sidecar import SidecarFiles
 
 META_FILE = "index.json"
 AREA = "index"
+INDEX_DIRNAME = "_index"
 _BLOCK = 8 << 20
-
-
-def cache_root() -> Path:
-    """`$MVH_CACHE_DIR`, else `$XDG_CACHE_HOME/mvh`, else `~/.cache/mvh`."""
-    if os.environ.get("MVH_CACHE_DIR"):
-        return Path(os.environ["MVH_CACHE_DIR"])
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return base / "mvh"
 
 
 def file_sha256(path: Path) -> str:
@@ -135,7 +129,7 @@ def fetch_build(location: StoreLocation, meta: dict[str, Any]) -> Path:
     """A local folder holding the published build `meta` names, fetched or refetched as needed."""
     if "sha256" not in meta:
         raise StoreError(f"the index beside {location.describe()} has no checksums: run `mvh index build`")
-    folder = cache_root() / "index" / store_key(location.uri) / f"v{meta['store_version']}-{meta['build']}"
+    folder = location.cache_dir(AREA) / f"v{meta['store_version']}-{meta['build']}"
     if folder.is_dir() and _verified(folder, meta):
         return folder
     remote = SidecarFiles(location, AREA)
@@ -164,3 +158,13 @@ def fetch_build(location: StoreLocation, meta: dict[str, Any]) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def index_dir(store: EmbeddingStore) -> Path:
+    """The folder a store's indexes are read from: `<store>/_index` for a local store, else the local
+    cache of its current published build (a folder that does not exist when none was published)."""
+    local = store.location.local_path
+    if local is not None:
+        return local / INDEX_DIRNAME
+    meta = remote_json(store.location, META_FILE)
+    return fetch_build(store.location, meta) if meta is not None else cache_root() / AREA / "none"

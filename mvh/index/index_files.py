@@ -32,6 +32,7 @@ from mvh.index.index_cache import (
     META_FILE,
     build_folder,
     fetch_build,
+    index_dir,
     publish,
     remote_json,
     remote_names,
@@ -39,7 +40,7 @@ from mvh.index.index_cache import (
 )
 from mvh.index.params import IndexParams
 from mvh.index.row_parts import PartSet, part_files
-from mvh.index.store import DONE, EmbeddingStore
+from mvh.store import DONE, EmbeddingStore
 
 FORMAT = 2
 _LEFTOVER_AGE_S = 3600.0  # files of a killed build are deleted by a later build once this old
@@ -98,7 +99,7 @@ class IndexFolder:
         self.store = store
         self.remote = private is None and store.location.is_remote
         self.path = private / store_key(store.uri) if private is not None else (
-            None if self.remote else store.index_dir
+            None if self.remote else index_dir(store)
         )
 
     def json(self, name: str) -> dict[str, Any] | None:
@@ -151,7 +152,7 @@ def writing_folder(store: EmbeddingStore, private: Path | None) -> Path:
         folder = private / store_key(store.uri)
     else:
         store.check_writable()
-        folder = build_folder() if store.location.is_remote else store.index_dir
+        folder = build_folder() if store.location.is_remote else index_dir(store)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
@@ -323,7 +324,7 @@ def keep_index_for_tag(store: EmbeddingStore, tag: str) -> str | None:
     text = json.dumps({"build": meta["build"], "tag": tag})
     if folder.remote:
         from mvh.index.index_cache import AREA
-        from mvh.index.objects import SidecarFiles
+        from mvh.store.sidecar import SidecarFiles
 
         SidecarFiles(store.location, AREA).put(f"tag-{tag}.json", text.encode())
     else:

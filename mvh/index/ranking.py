@@ -11,7 +11,7 @@ import pandas as pd
 from mvh.index.exact import l2_normalise
 from mvh.index.faiss_index import VectorIndex, check_queries
 from mvh.index.index_files import load_index
-from mvh.index.store import EmbeddingStore
+from mvh.store import EmbeddingStore
 
 MOSAIC_TILES = 256  # query tiles kept of a large query slide (`representative_tiles`)
 SLIDE_COLUMNS = (

@@ -19,10 +19,10 @@ import faiss
 import numpy as np
 
 from mvh.errors import DependencyError, UsageError
-from mvh.index.location import StoreLocation
 from mvh.index.shards import Shard, add_shard, merge_into
-from mvh.index.store import EmbeddingStore
 from mvh.progress import VECTORS, Event, Progress, report
+from mvh.store import EmbeddingStore
+from mvh.store.location import StoreLocation
 
 LOCAL = "local"
 

@@ -27,7 +27,7 @@ import pyarrow as pa
 from mvh.errors import StoreDamagedError
 from mvh.index.exact import l2_normalise
 from mvh.index.row_parts import ROW_COLUMNS, PartWriter
-from mvh.index.store import EmbeddingStore
+from mvh.store import EmbeddingStore
 
 SHARD_TILES = 1_000_000
 SAMPLE_FACTOR = 4  # the sample is drawn from slides holding at least this many times its size

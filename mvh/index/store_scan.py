@@ -22,7 +22,7 @@ from mvh.index.faiss_index import VectorIndex
 from mvh.index.params import IndexParams
 from mvh.index.row_parts import ROW_COLUMNS
 from mvh.index.shards import raw_embeddings
-from mvh.index.store import DONE, EmbeddingStore
+from mvh.store import DONE, EmbeddingStore
 
 EXACT = IndexParams(kind="exact")
 

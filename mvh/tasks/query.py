@@ -27,8 +27,8 @@ from mvh.extractor.tiling import make_tile_grid_at, read_tile
 from mvh.index.faiss_index import VectorIndex
 from mvh.index.index_files import load_index
 from mvh.index.ranking import representative_tiles, search, search_slides
-from mvh.index.store import EmbeddingStore
 from mvh.progress import STEPS, Event, Progress, report
+from mvh.store import EmbeddingStore
 from mvh.tasks.png_decode import decode_rgb
 
 log = logging.getLogger(__name__)
@@ -126,8 +126,14 @@ def prepare_query_image(
 
 def query_embedder(store: EmbeddingStore, weights: Path | None = None, device: str = "auto") -> Embedder:
     """The store's own model (FingerprintMismatchError when the weights or config differ)."""
-    embedder = Embedder.from_fingerprint(store.fingerprint, weights=weights, device=device)
     fp = store.fingerprint
+    if fp.model.startswith("external:"):  # imported features: no weights file can rebuild their model here
+        raise UsageError(
+            f"store {store.uri} holds features made by another tool ({fp.model}): an image query needs that "
+            "model, which mvh cannot run; query by a stored tile (--query-tile SLIDE:X:Y) or a whole slide "
+            "(--query-slide SLIDE)"
+        )
+    embedder = Embedder.from_fingerprint(fp, weights=weights, device=device)
     rebuilt = embedder.fingerprint(fp.mpp, fp.tile_px, fp.embedding_dtype)
     if not rebuilt.matches(fp):
         raise FingerprintMismatchError(

@@ -37,9 +37,9 @@ from mvh.index.exact import exact_search, recall_at_k
 from mvh.index.faiss_index import VectorIndex
 from mvh.index.index_files import index_info, load_index
 from mvh.index.row_parts import ROW_COLUMNS
-from mvh.index.store import EmbeddingStore
 from mvh.jobs import JobResult
 from mvh.progress import Event, Progress, report
+from mvh.store import EmbeddingStore
 from mvh.tasks.stores import read_slides, select_tiles, tile_key
 
 DEFAULT_KS = (1, 3, 5)

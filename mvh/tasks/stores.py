@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from mvh.index.store import EmbeddingStore
+from mvh.store import EmbeddingStore
 
 
 @dataclass
@@ -60,7 +60,7 @@ def allocate(n: int, dim: int, dtype: Any = np.float32) -> np.ndarray:
     pages are the kernel's to evict, so a cohort-sized selection never has to fit in RAM)."""
     if n * dim * np.dtype(dtype).itemsize <= MEMMAP_BYTES:
         return np.zeros((n, dim), dtype=dtype)
-    from mvh.index.index_cache import cache_root
+    from mvh.store.location import cache_root
 
     folder = cache_root() / "tmp"
     folder.mkdir(parents=True, exist_ok=True)

@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 
 from mvh.index.build import build_index
+from mvh.index.index_cache import index_dir
 from mvh.index.index_files import load_index, read_meta
 from mvh.index.ranking import search
-from tests.index.test_vector import DIM, add_slide, make_store
+from tests.index.test_faiss_indexes import DIM, add_slide, make_store
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -22,7 +23,7 @@ SCRIPT = textwrap.dedent(
     import os, signal, sys
     import mvh.index.shards as shards
     from mvh.index.build import build_index
-    from mvh.index.store import EmbeddingStore
+    from mvh.store import EmbeddingStore
 
     original = shards.add_shard
     calls = []
@@ -67,7 +68,7 @@ def test_a_killed_build_keeps_the_previous_index_and_a_rerun_completes(tmp_path:
     stale = load_index(store, allow_stale=True)
     assert stale.n == 120 and stale.meta["build"] == before["build"]
     assert search(store, query, k=3, index=stale).equals(old_hits)
-    leftovers = {p.name for p in store.index_dir.glob("part-*")} - set(before["files"])
+    leftovers = {p.name for p in index_dir(store).glob("part-*")} - set(before["files"])
     assert leftovers  # the killed build's first part, unnamed by any build
 
     result = build_index(store)

@@ -12,9 +12,9 @@ import pytest
 from typer.testing import CliRunner
 
 from mvh.cli import app
-from mvh.index.store import EmbeddingStore
 from mvh.index.store_scan import scan_top_k
-from tests.index.test_vector import DIM, add_slide, make_store
+from mvh.store import EmbeddingStore
+from tests.index.test_faiss_indexes import DIM, add_slide, make_store
 
 
 def _cli(*args: str) -> dict:

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from mvh.index.build import build_index
-from mvh.index.overlap import OverlapConfig, run_overlap
 from mvh.index.synthetic import clustered_embeddings
-from tests.index.test_vector import DIM, add_slide, make_store
+from mvh.overlap import OverlapConfig, run_overlap
+from tests.index.test_faiss_indexes import DIM, add_slide, make_store
 
 
 @pytest.mark.parametrize("indexed", [True, False])

@@ -10,7 +10,7 @@ import pytest
 
 import mvh.tasks.stores as stores
 from mvh.tasks.stores import SEP, read_slides, select_tiles, slide_tile_key, tile_key
-from tests.index.test_vector import DIM, add_slide, make_store
+from tests.index.test_faiss_indexes import DIM, add_slide, make_store
 
 
 @pytest.mark.parametrize("memmap", [False, True])

@@ -14,9 +14,9 @@ import pytest
 
 from mvh.index.build import build_index
 from mvh.index.index_files import load_index
-from mvh.index.store import EmbeddingStore
 from mvh.index.synthetic import clustered_embeddings
-from tests.index.test_vector import add_slide, make_store
+from mvh.store import EmbeddingStore
+from tests.index.test_faiss_indexes import add_slide, make_store
 
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402

@@ -6,8 +6,8 @@ import pytest
 
 from mvh.errors import StoreError
 from mvh.index.index_cache import fetch_build, publish, remote_json, remote_names
-from mvh.index.location import parse_location
-from mvh.index.objects import SidecarFiles
+from mvh.store.location import parse_location
+from mvh.store.sidecar import SidecarFiles
 
 pytestmark = pytest.mark.s3
 

@@ -13,11 +13,11 @@ from typer.testing import CliRunner
 
 from mvh.cli import app
 from mvh.index.index_cache import remote_names
-from mvh.index.location import parse_location
-from mvh.index.store import EmbeddingStore
 from mvh.serve import ServeConfig, create_app
-from tests.index.test_vector import DIM, add_slide
-from tests.index.test_vector import make_store as _local_store
+from mvh.store import EmbeddingStore
+from mvh.store.location import parse_location
+from tests.index.test_faiss_indexes import DIM, add_slide
+from tests.index.test_faiss_indexes import make_store as _local_store
 
 pytestmark = pytest.mark.s3
 
