@@ -67,9 +67,9 @@ def test_info_is_typed_and_its_json_keeps_the_previous_release_keys(old_store: P
     assert isinstance(info, StoreInfo) and isinstance(info.fingerprint, StoreFingerprint)
     data = info.to_dict()
     assert set(data) == {
-        "uri", "opened_as", "read_only", "storage_options", "version", "table_versions", "tags", "card_fields",
-        "card", "fingerprint", "mvh_version", "created", "n_slides", "slides_by_status", "n_tiles",
-        "writable_layout", "schema",
+        "uri", "opened_as", "read_only", "storage_options", "version", "table_versions", "tags",
+        "card_fields", "card", "fingerprint", "mvh_version", "created", "n_slides", "slides_by_status",
+        "n_tiles", "writable_layout", "schema",
     }
     expected = json.loads((DATA / "store_v0_1.expected.json").read_text())["latest"]
     assert data["fingerprint"] == expected["fingerprint"] and data["tags"] == expected["tags"]
