@@ -193,7 +193,7 @@ class SlideResult:
 
 
 @dataclass
-class ExtractResult(JobResult):
+class ExtractResult(JobResult, job="extract"):
     """What an extraction run did (results.json is `to_dict()`)."""
 
     store: str

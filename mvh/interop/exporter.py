@@ -55,7 +55,7 @@ class ExportConfig:
 
 
 @dataclass
-class ExportResult(JobResult):
+class ExportResult(JobResult, job="export"):
     """What `run_export` wrote."""
 
     store: str

@@ -108,7 +108,7 @@ class FailedFile:
 
 
 @dataclass
-class ImportResult(JobResult):
+class ImportResult(JobResult, job="import"):
     """What `run_import` did: files imported, empty slides, failures, notes, the store's fingerprint."""
 
     store: str

@@ -133,7 +133,7 @@ class FoldInfo:
 
 
 @dataclass
-class ClassifyResult(JobResult):
+class ClassifyResult(JobResult, job="classify"):
     """Results of `mvh eval classify` (results.json is exactly `to_dict()`)."""
 
     classes: list[str]

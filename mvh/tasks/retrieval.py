@@ -262,7 +262,7 @@ class RetrievalConfig:
 
 
 @dataclass
-class RetrievalResult(JobResult):
+class RetrievalResult(JobResult, job="retrieval"):
     """Retrieval metrics (results.json of `mvh eval retrieval`)."""
 
     store: str

@@ -116,7 +116,7 @@ class CohortSummary:
 
 
 @dataclass
-class SurvivalResult(JobResult):
+class SurvivalResult(JobResult, job="survival"):
     """results.json of `mvh eval survival` (exactly `to_dict()`)."""
 
     settings: SurvivalSettings
