@@ -17,9 +17,12 @@ from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
-from mvh.errors import DataError
+from mvh.errors import DataError, UsageError
 
 R = TypeVar("R", bound="JobResult")
+RESULTS_FILE = "results.json"  # what every job writes into its --out folder
+# Names that say "a file": `--out` took one in older releases of some commands (`--out results.json`).
+_FILE_SUFFIXES = (".json", ".md", ".csv", ".parquet", ".png", ".txt", ".h5")
 
 
 def jsonable(value: Any) -> Any:
@@ -111,3 +114,20 @@ class JobResult:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
         return path
+
+
+def out_folder(out: Path | str, writes: str) -> Path:
+    """`--out` as the folder a job writes `writes` into; a file name (the old form) is a UsageError."""
+    path = Path(out)
+    if path.suffix.lower() in _FILE_SUFFIXES:
+        raise UsageError(
+            f"--out {path} names a file, but --out is a folder ({writes} is written inside it): "
+            f"give a folder, e.g. --out {path.with_suffix('')}"
+        )
+    return path
+
+
+def check_out_folder(out: Path) -> None:
+    """UsageError unless `out` is a folder or absent (a job calls it when it starts, before any work)."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; give a folder (new or existing)")
