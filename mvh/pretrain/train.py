@@ -491,6 +491,7 @@ def _multicrop_dataset(config: PretrainConfig, progress: Progress | None) -> Mul
         tile_px=config.tile_px or config.global_size,
         min_tissue=config.min_tissue,
         max_tiles=config.max_tiles,
+        slide_mpp=config.slide_mpp,
         overlap=config.overlap,
         progress=progress,
     )
@@ -568,9 +569,6 @@ def _train(
     """The training loop of `run_pretrain` on this rank (resume, steps, checkpoints, results)."""
     shown = progress if env.main else None
     point = _check_resumable(config, run_dir, env.world_size) if config.resume else None
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if env.main:
-        save_config(config, run_dir)
     report(shown, Event.STATUS, STEPS, 0, "reading the inputs")
     dataset = _multicrop_dataset(config, shown)
     global_batch = config.batch_size * env.world_size
@@ -581,6 +579,10 @@ def _train(
         )
     notes = recipe_notes(config, steps_per_epoch, len(dataset))
     trainer = Trainer(config, steps_per_epoch, device, env.world_size)
+    # The run directory appears once the inputs are read and the model built: a failed start leaves none
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if env.main:
+        save_config(config, run_dir)
     step = 0
     if point is not None and point.folder is not None:
         step = trainer.load_sharded(point.folder, env.rank)

@@ -238,7 +238,7 @@ class EmbeddingStore:
         return [str(s) for s in self.slides(status)["slide_id"]]
 
     def slide_attrs(self, slide_id: str) -> dict[str, Any]:
-        """A slide's extra attributes (the `attrs` JSON object given at commit; {} when none)."""
+        """A slide's extra attributes (the `slide_attrs` JSON object given at commit; {} when none)."""
         return self.reader.slide_attrs(slide_id)
 
     def raw_slide_tiles(
