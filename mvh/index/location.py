@@ -1,31 +1,34 @@
 """Where a store lives: a local directory or an object-store URI, how to reach it, and which snapshot.
 
-`--store` accepts a path, `s3://bucket/prefix/name.lance`, `gs://...`, `az://...` (whatever LanceDB accepts),
+`--store` accepts a path, `s3://bucket/prefix/name.lance`, `az://container/name.lance`, `gs://bucket/...`,
 optionally pinned to a tag with `URI@TAG` (or to a version with `--store-version N`). Credentials and the
-endpoint come from the standard places (AWS_* variables, an AWS profile) plus `--storage-option KEY=VALUE`;
-they are passed to LanceDB and never appear in `repr`, `mvh info`, results or error messages.
+endpoint come from the standard places (AWS_* variables and profiles, AZURE_STORAGE_* variables, GOOGLE_*
+variables) plus `--storage-option KEY=VALUE`; they are passed to LanceDB under the option names of its object
+store and never appear in `repr`, `mvh info`, results or error messages.
 """
 
 from __future__ import annotations
 
 import configparser
 import ipaddress
+import json
 import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import parse_qsl, quote, urlparse
 
 from mvh.errors import UsageError
 
-REMOTE_SCHEMES = ("s3", "s3+ddb", "gs", "az", "abfs", "memory")
+REMOTE_SCHEMES = ("s3", "s3+ddb", "gs", "az", "abfs", "abfss", "memory")
+AZURE_SCHEMES = ("az", "abfs", "abfss")
 # Set by the CLI's --storage-option / --read-only / --store-version for the command it runs (or by a user).
 ENV_OPTIONS = "MVH_STORAGE_OPTIONS"
 ENV_READ_ONLY = "MVH_READ_ONLY"
 ENV_VERSION = "MVH_STORE_VERSION"
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-_SECRET_KEYS = ("secret", "token", "password", "key", "credential", "sas", "signature")
+_SECRET_KEYS = ("secret", "token", "password", "key", "credential", "sas", "signature", "connection_string")
 # AWS environment variables -> LanceDB/object_store option names
 _AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "aws_access_key_id",
@@ -37,6 +40,62 @@ _AWS_ENV = {
     "AWS_ENDPOINT_URL_S3": "aws_endpoint",
     "AWS_ENDPOINT": "aws_endpoint",
 }
+# Azure environment variables -> option names (a later line wins: the *_NAME/_KEY forms over the az CLI's)
+_AZURE_ENV = {
+    "AZURE_STORAGE_ACCOUNT": "azure_storage_account_name",
+    "AZURE_STORAGE_ACCOUNT_NAME": "azure_storage_account_name",
+    "AZURE_STORAGE_KEY": "azure_storage_account_key",
+    "AZURE_STORAGE_ACCOUNT_KEY": "azure_storage_account_key",
+    "AZURE_STORAGE_SAS_TOKEN": "azure_storage_sas_token",
+    "AZURE_STORAGE_ENDPOINT": "azure_storage_endpoint",
+    "AZURE_CLIENT_ID": "azure_client_id",
+    "AZURE_CLIENT_SECRET": "azure_client_secret",
+    "AZURE_TENANT_ID": "azure_tenant_id",
+    "AZURE_STORAGE_USE_EMULATOR": "azure_storage_use_emulator",
+    "AZURITE_BLOB_STORAGE_URL": "azurite_blob_storage_url",
+}
+# object_store's other spellings of the options above -> the one name the seam reads
+_AZURE_ALIASES = {
+    "account_name": "azure_storage_account_name",
+    "account_key": "azure_storage_account_key",
+    "access_key": "azure_storage_account_key",
+    "master_key": "azure_storage_account_key",
+    "azure_storage_access_key": "azure_storage_account_key",
+    "azure_storage_master_key": "azure_storage_account_key",
+    "sas_token": "azure_storage_sas_token",
+    "sas_key": "azure_storage_sas_token",
+    "azure_storage_sas_key": "azure_storage_sas_token",
+    "endpoint": "azure_storage_endpoint",
+    "azure_endpoint": "azure_storage_endpoint",
+    "use_emulator": "azure_storage_use_emulator",
+    "azure_storage_client_id": "azure_client_id",
+    "client_id": "azure_client_id",
+    "azure_storage_client_secret": "azure_client_secret",
+    "client_secret": "azure_client_secret",
+    "azure_storage_tenant_id": "azure_tenant_id",
+    "tenant_id": "azure_tenant_id",
+}
+# AZURE_STORAGE_CONNECTION_STRING fields -> option names (other services' endpoints are not ours)
+_AZURE_CONNECTION = {
+    "accountname": "azure_storage_account_name",
+    "accountkey": "azure_storage_account_key",
+    "sharedaccesssignature": "azure_storage_sas_token",
+    "blobendpoint": "azure_storage_endpoint",
+    "usedevelopmentstorage": "azure_storage_use_emulator",
+}
+# Azurite's well-known account and key, published by Microsoft for the emulator only; LanceDB's object store
+# uses the same pair when AZURE_STORAGE_USE_EMULATOR is set without credentials.
+EMULATOR_ACCOUNT = "devstoreaccount1"
+_EMULATOR_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+_AZURE_CONTAINER = re.compile(r"^(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
+# Google environment variables -> option names
+_GOOGLE_ENV = {
+    "GOOGLE_SERVICE_ACCOUNT": "google_service_account",
+    "GOOGLE_SERVICE_ACCOUNT_PATH": "google_service_account",
+    "GOOGLE_SERVICE_ACCOUNT_KEY": "google_service_account_key",
+    "GOOGLE_APPLICATION_CREDENTIALS": "google_application_credentials",
+}
+_GCS_BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
 # AWS shared config/credentials file keys -> option names
 _PROFILE_KEYS = {
     "aws_access_key_id": "aws_access_key_id",
@@ -57,18 +116,42 @@ def is_secret_option(key: str) -> bool:
     return any(word in k for word in _SECRET_KEYS)
 
 
+def _secret_parts(key: str, value: str) -> list[str]:
+    """The pieces of a secret that an error message may quote on their own, the whole value first."""
+    parts = [value]
+    if "sas" in key or "signature" in key:  # an HTTP client quotes the SAS's signature in URLs, maybe encoded
+        signature = dict(parse_qsl(value.lstrip("?"))).get("sig", "")
+        parts += [signature, quote(signature, safe="")]
+    elif key == "google_service_account_key":  # a service-account JSON: its private key is the secret
+        try:
+            fields = json.loads(value)
+        except ValueError:
+            fields = {}
+        if isinstance(fields, dict):
+            parts += [str(fields.get("private_key", "")), str(fields.get("private_key_id", ""))]
+    return parts
+
+
 def redact(text: str, options: Mapping[str, str]) -> str:
     """`text` with the value of every secret option replaced by `***`."""
     for key, value in options.items():
-        if value and is_secret_option(key) and len(value) >= 4:
-            text = text.replace(value, "***")
+        if value and is_secret_option(key):
+            for part in _secret_parts(key.lower(), value):
+                if len(part) >= 4:
+                    text = text.replace(part, "***")
     return text
 
 
 def redact_environment(text: str, env: Mapping[str, str] | None = None) -> str:
-    """`text` with the credentials of the environment (AWS_*, MVH_STORAGE_OPTIONS) replaced by `***`."""
+    """`text` with the credentials of the environment (AWS_*, AZURE_*, GOOGLE_*, MVH_STORAGE_OPTIONS) as `***`."""
     env = os.environ if env is None else env
-    secrets = {name: env[var] for var, name in _AWS_ENV.items() if env.get(var) and is_secret_option(name)}
+    named = {**_AWS_ENV, **_AZURE_ENV, **_GOOGLE_ENV}
+    secrets = {name: env[var] for var, name in named.items() if env.get(var) and is_secret_option(name)}
+    connection = env.get("AZURE_STORAGE_CONNECTION_STRING", "")
+    if connection:
+        secrets["azure_storage_connection_string"] = connection
+        parsed = _connection_string_options(connection, strict=False)
+        secrets.update({k: v for k, v in parsed.items() if is_secret_option(k)})
     for line in env.get(ENV_OPTIONS, "").split("\n"):
         key, sep, value = line.partition("=")
         if sep and is_secret_option(key):
@@ -156,9 +239,86 @@ def _is_loopback_http(endpoint: str) -> bool:
         return False
 
 
+def _connection_string_options(text: str, *, strict: bool = True) -> dict[str, str]:
+    """`AccountName=..;AccountKey=..;BlobEndpoint=..` (an Azure connection string) -> option names."""
+    options: dict[str, str] = {}
+    fields: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        key, sep, value = part.partition("=")
+        if not sep and strict:
+            raise UsageError(
+                f"AZURE_STORAGE_CONNECTION_STRING: {key!r} is not KEY=VALUE; copy the string from the portal"
+            )
+        fields[key.strip().lower()] = value.strip()
+    for key, value in fields.items():
+        if key in _AZURE_CONNECTION:
+            options[_AZURE_CONNECTION[key]] = value
+    suffix = fields.get("endpointsuffix", "core.windows.net")
+    if "blobendpoint" not in fields and suffix != "core.windows.net" and "accountname" in fields:
+        scheme = fields.get("defaultendpointsprotocol", "https")
+        options["azure_storage_endpoint"] = f"{scheme}://{fields['accountname']}.blob.{suffix}"
+    return options
+
+
+def azure_container_path(uri: str) -> tuple[str, str | None, str]:
+    """`az://container/path` or `abfs[s]://container@account.dfs.core.windows.net/path` -> (container,
+    account named in the URI or None, path inside the container)."""
+    parsed = urlparse(uri)
+    container, _, host = parsed.netloc.partition("@")
+    account = host.split(".", 1)[0] if host else None
+    return container, account, parsed.path.strip("/")
+
+
+def _azure_options(uri: str, given: Mapping[str, str], env: Mapping[str, str]) -> dict[str, str]:
+    """Options for an Azure store: connection string < AZURE_* variables < `--storage-option`."""
+    container, account, _ = azure_container_path(uri)
+    if not _AZURE_CONTAINER.match(container):
+        raise UsageError(
+            f"--store {uri}: {container!r} is not an Azure container name (3-63 lowercase letters, digits "
+            "and single hyphens); write az://container/path.lance"
+        )
+    options = _connection_string_options(env.get("AZURE_STORAGE_CONNECTION_STRING", ""))
+    options.update({key: env[var] for var, key in _AZURE_ENV.items() if env.get(var)})
+    if account:
+        options["azure_storage_account_name"] = account
+    options.update({_AZURE_ALIASES.get(k, k): v for k, v in given.items()})
+    if options.get("azure_storage_sas_token", "").startswith("?"):
+        options["azure_storage_sas_token"] = options["azure_storage_sas_token"][1:]
+    url = options.pop("azurite_blob_storage_url", "") or "http://127.0.0.1:10000"
+    if options.get("azure_storage_use_emulator", "").lower() in ("true", "1", "yes"):
+        name = options.setdefault("azure_storage_account_name", EMULATOR_ACCOUNT)
+        if name == EMULATOR_ACCOUNT and not options.get("azure_storage_sas_token"):
+            options.setdefault("azure_storage_account_key", _EMULATOR_KEY)
+        options["azure_storage_endpoint"] = f"{url.rstrip('/')}/{name}"
+        # the endpoint is now explicit; LanceDB's emulator mode would read its URL from the process
+        # environment only and ignore it, so it is switched off (the pyarrow side reads the same endpoint)
+        options["azure_storage_use_emulator"] = "false"
+    if _is_loopback_http(options.get("azure_storage_endpoint", "")) and "allow_http" not in options:
+        options["allow_http"] = "true"
+    return options
+
+
+def _google_options(uri: str, given: Mapping[str, str], env: Mapping[str, str]) -> dict[str, str]:
+    """Options for a GCS store: GOOGLE_* variables < `--storage-option`."""
+    bucket = urlparse(uri).netloc
+    if not _GCS_BUCKET.match(bucket):
+        raise UsageError(
+            f"--store {uri}: {bucket!r} is not a GCS bucket name (lowercase letters, digits, '-', '_', '.'); "
+            "write gs://bucket/path.lance"
+        )
+    options = {key: env[var] for var, key in _GOOGLE_ENV.items() if env.get(var)}
+    options.update(given)
+    return options
+
+
 def resolve_storage_options(uri: str, given: Mapping[str, str], env: Mapping[str, str]) -> dict[str, str]:
-    """Storage options for `uri`: AWS profile < AWS_* environment < `--storage-option` (last wins)."""
-    if _scheme(uri) not in ("s3", "s3+ddb"):
+    """Storage options for `uri` from its backend's standard places, `--storage-option` last (it wins)."""
+    scheme = _scheme(uri)
+    if scheme in AZURE_SCHEMES:
+        return _azure_options(uri, given, env)
+    if scheme == "gs":
+        return _google_options(uri, given, env)
+    if scheme not in ("s3", "s3+ddb"):
         return dict(given)
     options = _profile_options(env)
     for var, key in _AWS_ENV.items():
