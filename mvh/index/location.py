@@ -143,7 +143,7 @@ def redact(text: str, options: Mapping[str, str]) -> str:
 
 
 def redact_environment(text: str, env: Mapping[str, str] | None = None) -> str:
-    """`text` with the credentials of the environment (AWS_*, AZURE_*, GOOGLE_*, MVH_STORAGE_OPTIONS) as `***`."""
+    """`text` with the environment's credentials (AWS_*, AZURE_*, GOOGLE_*, MVH_STORAGE_OPTIONS) as `***`."""
     env = os.environ if env is None else env
     named = {**_AWS_ENV, **_AZURE_ENV, **_GOOGLE_ENV}
     secrets = {name: env[var] for var, name in named.items() if env.get(var) and is_secret_option(name)}

@@ -50,10 +50,13 @@ def _azure_filesystem(options: dict[str, str]) -> pafs.AzureFileSystem:
     if options.get("azure_storage_account_key"):
         kwargs["account_key"] = options["azure_storage_account_key"]
     elif options.get("azure_storage_sas_token"):
-        kwargs["sas_token"] = options["azure_storage_sas_token"]
+        kwargs["sas_token"] = "?" + options["azure_storage_sas_token"]  # Arrow appends it to URLs as written
     elif options.get("azure_client_secret"):
-        kwargs.update(client_id=options.get("azure_client_id", ""), client_secret=options["azure_client_secret"],
-                      tenant_id=options.get("azure_tenant_id", ""))
+        kwargs.update(
+            client_id=options.get("azure_client_id", ""),
+            client_secret=options["azure_client_secret"],
+            tenant_id=options.get("azure_tenant_id", ""),
+        )
     endpoint = options.get("azure_storage_endpoint")
     if endpoint:
         parsed = urlparse(endpoint)

@@ -88,7 +88,18 @@ def account_sas(permissions: str, hours: float = 2.0) -> str:
         "spr": "https,http",
     }
     to_sign = "\n".join(
-        [ACCOUNT, fields["sp"], fields["ss"], fields["srt"], "", fields["se"], "", fields["spr"], fields["sv"], ""]
+        [
+            ACCOUNT,
+            fields["sp"],
+            fields["ss"],
+            fields["srt"],
+            "",
+            fields["se"],
+            "",
+            fields["spr"],
+            fields["sv"],
+            "",
+        ]
     )
     return urlencode({**fields, "sig": _sign(to_sign)}, quote_via=quote)
 
@@ -145,7 +156,9 @@ class Azurite:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"azurite exited with {self.process.returncode}; see {self.root}/azurite.log")
+                raise RuntimeError(
+                    f"azurite exited with {self.process.returncode}; see {self.root}/azurite.log"
+                )
             try:
                 self.request("GET", "", {"comp": "list"})
             except OSError:
@@ -156,7 +169,12 @@ class Azurite:
         raise RuntimeError(f"Azurite did not answer in {timeout_s:.0f} s; see {self.root}/azurite.log")
 
     def request(
-        self, method: str, path: str, query: dict[str, str], headers: dict[str, str] | None = None, body: bytes = b""
+        self,
+        method: str,
+        path: str,
+        query: dict[str, str],
+        headers: dict[str, str] | None = None,
+        body: bytes = b"",
     ) -> int:
         """One SharedKey-signed request to `/devstoreaccount1/<path>`; the HTTP status."""
         full = f"/{ACCOUNT}/{path}" if path else f"/{ACCOUNT}"

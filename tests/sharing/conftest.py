@@ -1,5 +1,5 @@
-"""Fixtures of the sharing tests: one real SeaweedFS S3 server and one Azurite blob service per session, a fresh
-bucket or container per test."""
+"""Fixtures of the sharing tests: one real SeaweedFS S3 server and one Azurite blob service per session,
+a fresh bucket or container per test."""
 
 from __future__ import annotations
 

@@ -28,10 +28,13 @@ def test_account_and_key_come_from_the_standard_variables():
 def test_the_az_cli_spellings_are_read_and_the_documented_ones_win():
     env = {"AZURE_STORAGE_ACCOUNT": "cliacct", "AZURE_STORAGE_KEY": "cli-key-value"}
     assert parse_location("az://c0n/e.lance", env=env).storage_options == {
-        "azure_storage_account_name": "cliacct", "azure_storage_account_key": "cli-key-value",
+        "azure_storage_account_name": "cliacct",
+        "azure_storage_account_key": "cli-key-value",
     }
     env["AZURE_STORAGE_ACCOUNT_NAME"] = "named"
-    assert parse_location("az://c0n/e.lance", env=env).storage_options["azure_storage_account_name"] == "named"
+    assert (
+        parse_location("az://c0n/e.lance", env=env).storage_options["azure_storage_account_name"] == "named"
+    )
 
 
 def test_a_connection_string_gives_account_key_and_endpoint_and_variables_override_it():
@@ -41,12 +44,15 @@ def test_a_connection_string_gives_account_key_and_endpoint_and_variables_overri
     )
     loc = parse_location("az://box/e.lance", env={"AZURE_STORAGE_CONNECTION_STRING": connection})
     assert loc.storage_options == {
-        "azure_storage_account_name": "connacct", "azure_storage_account_key": KEY,
+        "azure_storage_account_name": "connacct",
+        "azure_storage_account_key": KEY,
         "azure_storage_endpoint": "https://connacct.blob.example.net",
     }
     sovereign = "AccountName=gov;AccountKey=k3y-value;EndpointSuffix=core.usgovcloudapi.net"
-    loc = parse_location("az://box/e.lance", env={"AZURE_STORAGE_CONNECTION_STRING": sovereign,
-                                                  "AZURE_STORAGE_ACCOUNT_KEY": KEY})
+    loc = parse_location(
+        "az://box/e.lance",
+        env={"AZURE_STORAGE_CONNECTION_STRING": sovereign, "AZURE_STORAGE_ACCOUNT_KEY": KEY},
+    )
     assert loc.storage_options["azure_storage_endpoint"] == "https://gov.blob.core.usgovcloudapi.net"
     assert loc.storage_options["azure_storage_account_key"] == KEY
     with pytest.raises(UsageError, match="AZURE_STORAGE_CONNECTION_STRING"):
@@ -55,8 +61,9 @@ def test_a_connection_string_gives_account_key_and_endpoint_and_variables_overri
 
 def test_storage_options_win_and_object_store_aliases_mean_the_same_option():
     env = {"AZURE_STORAGE_ACCOUNT_NAME": "envacct", "AZURE_STORAGE_ACCOUNT_KEY": KEY}
-    loc = parse_location("az://box/e.lance", storage_options=["account_name=flagacct", f"sas_token=?{SAS}"],
-                         env=env)
+    loc = parse_location(
+        "az://box/e.lance", storage_options=["account_name=flagacct", f"sas_token=?{SAS}"], env=env
+    )
     assert loc.storage_options["azure_storage_account_name"] == "flagacct"
     assert loc.storage_options["azure_storage_sas_token"] == SAS  # the leading ? of a copied token is dropped
 
@@ -69,21 +76,30 @@ def test_the_emulator_flag_becomes_an_explicit_loopback_endpoint_with_the_publis
     assert options["azure_storage_account_key"].startswith("Eby8vdM02x")  # Microsoft's published Azurite key
     assert options["allow_http"] == "true" and options["azure_storage_use_emulator"] == "false"
     default = parse_location("az://box/e.lance", env={"AZURE_STORAGE_USE_EMULATOR": "1"}).storage_options
-    assert default["azure_storage_endpoint"] == "http://127.0.0.1:10000/devstoreaccount1"  # object_store's default
+    assert (
+        default["azure_storage_endpoint"] == "http://127.0.0.1:10000/devstoreaccount1"
+    )  # object_store's default
     with_sas = parse_location("az://box/e.lance", env={**env, "AZURE_STORAGE_SAS_TOKEN": SAS}).storage_options
     assert "azure_storage_account_key" not in with_sas  # a SAS is never widened to the account key
 
 
-@pytest.mark.parametrize("endpoint, allowed", [
-    ("http://127.0.0.1:10000/acct", True), ("http://localhost:10000/acct", True),
-    ("http://10.0.0.5:10000/acct", False), ("https://acct.blob.core.windows.net", False),
-])
+@pytest.mark.parametrize(
+    "endpoint, allowed",
+    [
+        ("http://127.0.0.1:10000/acct", True),
+        ("http://localhost:10000/acct", True),
+        ("http://10.0.0.5:10000/acct", False),
+        ("https://acct.blob.core.windows.net", False),
+    ],
+)
 def test_plain_http_is_allowed_without_a_flag_only_on_loopback(endpoint, allowed):
     env = {"AZURE_STORAGE_ACCOUNT_NAME": "acct", "AZURE_STORAGE_ENDPOINT": endpoint}
     assert ("allow_http" in parse_location("az://box/e.lance", env=env).storage_options) is allowed
 
 
-@pytest.mark.parametrize("bad", ["az://Big_Box/e.lance", "az://ab/e.lance", "az://a--b/e.lance", "az://-ab/x"])
+@pytest.mark.parametrize(
+    "bad", ["az://Big_Box/e.lance", "az://ab/e.lance", "az://a--b/e.lance", "az://-ab/x"]
+)
 def test_a_bad_container_name_is_a_usage_error_naming_the_rule(bad):
     with pytest.raises(UsageError, match="container name"):
         parse_location(bad, env={})
@@ -95,15 +111,21 @@ def test_tags_pin_an_azure_snapshot():
 
 
 def test_abfs_urls_name_the_account_in_the_host():
-    loc = parse_location("abfss://box@lab.dfs.core.windows.net/e.lance", env={"AZURE_STORAGE_ACCOUNT_KEY": KEY})
+    loc = parse_location(
+        "abfss://box@lab.dfs.core.windows.net/e.lance", env={"AZURE_STORAGE_ACCOUNT_KEY": KEY}
+    )
     assert loc.storage_options["azure_storage_account_name"] == "lab"
     fs, path = filesystem(loc)
     assert isinstance(fs, pafs.AzureFileSystem) and path == "box/e.lance"
 
 
 def test_secrets_are_redacted_in_repr_options_messages_and_the_environment():
-    env = {"AZURE_STORAGE_ACCOUNT_NAME": "acct", "AZURE_STORAGE_ACCOUNT_KEY": KEY, "AZURE_STORAGE_SAS_TOKEN": SAS,
-           "AZURE_CLIENT_SECRET": "sp-secret-value"}
+    env = {
+        "AZURE_STORAGE_ACCOUNT_NAME": "acct",
+        "AZURE_STORAGE_ACCOUNT_KEY": KEY,
+        "AZURE_STORAGE_SAS_TOKEN": SAS,
+        "AZURE_CLIENT_SECRET": "sp-secret-value",
+    }
     loc = parse_location("az://box/e.lance", env=env)
     shown = f"{loc!r} {loc.describe()} {loc.public_options()}"
     assert KEY not in shown and SAS not in shown and "sp-secret-value" not in shown

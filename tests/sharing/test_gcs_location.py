@@ -15,21 +15,33 @@ from mvh.index.location import parse_location, redact_environment
 from mvh.index.objects import filesystem
 
 PRIVATE_KEY = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----\n"
-SERVICE_KEY = json.dumps({"type": "service_account", "client_email": "mvh@lab.iam.gserviceaccount.com",
-                          "private_key_id": "0123456789abcdef0123", "private_key": PRIVATE_KEY})
+SERVICE_KEY = json.dumps(
+    {
+        "type": "service_account",
+        "client_email": "mvh@lab.iam.gserviceaccount.com",
+        "private_key_id": "0123456789abcdef0123",
+        "private_key": PRIVATE_KEY,
+    }
+)
 
 
 def test_gs_uri_is_remote_and_takes_credentials_from_the_google_variables():
-    env = {"GOOGLE_SERVICE_ACCOUNT": "/keys/lab.json", "AWS_SECRET_ACCESS_KEY": "not-for-gcs",
-           "AZURE_STORAGE_ACCOUNT_KEY": "not-for-gcs-either"}
+    env = {
+        "GOOGLE_SERVICE_ACCOUNT": "/keys/lab.json",
+        "AWS_SECRET_ACCESS_KEY": "not-for-gcs",
+        "AZURE_STORAGE_ACCOUNT_KEY": "not-for-gcs-either",
+    }
     loc = parse_location("gs://lab-bucket/team/e.lance", env=env)
     assert loc.is_remote and loc.uri == "gs://lab-bucket/team/e.lance"
     assert loc.storage_options == {"google_service_account": "/keys/lab.json"}
 
 
 def test_storage_options_win_over_the_google_variables():
-    loc = parse_location("gs://lab-bucket/e.lance", storage_options=[f"google_service_account_key={SERVICE_KEY}"],
-                         env={"GOOGLE_SERVICE_ACCOUNT_KEY": "{}"})
+    loc = parse_location(
+        "gs://lab-bucket/e.lance",
+        storage_options=[f"google_service_account_key={SERVICE_KEY}"],
+        env={"GOOGLE_SERVICE_ACCOUNT_KEY": "{}"},
+    )
     assert loc.storage_options == {"google_service_account_key": SERVICE_KEY}
 
 
@@ -51,7 +63,11 @@ def test_a_service_account_key_and_its_private_key_are_never_shown():
     assert "BEGIN PRIVATE KEY" not in shown and "0123456789abcdef0123" not in shown
     message = f"signing failed with key {PRIVATE_KEY} (id 0123456789abcdef0123)"
     for text in (loc.redact(message), redact_environment(message, env)):
-        assert "MIIEvQIB" not in text and "0123456789abcdef0123" not in text and text.startswith("signing failed")
+        assert (
+            "MIIEvQIB" not in text
+            and "0123456789abcdef0123" not in text
+            and text.startswith("signing failed")
+        )
 
 
 def test_sidecar_files_use_application_default_credentials_or_say_what_to_set():
