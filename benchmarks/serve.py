@@ -35,10 +35,10 @@ import pandas as pd
 
 from mvh.extractor.extract import ExtractConfig, extract_slides
 from mvh.extractor.synthetic import write_synthetic_slide
-from mvh.index.store import EmbeddingStore
 from mvh.index.synthetic import clustered_embeddings
 from mvh.index.vector import build_index
 from mvh.serve.config import default_torch_threads
+from mvh.store import EmbeddingStore
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TILES_PER_SLIDE = 2000

@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 
 from mvh.extractor.device import resolve_device
-from mvh.index.store import EmbeddingStore, StoreFingerprint
+from mvh.store import EmbeddingStore, StoreFingerprint
 from mvh.tasks.survival import (
     StoreBags,
     SurvivalConfig,

@@ -14,7 +14,7 @@ from rich.text import Text
 
 from mvh import __version__
 from mvh.errors import MvhError, UsageError
-from mvh.index.location import redact_environment
+from mvh.store.location import redact_environment
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -38,7 +38,7 @@ def import_cmd(
     as_json: JsonOption = False,
 ) -> None:
     """Index features made by another tool (model recorded as external:<name>); exit 1 if a file failed."""
-    from mvh.index.interop import ImportConfig, run_import
+    from mvh.interop import ImportConfig, run_import
 
     cfg = ImportConfig(
         h5_dir=h5_dir,

@@ -57,7 +57,7 @@ def index_build_cmd(
 def index_info_cmd(store: StoreOption = "embeddings.lance", as_json: JsonOption = False) -> None:
     """Describe the store's index: kind, parameters, size, and whether it is stale."""
     from mvh.index.index_files import index_info
-    from mvh.index.store import EmbeddingStore
+    from mvh.store import EmbeddingStore
 
     info = index_info(EmbeddingStore.open(store))
     if as_json:

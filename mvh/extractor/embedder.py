@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from mvh.errors import CheckpointError, FingerprintMismatchError, UsageError
 from mvh.extractor.device import resolve_device
 from mvh.extractor.models import create_model, get_model_info, load_weights, require_weights
-from mvh.index.store import RANDOM_INIT, StoreFingerprint
+from mvh.store import RANDOM_INIT, StoreFingerprint
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}

@@ -5,7 +5,7 @@ slide, opens and tiles it (tissue detection), then decodes its tiles into batche
 slide boundaries, so the device does not wait between slides and planning overlaps embedding. Batches
 arrive pinned on CUDA and are copied non-blocking as uint8 (normalised on the device). Embeddings land
 in per-slide buffers; a slide is committed to the store as soon as its last tile is embedded (see
-`mvh.index.store` for the atomic commit protocol). A slide that cannot be opened, has no mpp, no
+`mvh.store.store` for the atomic commit protocol). A slide that cannot be opened, has no mpp, no
 tissue or an unreadable tile is recorded as failed and the run goes on.
 
 Several devices or machines (`--devices 0,1`, `--ray-address`): Ray (`mvh.extractor.ray_extract`), one
@@ -42,10 +42,10 @@ from mvh.extractor.dataset import TileDataset
 from mvh.extractor.embedder import Embedder, resolve_device
 from mvh.extractor.slide import open_slide
 from mvh.extractor.tiling import TileGrid, make_tile_grid, read_tile
-from mvh.index.slide_ids import check_slide_id
-from mvh.index.store import DONE, EmbeddingStore
 from mvh.jobs import JobResult
 from mvh.progress import SLIDES, TILES, Event, Progress, report
+from mvh.store import DONE, EmbeddingStore
+from mvh.store.slide_ids import check_slide_id
 
 log = logging.getLogger(__name__)
 

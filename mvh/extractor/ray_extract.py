@@ -34,8 +34,8 @@ from mvh.errors import (
     WorkerStartError,
 )
 from mvh.extractor.extract import ExtractConfig, SlideInput, SlideResult, _failure, _plan, embed_grid
-from mvh.index.store import DONE, EmbeddingStore
 from mvh.progress import SLIDES, TILES, Event, Progress, report
+from mvh.store import DONE, EmbeddingStore
 
 LOCAL = "local"
 BROKEN = "broken"  # an actor that could not build its model: the run stops (every slide would fail alike)

@@ -20,11 +20,12 @@ import pandas as pd
 from mvh.errors import StoreError
 from mvh.index.exact import l2_normalise
 from mvh.index.faiss_index import ROW_COLUMNS, build_faiss_index, want_gpu
+from mvh.index.index_cache import index_dir
 from mvh.index.index_files import read_index, read_meta, save_index, slide_state, stale_reason
 from mvh.index.params import IndexParams, auto_params, check_params
-from mvh.index.store import EmbeddingStore
 from mvh.jobs import JobResult
 from mvh.progress import STEPS, VECTORS, Event, Progress, report
+from mvh.store import EmbeddingStore
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ def build_index(
     use_gpu: bool | None = None,
     progress: Progress | None = None,
 ) -> BuildResult:
-    """Build (or with `update`, extend) the FAISS index of an open `store`, saved in `store.index_dir`."""
+    """Build (or with `update`, extend) the FAISS index of an open `store`, saved in `index_dir(store)`."""
     check_params(kind, nlist=nlist, m=m, nbits=nbits, nprobe=nprobe, hnsw_m=hnsw_m, ef_search=ef_search)
     start = time.perf_counter()
     state = slide_state(store)
@@ -138,7 +139,7 @@ def _unchanged(store: EmbeddingStore, meta: dict[str, Any], start: float) -> Bui
     return BuildResult(
         params=params, description=params.describe(), n_tiles=int(meta["n_tiles"]), n_added=0,
         store_version=int(meta["store_version"]), seconds=time.perf_counter() - start, incremental=True,
-        device="cpu", path=store.index_dir, notes=["the index is up to date: nothing to add"],
+        device="cpu", path=index_dir(store), notes=["the index is up to date: nothing to add"],
     )
 
 

@@ -17,11 +17,13 @@ import uuid
 from pathlib import Path
 
 from mvh.errors import StoreError
-from mvh.index.location import StoreLocation
-from mvh.index.objects import SidecarFiles
+from mvh.store import EmbeddingStore
+from mvh.store.location import StoreLocation
+from mvh.store.sidecar import SidecarFiles
 
 META_FILE = "index.json"
 AREA = "index"
+INDEX_DIRNAME = "_index"
 
 
 def cache_root() -> Path:
@@ -115,3 +117,13 @@ def cached_index(location: StoreLocation) -> Path | None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def index_dir(store: EmbeddingStore) -> Path:
+    """The folder the store's vector index is read from: inside a local store, or the local cache of the
+    index published beside a remote store (fetched or refetched here; a folder that does not exist when
+    none was published)."""
+    local = store.location.local_path
+    if local is not None:
+        return local / INDEX_DIRNAME
+    return cached_index(store.location) or cache_root() / "index" / "none"

@@ -1,6 +1,6 @@
 """A store's FAISS index on disk: save, load, stale detection, description.
 
-Inside `store.index_dir`: `index.json` (kind, parameters, the store version and the per-slide state the
+Inside `index_dir(store)`: `index.json` (kind, parameters, the store version and the per-slide state the
 index was built from, file names) and, per build, `tiles-<build>.faiss` plus `tiles-<build>.parquet`
 (row i of the index -> slide_id, tile_id, x, y, tile_px, mpp). `index.json` is replaced last and
 atomically, so a reader never pairs an index with another build's rows.
@@ -24,9 +24,9 @@ import pyarrow.parquet as pq
 
 from mvh.errors import IndexNotFoundError, StaleIndexError, StoreError
 from mvh.index.faiss_index import ROW_COLUMNS, VectorIndex, to_gpu, want_gpu
-from mvh.index.index_cache import build_folder, publish_index
+from mvh.index.index_cache import build_folder, index_dir, publish_index
 from mvh.index.params import IndexParams
-from mvh.index.store import DONE, EmbeddingStore
+from mvh.store import DONE, EmbeddingStore
 
 META_FILE = "index.json"
 FORMAT = 1
@@ -43,7 +43,7 @@ def slide_state(store: EmbeddingStore) -> dict[str, list[Any]]:
 
 def read_meta(store: EmbeddingStore) -> dict[str, Any] | None:
     """The store's `index.json` (None when no index was built; StoreError when unreadable)."""
-    path = store.index_dir / META_FILE
+    path = index_dir(store) / META_FILE
     if not path.exists():
         return None
     try:
@@ -94,7 +94,7 @@ def save_index(
     """
     store.check_writable()
     remote = store.location.is_remote
-    folder = build_folder() if remote else store.index_dir
+    folder = build_folder() if remote else index_dir(store)
     folder.mkdir(parents=True, exist_ok=True)
     build = uuid.uuid4().hex[:12]
     index_file, rows_file = f"tiles-{build}.faiss", f"tiles-{build}.parquet"
@@ -129,7 +129,7 @@ def save_index(
 
 def read_index(store: EmbeddingStore, meta: dict[str, Any]) -> VectorIndex:
     """The index files named by `meta` (StoreError when unreadable or inconsistent)."""
-    folder = store.index_dir
+    folder = index_dir(store)
     try:
         index = faiss.read_index(str(folder / meta["index_file"]))
         # pyarrow directly: pandas' read_parquet path intermittently aborts the interpreter at exit
@@ -171,7 +171,7 @@ def index_info(store: EmbeddingStore) -> dict[str, Any]:
     if meta is None:
         return {"store": store.uri, "exists": False, "n_tiles_in_store": store.n_tiles}
     reason = stale_reason(meta, slide_state(store))
-    folder = store.index_dir
+    folder = index_dir(store)
     size = sum((folder / meta[key]).stat().st_size for key in ("index_file", "rows_file")
                if (folder / meta[key]).exists())
     return {

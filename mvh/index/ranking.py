@@ -9,7 +9,7 @@ import pandas as pd
 
 from mvh.index.faiss_index import VectorIndex, check_queries
 from mvh.index.index_files import load_index
-from mvh.index.store import EmbeddingStore
+from mvh.store import EmbeddingStore
 
 SLIDE_COLUMNS = (
     "rank", "slide_id", "score", "n_hits", "n_query_tiles", "tile_id", "x", "y", "mpp", "tile_score",

@@ -7,7 +7,7 @@ load, stale detection, description), `build` (the `mvh index build` job) and `ra
 and slide ranking).
 
 The automatic IVF-PQ parameters reach recall@10 >= 0.95 against exact search on clustered synthetic
-embeddings up to 1M vectors (tests/index/test_vector.py, benchmarks/search.py).
+embeddings up to 1M vectors (tests/index/test_faiss_indexes.py, benchmarks/search.py).
 """
 
 from __future__ import annotations

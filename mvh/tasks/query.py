@@ -27,8 +27,8 @@ from mvh.extractor.tiling import make_tile_grid_at, read_tile
 from mvh.index.faiss_index import VectorIndex
 from mvh.index.index_files import load_index
 from mvh.index.ranking import search, search_slides
-from mvh.index.store import EmbeddingStore
 from mvh.progress import STEPS, Event, Progress, report
+from mvh.store import EmbeddingStore
 from mvh.tasks.png_decode import decode_rgb
 
 log = logging.getLogger(__name__)

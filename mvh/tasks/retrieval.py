@@ -36,9 +36,9 @@ from mvh.errors import DataError, UsageError
 from mvh.index.exact import exact_search, recall_at_k
 from mvh.index.faiss_index import VectorIndex
 from mvh.index.index_files import index_info, load_index
-from mvh.index.store import EmbeddingStore
 from mvh.jobs import JobResult
 from mvh.progress import Event, Progress, report
+from mvh.store import EmbeddingStore
 
 DEFAULT_KS = (1, 3, 5)
 LEAVE_OUT = ("slide", "patient", "none")

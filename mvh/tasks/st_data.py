@@ -42,8 +42,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from mvh.errors import DataError, UsageError
-from mvh.index.slide_ids import check_slide_id
-from mvh.index.store import EmbeddingStore
+from mvh.store import EmbeddingStore
+from mvh.store.slide_ids import check_slide_id
 
 WSI_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide", ".dcm")
 STUDY_COLUMNS = ("study", "dataset_title", "source")

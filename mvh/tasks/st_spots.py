@@ -25,8 +25,8 @@ import pandas as pd
 
 from mvh.errors import DataError, MissingMppError, StoreError, UsageError
 from mvh.extractor.hashing import sha256_file
-from mvh.index.store import EmbeddingStore
 from mvh.progress import SAMPLES, Event, Progress, report
+from mvh.store import EmbeddingStore
 from mvh.tasks.st_data import STSample, read_patches_index
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from mvh.index.store import EmbeddingStore
+from mvh.store import EmbeddingStore
 
 
 @dataclass

@@ -53,7 +53,7 @@ def test_pretrain_slide_then_extract_with_its_checkpoint(slide: Path, tmp_path: 
          "--device", "cpu", "--json"],
     )  # fmt: skip
     assert extract.exit_code == 0, extract.output
-    from mvh.index.store import EmbeddingStore
+    from mvh.store import EmbeddingStore
 
     opened = EmbeddingStore.open(str(store))
     assert opened.n_tiles > 0 and opened.fingerprint.weights_sha256 != "random-init"

@@ -20,8 +20,8 @@ from mvh.extractor.extract import ExtractConfig, embed_grid, extract_slides, fin
 from mvh.extractor.slide import open_slide
 from mvh.extractor.synthetic import write_synthetic_slide
 from mvh.extractor.tiling import make_tile_grid, read_tile
-from mvh.index.store import EmbeddingStore
 from mvh.progress import SLIDES, TILES, Event, Recorder
+from mvh.store import EmbeddingStore
 
 MODEL = "mv_hybrid_tiny"
 TINY = {"depth": 2, "embed_dim": 32}  # one Mamba + one attention block: the pipeline, fast on CPU
@@ -146,7 +146,7 @@ def test_unreadable_tiles_fail_their_slide_only(slide_dir, tmp_path) -> None:
     assert [(r.slide_id, r.status) for r in summary.slides] == [("a_zeroed", "failed"), ("s1", "done")]
     assert "tile decode failed" in summary.slides[0].error
     store = EmbeddingStore.open(summary.store)
-    assert store.slide_ids() == ["s1"] and store._tiles.count_rows() == store.n_tiles == summary.n_tiles
+    assert store.slide_ids() == ["s1"] and store.tables.tiles.count_rows() == store.n_tiles == summary.n_tiles
 
 
 def test_decode_workers_give_the_same_store(slide_dir, tmp_path) -> None:
@@ -201,7 +201,7 @@ def test_sigkill_after_first_commit_then_rerun(slide_dir, tmp_path) -> None:
     assert {r.slide_id: r.status for r in summary.slides} == {"s1": "skipped", "s2": "done", "s3": "done"}
     assert store.slide_ids() == ["s1", "s2", "s3"]
     assert store.slides().set_index("slide_id").loc["s1", "timestamp"] == first
-    raw = store._tiles.to_arrow()
+    raw = store.tables.tiles.to_arrow()
     ids = raw.column("tile_id").to_pylist()
     assert len(ids) == len(set(ids)) == store.n_tiles
     for sid in ("s1", "s2", "s3"):

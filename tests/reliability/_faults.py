@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mvh.index.store import EmbeddingStore, StoreFingerprint
+from mvh.store import EmbeddingStore, StoreFingerprint
 
 DIM = 8
 

@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mvh.errors import MvhError
-from mvh.index.interop import ExportConfig, ImportConfig, run_export, run_import
-from tests.index.test_interop_peers import trident_slide
+from mvh.interop import ExportConfig, ImportConfig, run_export, run_import
+from tests.interop.test_peers import trident_slide
 
 FUZZ = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FLAGS = {"tile_px": None, "mpp": None, "slide_mpp": None}

@@ -18,9 +18,9 @@ from fastapi.testclient import TestClient
 
 from mvh.extractor.extract import ExtractConfig, extract_slides
 from mvh.extractor.synthetic import write_synthetic_slide
-from mvh.index.store import EmbeddingStore
 from mvh.index.vector import build_index
 from mvh.serve import ServeConfig, create_app
+from mvh.store import EmbeddingStore
 
 REAL = "CMU-1-Small-Region"
 TOKEN = "s3cret-token-for-tests"

@@ -10,8 +10,8 @@ import pyarrow.fs as pafs
 import pytest
 
 from mvh.errors import StoreError, UsageError
-from mvh.index.location import parse_location, redact_environment
-from mvh.index.objects import filesystem
+from mvh.store.location import parse_location, redact_environment
+from mvh.store.sidecar import filesystem
 
 KEY = "c2VjcmV0LWFjY291bnQta2V5LW9mLXRoZS10ZXN0LWFjY291bnQ="  # base64, as account keys are
 SAS = "sv=2019-12-12&ss=b&srt=sco&sp=rl&se=2030-01-01T00%3A00%3A00Z&spr=https&sig=AbC%2Bd3f%3D"

@@ -21,10 +21,10 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from mvh.cli import app
-from mvh.index.location import parse_location
-from mvh.index.objects import filesystem
-from mvh.index.store import EmbeddingStore
 from mvh.serve import ServeConfig, create_app
+from mvh.store import EmbeddingStore
+from mvh.store.location import parse_location
+from mvh.store.sidecar import filesystem
 from tests.sharing.azurite_server import ACCOUNT_KEY, Azurite, account_sas
 
 pytestmark = [pytest.mark.azure, pytest.mark.real_data]
@@ -172,7 +172,7 @@ def test_the_emulator_honours_the_conditional_put_that_lance_commits_rely_on(az_
 WRITER = """
 import sys
 import numpy as np, pandas as pd
-from mvh.index.store import EmbeddingStore, StoreFingerprint
+from mvh.store import EmbeddingStore, StoreFingerprint
 fp = StoreFingerprint(model="m", model_config={}, weights_sha256="random-init", weights_path=None,
                       embed_dim=4, tile_px=224, mpp=0.5, mean=None, std=None)
 store = EmbeddingStore.open_or_create(sys.argv[1], fp)

@@ -11,8 +11,8 @@ import pyarrow.fs as pafs
 import pytest
 
 from mvh.errors import StoreError, UsageError
-from mvh.index.location import parse_location, redact_environment
-from mvh.index.objects import filesystem
+from mvh.store.location import parse_location, redact_environment
+from mvh.store.sidecar import filesystem
 
 PRIVATE_KEY = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----\n"
 SERVICE_KEY = json.dumps(

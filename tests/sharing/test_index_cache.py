@@ -8,8 +8,8 @@ import pytest
 
 from mvh.errors import StoreError
 from mvh.index.index_cache import cached_index, publish_index, remote_meta
-from mvh.index.location import parse_location
-from mvh.index.objects import SidecarFiles
+from mvh.store.location import parse_location
+from mvh.store.sidecar import SidecarFiles
 
 pytestmark = pytest.mark.s3
 

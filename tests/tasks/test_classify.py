@@ -15,8 +15,8 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.preprocessing import StandardScaler
 
 from mvh.errors import DataError, UsageError
-from mvh.index.store import EmbeddingStore, StoreFingerprint
 from mvh.progress import FOLDS, Event, Recorder
+from mvh.store import EmbeddingStore, StoreFingerprint
 from mvh.tasks import classifiers
 from mvh.tasks.classifiers import choose_c, fit_uni_probe, predict_knn, predict_probe, uni_c
 from mvh.tasks.classify import ClassifierSettings, evaluate_classification

@@ -13,8 +13,8 @@ from sklearn.metrics import average_precision_score
 
 from mvh.errors import DataError, UsageError
 from mvh.index.build import build_index
-from mvh.index.store import EmbeddingStore, StoreFingerprint
 from mvh.progress import Event, Recorder
+from mvh.store import EmbeddingStore, StoreFingerprint
 from mvh.tasks.retrieval import (
     QUERIES,
     RetrievalConfig,

@@ -12,7 +12,7 @@ import scipy.sparse as sp
 
 from mvh.errors import DataError, UsageError
 from mvh.extractor.embedder import Embedder
-from mvh.index.store import EmbeddingStore
+from mvh.store import EmbeddingStore
 from mvh.tasks.st_data import (
     check_split_metadata,
     find_samples,

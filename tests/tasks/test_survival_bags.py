@@ -11,8 +11,8 @@ import pyarrow as pa
 import pytest
 
 from mvh.errors import DataError, StoreDamagedError, StoreError
-from mvh.index.store import EmbeddingStore, StoreFingerprint, embeddings_to_arrow
 from mvh.progress import TILES, Event, Recorder
+from mvh.store import EmbeddingStore, StoreFingerprint, embeddings_to_arrow
 from mvh.tasks.survival import StoreBags, mean_pool
 from mvh.tasks.survival.bags import _non_finite_rows
 

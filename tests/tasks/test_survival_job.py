@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from mvh.errors import CohortError, SlideError, UsageError
-from mvh.index.store import EmbeddingStore, StoreFingerprint
 from mvh.progress import FOLDS, TILES, Event, Recorder
+from mvh.store import EmbeddingStore, StoreFingerprint
 from mvh.tasks.survival import SurvivalConfig, SurvivalResult, SurvivalSettings, run_survival
 
 DIM = 8

@@ -24,9 +24,10 @@ import numpy as np
 import pyarrow as pa
 
 from mvh.errors import DataError, StoreDamagedError, StoreError
-from mvh.index.store import DONE, TILES, EmbeddingStore
 from mvh.progress import TILES as TILES_TASK
 from mvh.progress import Event, Progress, report
+from mvh.store import DONE, EmbeddingStore
+from mvh.store.schema import TILES
 from mvh.tasks.survival.cohort import listing
 
 SCAN_BATCH_ROWS = 65536
