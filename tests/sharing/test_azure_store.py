@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from mvh.cli import app
 from mvh.serve import ServeConfig, create_app
-from mvh.store import EmbeddingStore
+from mvh.store import EmbeddingStore, StoreFingerprint
 from mvh.store.location import parse_location
 from mvh.store.sidecar import filesystem
 from tests.sharing.azurite_server import ACCOUNT_KEY, Azurite, account_sas
@@ -169,34 +169,29 @@ def test_the_emulator_honours_the_conditional_put_that_lance_commits_rely_on(az_
     assert (first, again) == (201, 409)
 
 
-WRITER = """
+FINGERPRINT = dict(model="m", model_config={}, weights_sha256="random-init", weights_path=None, embed_dim=4,
+                   tile_px=224, mpp=0.5, mean=None, std=None)
+WRITER = f"""
 import sys
 import numpy as np, pandas as pd
 from mvh.store import EmbeddingStore, StoreFingerprint
-fp = StoreFingerprint(model="m", model_config={}, weights_sha256="random-init", weights_path=None,
-                      embed_dim=4, tile_px=224, mpp=0.5, mean=None, std=None)
-store = EmbeddingStore.open_or_create(sys.argv[1], fp)
+store = EmbeddingStore.open_or_create(sys.argv[1], StoreFingerprint(**{FINGERPRINT!r}))
 for sid in sys.argv[2:]:
-    tiles = pd.DataFrame({"tile_id": [f"{sid}:{i}:0:224" for i in range(3)], "x": [i * 224 for i in range(3)],
-                          "y": [0] * 3, "tile_px": 224, "mpp": 0.5, "tissue_fraction": 1.0})
-    store.add_slide({"slide_id": sid, "path": sid}, tiles, np.full((3, 4), float(len(sid))))
+    tiles = pd.DataFrame({{"tile_id": [f"{{sid}}:{{i}}:0:224" for i in range(3)],
+                          "x": [i * 224 for i in range(3)], "y": [0] * 3, "tile_px": 224, "mpp": 0.5,
+                          "tissue_fraction": 1.0}})
+    store.add_slide({{"slide_id": sid, "path": sid}}, tiles, np.full((3, 4), float(len(sid))))
 """
 
 
 def test_two_processes_committing_to_one_store_both_survive(az_container, azurite):
     uri = f"az://{az_container}/shared.lance"
+    EmbeddingStore.open_or_create(uri, StoreFingerprint(**FINGERPRINT))  # the writers race on commits only
     env = {**os.environ, **azurite.env(), "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    made = subprocess.run(
-        [sys.executable, "-c", WRITER, uri], env=env, capture_output=True, text=True, timeout=120
-    )
-    assert made.returncode == 0, (
-        made.stderr
-    )  # made first: the writers race on commits, not on creating tables
     slides = {"a": [f"a{i}" for i in range(4)], "b": [f"b{i}" for i in range(4)]}
     procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", WRITER, uri, *ids], env=env, stderr=subprocess.PIPE, text=True
-        )
+        subprocess.Popen([sys.executable, "-c", WRITER, uri, *ids], env=env, stderr=subprocess.PIPE,
+                         text=True)
         for ids in slides.values()
     ]
     errors = [p.communicate(timeout=300)[1] for p in procs]
@@ -205,7 +200,7 @@ def test_two_processes_committing_to_one_store_both_survive(az_container, azurit
     assert store.slide_ids() == sorted(slides["a"] + slides["b"])
     rows, _ = store.all_embeddings(columns=("tile_id",))
     assert rows["tile_id"].is_unique and len(rows) == 8 * 3
-    assert _mvh("verify", "--store", uri, env=azurite.env()).exit_code == 0
+    assert _mvh("verify", "--store", uri).exit_code == 0
 
 
 def test_a_tag_searched_after_the_head_moves_on_gives_the_tags_hits(lab_store, writer, azurite):
@@ -229,3 +224,13 @@ def test_a_tag_searched_after_the_head_moves_on_gives_the_tags_hits(lab_store, w
 
     reader = _reader_env(azurite)
     assert _hits("--store", f"{uri}@paper-v1", "--query-tile", tile, "-k", "5", env=reader) == before
+
+    # the head's index rebuilt: the tag searches its own index where indexes are kept per version, and
+    # is refused as stale where only the head's index is kept; it never answers with the head's hits
+    assert _mvh("index", "build", "--store", uri).exit_code == 0
+    at_tag = _mvh("search", "--store", f"{uri}@paper-v1", "--query-tile", tile, "-k", "5", "--json",
+                  env=reader)
+    if at_tag.exit_code == 0:
+        assert [tuple(h[k] for k in HIT) for h in json.loads(at_tag.stdout)["hits"]] == before
+    else:
+        assert at_tag.exit_code == 2 and "stale" in at_tag.output and "index build" in at_tag.output
