@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
-from collections.abc import Callable
+import logging
+import sys
+from collections.abc import Callable, Iterator
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -14,7 +17,7 @@ from rich.text import Text
 
 from mvh import __version__
 from mvh.errors import MvhError, UsageError
-from mvh.store.location import redact_environment
+from mvh.store.location import RedactingFilter, redact_environment
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -56,13 +59,33 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+@contextlib.contextmanager
+def _redacted_warnings() -> Iterator[None]:
+    """Library warnings on stderr as Python's last-resort handler writes them, with credentials as `***`
+    (a warning may quote an object store's error, and such errors quote signed URLs). Where logging is
+    configured already (an embedding application, pytest), its handlers are left as they are."""
+    root = logging.getLogger()
+    if root.handlers:
+        yield
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    handler.addFilter(RedactingFilter())
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+
+
 def guarded(fn: F) -> F:
     """Turn an `MvhError` raised by the library into a one-line message and its exit code."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with _redacted_warnings():
+                return fn(*args, **kwargs)
         except MvhError as exc:
             message = redact_environment(" ".join(str(exc).split()))
             # Text, not markup: messages hold brackets and colons (s1:0:0) Rich would read as markup/emoji

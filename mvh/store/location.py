@@ -12,6 +12,7 @@ from __future__ import annotations
 import configparser
 import ipaddress
 import json
+import logging
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -98,6 +99,15 @@ def redact_environment(text: str, env: Mapping[str, str] | None = None) -> str:
         if sep and is_secret_option(key):
             secrets[key] = value
     return redact(text, secrets)
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that writes a record's message with the environment's credentials as `***`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Redact the formatted message in place; never drops a record."""
+        record.msg, record.args = redact_environment(record.getMessage()), None
+        return True
 
 
 def _scheme(uri: str) -> str:

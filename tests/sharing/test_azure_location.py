@@ -6,9 +6,12 @@ against Azurite are in test_azure_store.py.
 
 from __future__ import annotations
 
+import logging
+
 import pyarrow.fs as pafs
 import pytest
 
+from mvh.cli._app import guarded
 from mvh.errors import StoreError, UsageError
 from mvh.store.location import parse_location, redact_environment
 from mvh.store.sidecar import filesystem
@@ -148,3 +151,20 @@ def test_sidecar_files_reach_azure_with_the_same_account_endpoint_and_credential
         filesystem(parse_location("az://box/e.lance", env=env))
     with pytest.raises(StoreError, match="AZURE_STORAGE_ACCOUNT_NAME"):
         filesystem(parse_location("az://box/e.lance", env={}))
+
+
+def test_a_library_warning_that_quotes_a_secret_reaches_stderr_redacted(monkeypatch, capsys):
+    monkeypatch.setenv("AZURE_STORAGE_SAS_TOKEN", SAS)
+    monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_KEY", KEY)
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])  # the CLI as run from a shell: no logging set up
+
+    @guarded
+    def command() -> None:
+        log = logging.getLogger("mvh.store.writer")
+        log.warning("optimisation skipped (PUT http://h/b?%s: 403) %s", SAS, KEY)
+
+    command()
+    said = capsys.readouterr().err
+    assert said.startswith("optimisation skipped (PUT http://h/b?***: 403) ***")
+    assert SIGNATURE not in said and "AbC%2Bd3f%3D" not in said and KEY not in said
+    assert logging.getLogger().handlers == []  # the command's handler is gone with the command
