@@ -14,7 +14,6 @@ from mvh.interop.exporter import (
 )
 from mvh.interop.importer import (
     ATTRS,
-    EXTERNAL_WEIGHTS,
     FailedFile,
     ImportConfig,
     ImportedFile,
@@ -22,6 +21,7 @@ from mvh.interop.importer import (
     import_h5,
     run_import,
 )
+from mvh.interop.provenance import EXTERNAL_WEIGHTS
 
 __all__ = [
     "ATTRS",

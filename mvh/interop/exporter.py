@@ -9,11 +9,12 @@ row order back exactly, slides mvh tiled get every coords attribute TRIDENT writ
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,9 @@ import pyarrow.parquet as pq
 
 from mvh.errors import DataError, StoreError, UsageError
 from mvh.interop.importer import ATTRS
+from mvh.interop.provenance import shareable
 from mvh.interop.trident import Geometry, decode_attrs, trident_coords_attrs, write_h5
+from mvh.interop.whole_file import write_whole
 from mvh.jobs import JobResult
 from mvh.progress import SLIDES, Event, Progress, report
 from mvh.store import DONE, EmbeddingStore, StoreFingerprint, embeddings_to_arrow
@@ -98,16 +101,18 @@ def _size_l0(tiles: pd.DataFrame, fp: StoreFingerprint, slide_mpp: float | None,
 
 
 def _mvh_file_attrs(store: EmbeddingStore, rec: pd.Series) -> dict[str, Any]:
-    fp = store.fingerprint
-    return {
-        "slide_path": "" if pd.isna(rec["path"]) else str(rec["path"]),
-        "width": np.int64(-1 if pd.isna(rec["width"]) else int(rec["width"])),
-        "height": np.int64(-1 if pd.isna(rec["height"]) else int(rec["height"])),
+    fp = shareable(store.fingerprint)
+    attrs: dict[str, Any] = {
+        "slide_path": "" if pd.isna(rec["path"]) else PurePath(str(rec["path"])).name,  # no local path
         "mpp_source": "" if pd.isna(rec["mpp_source"]) else str(rec["mpp_source"]),
         "model": fp.model,
         "weights_sha256": fp.weights_sha256,
         "fingerprint": json.dumps(fp.to_dict()),
     }
+    for key in ("width", "height"):  # an unknown size is left out (h5 has no null), never -1
+        if not pd.isna(rec[key]):
+            attrs[key] = np.int64(int(rec[key]))
+    return attrs
 
 
 @dataclass
@@ -186,7 +191,9 @@ def _slide_file(store: EmbeddingStore, slide_id: str, rec: pd.Series, savetodir:
 def _write_pt(path: Path, features: np.ndarray) -> None:
     import torch  # CLAM's pt_files are torch tensors; torch is imported only for this format
 
-    torch.save(torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)), path)
+    image = io.BytesIO()  # one plain write: on a full disk torch.save's own writer gives no errno
+    torch.save(torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)), image)
+    path.write_bytes(image.getbuffer())
 
 
 def _export_slides(
@@ -203,24 +210,23 @@ def _export_slides(
     for slide_id, rec in slides.iterrows():
         sid = str(slide_id)
         target = path_inside(h5_dir, f"{sid}.h5")
-        data = _slide_file(store, sid, rec, str(h5_dir))
+        data = _slide_file(store, sid, rec, h5_dir.name)  # TRIDENT's savetodir, without the local path
         native = native or _saved_attrs(rec) is None
         added.update(data.added)
         if data.no_level0:
             no_level0.append(sid)
-        write_h5(
+        done = f"{result.n_slides} of {len(slides)} slide(s) were written to {cfg.out} before it"
+        write_whole(
             target,
-            data.features,
-            data.coords,
-            data.coords_attrs,
-            data.features_attrs,
-            data.file_attrs,
-            data.extras,
+            lambda path, d=data: write_h5(
+                path, d.features, d.coords, d.coords_attrs, d.features_attrs, d.file_attrs, d.extras
+            ),
+            done,
         )
         result.files.append(str(target))
         if cfg.fmt == "clam":
             pt = path_inside(pt_dir, f"{sid}.pt")
-            _write_pt(pt, data.features)
+            write_whole(pt, lambda path, d=data: _write_pt(path, d.features), done)
             result.files.append(str(pt))
         result.n_slides += 1
         result.n_tiles += len(data.coords)
@@ -255,17 +261,21 @@ def export_parquet(store: EmbeddingStore, out: Path | str, progress: Progress | 
     internal = [tiles_schema.get_field_index(n) for n in INTERNAL_COLUMNS if n in tiles_schema.names]
     for index in sorted(internal, reverse=True):
         tiles_schema = tiles_schema.remove(index)
-    schema = tiles_schema.with_metadata({b"mvh.fingerprint": json.dumps(fp.to_dict()).encode()})
+    schema = tiles_schema.with_metadata({b"mvh.fingerprint": json.dumps(shareable(fp).to_dict()).encode()})
     slide_ids = store.slide_ids(DONE)
     report(progress, Event.TOTAL, SLIDES, len(slide_ids))
-    with pq.ParquetWriter(out, schema) as writer:
-        for slide_id in slide_ids:
-            tiles = store.slide_tiles(slide_id)
-            emb, _ = store.slide_embeddings(slide_id)
-            table = pa.Table.from_pandas(tiles, preserve_index=False)
-            table = table.append_column("embedding", embeddings_to_arrow(emb, fp.embedding_dtype))
-            writer.write_table(table.select(schema.names).cast(schema))
-            report(progress, Event.ADVANCE, SLIDES, 1)
+
+    def write(path: Path) -> None:
+        with pq.ParquetWriter(path, schema) as writer:
+            for slide_id in slide_ids:
+                tiles = store.slide_tiles(slide_id)
+                emb, _ = store.slide_embeddings(slide_id)
+                table = pa.Table.from_pandas(tiles, preserve_index=False)
+                table = table.append_column("embedding", embeddings_to_arrow(emb, fp.embedding_dtype))
+                writer.write_table(table.select(schema.names).cast(schema))
+                report(progress, Event.ADVANCE, SLIDES, 1)
+
+    write_whole(out, write, "nothing was written")
     return out
 
 

@@ -1,6 +1,7 @@
 """`run_import`: a folder of per-slide h5 files (TRIDENT's, CLAM's or mvh's own) into a store.
 
-The store's model is `external:<name>`. Each file's geometry comes from its attributes
+The store's model is the one the files name (`mvh.interop.provenance`): `external:<name>`, or the
+whole fingerprint of mvh's own export. Each file's geometry comes from its attributes
 (`mvh.interop.trident`) or the flags that supply what is missing; every attribute, both dataset dtypes and
 the file's tile order are kept in the slide row's `attrs` column, so an export writes them back exactly.
 A broken file fails alone (recorded, exit 1); an empty slide (TRIDENT's `features` of shape (0,)) is done
@@ -19,6 +20,12 @@ import numpy as np
 import pandas as pd
 
 from mvh.errors import DataError, UsageError
+from mvh.interop.provenance import (
+    FileModel,
+    choose_model,
+    imported_fingerprint,
+    read_file_model,
+)
 from mvh.interop.trident import (
     Geometry,
     H5Slide,
@@ -31,10 +38,10 @@ from mvh.interop.trident import (
 from mvh.jobs import JobResult
 from mvh.progress import FILES, Event, Progress, report
 from mvh.store import DONE, EmbeddingStore, StoreFingerprint
+from mvh.store.schema import OLD_SLIDE_ATTRS, SLIDE_ATTRS
 from mvh.store.slide_ids import check_slide_id
 
-EXTERNAL_WEIGHTS = "external"
-ATTRS = "attrs"  # the slides table's nullable JSON column of per-slide attributes
+ATTRS = SLIDE_ATTRS  # the slides table's nullable JSON column of per-slide attributes
 CONVENTION_NOTE = (
     "TRIDENT magnifications read as um/px = 10 / magnification (TRIDENT's convention: 20x = 0.5)"
 )
@@ -51,11 +58,11 @@ class ImportConfig:
 
     h5_dir: Path
     store: str
-    model: str
+    model: str | None = None  # only for files that do not name their model
     mpp: float | None = None
     tile_px: int | None = None
     slide_mpp: float | None = None
-    embedding_dtype: str = "float32"
+    embedding_dtype: str | None = None  # None: mvh's fingerprint in the files, else float32
 
     def __post_init__(self) -> None:
         self.h5_dir = Path(self.h5_dir)
@@ -75,13 +82,13 @@ class ImportConfig:
                 f"{self.h5_dir}: no .h5 files found; point at a folder of TRIDENT/CLAM feature files"
                 f"{hint}, e.g. TRIDENT's features_<encoder>/ or CLAM's h5_files/"
             )
-        if not self.model.strip():
+        if self.model is not None and not self.model.strip():
             raise UsageError("--model is empty; name the tool/model that made the features")
         _positive(self.mpp, "--mpp")
         _positive(self.slide_mpp, "--slide-mpp")
         if self.tile_px is not None and self.tile_px <= 0:
             raise UsageError(f"--tile-px must be > 0, got {self.tile_px}")
-        if self.embedding_dtype not in ("float32", "float16"):
+        if self.embedding_dtype not in (None, "float32", "float16"):
             raise UsageError(f"--dtype {self.embedding_dtype!r}: use float32 or float16")
 
     def files(self) -> list[Path]:
@@ -144,10 +151,13 @@ class _Notes:
             report(self.progress, Event.NOTE, FILES, 0, text)
 
 
-def _scan(cfg: ImportConfig, result: ImportResult) -> list[tuple[str, H5Slide, Geometry]]:
-    """Headers and geometry of every file; slide ids checked before anything is written."""
+def _scan(
+    cfg: ImportConfig, result: ImportResult
+) -> tuple[list[tuple[str, H5Slide, Geometry]], list[FileModel]]:
+    """Headers, geometry and named model of every file; slide ids checked before anything is written."""
     owners: dict[str, Path] = {}
     good = []
+    models = []
     files = cfg.files()
     crashed = files_that_crash_hdf5(files)
     for path in files:
@@ -156,6 +166,7 @@ def _scan(cfg: ImportConfig, result: ImportResult) -> list[tuple[str, H5Slide, G
             if path in crashed:
                 raise DataError(crashed[path])
             header = read_h5_header(path)
+            model = read_file_model(header)
         except DataError as exc:
             error = " ".join(str(exc).split())
         name = path.stem if header is None or header.name is None else header.name
@@ -168,34 +179,33 @@ def _scan(cfg: ImportConfig, result: ImportResult) -> list[tuple[str, H5Slide, G
         if header is not None:
             try:
                 good.append((slide_id, header, resolve_geometry(header, cfg.tile_px, cfg.mpp, cfg.slide_mpp)))
+                models.append(model)
                 continue
             except DataError as exc:
                 error = " ".join(str(exc).split())
         result.failed.append(FailedFile(str(path), slide_id, error))
-    return good
+    return good, models
 
 
-def _fingerprint(cfg: ImportConfig, geometry: Geometry, dim: int) -> StoreFingerprint:
-    return StoreFingerprint(
-        model=cfg.model if cfg.model.startswith("external:") else f"external:{cfg.model}",
-        model_config={},
-        weights_sha256=EXTERNAL_WEIGHTS,
-        weights_path=None,
-        embed_dim=dim,
-        tile_px=geometry.tile_px,
-        mpp=geometry.mpp,
-        mean=None,
-        std=None,
-        embedding_dtype=cfg.embedding_dtype,
-        extra={"imported_from": str(cfg.h5_dir.resolve())},
-    )
-
-
-def _open_store(cfg: ImportConfig, scanned: list[tuple[str, H5Slide, Geometry]]) -> EmbeddingStore | None:
+def _open_store(
+    cfg: ImportConfig,
+    scanned: list[tuple[str, H5Slide, Geometry]],
+    model: str,
+    carried: StoreFingerprint | None,
+) -> EmbeddingStore | None:
     with_dim = [(h, g) for _, h, g in scanned if h.dim is not None]
     if with_dim:
         header, geometry = with_dim[0]
-        return EmbeddingStore.open_or_create(cfg.store, _fingerprint(cfg, geometry, int(header.dim)))  # type: ignore[arg-type]
+        fp = imported_fingerprint(
+            model,
+            carried,
+            cfg.h5_dir,
+            geometry.tile_px,
+            geometry.mpp,
+            int(header.dim),
+            cfg.embedding_dtype,  # type: ignore[arg-type]
+        )
+        return EmbeddingStore.open_or_create(cfg.store, fp)
     if EmbeddingStore.exists(cfg.store):
         return EmbeddingStore.open(cfg.store)
     if scanned:
@@ -268,6 +278,10 @@ def _commit(store: EmbeddingStore, slide_id: str, slide: H5Slide, geometry: Geom
     tile_ids = slide.tile_ids or [f"{slide_id}:{a}:{b}:{geometry.size_l0}" for a, b in zip(x, y, strict=True)]
     if len(set(tile_ids)) != n:
         raise DataError(f"{slide.path}: two tiles share a tile id (or coordinates); fix the file")
+    # Own tile ids can be unique while coordinates repeat: the same tile would be stored twice.
+    shared = n - len(np.unique(slide.coords, axis=0)) if n else 0
+    if shared:
+        raise DataError(f"{slide.path}: {shared} tile(s) repeat another tile's coordinates; fix the file")
     tiles = pd.DataFrame(
         {
             "tile_id": pd.Series(tile_ids, dtype=object),
@@ -285,7 +299,7 @@ def _commit(store: EmbeddingStore, slide_id: str, slide: H5Slide, geometry: Geom
     height = _int_attr(fa, "height") if "height" in fa else _int_attr(ca, "level0_height")
     record = {
         "slide_id": slide_id,
-        "path": _text_attr(fa, "slide_path") or str(slide.path),
+        "path": _text_attr(fa, "slide_path") or slide.path.name,  # a name: the store may be shared
         "size": slide.path.stat().st_size,
         "width": width,
         "height": height,
@@ -293,7 +307,7 @@ def _commit(store: EmbeddingStore, slide_id: str, slide: H5Slide, geometry: Geom
         "mpp_source": _text_attr(fa, "mpp_source") or geometry.sources.get("slide_mpp", "unknown"),
         "seconds": 0.0,
     }
-    if ATTRS in store.schema()["slides"].names:
+    if {ATTRS, OLD_SLIDE_ATTRS} & set(store.schema()["slides"].names):  # under either name (before 0.2)
         order = _file_order(x, y, tile_ids)
         record[ATTRS] = json.dumps(_slide_attrs(slide, geometry, order, note))
     else:
@@ -308,12 +322,15 @@ def _commit(store: EmbeddingStore, slide_id: str, slide: H5Slide, geometry: Geom
 
 def run_import(cfg: ImportConfig, *, progress: Progress | None = None) -> ImportResult:
     """Index a folder of per-slide h5 files into a store; a broken file fails alone."""
-    result = ImportResult(store=cfg.store, model=cfg.model, n_files=len(cfg.files()))
+    result = ImportResult(store=cfg.store, model=cfg.model or "", n_files=len(cfg.files()))
     note = _Notes(progress)
     report(progress, Event.TOTAL, FILES, result.n_files)
-    scanned = _scan(cfg, result)
+    scanned, models = _scan(cfg, result)
     report(progress, Event.ADVANCE, FILES, len(result.failed))
-    store = _open_store(cfg, scanned)
+    carried = None
+    if models:
+        result.model, carried = choose_model(cfg.model, models, cfg.h5_dir)
+    store = _open_store(cfg, scanned, result.model, carried)
     if store is not None:
         store.check_writable()
     if any("10/mag" in v for _, _, g in scanned for v in g.sources.values()):
@@ -357,14 +374,14 @@ def _record_failures(store: EmbeddingStore | None, result: ImportResult, note: _
             note(f"{failed.file} failed; the slide {failed.slide_id} already in the store is kept as it was")
             continue
         path = Path(failed.file)
-        record = {"slide_id": failed.slide_id, "path": str(path), "size": path.stat().st_size}
+        record = {"slide_id": failed.slide_id, "path": path.name, "size": path.stat().st_size}
         store.add_failed_slide(record, failed.error)
 
 
 def import_h5(
     h5_dir: Path | str,
     store_uri: str | Path,
-    model: str,
+    model: str | None = None,
     mpp: float | None = None,
     tile_px: int | None = None,
     slide_mpp: float | None = None,

@@ -17,6 +17,7 @@ are the same layout without the attributes. mvh adds `mpp` and `slide_mpp` to th
 
 from __future__ import annotations
 
+import io
 import math
 import subprocess
 import sys
@@ -317,13 +318,12 @@ def resolve_geometry(
     """
     path, ca = slide.path, slide.coords_attrs
     sources: dict[str, str] = {}
+    missing: list[tuple[str, str]] = []  # (attribute, flag that supplies it): all asked for in one message
     patch = _number(ca, "patch_size", path)
     _agree(path, "patch_size", patch, "--tile-px", tile_px)
     if patch is None and tile_px is None:
-        raise UsageError(
-            f"{path}: attribute `patch_size` is missing; pass --tile-px (tile px of these features)"
-        )
-    px = patch if patch is not None else float(tile_px)  # type: ignore[arg-type]
+        missing.append(("`patch_size`", "--tile-px (tile px of these features)"))
+    px = patch if patch is not None else float(tile_px or 0)
     if px != int(px) or px > MAX_PX:
         raise DataError(f"{path}: patch_size = {px:g} is not a whole number of px <= {MAX_PX}; fix the file")
     sources["tile_px"] = "attribute patch_size" if patch is not None else "--tile-px"
@@ -336,12 +336,11 @@ def resolve_geometry(
         file_mpp, mpp_from = mag_to_mpp(target_mag), f"target_magnification {target_mag:g}x (10/mag)"
     _agree(path, "um/px", file_mpp, "--mpp", mpp)
     if file_mpp is None and mpp is None:
-        raise UsageError(
-            f"{path}: attribute `target_magnification` (or mvh's `mpp`) is missing; "
-            "pass --mpp (um/px the tiles were embedded at)"
+        missing.append(
+            ("`target_magnification` (or mvh's `mpp`)", "--mpp (um/px the tiles were embedded at)")
         )
     sources["mpp"] = mpp_from if file_mpp is not None else "--mpp"
-    tile_mpp = file_mpp if file_mpp is not None else float(mpp)  # type: ignore[arg-type]
+    tile_mpp = file_mpp if file_mpp is not None else float(mpp or 0)
 
     own_slide_mpp = _number(ca, "slide_mpp", path)
     level0_mpp, l0_from = own_slide_mpp, "attribute slide_mpp"
@@ -354,19 +353,23 @@ def resolve_geometry(
         sources["slide_mpp"] = l0_from
 
     size = _number(ca, "patch_size_level0", path)
+    if size is None and level0_mpp is None and (level0_mag is None or target_mag is None):
+        missing.append(
+            ("`patch_size_level0` (or `level0_magnification`)", "--slide-mpp (level-0 um/px of the slides)")
+        )
+    if missing:
+        raise UsageError(
+            f"{path}: attribute{'s' if len(missing) > 1 else ''} {' and '.join(a for a, _ in missing)} "
+            f"{'are' if len(missing) > 1 else 'is'} missing; pass {' and '.join(f for _, f in missing)}"
+        )
     if size is not None:
         sources["size_l0"] = "attribute patch_size_level0"
     elif level0_mag is not None and target_mag is not None:
         size = float(px * level0_mag // target_mag)  # TRIDENT's coords_to_h5 formula
         sources["size_l0"] = "patch_size * level0_magnification // target_magnification"
-    elif level0_mpp is not None:
-        size = float(round(px * tile_mpp / level0_mpp))
-        sources["size_l0"] = "round(tile_px * mpp / slide_mpp)"
     else:
-        raise UsageError(
-            f"{path}: attribute `patch_size_level0` (or `level0_magnification`) is missing; "
-            "pass --slide-mpp (level-0 um/px of the slides)"
-        )
+        size = float(round(px * tile_mpp / level0_mpp))  # type: ignore[operator]
+        sources["size_l0"] = "round(tile_px * mpp / slide_mpp)"
     if size != int(size) or not 0 < size <= MAX_PX:
         raise DataError(
             f"{path}: patch_size_level0 = {size:g} is not a whole number of px in (0, {MAX_PX}]; fix the file"
@@ -380,7 +383,8 @@ def trident_coords_attrs(
 ) -> dict[str, Any]:
     """The coords attributes TRIDENT's coords_to_h5 writes (plus mvh's `mpp`, `slide_mpp`).
 
-    Without a level-0 um/px, `level0_magnification` and `slide_mpp` cannot be written and are left out.
+    Without a level-0 um/px, `level0_magnification` and `slide_mpp` cannot be written and are left out;
+    so are `level0_width`/`level0_height` when the slide's size is unknown.
     """
     attrs: dict[str, Any] = {
         "patch_size": np.int64(geometry.tile_px),
@@ -389,10 +393,13 @@ def trident_coords_attrs(
         "overlap": np.int64(0 if geometry.overlap is None else geometry.overlap),
         "name": slide_id,
         "savetodir": savetodir,
-        "level0_width": "None" if width is None else np.int64(width),
-        "level0_height": "None" if height is None else np.int64(height),
         "mpp": np.float64(geometry.mpp),
     }
+    # An unknown level-0 size is left out, not written as TRIDENT's string "None".
+    if width is not None:
+        attrs["level0_width"] = np.int64(width)
+    if height is not None:
+        attrs["level0_height"] = np.int64(height)
     if geometry.slide_mpp is not None:
         attrs["level0_magnification"] = mpp_to_mag(geometry.slide_mpp)
         attrs["slide_mpp"] = np.float64(geometry.slide_mpp)
@@ -417,8 +424,13 @@ def write_h5(
     file_attrs: dict[str, Any],
     extras: dict[str, np.ndarray],
 ) -> None:
-    """Write one per-slide h5 file: `features`, `coords` with their attributes, extra datasets."""
-    with h5py.File(path, "w") as f:
+    """Write one per-slide h5 file: `features`, `coords` with their attributes, extra datasets.
+
+    The file is built in memory and written with one plain write: HDF5 writing to a full disk itself
+    fails in its object destructors and crashes the interpreter at exit, a plain write raises OSError.
+    """
+    image = io.BytesIO()
+    with h5py.File(image, "w") as f:
         _write_dataset(f, "features", features, features_attrs)
         _write_dataset(f, "coords", coords, coords_attrs)
         for key, data in extras.items():
@@ -428,3 +440,4 @@ def write_h5(
                 f.create_dataset(key, data=data)
         for name, value in file_attrs.items():
             f.attrs[name] = value
+    path.write_bytes(image.getbuffer())

@@ -24,17 +24,13 @@ def mvh_store(tmp_path) -> EmbeddingStore:
 
 def test_mvh_export_import_round_trip_equal(mvh_store, tmp_path) -> None:
     run_export(ExportConfig(mvh_store.uri, tmp_path / "h5"))
-    result = do_import(tmp_path / "h5", tmp_path / "dst.lance")
+    result = do_import(tmp_path / "h5", tmp_path / "dst.lance", model=None)
     assert result.exit_code == 0 and [f.slide_id for f in result.imported] == ["a", "b"]
     imported = EmbeddingStore.open(tmp_path / "dst.lance")
-    fp = imported.fingerprint
-    assert (fp.model, fp.weights_sha256, fp.tile_px, fp.mpp, fp.embed_dim) == (
-        "external:uni_v1",
-        "external",
-        224,
-        0.5,
-        DIM,
-    )
+    # mvh's own export carries the whole fingerprint: model, config, weights, mean/std come back.
+    fp, original = imported.fingerprint, mvh_store.fingerprint
+    assert fp.key() == original.key() and (fp.mean, fp.std, fp.seed) == (original.mean, original.std, 0)
+    assert (fp.model, fp.embed_dim, fp.extra) == ("tiny", DIM, {"imported_from": "h5"})
     assert imported.slide_ids() == ["a", "b"]
     for sid in ("a", "b"):
         for got, want in zip(imported.slide_embeddings(sid), mvh_store.slide_embeddings(sid), strict=True):
@@ -43,8 +39,9 @@ def test_mvh_export_import_round_trip_equal(mvh_store, tmp_path) -> None:
         assert imported.slide_tiles(sid)[cols].equals(mvh_store.slide_tiles(sid)[cols])
     src = mvh_store.slides(status="done").set_index("slide_id")
     dst = imported.slides().set_index("slide_id")
-    for col in ("path", "width", "height", "mpp", "mpp_source", "n_tiles"):
+    for col in ("width", "height", "mpp", "mpp_source", "n_tiles"):
         assert list(dst[col]) == list(src[col]), col
+    assert list(dst["path"]) == ["a.svs", "b.svs"]  # the slide's file name: no local path is exported
 
 
 def _bad(kind: str, path: Path) -> None:
@@ -243,7 +240,7 @@ def test_progress_events_for_import_and_export(mvh_store, tmp_path) -> None:
     run_export(ExportConfig(mvh_store.uri, tmp_path / "pq", "parquet"), progress=rec)
     assert rec.count(Event.TOTAL, SLIDES) == 2 == rec.count(Event.ADVANCE, SLIDES)
     rec = Recorder()
-    run_import(ImportConfig(tmp_path / "h5", str(tmp_path / "d.lance"), "m"), progress=rec)
+    run_import(ImportConfig(tmp_path / "h5", str(tmp_path / "d.lance")), progress=rec)
     assert rec.count(Event.TOTAL, FILES) == 2 == rec.count(Event.ADVANCE, FILES)
 
 
@@ -268,7 +265,7 @@ def test_float16_store_refuses_features_it_cannot_hold(tmp_path) -> None:
     path = trident_slide(tmp_path / "job", "s", 2)
     with h5py.File(path, "a") as f:
         f["features"][0, 0] = 1e6
-    result = run_import(ImportConfig(path.parent, str(tmp_path / "s.lance"), "m", embedding_dtype="float16"))
+    result = run_import(ImportConfig(path.parent, str(tmp_path / "s.lance"), embedding_dtype="float16"))
     assert result.exit_code == 1 and "float16 range" in result.failed[0].error
 
 
@@ -307,3 +304,61 @@ def test_reimport_is_idempotent(tmp_path) -> None:
     store = EmbeddingStore.open(tmp_path / "s.lance")
     again = store.all_embeddings()
     assert first[0].equals(again[0]) and (first[1] == again[1]).all() and store.n_tiles == 4
+
+
+def test_duplicate_coordinates_fail_that_file_even_with_its_own_tile_ids(tmp_path) -> None:
+    # Before: 54 tiles at one coordinate were imported when the file named each tile itself.
+    path = trident_slide(tmp_path / "job", "s", 54)
+    with h5py.File(path, "a") as f:
+        f["coords"][:] = f["coords"][0]
+        f["tile_ids"] = np.array([f"t{i}" for i in range(54)], dtype=object).astype("S")
+    result = do_import(path.parent, tmp_path / "s.lance")
+    assert result.exit_code == 1 and [f.slide_id for f in result.failed] == ["s"]
+    assert "53 tile(s) repeat another tile's coordinates" in result.failed[0].error
+    assert EmbeddingStore.open(tmp_path / "s.lance").slide_ids() == []
+
+
+def _strings(value: object) -> list[str]:
+    """Every string inside an h5 attribute value or a JSON document."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
+    if isinstance(value, str):
+        try:
+            return [value, *_strings(json.loads(value))] if value[:1] in "{[" else [value]
+        except json.JSONDecodeError:
+            return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def test_no_local_path_in_exported_files(tmp_path) -> None:
+    # Before: the weights path, the import folder and the slide path were written as given.
+    fp = StoreFingerprint(
+        model="tiny",
+        model_config={},
+        weights_sha256="ab" * 32,
+        weights_path="/home/me/ckpt/uni.pt",
+        embed_dim=DIM,
+        tile_px=224,
+        mpp=0.5,
+        mean=None,
+        std=None,
+        extra={"imported_from": "/home/me/feats"},
+    )
+    store = EmbeddingStore.create(tmp_path / "p.lance", fp)
+    slide = make_mvh_store(tmp_path / "src.lance")
+    record = {"slide_id": "a", "path": "/home/me/slides/a.svs", "width": 4000, "height": 3000, "mpp": 0.25}
+    store.add_slide(record, slide.slide_tiles("a"), slide.slide_embeddings("a")[0])
+    run_export(ExportConfig(store.uri, tmp_path / "h5"))
+    with h5py.File(tmp_path / "h5" / "a.h5", "r") as f:
+        found = [s for o in (f, f["features"], f["coords"]) for v in o.attrs.values() for s in _strings(v)]
+        shared = json.loads(f.attrs["fingerprint"])
+    assert found and not [s for s in found if "/home/me" in s or str(tmp_path) in s]
+    assert (shared["weights_path"], shared["extra"]["imported_from"]) == ("uni.pt", "feats")
+    assert shared["weights_sha256"] == "ab" * 32
+    out = export_parquet(store, tmp_path / "t.parquet")
+    meta = pq.read_schema(out).metadata
+    assert not [s for v in meta.values() for s in _strings(v) if "/home/me" in s]

@@ -19,7 +19,8 @@ import torch
 
 from mvh.errors import UsageError
 from mvh.interop import ExportConfig, ImportConfig, run_export, run_import
-from mvh.store import EmbeddingStore, StoreFingerprint
+from mvh.store import EmbeddingStore
+from tests.conftest import synthetic_fingerprint
 
 DIM = 6
 
@@ -231,17 +232,7 @@ def h5_content(path: Path) -> dict:
 
 def make_mvh_store(uri: Path) -> EmbeddingStore:
     """A store as `mvh extract` fills it: slides a (7 tiles), b (4), 224 px at 0.5 um/px, 0.25 um/px scans."""
-    fp = StoreFingerprint(
-        model="tiny",
-        model_config={"depth": 2},
-        weights_sha256="random-init",
-        weights_path=None,
-        embed_dim=DIM,
-        tile_px=224,
-        mpp=0.5,
-        mean=(0.5, 0.5, 0.5),
-        std=(0.2, 0.2, 0.2),
-    )
+    fp = synthetic_fingerprint(DIM, model="tiny", model_config={"depth": 2}, mean=(0.5,) * 3, std=(0.2,) * 3)
     store = EmbeddingStore.create(uri, fp)
     rng = np.random.default_rng(0)
     for sid, n in (("a", 7), ("b", 4)):
@@ -277,8 +268,9 @@ def mvh_store(tmp_path) -> EmbeddingStore:
     return make_mvh_store(tmp_path / "mvh.lance")
 
 
-def do_import(folder: Path, store: Path, **flags):
-    return run_import(ImportConfig(folder, str(store), "uni_v1", **flags))
+def do_import(folder: Path, store: Path, model: str | None = "uni_v1", **flags):
+    """`mvh import` of `folder` into `store`, by default with --model uni_v1 (what `trident_slide` names)."""
+    return run_import(ImportConfig(folder, str(store), model, **flags))
 
 
 # ---------------------------------------------------------------- tests
@@ -332,13 +324,13 @@ def test_mvh_export_reads_as_trident_patho_bench_and_clam(tmp_path, mvh_store) -
     assert attrs["patch_size"] == 224 and attrs["patch_size_level0"] == 448
     assert attrs["level0_magnification"] == 40 and attrs["target_magnification"] == 20  # 10/0.25, 10/0.5
     assert attrs["patch_size"] * attrs["level0_magnification"] // attrs["target_magnification"] == 448
-    assert attrs["overlap"] == 0 and attrs["name"] == "a" and attrs["savetodir"] == str(tmp_path / "h5")
+    assert attrs["overlap"] == 0 and attrs["name"] == "a" and attrs["savetodir"] == "h5"
     assert attrs["level0_width"] == 4000 and attrs["level0_height"] == 3000
     np.testing.assert_array_equal(read["grid"], coords // 448)
     with h5py.File(tmp_path / "h5" / "a.h5", "r") as f:
         assert dict(f["features"].attrs) == {
             "name": "a",
-            "savetodir": str(tmp_path / "h5"),
+            "savetodir": "h5",  # the folder's name: no local path is shared
             "encoder": "tiny",
         }
     bench = patho_bench_load(tmp_path / "h5")
@@ -368,11 +360,17 @@ def test_clam_files_need_all_three_flags_then_import(tmp_path) -> None:
     coords = np.array([[x * 512, y * 512] for y in range(3) for x in range(3)])
     clam_extract(tmp_path / "feats", "slide1", feats, coords)
     folder = tmp_path / "feats" / "h5_files"
-    with pytest.raises(UsageError, match=r"`patch_size` is missing; pass --tile-px"):
+    # Before: one missing attribute per run, so a CLAM folder took three failed runs to import.
+    with pytest.raises(UsageError) as err:
         do_import(folder, tmp_path / "x.lance")
-    with pytest.raises(UsageError, match=r"`target_magnification` \(or mvh's `mpp`\) is missing; pass --mpp"):
+    assert str(err.value) == (
+        f"{folder / 'slide1.h5'}: attributes `patch_size` and `target_magnification` (or mvh's `mpp`) and "
+        "`patch_size_level0` (or `level0_magnification`) are missing; pass --tile-px (tile px of these "
+        "features) and --mpp (um/px the tiles were embedded at) and --slide-mpp (level-0 um/px of the slides)"
+    )
+    with pytest.raises(UsageError, match=r"`target_magnification` \(or mvh's `mpp`\) and `patch_size_le"):
         do_import(folder, tmp_path / "x.lance", tile_px=256)
-    with pytest.raises(UsageError, match=r"`patch_size_level0` \(or `level0_magnification`\).*--slide-mpp"):
+    with pytest.raises(UsageError, match=r"attribute `patch_size_level0` \(or `level0_magnification`\) is "):
         do_import(folder, tmp_path / "x.lance", tile_px=256, mpp=0.5)
     assert not EmbeddingStore.exists(tmp_path / "x.lance")
     do_import(folder, tmp_path / "x.lance", tile_px=256, mpp=0.5, slide_mpp=0.25)
@@ -388,6 +386,11 @@ def test_clam_files_need_all_three_flags_then_import(tmp_path) -> None:
     assert (attrs["patch_size"], attrs["patch_size_level0"]) == (256, 512)
     assert (attrs["level0_magnification"], attrs["target_magnification"]) == (40, 20)
     assert "mpp" not in attrs and any("lacked were added" in n for n in result.notes)
+    # CLAM's files carry no slide size: left out, not the string "None" nor -1.
+    with h5py.File(tmp_path / "back" / "h5_files" / "slide1.h5", "r") as f:
+        assert not {"level0_width", "level0_height"} & set(f["coords"].attrs)
+        assert not {"width", "height"} & set(f.attrs)
+    assert store.slides()[["width", "height"]].isna().all().all()
     assert torch.equal(clam_dataset_item(tmp_path / "back", "slide1", False), torch.from_numpy(feats))
 
 
@@ -451,7 +454,7 @@ def test_scanner_resolution_gives_a_float_magnification(tmp_path) -> None:
     assert isinstance(attrs["level0_magnification"], np.float64)
     assert attrs["level0_magnification"] == pytest.approx(10 / 0.2527)
     assert attrs["patch_size_level0"] == 443  # round(224 * 0.5 / 0.2527), the footprint the tiles used
-    back = do_import(tmp_path / "out", tmp_path / "back.lance")
+    back = do_import(tmp_path / "out", tmp_path / "back.lance", model=None)
     assert back.exit_code == 0
     assert (
         EmbeddingStore.open(tmp_path / "back.lance").slides().set_index("slide_id").loc["scan", "mpp"]

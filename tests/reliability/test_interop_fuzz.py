@@ -25,7 +25,7 @@ FLAGS = {"tile_px": None, "mpp": None, "slide_mpp": None}
 def _import_once(folder: Path, **flags) -> None:
     """Run the importer on `folder`; only a result or an MvhError may come out."""
     try:
-        result = run_import(ImportConfig(folder, str(folder.parent / "s.lance"), "fuzz", **flags))
+        result = run_import(ImportConfig(folder, str(folder.parent / "s.lance"), "uni_v1", **flags))
     except MvhError as exc:
         assert "\n" not in " ".join(str(exc).split())
         return

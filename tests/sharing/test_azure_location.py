@@ -14,7 +14,6 @@ import pytest
 from mvh.cli._app import guarded
 from mvh.errors import StoreError, UsageError
 from mvh.store.location import parse_location, redact_environment
-from mvh.store.sidecar import filesystem
 
 KEY = "c2VjcmV0LWFjY291bnQta2V5LW9mLXRoZS10ZXN0LWFjY291bnQ="  # base64, as account keys are
 SAS = "sv=2019-12-12&ss=b&srt=sco&sp=rl&se=2030-01-01T00%3A00%3A00Z&spr=https&sig=AbC%2Bd3f%3D"
@@ -113,13 +112,12 @@ def test_tags_pin_an_azure_snapshot():
     assert (loc.uri, loc.tag, loc.describe()) == ("az://box/e.lance", "paper-v1", "az://box/e.lance@paper-v1")
 
 
-def test_abfs_urls_name_the_account_in_the_host():
-    loc = parse_location(
-        "abfss://box@lab.dfs.core.windows.net/e.lance", env={"AZURE_STORAGE_ACCOUNT_KEY": KEY}
-    )
-    assert loc.storage_options["azure_storage_account_name"] == "lab"
-    fs, path = filesystem(loc)
+def test_abfs_urls_reach_the_container_named_before_the_at():
+    env = {"AZURE_STORAGE_ACCOUNT_NAME": "lab", "AZURE_STORAGE_ACCOUNT_KEY": KEY}
+    fs, path = parse_location("abfs://box@lab.dfs.core.windows.net/e.lance", env=env).filesystem()
     assert isinstance(fs, pafs.AzureFileSystem) and path == "box/e.lance"
+    with pytest.raises(UsageError, match="container name"):
+        parse_location("abfs://Box@lab.dfs.core.windows.net/e.lance", env=env)
 
 
 def test_secrets_are_redacted_in_repr_options_messages_and_the_environment():
@@ -144,13 +142,13 @@ def test_secrets_are_redacted_in_repr_options_messages_and_the_environment():
 
 def test_sidecar_files_reach_azure_with_the_same_account_endpoint_and_credential():
     env = {"AZURE_STORAGE_USE_EMULATOR": "true", "AZURITE_BLOB_STORAGE_URL": "http://127.0.0.1:41234"}
-    fs, path = filesystem(parse_location("az://box/team/e.lance", env=env))
+    fs, path = parse_location("az://box/team/e.lance", env=env).filesystem()
     assert isinstance(fs, pafs.AzureFileSystem) and path == "box/team/e.lance"
     env = {"AZURE_STORAGE_ACCOUNT_NAME": "acct", "AZURE_STORAGE_ENDPOINT": "https://other.example.net/x"}
     with pytest.raises(StoreError, match="azure_storage_endpoint"):
-        filesystem(parse_location("az://box/e.lance", env=env))
+        parse_location("az://box/e.lance", env=env).filesystem()
     with pytest.raises(StoreError, match="AZURE_STORAGE_ACCOUNT_NAME"):
-        filesystem(parse_location("az://box/e.lance", env={}))
+        parse_location("az://box/e.lance", env={}).filesystem()
 
 
 def test_a_library_warning_that_quotes_a_secret_reaches_stderr_redacted(monkeypatch, capsys):

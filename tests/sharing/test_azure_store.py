@@ -24,7 +24,6 @@ from mvh.cli import app
 from mvh.serve import ServeConfig, create_app
 from mvh.store import EmbeddingStore, StoreFingerprint
 from mvh.store.location import parse_location
-from mvh.store.sidecar import filesystem
 from tests.sharing.azurite_server import ACCOUNT_KEY, Azurite, account_sas
 
 pytestmark = [pytest.mark.azure, pytest.mark.real_data]
@@ -93,7 +92,7 @@ def test_round_trip_search_equals_a_local_copy_and_every_command_works(lab_store
     on_azure = _hits("--store", lab_store, "--query", str(he_tile), "-k", "5")
     assert len(on_azure) == 5 and {h[0] for h in on_azure} == {REAL}
 
-    fs, root = filesystem(parse_location(lab_store))  # the seam's own Azure filesystem copies it out
+    fs, root = parse_location(lab_store).filesystem()  # the seam's own Azure filesystem copies it out
     local = tmp_path / "copy.lance"
     pafs.copy_files(root, str(local), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
     assert (local / "_mvh" / "index").is_dir()  # the published FAISS index came along from beside the tables
@@ -204,7 +203,7 @@ def test_two_processes_committing_to_one_store_both_survive(az_container, azurit
 
 
 def test_a_tag_searched_after_the_head_moves_on_gives_the_tags_hits(lab_store, writer, azurite):
-    fs, root = filesystem(parse_location(lab_store))
+    fs, root = parse_location(lab_store).filesystem()
     uri = "az://mvh-lab/tag-test/lab.lance"  # a copy: moving its head leaves the other tests' store alone
     pafs.copy_files(root, "mvh-lab/tag-test/lab.lance", source_filesystem=fs, destination_filesystem=fs)
     tile = f"{REAL}:896:448"

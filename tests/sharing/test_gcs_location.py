@@ -12,7 +12,6 @@ import pytest
 
 from mvh.errors import StoreError, UsageError
 from mvh.store.location import parse_location, redact_environment
-from mvh.store.sidecar import filesystem
 
 PRIVATE_KEY = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----\n"
 SERVICE_KEY = json.dumps(
@@ -71,9 +70,9 @@ def test_a_service_account_key_and_its_private_key_are_never_shown():
 
 
 def test_sidecar_files_use_application_default_credentials_or_say_what_to_set():
-    fs, path = filesystem(parse_location("gs://lab-bucket/team/e.lance", env={}))
+    fs, path = parse_location("gs://lab-bucket/team/e.lance", env={}).filesystem()
     assert isinstance(fs, pafs.GcsFileSystem) and path == "lab-bucket/team/e.lance"
     loc = parse_location("gs://lab-bucket/e.lance", env={"GOOGLE_SERVICE_ACCOUNT_KEY": SERVICE_KEY})
     with pytest.raises(StoreError, match="GOOGLE_APPLICATION_CREDENTIALS") as refused:
-        filesystem(loc)
+        loc.filesystem()
     assert "PRIVATE KEY" not in str(refused.value)

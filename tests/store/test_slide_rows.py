@@ -64,7 +64,8 @@ def assert_reads_equal(by_rows: EmbeddingStore, filtered: EmbeddingStore) -> Non
         np.testing.assert_array_equal(got_emb, want_emb)
         np.testing.assert_array_equal(got_xy, want_xy)
         pd.testing.assert_frame_equal(by_rows.slide_tiles(slide_id), filtered.slide_tiles(slide_id))
-    assert by_rows.reader.row_map is not None and by_rows.reader.row_map.version == by_rows.tables.tiles.version
+    row_map = by_rows.reader.row_map
+    assert row_map is not None and row_map.version == by_rows.tables.tiles.version
     assert filtered.reader.row_map is None  # the writable handle read through the filter
 
 
@@ -184,7 +185,7 @@ def test_a_store_of_an_older_mvh_reads_by_slide_id_rows(tmp_path) -> None:
     db = lancedb.connect(str(uri))
     old_tiles = pa.schema([f for f in tiles_schema(DIM) if f.name != "commit"])
     old_slides = pa.schema(
-        [f for f in SLIDES_SCHEMA if f.name not in ("commit", "checksum", "attrs", "file_hash")]
+        [f for f in SLIDES_SCHEMA if f.name not in ("commit", "checksum", "slide_attrs", "file_hash")]
     )
     parts, rows = [], []
     for i, sid in enumerate(("a", "b", "c")):
