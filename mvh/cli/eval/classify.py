@@ -29,7 +29,7 @@ def _classify_table(result: ClassifyResult) -> Table:
     title = (f"Tile classification: {result.n_tiles} tiles, {len(result.classes)} classes, split "
              f"{result.split} by {result.grouping}, seed {result.seed}; probe: {probe}, C {result.probe_c}")
     table = Table(title=Text(title))
-    for name in ("model", "method", "balanced acc", "weighted F1", "AUROC (macro OvR)"):
+    for name in ("model", "method", "balanced acc", "weighted F1", "AUROC (macro OvO)"):
         table.add_column(name, justify="left" if name in ("model", "method") else "right")
     for row in result.results:
         table.add_row(Text(row.model), row.method,
