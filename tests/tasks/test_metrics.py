@@ -101,5 +101,6 @@ def test_auroc_with_a_class_missing_from_the_test_fold():
     pairs = []
     for a, b in [(0, 2), (0, 3), (2, 3)]:
         keep = (y == a) | (y == b)
-        pairs.append((roc_auc_score(y[keep] == a, proba[keep, a]) + roc_auc_score(y[keep] == b, proba[keep, b])) / 2)
+        pairs.append((roc_auc_score(y[keep] == a, proba[keep, a])
+                      + roc_auc_score(y[keep] == b, proba[keep, b])) / 2)
     assert classification_metrics(y, proba.argmax(1), proba, 4)["auroc"] == pytest.approx(np.mean(pairs))

@@ -13,6 +13,7 @@ from sklearn.metrics import average_precision_score
 
 from mvh.errors import DataError, UsageError
 from mvh.index.build import build_index
+from mvh.index.exact import exact_search, recall_at_k
 from mvh.index.store import EmbeddingStore, StoreFingerprint
 from mvh.progress import Event, Recorder
 from mvh.tasks.retrieval import (
@@ -28,6 +29,7 @@ from mvh.tasks.retrieval import (
     map_at_k,
     map_at_k_min_r,
     mv_at_k,
+    neighbour_scores,
     relevant_counts,
     retrieval_metrics,
     run_retrieval,
@@ -90,8 +92,9 @@ def test_map_at_5_is_patho_bench_map_at_k() -> None:
 
 
 def test_min_r_variant_divides_by_min_k_and_relevant() -> None:
-    assert average_precision_at_k_min_r("a", ["a", "b", "b", "b", "b"], n_relevant=50, k=5) == pytest.approx(0.2)
-    assert average_precision_at_k_min_r("a", ["a", "b", "b", "b", "b"], n_relevant=1, k=5) == pytest.approx(1.0)
+    one_hit = ["a", "b", "b", "b", "b"]
+    assert average_precision_at_k_min_r("a", one_hit, n_relevant=50, k=5) == pytest.approx(0.2)
+    assert average_precision_at_k_min_r("a", one_hit, n_relevant=1, k=5) == pytest.approx(1.0)
     ranked = ["a", "b", "a", "c", "a"]
     expected = (1 / 1 + 2 / 3 + 3 / 5) / 3
     assert average_precision_at_k_min_r("a", ranked, 3, 5) == pytest.approx(expected)
@@ -244,3 +247,31 @@ def test_slide_labels_errors_and_job_shape(planted_store: EmbeddingStore, tmp_pa
     result = run_retrieval(cfg, progress=recorder)
     assert result.ks == [1, 2] and recorder.count(Event.ADVANCE, QUERIES) == 4
     assert RetrievalResult.from_dict(json.loads((tmp_path / "r.json").read_text())) == result
+
+
+def test_recall_counts_an_equal_score_neighbour_as_a_hit() -> None:
+    """Rows 1 and 2 are the same vector: exact search keeps row 1 (lower id), an index may return row 2.
+    Written-out rule: a returned row is a hit when it is in the exact top-k or its exact cosine equals
+    the exact k-th cosine; a row scoring below it is a miss."""
+    db = np.array([[1, 0, 0], [0.8, 0.6, 0], [0.8, 0.6, 0], [0, 1, 0], [0, 0, 1]], dtype=np.float32)
+    query = np.array([[1, 0.1, 0]], dtype=np.float32)
+    _, exact_ids = exact_search(db, query, 2)
+    assert exact_ids.tolist() == [[0, 1]]
+    approx_ids = np.array([[0, 2]])
+    approx_scores = neighbour_scores(np.vstack([query, db]), np.array([[1, 3]]))
+    exact_scores = neighbour_scores(np.vstack([query, db]), np.array([[1, 2]]))
+    assert recall_at_k(approx_ids, exact_ids, 2) == 0.5  # ids alone: the tie looks like a miss
+    scored = {"approx_scores": approx_scores, "exact_scores": exact_scores}
+    assert recall_at_k(approx_ids, exact_ids, 2, **scored) == 1.0
+    worse = neighbour_scores(np.vstack([query, db]), np.array([[1, 4]]))  # row 3 scores below the k-th
+    assert recall_at_k(np.array([[0, 3]]), exact_ids, 2, approx_scores=worse,
+                       exact_scores=exact_scores) == 0.5
+
+
+def test_neighbour_scores_are_cosines() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((6, 4))
+    ids = np.array([[1, 2], [0, -1], [3, 4], [5, 0], [1, 1], [2, 3]])
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    expected = [[unit[i] @ unit[j] if j >= 0 else -np.inf for j in row] for i, row in enumerate(ids)]
+    np.testing.assert_allclose(neighbour_scores(x, ids), expected, atol=1e-6)
