@@ -80,7 +80,7 @@ def _read_table(path: Path) -> pd.DataFrame:
 
 def _task(results: dict[str, Any]) -> str:
     settings = results.get("settings") if isinstance(results.get("settings"), dict) else {}
-    task = results.get("task") or settings.get("task")
+    task = results.get("job") or results.get("task") or settings.get("task")
     if isinstance(task, str):
         return task
     if "abmil" in results or "cohort" in settings or "heatmap" in settings:

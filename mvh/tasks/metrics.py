@@ -7,6 +7,7 @@ results is `mvh.jobs.jsonable`.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -54,15 +55,33 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray, top: int = 10) ->
     }
 
 
-def summarize(values: Sequence[float]) -> dict[str, Any]:
-    """{"mean", "std", "folds"} over folds (population std, NaN folds ignored in mean/std, kept in folds)."""
+@dataclass
+class MetricSummary:
+    """A metric over folds: mean, population std (numpy's default, ddof = 0) and the per-fold values."""
+
+    mean: float
+    std: float
+    folds: list[float]
+
+
+def summarize(values: Sequence[float], *, propagate_nan: bool = False) -> dict[str, Any]:
+    """{"mean", "std", "folds"} over folds: population std (ddof = 0), NaN folds kept in "folds".
+
+    NaN folds are left out of mean and std, or with `propagate_nan` make them NaN (HEST's
+    `merge_fold_results`: `np.mean` / `np.std` of the fold values).
+    """
     arr = np.asarray(values, dtype=np.float64)
-    finite = arr[np.isfinite(arr)]
+    used = arr if propagate_nan else arr[np.isfinite(arr)]
     return {
-        "mean": float(finite.mean()) if len(finite) else float("nan"),
-        "std": float(finite.std()) if len(finite) else float("nan"),
+        "mean": float(used.mean()) if len(used) else float("nan"),
+        "std": float(used.std()) if len(used) else float("nan"),
         "folds": [float(v) for v in arr],
     }
+
+
+def metric_summary(values: Sequence[float], *, propagate_nan: bool = False) -> MetricSummary:
+    """`summarize` as a typed `MetricSummary`."""
+    return MetricSummary(**summarize(values, propagate_nan=propagate_nan))
 
 
 def ovo_auroc(y_true: np.ndarray, proba: np.ndarray) -> float:
