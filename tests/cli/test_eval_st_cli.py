@@ -71,6 +71,7 @@ def test_st_rerun_reuses_stored_embeddings(st_run):
 def test_st_tables_label_random_as_spot_level_and_show_progress(st_run):
     _, out, result = st_run
     assert "random (spot-level)" in result.output and "NaN genes" in result.output
+    assert "mean ± std over folds (ddof 0)" in " ".join(result.output.split())
     assert "folds" in result.output  # plain progress lines when not on a terminal
     res = json.loads((out / "results.json").read_text())
     assert res["models"][MODEL]["splits"]["random"]["level"].startswith("spot-level")

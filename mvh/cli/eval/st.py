@@ -31,7 +31,7 @@ def _st_table(result: STResult) -> Table:
     solver = "HEST's PCA + ridge" if s.regressor == "ridge" else s.regressor
     solver += "" if s.pca else " (no PCA)"
     table = Table(title=f"ST regression: {s.n_spots} spots, {s.n_samples} samples, {s.n_patients} "
-                        f"patients, {solver}, seed {s.seed}; PCC mean +- std (ddof 0) over folds")
+                        f"patients, {solver}, seed {s.seed}; mean ± std over folds (ddof 0)")
     table.add_column("model")
     for split in splits:
         name = "random (spot-level)" if split == "random" else split
