@@ -36,7 +36,7 @@ def export_cmd(
     as_json: JsonOption = False,
 ) -> None:
     """Export a store's done slides for TRIDENT, CLAM, Patho-Bench or Parquet readers."""
-    from mvh.index.interop import ExportConfig, run_export
+    from mvh.interop import ExportConfig, run_export
 
     cfg = ExportConfig(store=store, out=out, fmt=fmt, verify=verify)
     with progress_reporter(enabled=not as_json) as progress:

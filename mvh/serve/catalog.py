@@ -19,9 +19,9 @@ from mvh.errors import UsageError
 from mvh.extractor.embedder import Embedder
 from mvh.index.faiss_index import VectorIndex
 from mvh.index.index_files import load_index
-from mvh.index.location import parse_location
-from mvh.index.store import DONE, RANDOM_INIT, EmbeddingStore
 from mvh.serve.batcher import MicroBatcher
+from mvh.store import DONE, RANDOM_INIT, EmbeddingStore
+from mvh.store.location import parse_location
 from mvh.tasks.query import ImageQuery, QueryResult, image_query_results, query_embedder
 
 # The FAISS flat (exact) search computes queries on their own below 20 at once (BLAS above); keeping
