@@ -85,7 +85,7 @@ def _task(results: dict[str, Any]) -> str:
     if isinstance(results.get("job"), str):
         return results["job"]
     settings = results.get("settings") if isinstance(results.get("settings"), dict) else {}
-    task = results.get("task") or settings.get("task")
+    task = results.get("job") or results.get("task") or settings.get("task")
     if isinstance(task, str):
         return task
     if "abmil" in results or "cohort" in settings or "heatmap" in settings:

@@ -24,7 +24,7 @@ from mvh.errors import DataError, UsageError
 from mvh.jobs import JobResult
 from mvh.progress import FOLDS, Event, Progress, report
 from mvh.tasks.classifiers import PROBES, choose_c, predict_knn, predict_probe, uni_c
-from mvh.tasks.metrics import classification_metrics, summarize
+from mvh.tasks.metrics import MetricSummary, classification_metrics, summarize
 from mvh.tasks.splits import Fold, stratified_group_folds
 from mvh.tasks.stores import StoreSpec
 from mvh.tasks.tile_labels import (
@@ -97,15 +97,6 @@ class ClassifyConfig:
 
 
 # ---------------------------------------------------------------------------- results
-@dataclass
-class MetricSummary:
-    """A metric over folds: mean, population std (NaN folds ignored) and the per-fold values."""
-
-    mean: float
-    std: float
-    folds: list[float]
-
-
 @dataclass
 class MethodResult:
     """One model and method: metrics over folds, confusion matrix summed over folds, C per fold."""

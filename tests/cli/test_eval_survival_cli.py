@@ -89,6 +89,7 @@ def test_survival_cli_table_and_skip_missing(cohort_store: tuple[Path, Path], tm
     result = _invoke(*args, "--skip-missing", "--out", str(tmp_path / "b"))
     assert result.exit_code == 0, result.output
     assert "abmil" in result.stdout and "coxph" in result.stdout and "±" in result.stdout
+    assert "mean ± std over folds (ddof 0, not the standard error)" in " ".join(result.stdout.split())
     assert "note: skipped 1 slide(s) absent from the store: not_extracted" in result.stderr
     assert "note: dropped 1 patient(s) left without slides: P99" in result.stderr
     saved = json.loads((tmp_path / "b" / "results.json").read_text())

@@ -142,7 +142,7 @@ def test_eval_retrieval(store: str, tmp_path: Path) -> None:
     assert "acc@1" in result.stdout and "recall@3 vs exact" in result.stdout
     saved = json.loads((out / "results.json").read_text())
     assert saved["job"] == "retrieval" and saved["leave_out"] == "slide"
-    assert set(saved["exact"]) == {"acc@1", "acc@3", "mv@5", "map@5"}
+    assert set(saved["exact"]) == {"acc@1", "acc@3", "mv@5", "map@5", "map@5_min_r"}
     assert saved["index"]["recall@1"] == 1.0 and saved["n_queries"] == len(rows)
     result = runner.invoke(app, [*args[:-2], "--leave-out", "none", "--json"])
     assert json.loads(result.stdout)["leave_out"] == "none"

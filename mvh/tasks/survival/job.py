@@ -32,9 +32,11 @@ from mvh.tasks.survival.settings import MODELS, SurvivalSettings
 
 RESULTS_NAME = "results.json"
 DEFINITIONS = {
-    "c_index": "Harrell's C per test fold with sksurv's rules (concordance_index_censored: tied risks count "
-               "1/2; a pair tied in time is comparable when one is an event and the other censored); "
-               "mean +- std over folds, std with ddof=0",
+    "c_index": "Harrell's C per test fold, equal to sksurv.metrics.concordance_index_censored(event, time, "
+               "risk) with its tie tolerance 1e-8 (risks within 1e-8 are tied and count 1/2; lifelines ties "
+               "only exactly equal risks; a pair tied in time is comparable when one is an event and the "
+               "other censored); mean +- std over folds, std with ddof=0 (not the standard error that "
+               "Patho-Bench reports)",
     "uno_c": "Uno's IPCW C per test fold (sksurv concordance_index_ipcw), censoring estimated on the fold's "
              "training patients, tau = their largest time",
     "km_split": "each fold's test patients are high risk when their risk is above the median risk that the "
