@@ -92,3 +92,34 @@ def test_the_checker_sees_nested_and_relative_imports() -> None:
     found = _imports_in(source, "mvh.index")
     assert found == [("numpy", 1, True), ("mvh.extractor.slide", 3, False), ("mvh.tasks", 4, False)]
     assert {_layer(name) for name, _, _ in found[1:]} == {"extractor", "tasks"}
+
+
+LOCATION_SEAM = {"store/location.py", "store/backends.py"}
+
+
+def _scheme_literals(source: str) -> list[tuple[int, str]]:
+    """String constants that parse a URI scheme: `"://"` itself or a prefix ending in it (`"s3://"`).
+
+    Parts of f-strings are text for people (`f"http://{host}"`), not tests of a URI: they are skipped.
+    """
+    tree = ast.parse(source)
+    shown = {id(v) for node in ast.walk(tree) if isinstance(node, ast.JoinedStr) for v in node.values}
+    return [
+        (node.lineno, node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.endswith("://")
+        and id(node) not in shown
+    ]
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_only_the_location_seam_parses_store_uris(path: Path) -> None:
+    if str(path.relative_to(PACKAGE)) in LOCATION_SEAM:
+        return
+    found = _scheme_literals(path.read_text())
+    assert not found, f"{path.relative_to(PACKAGE)} parses URIs {found}: ask mvh.store.location instead"
+
+
+def test_the_uri_check_sees_a_scheme_test() -> None:
+    source = 'def f(uri):\n    return "://" in uri or uri.startswith("s3://")\n'
+    assert [value for _, value in _scheme_literals(source)] == ["://", "s3://"]

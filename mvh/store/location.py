@@ -1,15 +1,20 @@
 """Where a store lives: a local directory or an object-store URI, how to reach it, and which snapshot.
 
-`--store` accepts a path, `s3://bucket/prefix/name.lance`, `gs://...`, `az://...` (whatever LanceDB accepts),
-optionally pinned to a tag with `URI@TAG` (or to a version with `--store-version N`). Credentials and the
-endpoint come from the standard places (AWS_* variables, an AWS profile) plus `--storage-option KEY=VALUE`;
-they are passed to LanceDB and never appear in `repr`, `mvh info`, results or error messages.
+`--store` accepts a path, `s3://bucket/prefix/name.lance`, `gs://...`, `az://...` (the schemes of
+`mvh.store.backends`), optionally pinned to a tag with `URI@TAG` (or to a version with `--store-version
+N`). Credentials and the endpoint come from the standard places of the backend (AWS_* variables, an AWS
+profile) plus `--storage-option KEY=VALUE`; they are passed to LanceDB and never appear in `repr`,
+`mvh info`, results or error messages.
+
+This module and `mvh.store.backends` are the location seam: no other module parses a store URI. A
+`StoreLocation` answers what the rest of mvh asks: is it local (and where), which backend serves it, its
+options and their redaction, whether concurrent writers are safe there, the pyarrow filesystem of the
+files beside its tables, and its folder in the local cache.
 """
 
 from __future__ import annotations
 
-import configparser
-import ipaddress
+import hashlib
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -17,34 +22,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-from mvh.errors import UsageError
+import pyarrow as pa
+import pyarrow.fs as pafs
 
-REMOTE_SCHEMES = ("s3", "s3+ddb", "gs", "az", "abfs", "memory")
+from mvh.errors import StoreError, UsageError
+from mvh.store.backends import Backend, backend_for, secret_env_values
+
+LOCAL_SCHEME = "file"
 # Set by the CLI's --storage-option / --read-only / --store-version for the command it runs (or by a user).
 ENV_OPTIONS = "MVH_STORAGE_OPTIONS"
 ENV_READ_ONLY = "MVH_READ_ONLY"
 ENV_VERSION = "MVH_STORE_VERSION"
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _SECRET_KEYS = ("secret", "token", "password", "key", "credential", "sas", "signature")
-# AWS environment variables -> LanceDB/object_store option names
-_AWS_ENV = {
-    "AWS_ACCESS_KEY_ID": "aws_access_key_id",
-    "AWS_SECRET_ACCESS_KEY": "aws_secret_access_key",
-    "AWS_SESSION_TOKEN": "aws_session_token",
-    "AWS_REGION": "aws_region",
-    "AWS_DEFAULT_REGION": "aws_region",
-    "AWS_ENDPOINT_URL": "aws_endpoint",
-    "AWS_ENDPOINT_URL_S3": "aws_endpoint",
-    "AWS_ENDPOINT": "aws_endpoint",
-}
-# AWS shared config/credentials file keys -> option names
-_PROFILE_KEYS = {
-    "aws_access_key_id": "aws_access_key_id",
-    "aws_secret_access_key": "aws_secret_access_key",
-    "aws_session_token": "aws_session_token",
-    "region": "aws_region",
-    "endpoint_url": "aws_endpoint",
-}
+
+
+def cache_root(env: Mapping[str, str] | None = None) -> Path:
+    """`$MVH_CACHE_DIR`, else `$XDG_CACHE_HOME/mvh`, else `~/.cache/mvh`."""
+    env = os.environ if env is None else env
+    if env.get("MVH_CACHE_DIR"):
+        return Path(env["MVH_CACHE_DIR"])
+    return Path(env.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mvh"
 
 
 def is_secret_option(key: str) -> bool:
@@ -66,9 +64,9 @@ def redact(text: str, options: Mapping[str, str]) -> str:
 
 
 def redact_environment(text: str, env: Mapping[str, str] | None = None) -> str:
-    """`text` with the credentials of the environment (AWS_*, MVH_STORAGE_OPTIONS) replaced by `***`."""
+    """`text` with the credentials of the environment (every backend's, MVH_STORAGE_OPTIONS) as `***`."""
     env = os.environ if env is None else env
-    secrets = {name: env[var] for var, name in _AWS_ENV.items() if env.get(var) and is_secret_option(name)}
+    secrets = secret_env_values(env, is_secret_option)
     for line in env.get(ENV_OPTIONS, "").split("\n"):
         key, sep, value = line.partition("=")
         if sep and is_secret_option(key):
@@ -76,13 +74,14 @@ def redact_environment(text: str, env: Mapping[str, str] | None = None) -> str:
     return redact(text, secrets)
 
 
-def _scheme(uri: str) -> str:
+def uri_scheme(uri: str) -> str:
+    """The scheme of a store URI, lower case ("" for a plain path)."""
     return urlparse(uri).scheme.lower() if "://" in uri else ""
 
 
 def _split_tag(text: str) -> tuple[str, str | None]:
     """`URI@TAG` -> (URI, TAG); a local path that exists as written is never split."""
-    if "@" not in text or (not _scheme(text) and Path(text).exists()):
+    if "@" not in text or (not uri_scheme(text) and Path(text).exists()):
         return text, None
     uri, tag = text.rsplit("@", 1)
     if "/" in tag or not uri:
@@ -119,56 +118,10 @@ def parse_storage_options(items: Sequence[str] | None) -> dict[str, str]:
     return options
 
 
-def _profile_options(env: Mapping[str, str]) -> dict[str, str]:
-    """Credentials and region of the AWS profile named by AWS_PROFILE (shared credentials/config files)."""
-    profile = env.get("AWS_PROFILE")
-    if not profile:
-        return {}
-    home = Path(env.get("HOME", str(Path.home())))
-    found: dict[str, str] = {}
-    creds_file = Path(env.get("AWS_SHARED_CREDENTIALS_FILE", home / ".aws" / "credentials"))
-    config_file = Path(env.get("AWS_CONFIG_FILE", home / ".aws" / "config"))
-    for path, section in ((config_file, f"profile {profile}" if profile != "default" else "default"),
-                          (creds_file, profile)):
-        parser = configparser.ConfigParser()
-        if not path.is_file() or not parser.read(path) or not parser.has_section(section):
-            continue
-        for key, name in _PROFILE_KEYS.items():
-            if parser.has_option(section, key):
-                found[name] = parser.get(section, key)
-    if not found:
-        raise UsageError(
-            f"AWS_PROFILE={profile}: no such profile in {creds_file} or {config_file}; "
-            "fix the profile name or unset AWS_PROFILE"
-        )
-    return found
-
-
-def _is_loopback_http(endpoint: str) -> bool:
-    parsed = urlparse(endpoint)
-    if parsed.scheme != "http" or not parsed.hostname:
-        return False
-    if parsed.hostname == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(parsed.hostname).is_loopback
-    except ValueError:
-        return False
-
-
 def resolve_storage_options(uri: str, given: Mapping[str, str], env: Mapping[str, str]) -> dict[str, str]:
-    """Storage options for `uri`: AWS profile < AWS_* environment < `--storage-option` (last wins)."""
-    if _scheme(uri) not in ("s3", "s3+ddb"):
-        return dict(given)
-    options = _profile_options(env)
-    for var, key in _AWS_ENV.items():
-        if env.get(var):
-            options[key] = env[var]
-    options.update(given)
-    endpoint = options.get("aws_endpoint", "")
-    if _is_loopback_http(endpoint) and "allow_http" not in options:
-        options["allow_http"] = "true"  # plain HTTP is allowed without a flag only to this machine
-    return options
+    """Storage options for `uri` from its backend's places (e.g. AWS profile < AWS_* < `--storage-option`)."""
+    backend = backend_for(uri_scheme(uri))
+    return dict(given) if backend is None else backend.options(given, env)
 
 
 @dataclass(frozen=True)
@@ -182,16 +135,49 @@ class StoreLocation:
     read_only: bool = False
 
     @property
+    def scheme(self) -> str:
+        """The URI scheme ("" for a plain path, "file" for file://)."""
+        return uri_scheme(self.uri)
+
+    @property
+    def backend(self) -> Backend | None:
+        """The object store serving this location (None for a local directory)."""
+        return backend_for(self.scheme)
+
+    @property
     def is_remote(self) -> bool:
         """Whether the store is in an object store (not a local directory)."""
-        return _scheme(self.uri) in REMOTE_SCHEMES
+        return self.backend is not None
 
     @property
     def local_path(self) -> Path | None:
         """The directory of a local store; None for an object-store URI."""
         if self.is_remote:
             return None
-        return Path(self.uri.removeprefix("file://"))
+        return Path(self.uri.removeprefix(f"{LOCAL_SCHEME}://"))
+
+    @property
+    def conditional_put(self) -> bool:
+        """Whether concurrent writers are safe here (Lance's commits need put-if-absent)."""
+        return True if self.backend is None else self.backend.conditional_put
+
+    def cache_dir(self, area: str) -> Path:
+        """This location's folder under `area` of the local cache (e.g. fetched index files)."""
+        return cache_root() / area / hashlib.sha256(self.uri.encode()).hexdigest()[:16]
+
+    def filesystem(self) -> tuple[pafs.FileSystem, str]:
+        """(pyarrow filesystem, path of the store inside it), for the plain files beside the tables."""
+        local = self.local_path
+        if local is not None:
+            return pafs.LocalFileSystem(), str(local.resolve())
+        backend = self.backend
+        if backend is not None and backend.filesystem is not None:
+            parsed = urlparse(self.uri)
+            return backend.filesystem(self.storage_options), f"{parsed.netloc}{parsed.path}".rstrip("/")
+        try:
+            return pafs.FileSystem.from_uri(self.uri)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise StoreError(f"cannot reach files beside {self.describe()}: {self.redact(str(exc))}") from exc
 
     @property
     def pinned(self) -> bool:
@@ -236,8 +222,8 @@ def parse_location(
         raise UsageError(f"--store {text} names a tag and --store-version {version}: give one of them")
     if version is not None and version < 1:
         raise UsageError(f"--store-version {version}: versions start at 1 (see `mvh info --store {uri}`)")
-    scheme = _scheme(uri)
-    if scheme and scheme not in REMOTE_SCHEMES and scheme != "file":
+    scheme = uri_scheme(uri)
+    if scheme and scheme != LOCAL_SCHEME and backend_for(scheme) is None:
         raise UsageError(
             f"--store {uri}: scheme {scheme!r} is not supported; use a path or s3://, gs://, az://"
         )

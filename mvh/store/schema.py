@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from mvh.core.jsonio import json_round_trip
 from mvh.errors import StoreError
 
 TILES = "tiles"
@@ -31,11 +32,6 @@ RANDOM_INIT = "random-init"
 DTYPES = {"float32": pa.float32(), "float16": pa.float16()}
 # Columns a caller's tiles frame must hold for `add_slide` (the store adds the rest).
 TILE_INPUT_COLUMNS = ("tile_id", "x", "y", "tile_px", "mpp", "tissue_fraction")
-
-
-def _json_normalise(value: Any) -> Any:
-    """Return `value` as it comes back from a JSON round trip (tuples -> lists, keys -> str)."""
-    return json.loads(json.dumps(value))
 
 
 @dataclass(frozen=True)
@@ -60,8 +56,8 @@ class StoreFingerprint:
             raise StoreError(
                 f"embedding dtype {self.embedding_dtype!r} is not supported: use float32 or float16"
             )
-        object.__setattr__(self, "model_config", _json_normalise(dict(self.model_config)))
-        object.__setattr__(self, "extra", _json_normalise(dict(self.extra)))
+        object.__setattr__(self, "model_config", json_round_trip(dict(self.model_config)))
+        object.__setattr__(self, "extra", json_round_trip(dict(self.extra)))
         for name in ("mean", "std"):
             value = getattr(self, name)
             object.__setattr__(self, name, None if value is None else tuple(float(v) for v in value))

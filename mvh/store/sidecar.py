@@ -10,9 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path
-from urllib.parse import urlparse
 
-import pyarrow as pa
 import pyarrow.fs as pafs
 
 from mvh.errors import StoreError
@@ -21,46 +19,12 @@ from mvh.store.location import StoreLocation
 SIDECAR = "_mvh"
 
 
-def _s3_filesystem(options: dict[str, str]) -> pafs.S3FileSystem:
-    endpoint = options.get("aws_endpoint") or options.get("endpoint")
-    kwargs: dict[str, object] = {}
-    if options.get("aws_access_key_id"):
-        kwargs["access_key"] = options["aws_access_key_id"]
-        kwargs["secret_key"] = options.get("aws_secret_access_key", "")
-        if options.get("aws_session_token"):
-            kwargs["session_token"] = options["aws_session_token"]
-    if options.get("aws_region"):
-        kwargs["region"] = options["aws_region"]
-    if endpoint:
-        parsed = urlparse(endpoint)
-        kwargs["endpoint_override"] = parsed.netloc or endpoint
-        kwargs["scheme"] = parsed.scheme or "https"
-    return pafs.S3FileSystem(**kwargs)
-
-
-def filesystem(location: StoreLocation) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path of the store inside it) for `location`."""
-    uri = location.uri
-    scheme = urlparse(uri).scheme if "://" in uri else ""
-    if scheme in ("", "file"):
-        return pafs.LocalFileSystem(), str(Path(uri.removeprefix("file://")).resolve())
-    if scheme in ("s3", "s3+ddb"):
-        parsed = urlparse(uri)
-        return _s3_filesystem(location.storage_options), f"{parsed.netloc}{parsed.path}".rstrip("/")
-    try:
-        fs, path = pafs.FileSystem.from_uri(uri)
-    except (pa.ArrowInvalid, OSError) as exc:
-        said = location.redact(str(exc))
-        raise StoreError(f"cannot reach files beside {location.describe()}: {said}") from exc
-    return fs, path
-
-
 class SidecarFiles:
     """The `_mvh/<area>/` folder beside a store's tables: put, get, delete small files by name."""
 
     def __init__(self, location: StoreLocation, area: str) -> None:
         self.location = location
-        self.fs, root = filesystem(location)
+        self.fs, root = location.filesystem()
         self.root = f"{root}/{SIDECAR}/{area}"
 
     def _path(self, name: str) -> str:

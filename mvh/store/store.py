@@ -9,7 +9,6 @@ chosen at open), `writer` (per-slide commits), `versions` (table versions, tags,
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from mvh.core.jsonio import json_round_trip
 from mvh.errors import FingerprintMismatchError, StoreError, StoreNotFoundError, StoreUnusableError
 from mvh.store import connect
 from mvh.store.location import StoreLocation, check_tag_name, parse_location
@@ -191,7 +191,7 @@ class EmbeddingStore:
     def set_meta(self, key: str, value: Any) -> None:
         """Write one JSON-able value into the store's meta table (replacing the key's old value)."""
         self.writer.set_meta(key, value)
-        self.meta[key] = json.loads(json.dumps(value))
+        self.meta[key] = json_round_trip(value)
 
     # ---------------------------------------------------------------- properties
     @property

@@ -23,11 +23,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mvh.errors import DataError, MissingMppError, StoreError, UsageError
-from mvh.extractor.hashing import sha256_file
+from mvh.core.files import sha256_file
+from mvh.errors import DataError, MissingMppError, UsageError
 from mvh.progress import SAMPLES, Event, Progress, report
 from mvh.store import EmbeddingStore
 from mvh.tasks.st_data import STSample, read_patches_index
+from mvh.tasks.stores import read_slides
 
 log = logging.getLogger(__name__)
 
@@ -218,11 +219,9 @@ def sync_store(
     `plan.barcodes`, and a report of what was reused and embedded and why.
     """
     fp = store.fingerprint
-    rows, emb = store.all_embeddings(columns=("slide_id", "tile_id", "x", "y"))
-    if len(emb) and not np.isfinite(emb).all():
-        bad = rows.loc[~np.isfinite(emb).all(axis=1), "slide_id"].unique().tolist()[:5]
-        raise StoreError(f"store {store.uri}: non-finite embeddings in slides {bad}; the store is damaged: "
-                         "run `mvh verify`, then re-embed those slides")
+    wanted = sorted({plan.sample.sample_id for plan in plans} & set(store.slide_ids()))
+    # one streamed scan of the plans' samples (the store's reads refuse NaN/inf: StoreDamagedError)
+    rows, emb = read_slides(store, wanted, ("slide_id", "tile_id", "x", "y"))
     slides = store.slides()
     done = set(slides.loc[slides["status"] == "done", "slide_id"]) if len(slides) else set()
     has_attrs = "slide_attrs" in slides.columns

@@ -15,16 +15,10 @@ from mvh.cli import app
 from mvh.extractor.extract import ExtractConfig, SlideInput, extract_slides
 from mvh.store import EmbeddingStore
 
-pytestmark = pytest.mark.real_data
+pytestmark = [pytest.mark.real_data, pytest.mark.usefixtures("one_thread")]  # tiny models: one thread
 N_PATIENTS = 12
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

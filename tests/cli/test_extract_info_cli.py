@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mvh.cli import app
-from mvh.extractor.synthetic import write_synthetic_slide
+from mvh.core.synthetic_slides import write_synthetic_slide
 from mvh.store import EmbeddingStore
 
 runner = CliRunner()

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tests.store.test_slide_rows import add, assert_reads_equal
 
 from mvh.store import EmbeddingStore
 from mvh.store.location import parse_location
 from tests.reliability._faults import fingerprint
+from tests.store.test_slide_rows import add, assert_reads_equal
 
 pytestmark = [pytest.mark.s3]
 

@@ -64,7 +64,8 @@ def assert_reads_equal(by_rows: EmbeddingStore, filtered: EmbeddingStore) -> Non
         np.testing.assert_array_equal(got_emb, want_emb)
         np.testing.assert_array_equal(got_xy, want_xy)
         pd.testing.assert_frame_equal(by_rows.slide_tiles(slide_id), filtered.slide_tiles(slide_id))
-    assert by_rows.reader.row_map is not None and by_rows.reader.row_map.version == by_rows.tables.tiles.version
+    row_map = by_rows.reader.row_map
+    assert row_map is not None and row_map.version == by_rows.tables.tiles.version
     assert filtered.reader.row_map is None  # the writable handle read through the filter
 
 

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mvh.core.device import resolve_device
 from mvh.errors import CohortError, MvhError, SlideError, UsageError
-from mvh.extractor.device import resolve_device
 from mvh.extractor.slide import open_slide
 from mvh.jobs import JobResult
 from mvh.progress import FOLDS, Event, Progress, report
