@@ -163,6 +163,7 @@ def slides_schema(stored_names: list[str]) -> pa.Schema:
         return SLIDES_SCHEMA.set(index, pa.field(OLD_SLIDE_ATTRS, pa.string()))
     return SLIDES_SCHEMA
 
+
 META_SCHEMA = pa.schema([pa.field("key", pa.string(), nullable=False), pa.field("value", pa.string())])
 
 
