@@ -71,6 +71,14 @@ def search_cmd(
     montage: Annotated[
         Path | None, typer.Option("--montage", help="Write a PNG of the query and its hits.")
     ] = None,
+    geojson: Annotated[
+        Path | None,
+        typer.Option(
+            "--geojson",
+            help="Write the hits for QuPath (File > Import objects): one annotation per hit in level-0 px; "
+                 "hits on several slides go to NAME.SLIDE_ID.geojson, one file per slide.",
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Find the tiles (or slides) of the store most similar to a query image, tile or slide."""
@@ -84,6 +92,10 @@ def search_cmd(
     )
     with progress_reporter(enabled=not as_json) as progress:
         result = run_search(cfg, progress=progress)
+    if geojson is not None:
+        from mvh.interop.geojson import write_search_hits
+
+        written = write_search_hits(geojson, result.to_dict()["hits"], store)
     if as_json:
         print_json(result.to_dict())
         return
@@ -91,3 +103,5 @@ def search_cmd(
     print_notes(result.notes)
     if result.montage is not None:
         console.print(Text(f"montage: {result.montage}"))
+    if geojson is not None:
+        console.print(Text("QuPath GeoJSON: " + ", ".join(str(p) for p in written)))
