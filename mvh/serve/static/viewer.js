@@ -56,7 +56,10 @@ function bindHitSteps(state, goTo) {
   document.getElementById("next-hit").addEventListener("click", () => step(1));
   document.getElementById("prev-hit").addEventListener("click", () => step(-1));
   document.addEventListener("keydown", (e) => {
-    if (e.ctrlKey || e.metaKey || e.altKey || /^(INPUT|SELECT|TEXTAREA)$/.test(document.activeElement.tagName)) return;
+    const active = document.activeElement;
+    const typing = /^(SELECT|TEXTAREA)$/.test(active.tagName) ||
+      (active.tagName === "INPUT" && /^(text|number|search|password)$/.test(active.type));
+    if (e.ctrlKey || e.metaKey || e.altKey || typing) return;
     if (e.key === "n") step(1);
     else if (e.key === "p") step(-1);
   });
@@ -207,7 +210,7 @@ async function mvhViewerPage() {
       const item = viewer.world.getItemAt(0), s = state.sizeL0;
       viewer.viewport.fitBounds(item.imageToViewportRectangle(x - 2 * s, y - 2 * s, 5 * s, 5 * s), immediately);
     };
-    const goTo = (i) => {
+    const goTo = (i, immediately) => {
       const hit = state.search.hits[i];
       if (hit.slide_id !== slideId || state.search.store !== state.store) {
         window.location.href = viewerUrl(state.search.store, hit);
@@ -217,7 +220,7 @@ async function mvhViewerPage() {
       history.replaceState(null, "", viewerUrl(state.search.store, hit));
       document.querySelectorAll(".hit-item").forEach((li, j) => li.classList.toggle("current", j === i));
       document.getElementById("hit-position").textContent = `hit ${i + 1} of ${state.search.hits.length}`;
-      focus(hit.x, hit.y, false);
+      focus(hit.x, hit.y, !!immediately);
     };
     const updateInstruments = installInstruments(state, viewer);
 
@@ -233,7 +236,7 @@ async function mvhViewerPage() {
         focus(x, y, true);
         const i = state.search && state.search.store === state.store
           ? state.search.hits.findIndex((h) => h.slide_id === slideId && h.x === x && h.y === y) : -1;
-        if (i >= 0) goTo(i);
+        if (i >= 0) goTo(i, true);
       }
       updateInstruments();
       state.ready = true;
