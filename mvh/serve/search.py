@@ -31,7 +31,7 @@ from mvh.tasks.query import (
 
 
 # The search page's um/px field, named in notes about the query's scale (the CLI names --query-mpp).
-MPP_FIELD = "'um/px of the image' (the search page's field)"
+MPP_FIELD = "'um/px of the image'"
 
 
 def tile_url(store: str, slide_id: str, x: int, y: int) -> str:

@@ -201,9 +201,13 @@ def test_viewer_hits_scale_and_download(  # type: ignore[no-untyped-def]
     rings = check_feature_collection(collection, "annotation")
     size = page.evaluate("mvhViewer.sizeL0")
     assert rings == [square_ring(h["x"], h["y"], size) for h in state["hits"]]
+    # the docs' shot: the whole slide with its labelled hits, the hit list and the scale bar in view
+    page.evaluate("mvhViewer.viewer.viewport.goHome(true); document.querySelector('aside').scrollTop = 0")
+    page.wait_for_function("mvhViewer.viewer.world.getItemAt(0).getFullyLoaded()", timeout=90_000)
+    page.mouse.move(box["x"] + 300, box["y"] + 200)
+    page.screenshot(path=str(out_dir / "serve_viewer.png"))
     page.check("#show-grid")
     assert page.locator("rect.grid-tile").count() == 54
-    page.screenshot(path=str(out_dir / "serve_viewer.png"))
 
     # step through the hits: n, the button, p (another slide's hit opens its page)
     for action, want in (("key", 1), ("button", 2), ("back", 1)):
