@@ -36,7 +36,7 @@ from mvh.extractor.extract import ExtractConfig, SlideInput, _plan, run_pipeline
 from mvh.extractor.sample import sample_slide_path
 from mvh.extractor.slide import open_slide
 from mvh.extractor.tiling import make_tile_grid, read_tile
-from mvh.index.store import EmbeddingStore
+from mvh.store import EmbeddingStore
 
 
 def _sync(embedder: Embedder) -> None:

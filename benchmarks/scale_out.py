@@ -101,7 +101,7 @@ def _tasks(cfg, n_workers: int) -> tuple[float, int, list[float]]:
     import ray
 
     from mvh.extractor.extract import find_slides
-    from mvh.index.store import EmbeddingStore
+    from mvh.store import EmbeddingStore
 
     start = time.perf_counter()
     driver = cfg.embedder("cpu")  # as run_extract: check the weights, compute the store's fingerprint
@@ -170,7 +170,7 @@ def _tasks(cfg, n_workers: int) -> tuple[float, int, list[float]]:
 
 
 def _embeddings(store_path: Path) -> tuple[list[str], np.ndarray]:
-    from mvh.index.store import EmbeddingStore
+    from mvh.store import EmbeddingStore
 
     frame, emb = EmbeddingStore.open(str(store_path)).all_embeddings(columns=("tile_id",))
     order = np.argsort(frame["tile_id"].to_numpy())

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _fingerprint(dim: int, dtype: str):
-    from mvh.index.store import StoreFingerprint
+    from mvh.store import StoreFingerprint
 
     return StoreFingerprint(
         model="bench",
@@ -80,14 +80,14 @@ def _slide(i: int, n: int, dim: int, rng: np.random.Generator) -> tuple[dict, pd
 
 def _filtered_read(store, slide_id: str):
     """`slide_embeddings` through the filtered scan a writable handle uses, on the same read-only handle."""
-    row = store._done_row(slide_id)
-    return store._split(store._read_tiles(store._tiles_where(row), ["embedding"]))
+    row = store.reader.done_row(slide_id)
+    return store.reader.split(store.reader.filtered_slide(row, ["embedding"]))
 
 
 def measure(where, args, gets=None) -> dict[str, float]:
     """The figures of one store; `gets()` (S3 only) says how many GETs the server has answered so far."""
-    from mvh.index.location import parse_location
-    from mvh.index.store import EmbeddingStore
+    from mvh.store import EmbeddingStore
+    from mvh.store.location import parse_location
 
     rng = np.random.default_rng(0)
     store = EmbeddingStore.create(where, _fingerprint(args.dim, args.dtype))
@@ -99,7 +99,7 @@ def measure(where, args, gets=None) -> dict[str, float]:
     start = time.perf_counter()
     store.optimize()
     optimize_s = time.perf_counter() - start
-    from mvh.index.location import StoreLocation
+    from mvh.store.location import StoreLocation
 
     location = where if isinstance(where, StoreLocation) else parse_location(where)
     store = EmbeddingStore.open(dataclasses.replace(location, read_only=True))  # a consumer's handle
@@ -151,7 +151,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
-    from mvh.index.location import parse_location
+    from mvh.store.location import parse_location
     from tests.sharing.seaweed import SeaweedS3
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -60,7 +60,7 @@ def bench_st(args: argparse.Namespace) -> None:
           f"{statistics.median(cpu):.2f} s CPU (all threads)"
           f"\n  PCC random {m['random']['pcc']['mean']:.3f}, loso {m['loso']['pcc']['mean']:.3f}")
     if args.store:
-        from mvh.index.store import EmbeddingStore, StoreFingerprint
+        from mvh.store import EmbeddingStore, StoreFingerprint
         from mvh.tasks.st_data import spot_embeddings
 
         fp = StoreFingerprint("bench", {}, "random-init", None, args.dim, 224, 0.5, None, None)

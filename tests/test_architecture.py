@@ -11,13 +11,15 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mvh"
 CORE = {"errors", "progress", "jobs", "__init__"}
 # layer -> layers it may import (besides itself and the core modules); system.md's "import directions"
 ALLOWED = {
-    "cli": {"extractor", "index", "interop", "tasks", "pretrain", "serve"},
-    "serve": {"tasks", "index", "interop", "extractor"},
-    "interop": {"index"},
-    "tasks": {"index", "extractor"},
+    "cli": {"extractor", "store", "index", "interop", "overlap", "tasks", "pretrain", "serve"},
+    "serve": {"tasks", "index", "store", "interop", "extractor"},
+    "tasks": {"index", "store", "extractor"},
     "pretrain": {"extractor"},
-    "extractor": {"index"},
-    "index": set(),
+    "extractor": {"store"},
+    "index": {"store"},
+    "interop": {"store"},
+    "overlap": {"index", "store"},
+    "store": set(),
     "core": set(),
     "__main__": {"cli"},
 }
@@ -25,7 +27,7 @@ GPU_ONLY = {"mamba_ssm", "causal_conv1d"}
 
 
 def _layer(module: str) -> str:
-    """`mvh.index.store` -> "index"; `mvh.errors` -> "core"."""
+    """`mvh.store.store` -> "index"; `mvh.errors` -> "core"."""
     part = module.split(".")[1] if "." in module else "__init__"
     return "core" if part in CORE else part
 
@@ -90,3 +92,34 @@ def test_the_checker_sees_nested_and_relative_imports() -> None:
     found = _imports_in(source, "mvh.index")
     assert found == [("numpy", 1, True), ("mvh.extractor.slide", 3, False), ("mvh.tasks", 4, False)]
     assert {_layer(name) for name, _, _ in found[1:]} == {"extractor", "tasks"}
+
+
+LOCATION_SEAM = {"store/location.py", "store/backends.py"}
+
+
+def _scheme_literals(source: str) -> list[tuple[int, str]]:
+    """String constants that parse a URI scheme: `"://"` itself or a prefix ending in it (`"s3://"`).
+
+    Parts of f-strings are text for people (`f"http://{host}"`), not tests of a URI: they are skipped.
+    """
+    tree = ast.parse(source)
+    shown = {id(v) for node in ast.walk(tree) if isinstance(node, ast.JoinedStr) for v in node.values}
+    return [
+        (node.lineno, node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.endswith("://")
+        and id(node) not in shown
+    ]
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_only_the_location_seam_parses_store_uris(path: Path) -> None:
+    if str(path.relative_to(PACKAGE)) in LOCATION_SEAM:
+        return
+    found = _scheme_literals(path.read_text())
+    assert not found, f"{path.relative_to(PACKAGE)} parses URIs {found}: ask mvh.store.location instead"
+
+
+def test_the_uri_check_sees_a_scheme_test() -> None:
+    source = 'def f(uri):\n    return "://" in uri or uri.startswith("s3://")\n'
+    assert [value for _, value in _scheme_literals(source)] == ["://", "s3://"]

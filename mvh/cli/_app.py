@@ -9,12 +9,13 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 import yaml
-from rich.console import Console
 from rich.text import Text
 
 from mvh import __version__
+from mvh.cli._console import console, err_console
+from mvh.cli._group import MvhGroup
 from mvh.errors import MvhError, UsageError
-from mvh.index.location import redact_environment
+from mvh.store.location import redact_environment
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -24,10 +25,13 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=MvhGroup,
 )
-index_app = typer.Typer(help="Build and inspect FAISS indexes over a store.", no_args_is_help=True)
+index_app = typer.Typer(
+    help="Build and inspect FAISS indexes over a store.", no_args_is_help=True, cls=MvhGroup
+)
 eval_app = typer.Typer(
-    help="Evaluations from stored embeddings (the paper's protocols).", no_args_is_help=True
+    help="Evaluations from stored embeddings (the paper's protocols).", no_args_is_help=True, cls=MvhGroup
 )
 
 
@@ -51,9 +55,6 @@ def _root(
 
 app.add_typer(index_app, name="index")
 app.add_typer(eval_app, name="eval")
-
-console = Console()
-err_console = Console(stderr=True)
 
 
 def guarded(fn: F) -> F:
@@ -90,3 +91,15 @@ def parse_key_values(items: list[str] | None, source: str = "--overrides") -> di
             raise UsageError(f"{source}: {item!r} is not key=value; write e.g. embed_dim=64")
         parsed[key.strip()] = yaml.safe_load(value)
     return parsed
+
+
+__all__ = [
+    "app",
+    "console",
+    "err_console",
+    "eval_app",
+    "guarded",
+    "index_app",
+    "parse_key_values",
+    "print_json",
+]

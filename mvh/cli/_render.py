@@ -30,7 +30,7 @@ def print_notes(notes: list[str]) -> None:
 
 def weights_line(sha256: str) -> str:
     """`weights: ...` line of a store's fingerprint, loud about random-init weights."""
-    from mvh.index.store import RANDOM_INIT
+    from mvh.store import RANDOM_INIT
 
     if sha256 == RANDOM_INIT:
         return "weights: random-init (NOT trained weights: for trying the pipeline, not for results)"
@@ -66,7 +66,7 @@ def store_access_env(
 ) -> Iterator[None]:
     """Hand the access flags to every store the command opens (the environment they are read from),
     restoring the environment afterwards."""
-    from mvh.index.location import ENV_OPTIONS, ENV_READ_ONLY, ENV_VERSION, parse_storage_options
+    from mvh.store.location import ENV_OPTIONS, ENV_READ_ONLY, ENV_VERSION, parse_storage_options
 
     parse_storage_options(storage_options)  # a malformed flag fails here, naming itself
     wanted = {
@@ -116,6 +116,6 @@ def store_access(fn: F) -> F:
 
 def open_store(store: str) -> Any:
     """The `EmbeddingStore` a command's `--store` names (with the access flags of `store_access`)."""
-    from mvh.index.store import EmbeddingStore
+    from mvh.store import EmbeddingStore
 
     return EmbeddingStore.open(store)

@@ -27,7 +27,7 @@ def card_cmd(
     as_json: JsonOption = False,
 ) -> None:
     """Describe a store for people and machines: model, weights, geometry, slides, tools, owner, licence."""
-    from mvh.index.card import parse_card_fields, write_card
+    from mvh.store.card import parse_card_fields, write_card
 
     card, written = write_card(open_store(store), parse_card_fields(set_fields), out)
     if as_json:

@@ -17,8 +17,15 @@ from mvh.cli._render import JsonOption, StoreOption, print_notes, store_access
 @store_access
 def import_cmd(
     h5_dir: Annotated[Path, typer.Argument(help="Folder of TRIDENT/CLAM h5 files (features, coords).")],
-    model: Annotated[str, typer.Option("--model", help="Name of the tool/model that made the features.")],
     store: StoreOption = "embeddings.lance",
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help="Model that made the features, for files that do not name it (CLAM's); must agree with "
+            "TRIDENT's `encoder` attribute or mvh's fingerprint where the files carry one.",
+        ),
+    ] = None,
     mpp: Annotated[
         float | None,
         typer.Option("--mpp", help="um/px of the tiles, for files without target_magnification/mpp."),
@@ -33,12 +40,16 @@ def import_cmd(
         ),
     ] = None,
     dtype: Annotated[
-        str, typer.Option("--dtype", help="Stored embedding type: float32 | float16.")
-    ] = "float32",
+        str | None,
+        typer.Option(
+            "--dtype",
+            help="Stored embedding type: float32 | float16 (default: mvh's export's own, else float32).",
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Index features made by another tool (model recorded as external:<name>); exit 1 if a file failed."""
-    from mvh.index.interop import ImportConfig, run_import
+    """Index features made by another tool (the model the files name); exit 1 if a file failed."""
+    from mvh.interop import ImportConfig, run_import
 
     cfg = ImportConfig(
         h5_dir=h5_dir,
@@ -54,7 +65,7 @@ def import_cmd(
     if as_json:
         print_json(result.to_dict())
     else:
-        model_name = (result.fingerprint or {}).get("model", model)
+        model_name = (result.fingerprint or {}).get("model", result.model)
         console.print(
             f"imported {len(result.imported)} slide(s) ({len(result.empty)} empty), {result.n_tiles} tiles "
             f"into {store} as {model_name}; {len(result.failed)} file(s) failed",

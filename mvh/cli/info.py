@@ -19,7 +19,7 @@ def info_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the description as JSON.")] = False,
 ) -> None:
     """Describe a store: fingerprint, counts, slides by status and table schemas."""
-    from mvh.index.store import EmbeddingStore
+    from mvh.store import EmbeddingStore
 
     info = EmbeddingStore.open(store).info()
     if as_json:
@@ -58,6 +58,6 @@ def info_cmd(
     if info["card"] is not None:
         from rich.text import Text
 
-        from mvh.index.card import DatasetCard
+        from mvh.store.card import DatasetCard
 
         console.print(Text(DatasetCard.from_dict(info["card"]).to_markdown()))

@@ -25,7 +25,7 @@ def overlap_cmd(
     as_json: JsonOption = False,
 ) -> None:
     """Leakage check before evaluating on another team's cohort: shared slides, near-duplicate tiles."""
-    from mvh.index.overlap import OverlapConfig, run_overlap
+    from mvh.overlap import OverlapConfig, run_overlap
 
     if len(store) != 2:
         raise UsageError(f"--store given {len(store)} time(s): give exactly two, --store A --store B")

@@ -24,8 +24,8 @@ def verify_cmd(
     as_json: JsonOption = False,
 ) -> None:
     """Re-check every done slide: tiles present and unique, values finite, dim, checksum of the bytes."""
-    from mvh.index.integrity import verify_store
-    from mvh.index.store import EmbeddingStore
+    from mvh.store import EmbeddingStore
+    from mvh.store.integrity import verify_store
 
     opened = EmbeddingStore.open(store)
     with progress_reporter(enabled=not as_json) as progress:

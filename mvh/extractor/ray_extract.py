@@ -34,8 +34,8 @@ from mvh.errors import (
     WorkerStartError,
 )
 from mvh.extractor.extract import ExtractConfig, SlideInput, SlideResult, _failure, _plan, embed_grid
-from mvh.index.store import DONE, EmbeddingStore
 from mvh.progress import SLIDES, TILES, Event, Progress, report
+from mvh.store import DONE, EmbeddingStore
 
 LOCAL = "local"
 BROKEN = "broken"  # an actor that could not build its model: the run stops (every slide would fail alike)
@@ -198,13 +198,14 @@ def _check_reachable(ray: Any, store: EmbeddingStore, actors: Sequence[Any]) -> 
     The driver writes a file with a random token into the store folder; every embedding worker must read
     that token back, so a node that has no such folder, or its own folder of the same name, is caught.
     """
-    if "://" in store.uri and not store.uri.startswith("file://"):
+    local = store.location.local_path
+    if local is None:
         return
     nodes = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}  # several nodes may share one address
     if len(nodes) <= 1:
         return
     token = uuid.uuid4().hex
-    probe = Path(store.uri.removeprefix("file://")).resolve() / f".mvh-reachable-{token}"
+    probe = local.resolve() / f".mvh-reachable-{token}"
     probe.write_text(token, encoding="utf-8")
     try:
         seen = ray.get([a.reads.remote(str(probe), token) for a in actors])

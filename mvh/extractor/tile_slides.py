@@ -14,8 +14,8 @@ from mvh.extractor.preview import write_preview
 from mvh.extractor.slide import open_slide
 from mvh.extractor.tiling import TileGrid, make_tile_grid, write_tile_grid
 from mvh.extractor.tissue import detect_tissue
-from mvh.index.slide_ids import check_slide_id, path_inside
 from mvh.progress import SLIDES, Event, Progress, report
+from mvh.store.slide_ids import check_slide_id, path_inside
 
 
 @dataclass

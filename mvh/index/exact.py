@@ -1,27 +1,17 @@
 """Exact cosine search in numpy: the reference every approximate index and every evaluation uses.
 
-`l2_normalise` is the one L2 normalisation of the package (indexes, search, retrieval and kNN all call
-it), so a score means the same cosine everywhere.
+Embeddings go through the package's one L2 normalisation (`mvh.core.vectors.l2_normalise`), so a score
+means the same cosine everywhere.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from mvh.core.vectors import l2_normalise
 from mvh.errors import UsageError
 
 _EXACT_BLOCK = 1 << 26  # similarity entries per block of exact search: 256 MB of float32
-
-
-def l2_normalise(x: np.ndarray) -> np.ndarray:
-    """Rows of `x` [N, D] scaled to unit L2 norm, as contiguous float32 (zero rows stay zero)."""
-    x = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
-    if x.ndim != 2:
-        raise UsageError(f"embeddings must be a 2-d array [N, dim], got shape {x.shape}")
-    norms = np.sqrt(np.einsum("ij,ij->i", x, x))[:, None]  # no [N, D] temporary
-    if np.all(np.abs(norms - 1) < 1e-6):
-        return x  # already unit rows: no 3 GB copy for a million 768-d embeddings
-    return np.ascontiguousarray(x / np.maximum(norms, np.float32(1e-12)), dtype=np.float32)
 
 
 def exact_search(

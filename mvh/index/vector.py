@@ -7,13 +7,14 @@ load, stale detection, description), `build` (the `mvh index build` job) and `ra
 and slide ranking).
 
 The automatic IVF-PQ parameters reach recall@10 >= 0.95 against exact search on clustered synthetic
-embeddings up to 1M vectors (tests/index/test_vector.py, benchmarks/search.py).
+embeddings up to 1M vectors (tests/index/test_faiss_indexes.py, benchmarks/search.py).
 """
 
 from __future__ import annotations
 
+from mvh.core.vectors import l2_normalise
 from mvh.index.build import BuildResult, IndexBuildConfig, build_index, run_index_build
-from mvh.index.exact import exact_search, l2_normalise, recall_at_k
+from mvh.index.exact import exact_search, recall_at_k
 from mvh.index.faiss_index import HIT_COLUMNS, ROW_COLUMNS, VectorIndex, build_faiss_index
 from mvh.index.index_files import META_FILE, index_info, load_index
 from mvh.index.params import FLAT_MAX_TILES, KINDS, IndexParams, auto_params

@@ -83,7 +83,7 @@ def tile_features(
     fractions = tissue_fraction if tissue_fraction is not None else [None] * len(xs)
     return [
         feature(int(x), int(y), size_l0, "detection", TILE_CLASS,
-                {} if f is None else {"tissue_fraction": float(f)})
+                {} if f is None or f != f else {"tissue_fraction": float(f)})
         for x, y, f in zip(xs, ys, fractions, strict=True)
     ]
 
@@ -97,7 +97,8 @@ def write_collection(path: Path, collection: Mapping[str, Any]) -> Path:
     """Write a FeatureCollection as UTF-8 JSON; return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(collection, separators=(",", ":")), encoding="utf-8")
+    # allow_nan=False: NaN is not JSON, and QuPath would refuse the whole file
+    path.write_text(json.dumps(collection, separators=(",", ":"), allow_nan=False), encoding="utf-8")
     return path
 
 
@@ -126,7 +127,7 @@ def hits_by_slide(
 def write_search_hits(path: Path, hits: Sequence[Mapping[str, Any]], store_uri: str) -> list[Path]:
     """Write the hits of a search of the store at `store_uri` for QuPath: one file per slide
     (`per_slide_paths`)."""
-    from mvh.index.store import EmbeddingStore
+    from mvh.store import EmbeddingStore
 
     if not hits:
         raise UsageError(f"the search found no hits: nothing to write to {path}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,6 +16,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mvh import __version__
@@ -23,14 +25,15 @@ from mvh.serve.auth import COOKIE, OPEN_PATHS, authorized, cookie_value, token_o
 from mvh.serve.catalog import Catalog, NotFound
 from mvh.serve.config import ServeConfig
 from mvh.serve.form import parse_form, read_body
-from mvh.serve.results import figures_for, layers_for, read_results_folder
-from mvh.serve.search import SearchService
 from mvh.serve.responses import JPEG, tile_response
 from mvh.serve.responses import error as _error
+from mvh.serve.results import figures_for, layers_for, read_results_folder
+from mvh.serve.search import SearchService
 from mvh.serve.slide_routes import slide_router
 from mvh.serve.tiles import TileServer
 from mvh.serve.uploads import NotAnImage, UploadTooLarge
 
+log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
 STATIC = HERE / "static"
 OPENSEADRAGON = HERE / "node_modules" / "openseadragon" / "build" / "openseadragon"
@@ -181,6 +184,13 @@ def create_app(config: ServeConfig) -> FastAPI:
     @app.exception_handler(MvhError)
     async def mvh_error(request: Request, exc: MvhError) -> JSONResponse:
         return _error(status_for(exc), " ".join(str(exc).split()))
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, exc: ClientDisconnect) -> Response:
+        # Nobody reads the answer; one line says what happened (not uvicorn's traceback of an app error)
+        log.warning("client closed the connection during %s %s before its body arrived; request dropped",
+                    request.method, request.url.path)
+        return Response(status_code=400)
 
     # ------------------------------------------------------------------------ pages
     @app.get("/", include_in_schema=False)

@@ -19,9 +19,9 @@ from mvh.errors import UsageError
 from mvh.extractor.embedder import Embedder
 from mvh.index.faiss_index import VectorIndex
 from mvh.index.index_files import load_index
-from mvh.index.location import parse_location
-from mvh.index.store import DONE, RANDOM_INIT, EmbeddingStore
 from mvh.serve.batcher import MicroBatcher
+from mvh.store import DONE, RANDOM_INIT, EmbeddingStore
+from mvh.store.location import parse_location
 from mvh.tasks.query import ImageQuery, QueryResult, image_query_results, query_embedder
 
 # The FAISS flat (exact) search computes queries on their own below 20 at once (BLAS above); keeping
@@ -64,9 +64,8 @@ def _optional_str(value: Any) -> str | None:
 def location_of(source: str) -> dict[str, Any]:
     """Where a served store lives: local / S3 / Google Cloud / Azure, its URI, and the tag or version."""
     location = parse_location(source, read_only=True)
-    scheme = location.uri.split("://", 1)[0].lower() if "://" in location.uri else "file"
     kind = {"s3": "S3", "s3+ddb": "S3", "gs": "Google Cloud", "az": "Azure", "abfs": "Azure",
-            "memory": "memory"}.get(scheme, "local")
+            "memory": "memory"}.get(location.scheme, "local")
     return {"kind": kind, "uri": location.uri, "tag": location.tag, "pinned_version": location.version}
 
 

@@ -29,7 +29,6 @@ from mvh.tasks.query import (
     run_search,
 )
 
-
 # The search page's um/px field, named in notes about the query's scale (the CLI names --query-mpp).
 MPP_FIELD = "'um/px of the image'"
 

@@ -23,8 +23,9 @@ GEOJSON = "application/geo+json"
 # Associated images a viewer shows; others a file may hold are not served.
 ASSOCIATED = ("label", "macro", "thumbnail")
 # Where vendors put the scanner's name (OpenSlide properties), first found wins.
-SCANNER_KEYS = ("aperio.ScanScope ID", "hamamatsu.Product", "philips.DICOM_MANUFACTURER", "leica.device-model",
-                "mirax.GENERAL.SCANNER_TYPE", "ventana.ScannerModel", "tiff.Model", "tiff.Make")
+SCANNER_KEYS = ("aperio.ScanScope ID", "hamamatsu.Product", "philips.DICOM_MANUFACTURER",
+                "leica.device-model", "mirax.GENERAL.SCANNER_TYPE", "ventana.ScannerModel", "tiff.Model",
+                "tiff.Make")
 
 
 class HitBox(BaseModel):
@@ -109,7 +110,8 @@ def slide_router(catalog: Catalog, tiles: TileServer) -> APIRouter:
         """The slide's stored tiles as QuPath detections (level-0 px), as `mvh export --format geojson`."""
         entry = catalog.get(store)
         coords = entry.tile_coords(slide_id)
-        features = tile_features(coords[:, 0].tolist(), coords[:, 1].tolist(), tiles.footprint(entry, slide_id))
+        size = tiles.footprint(entry, slide_id)
+        features = tile_features(coords[:, 0].tolist(), coords[:, 1].tolist(), size)
         return _attachment(feature_collection(features), f"{slide_id}.tiles.geojson")
 
     @router.post("/hits.geojson", responses={200: {"content": {GEOJSON: {}}}})

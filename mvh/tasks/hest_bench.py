@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from mvh.errors import DataError
-from mvh.index.slide_ids import check_slide_id
+from mvh.store.slide_ids import check_slide_id
 from mvh.tasks.splits import Fold
 from mvh.tasks.st_data import STSample
 

@@ -36,9 +36,11 @@ from mvh.errors import DataError, UsageError
 from mvh.index.exact import exact_search, recall_at_k
 from mvh.index.faiss_index import VectorIndex
 from mvh.index.index_files import index_info, load_index
-from mvh.index.store import EmbeddingStore
+from mvh.index.row_parts import ROW_COLUMNS
 from mvh.jobs import JobResult
 from mvh.progress import Event, Progress, report
+from mvh.store import EmbeddingStore
+from mvh.tasks.stores import read_slides, select_tiles, tile_key
 
 DEFAULT_KS = (1, 3, 5)
 LEAVE_OUT = ("slide", "patient", "none")
@@ -162,7 +164,13 @@ def labelled_tiles(
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """Rows (with `label`, and `patient` when given) and embeddings of the labelled tiles: one store scan."""
     key = "tile_id" if "tile_id" in labels.columns else "slide_id"
-    rows, emb = store.all_embeddings()
+    if key == "tile_id":  # streamed: memory is the labelled tiles (memory-mapped when large)
+        rows, emb, found = select_tiles(store, sorted(set(labels["tile_id"].astype(str))), tile_key,
+                                        columns=ROW_COLUMNS)
+        rows, emb = rows[found].reset_index(drop=True), emb[found]
+    else:
+        slides = sorted(set(labels["slide_id"].astype(str)) & set(store.slide_ids()))
+        rows, emb = read_slides(store, slides, ROW_COLUMNS)
     known = set(rows[key])
     unknown = [v for v in labels[key] if v not in known]
     if unknown:

@@ -27,9 +27,9 @@ import numpy as np
 import pandas as pd
 
 from mvh.errors import DataError, UsageError
-from mvh.index.slide_ids import path_inside
 from mvh.jobs import JobResult
 from mvh.progress import Event, Progress, report
+from mvh.store.slide_ids import path_inside
 from mvh.tasks.hest_bench import BenchTask, bench_folds, is_bench_task, read_bench_task, read_gene_list
 from mvh.tasks.plots import plot_gene_pcc, plot_spatial_expression
 from mvh.tasks.splits import SPLITS

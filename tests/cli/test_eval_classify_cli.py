@@ -11,7 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from mvh.cli import app
-from mvh.index.store import EmbeddingStore
+from mvh.store import EmbeddingStore
 
 MODEL = "vit_dinov2_tiny"
 COLOURS = {"tumour": (120, 40, 150), "stroma": (235, 150, 190), "fat": (245, 245, 245)}

@@ -48,7 +48,7 @@ def test_st_recovers_planted_signal_and_loso_is_lower(st_run):
 
 
 def test_st_rerun_reuses_stored_embeddings(st_run):
-    from mvh.index.store import EmbeddingStore
+    from mvh.store import EmbeddingStore
 
     args, out, _ = st_run
     store = EmbeddingStore.open(out / "stores" / f"{MODEL}.lance")
@@ -99,7 +99,7 @@ def _rerun(root, cohort, tmp_path, *extra):
 
 
 def test_st_moved_spots_are_embedded_again(cohort, st_run, tmp_path):
-    from mvh.index.store import EmbeddingStore
+    from mvh.store import EmbeddingStore
 
     def permute(xy):
         return xy[::-1].copy()  # every spot of A0 now sits on another square of the slide

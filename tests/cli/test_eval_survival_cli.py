@@ -13,18 +13,12 @@ from typer.testing import CliRunner
 
 from mvh.cli import app
 from mvh.extractor.extract import ExtractConfig, SlideInput, extract_slides
-from mvh.index.store import EmbeddingStore
+from mvh.store import EmbeddingStore
 
-pytestmark = pytest.mark.real_data
+pytestmark = [pytest.mark.real_data, pytest.mark.usefixtures("one_thread")]  # tiny models: one thread
 N_PATIENTS = 12
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +124,7 @@ def test_survival_cli_bad_cohort_and_store(cohort_store: tuple[Path, Path], tmp_
 def test_survival_cli_same_results_on_a_store_imported_from_h5(
     cohort_store: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    from mvh.index.interop import export_h5, import_h5
+    from mvh.interop import export_h5, import_h5
 
     cohort, store = cohort_store
     export_h5(EmbeddingStore.open(store), tmp_path / "h5")

@@ -11,8 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from mvh.cli import app
-from mvh.index.store import EmbeddingStore
-from tests.index.test_interop_peers import make_mvh_store, trident_slide
+from mvh.store import EmbeddingStore
+from tests.interop.test_peers import make_mvh_store, trident_slide
 
 runner = CliRunner()
 
@@ -107,8 +107,8 @@ def test_piped_progress_lines_and_notes(features, tmp_path) -> None:
 
 
 def test_extracted_store_exports_what_trident_readers_expect(tmp_path) -> None:
-    from mvh.extractor.synthetic import write_synthetic_slide
-    from tests.index.test_interop_peers import trident_reader_attrs
+    from mvh.core.synthetic_slides import write_synthetic_slide
+    from tests.interop.test_peers import trident_reader_attrs
 
     write_synthetic_slide(tmp_path / "s40x.tiff", 1344, 896, 0.25, tissue_rects=[(0, 0, 1344, 896)], levels=2)
     store = tmp_path / "e.lance"

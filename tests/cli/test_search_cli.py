@@ -12,11 +12,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from mvh.cli import app
+from mvh.core.synthetic_slides import write_synthetic_slide
 from mvh.extractor.extract import ExtractConfig, extract_slides
 from mvh.extractor.slide import open_slide
-from mvh.extractor.synthetic import write_synthetic_slide
 from mvh.extractor.tiling import make_tile_grid_at, read_tile
-from mvh.index.store import EmbeddingStore
+from mvh.store import EmbeddingStore
 
 runner = CliRunner()
 CFG = ExtractConfig("mv_hybrid_tiny", random_init=True, batch_size=16, workers=0)

@@ -1,4 +1,5 @@
-"""QuPath GeoJSON: hits and tile grids are exactly their level-0 footprints (20x and TRIDENT's 40x geometry)."""
+"""QuPath GeoJSON: hits and tile grids are exactly their level-0 footprints (20x, and TRIDENT's geometry of
+40x scans)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ import pytest
 from typer.testing import CliRunner
 
 from mvh.cli import app as cli
+from mvh.core.synthetic_slides import write_synthetic_slide
 from mvh.extractor.extract import ExtractConfig, SlideInput, extract_slides
-from mvh.extractor.synthetic import write_synthetic_slide
-from mvh.index.store import EmbeddingStore
 from mvh.index.vector import build_index
 from mvh.interop.geojson import footprint_l0, hits_by_slide, per_slide_paths, rank_colour, tile_features
+from mvh.store import EmbeddingStore
 from tests.interop.geojson_checks import check_feature_collection, signed_area, square_ring
 
 
@@ -100,3 +101,26 @@ def test_search_geojson_is_the_hits_footprints(
         assert rings == [square_ring(h["x"], h["y"], size_l0) for h in mine]
         assert [f["properties"]["measurements"] for f in collection["features"]] == [
             {"rank": float(h["rank"]), "score": h["score"]} for h in mine]
+
+
+@pytest.mark.parametrize(("name", "size_l0"), [("x40", 448), ("x20", 224)])
+def test_export_geojson_is_each_slides_tile_grid(
+    stores: dict[str, str], tmp_path: Path, name: str, size_l0: int
+) -> None:
+    import h5py
+
+    store = stores[name]
+    for fmt in ("geojson", "h5"):
+        result = CliRunner().invoke(cli, ["export", "--store", store, "--format", fmt, "--out",
+                                          str(tmp_path / fmt), "--json"])
+        assert result.exit_code == 0, result.output
+    opened = EmbeddingStore.open(store)
+    for sid in opened.slide_ids("done"):
+        tiles = opened.slide_tiles(sid)
+        collection = json.loads((tmp_path / "geojson" / f"{sid}.geojson").read_text())
+        rings = check_feature_collection(collection, "detection")
+        with h5py.File(tmp_path / "h5" / f"{sid}.h5", "r") as h5:  # TRIDENT's own footprint attribute
+            assert int(h5["coords"].attrs["patch_size_level0"]) == size_l0
+        assert rings == [square_ring(x, y, size_l0) for x, y in zip(tiles.x, tiles.y, strict=True)]
+        assert [f["properties"]["measurements"]["tissue_fraction"] for f in collection["features"]] == [
+            pytest.approx(v) for v in tiles.tissue_fraction]

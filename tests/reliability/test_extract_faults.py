@@ -16,10 +16,11 @@ import pytest
 from typer.testing import CliRunner
 
 from mvh.cli import app
+from mvh.core.synthetic_slides import write_synthetic_slide
 from mvh.extractor.embedder import Embedder
-from mvh.extractor.synthetic import write_synthetic_slide
-from mvh.index.integrity import verify_store
-from mvh.index.store import EmbeddingStore
+from mvh.store import EmbeddingStore
+from mvh.store.integrity import verify_store
+from mvh.store.writer import StoreWriter
 
 runner = CliRunner()
 BASE = [
@@ -162,16 +163,16 @@ def test_a_read_only_store_is_refused_before_embedding(good, tmp_path, monkeypat
 
 def test_disk_full_mid_run_is_one_line_and_the_store_stays_consistent(good, tmp_path, monkeypatch) -> None:
     store = tmp_path / "full.lance"
-    original = EmbeddingStore._append_tiles
+    original = StoreWriter.append_tiles
     calls = []
 
     def fill_up(self, slide_id, table) -> None:
         calls.append(slide_id)
         if len(calls) > 1:
-            self._write(lambda: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left")), "tiles")
+            self.write(lambda: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left")), "tiles")
         original(self, slide_id, table)
 
-    monkeypatch.setattr(EmbeddingStore, "_append_tiles", fill_up)
+    monkeypatch.setattr(StoreWriter, "append_tiles", fill_up)
     result = runner.invoke(app, ["extract", str(good), "--store", str(store), *BASE])
     assert result.exit_code == 1 and "No space left" in result.output and "Traceback" not in result.output
     messages = [line for line in result.output.splitlines() if not line.startswith("[")]  # not progress

@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mvh.errors import MvhError
-from mvh.index.interop import ExportConfig, ImportConfig, run_export, run_import
-from tests.index.test_interop_peers import trident_slide
+from mvh.interop import ExportConfig, ImportConfig, run_export, run_import
+from tests.interop.test_peers import trident_slide
 
 FUZZ = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FLAGS = {"tile_px": None, "mpp": None, "slide_mpp": None}
@@ -25,7 +25,7 @@ FLAGS = {"tile_px": None, "mpp": None, "slide_mpp": None}
 def _import_once(folder: Path, **flags) -> None:
     """Run the importer on `folder`; only a result or an MvhError may come out."""
     try:
-        result = run_import(ImportConfig(folder, str(folder.parent / "s.lance"), "fuzz", **flags))
+        result = run_import(ImportConfig(folder, str(folder.parent / "s.lance"), "uni_v1", **flags))
     except MvhError as exc:
         assert "\n" not in " ".join(str(exc).split())
         return

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mvh.index.integrity import verify_store
-from mvh.index.store import EmbeddingStore
+from mvh.store import EmbeddingStore
+from mvh.store.integrity import verify_store
 from tests.reliability._faults import DIM, fingerprint, tiles
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,7 +30,8 @@ SCRIPT = textwrap.dedent(
     import os, signal, sys
     import lancedb.db
     import numpy as np
-    from mvh.index.store import EmbeddingStore
+    from mvh.store import EmbeddingStore
+    from mvh.store.writer import StoreWriter
     from tests.reliability._faults import fingerprint, tiles
 
     uri, point = sys.argv[1], sys.argv[2]
@@ -60,7 +61,7 @@ SCRIPT = textwrap.dedent(
     elif where == "create_meta_table":
         wrap(lancedb.db.LanceDBConnection, "create_table", "before", nth=1, table="meta")
     else:
-        wrap(EmbeddingStore, where, when, nth=int(nth))
+        wrap(StoreWriter, where, when, nth=int(nth))
     store = EmbeddingStore.open_or_create(uri, fingerprint())
     for i, sid in enumerate(["s0", "s1", "s2"]):
         store.add_slide({"slide_id": sid}, tiles(sid, 4 + i), np.full((4 + i, 8), float(i)))
@@ -71,13 +72,13 @@ SCRIPT = textwrap.dedent(
 POINTS = [
     "create_slides_table:after",
     "create_meta_table:before",
-    "_append_tiles:before",
-    "_append_tiles:after",
-    "_upsert_slide:before",
-    "_upsert_slide:after",
-    "_drop_stale_tiles:before",
-    "_append_tiles:after:4",  # during the --overwrite of s0: the old tiles stay the visible ones
-    "_upsert_slide:after:4",  # the switch happened; the superseded tiles are left invisible
+    "append_tiles:before",
+    "append_tiles:after",
+    "upsert_slide:before",
+    "upsert_slide:after",
+    "drop_stale_tiles:before",
+    "append_tiles:after:4",  # during the --overwrite of s0: the old tiles stay the visible ones
+    "upsert_slide:after:4",  # the switch happened; the superseded tiles are left invisible
 ]
 
 

@@ -17,8 +17,10 @@ from typer.testing import CliRunner
 
 from mvh.cli import app
 from mvh.errors import StoreDamagedError, StoreError, StoreUnusableError, StoreWriteError
-from mvh.index.integrity import CHECKSUM, NON_FINITE, verify_store
-from mvh.index.store import SLIDES_SCHEMA, EmbeddingStore, tiles_schema
+from mvh.store import EmbeddingStore, tiles_schema
+from mvh.store.integrity import CHECKSUM, NON_FINITE, verify_store
+from mvh.store.schema import SLIDES_SCHEMA
+from mvh.store.writer import StoreWriter
 from tests.reliability._faults import DIM, distinct, fingerprint, rot_bytes, store_with, tiles
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,16 +32,17 @@ RACER = textwrap.dedent(
     """
     import sys, time
     import numpy as np
-    from mvh.index.store import EmbeddingStore
+    from mvh.store import EmbeddingStore
+    from mvh.store.writer import StoreWriter
     from tests.reliability._faults import tiles
 
-    original = EmbeddingStore._append_tiles
+    original = StoreWriter.append_tiles
 
     def slow_append(self, slide_id, table):
         time.sleep(float(sys.argv[3]))
         original(self, slide_id, table)
 
-    EmbeddingStore._append_tiles = slow_append
+    StoreWriter.append_tiles = slow_append
     store = EmbeddingStore.open(sys.argv[1])
     value = float(sys.argv[2])
     for i in range(3):
@@ -57,7 +60,7 @@ def test_two_writers_of_the_same_slides_leave_each_slide_whole_and_unique(tmp_pa
         for value in ("1", "2")
     ]
     assert [p.wait(timeout=180) for p in procs] == [0, 0]
-    raw = store._tiles.to_arrow()
+    raw = store.tables.tiles.to_arrow()
     assert raw.num_rows == 2 * 3 * 20  # both appended: the race really happened
     rows, emb = store.all_embeddings()
     assert len(rows) == 60 and rows["tile_id"].is_unique and store.n_tiles == 60
@@ -167,11 +170,11 @@ def test_disk_full_is_one_line_and_keeps_committed_slides(tmp_path, monkeypatch)
     store = store_with(tmp_path / "full.lance", {"a": distinct(3, 1)})
 
     def enospc(self, slide_id, table) -> None:
-        self._write(
+        self.write(
             lambda: (_ for _ in ()).throw(OSError(28, "No space left on device")), f"the tiles of {slide_id}"
         )
 
-    monkeypatch.setattr(EmbeddingStore, "_append_tiles", enospc)
+    monkeypatch.setattr(StoreWriter, "append_tiles", enospc)
     with pytest.raises(StoreWriteError, match="No space left on device.*free space") as info:
         store.add_slide({"slide_id": "b"}, tiles("b", 2), distinct(2, 2))
     assert "\n" not in str(info.value)
@@ -187,7 +190,7 @@ def test_legacy_store_is_readable_and_refuses_writes(tmp_path) -> None:
     db = lancedb.connect(str(uri))
     old_tiles = pa.schema([f for f in tiles_schema(DIM) if f.name != "commit"])
     old_slides = pa.schema(
-        [f for f in SLIDES_SCHEMA if f.name not in ("commit", "checksum", "attrs", "file_hash")]
+        [f for f in SLIDES_SCHEMA if f.name not in ("commit", "checksum", "slide_attrs", "file_hash")]
     )
     emb = distinct(3, 1)
     frame = tiles("a", 3).assign(slide_id="a", model="mv_hybrid_tiny", weights_sha256="random-init")
@@ -212,12 +215,14 @@ def test_legacy_store_is_readable_and_refuses_writes(tmp_path) -> None:
 def test_attrs_are_stored_per_slide_as_a_json_object(tmp_path) -> None:
     store = EmbeddingStore.create(tmp_path / "attrs.lance", fingerprint())
     geometry = {"patch_size_level0": 512, "level0_magnification": 40}
-    store.add_slide({"slide_id": "a", "attrs": geometry}, tiles("a", 2), distinct(2, 1))
+    store.add_slide({"slide_id": "a", "slide_attrs": geometry}, tiles("a", 2), distinct(2, 1))
     store.add_slide({"slide_id": "b"}, tiles("b", 1), distinct(1, 2))
     assert store.slide_attrs("a") == geometry and store.slide_attrs("b") == {}
-    assert json.loads(store.slides().set_index("slide_id").loc["a", "attrs"]) == geometry
-    with pytest.raises(StoreError, match="attrs must be a JSON object"):
-        store.add_slide({"slide_id": "c", "attrs": [1, 2]}, tiles("c", 1), distinct(1, 3))
+    assert json.loads(store.slides().set_index("slide_id").loc["a", "slide_attrs"]) == geometry
+    with pytest.raises(StoreError, match="slide_attrs must be a JSON object"):
+        store.add_slide({"slide_id": "c", "slide_attrs": [1, 2]}, tiles("c", 1), distinct(1, 3))
+    with pytest.raises(StoreError, match="the record key `attrs` is now `slide_attrs`"):
+        store.add_slide({"slide_id": "c", "attrs": geometry}, tiles("c", 1), distinct(1, 3))
 
 
 @pytest.mark.parametrize(

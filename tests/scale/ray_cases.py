@@ -57,7 +57,7 @@ def _copies(sample_slide: Path, folder: Path, n: int, corrupt: bool) -> list[Pat
 
 
 def _rows(store_path: Path):
-    from mvh.index.store import EmbeddingStore
+    from mvh.store import EmbeddingStore
 
     store = EmbeddingStore.open(str(store_path))
     frame, emb = store.all_embeddings(columns=("slide_id", "tile_id"))
@@ -87,7 +87,7 @@ def test_same_rows_as_one_process_and_a_corrupt_slide_fails_alone(cluster, sampl
 
 
 def _kill_one_worker_after_first_commit(store_path: Path, killed: list[int]) -> None:
-    from mvh.index.store import EmbeddingStore
+    from mvh.store import EmbeddingStore
 
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -157,7 +157,7 @@ def test_a_worker_that_cannot_build_its_model_stops_the_run_with_its_error(clust
     assert message.startswith("embedding worker cpu@127.0.0.1 cannot start: --precision fp16 needs")
     assert "\n" not in message and "\x1b" not in message
     assert stopped.value.exit_code == 2
-    from mvh.index.store import EmbeddingStore
+    from mvh.store import EmbeddingStore
 
     assert EmbeddingStore.open(str(store)).slides().empty  # no slide was tried, none recorded as failed
 

@@ -14,8 +14,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from mvh.cli import app as cli
-from mvh.index.store import EmbeddingStore
 from mvh.serve.search import MPP_FIELD
+from mvh.store import EmbeddingStore
 from tests.serve.conftest import REAL
 
 HIT_KEYS = ("rank", "slide_id", "tile_id", "x", "y", "mpp", "score")

@@ -15,9 +15,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from mvh.index.index_files import load_index
-from mvh.index.store import EmbeddingStore
 from mvh.serve import ServeConfig, create_app
 from mvh.serve.batcher import BatcherClosed, MicroBatcher
+from mvh.store import EmbeddingStore
 from mvh.tasks.query import ImageQuery, image_query_results
 from tests.serve.conftest import REAL
 

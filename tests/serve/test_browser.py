@@ -23,6 +23,8 @@ pytestmark = pytest.mark.browser
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--no-first-run"]
+ZOOM = "(by) => { const v = mvhViewer.viewer.viewport; v.zoomBy(by, null, true); v.applyConstraints(true); }"
+LOADED = "[...document.querySelectorAll('{selector}')].every(i => i.complete && i.naturalWidth > 0)"
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +147,8 @@ def test_viewer_hits_scale_and_download(  # type: ignore[no-untyped-def]
     labels = page.evaluate("[...document.querySelectorAll('.hit-label')].map(l => l.textContent)")
     assert sorted(labels) == sorted(f"#{h['rank']} {h['score']:.2f}" for h in state["hits"])
     assert page.locator(".hit-item").count() == 6
-    colours = page.evaluate("[...document.querySelectorAll('rect.hit-box')].map(r => r.getAttribute('stroke'))")
+    colours = page.evaluate(
+        "[...document.querySelectorAll('rect.hit-box')].map(r => r.getAttribute('stroke'))")
     assert colours[0] == "hsl(0, 90%, 50%)"
 
     # scale bar: its screen length is its um in level-0 px as OpenSeadragon draws them, at every zoom
@@ -153,7 +156,8 @@ def test_viewer_hits_scale_and_download(  # type: ignore[no-untyped-def]
         return page.evaluate("""() => {
             const item = mvhViewer.viewer.world.getItemAt(0), bar = mvhViewer.scaleBar;
             const a = item.imageToViewerElementCoordinates(new OpenSeadragon.Point(0, 0));
-            const b = item.imageToViewerElementCoordinates(new OpenSeadragon.Point(bar.um / mvhViewer.mpp, 0));
+            const end = new OpenSeadragon.Point(bar.um / mvhViewer.mpp, 0);
+            const b = item.imageToViewerElementCoordinates(end);
             return {um: bar.um, css: document.querySelector('#scalebar .bar').getBoundingClientRect().width,
                     want: b.x - a.x, mag: document.getElementById('magnification').textContent,
                     perL0: mvhViewer.screenPerL0};
@@ -161,13 +165,13 @@ def test_viewer_hits_scale_and_download(  # type: ignore[no-untyped-def]
 
     before = scale()
     assert abs(before["css"] - before["want"]) <= 1.5, before  # the 2 px borders are inside the width
-    page.evaluate("mvhViewer.viewer.viewport.zoomBy(0.25, null, true); mvhViewer.viewer.viewport.applyConstraints(true)")
+    page.evaluate(ZOOM, 0.25)
     page.wait_for_function(f"mvhViewer.scaleBar.um !== {before['um']}")
     after = scale()
     assert after["um"] > before["um"] and abs(after["css"] - after["want"]) <= 1.5, after
     equivalent = 10 / (state["mpp"] / after["perL0"])  # 10x = 1 um per screen px
     assert after["mag"].startswith(f"{equivalent:.0f}x" if equivalent >= 10 else f"{equivalent:.1f}x")
-    page.evaluate("mvhViewer.viewer.viewport.zoomBy(16, null, true); mvhViewer.viewer.viewport.applyConstraints(true)")
+    page.evaluate(ZOOM, 16)
     page.wait_for_function(f"mvhViewer.scaleBar.um < {after['um']}")
     again = scale()
     assert abs(again["css"] - again["want"]) <= 1.5, again
@@ -176,7 +180,8 @@ def test_viewer_hits_scale_and_download(  # type: ignore[no-untyped-def]
     box = page.locator("#osd").bounding_box()
     page.mouse.move(box["x"] + 300, box["y"] + 200)
     cursor = page.evaluate("""() => {
-        const p = mvhViewer.viewer.world.getItemAt(0).viewerElementToImageCoordinates(new OpenSeadragon.Point(300, 200));
+        const item = mvhViewer.viewer.world.getItemAt(0);
+        const p = item.viewerElementToImageCoordinates(new OpenSeadragon.Point(300, 200));
         return {want: [Math.round(p.x), Math.round(p.y)], got: mvhViewer.cursor,
                 text: document.getElementById('cursor').textContent};
     }""")
@@ -186,7 +191,7 @@ def test_viewer_hits_scale_and_download(  # type: ignore[no-untyped-def]
     # metadata from OpenSlide properties and the label image
     meta = page.inner_text("#metadata")
     assert "aperio CPAPERIOCS" in meta and "20x" in meta and "0.499" in meta
-    page.wait_for_function("[...document.querySelectorAll('.associated img')].every(i => i.complete && i.naturalWidth > 0)")
+    page.wait_for_function(LOADED.format(selector=".associated img"))
     assert page.locator(".associated img").count() == 2  # label and macro
     page.fill("#brightness", "130")
     page.dispatch_event("#brightness", "input")
@@ -234,7 +239,8 @@ def test_more_like_this_and_result_layers(browser, live_server: str, out_dir: Pa
     page.check("#more-like-this")
     target = page.evaluate("""() => {
         const t = mvhViewer.grid[20], s = mvhViewer.sizeL0, item = mvhViewer.viewer.world.getItemAt(0);
-        mvhViewer.viewer.viewport.fitBounds(item.imageToViewportRectangle(t.x - s, t.y - s, 3 * s, 3 * s), true);
+        const around = item.imageToViewportRectangle(t.x - s, t.y - s, 3 * s, 3 * s);
+        mvhViewer.viewer.viewport.fitBounds(around, true);
         return t;
     }""")
     point = page.evaluate("""(t) => {
@@ -272,7 +278,7 @@ def test_store_page(browser, live_server: str, out_dir: Path) -> None:  # type: 
     page.wait_for_function("window.mvhStores && window.mvhStores.ready")
     assert page.locator("tr.slide-row").count() == 2 + 2
     assert "mv_hybrid_tiny" in page.inner_text("table.fingerprint")
-    page.wait_for_function("[...document.querySelectorAll('img.thumb')].every(i => i.complete && i.naturalWidth > 0)")
+    page.wait_for_function(LOADED.format(selector="img.thumb"))
     assert page.locator("img.thumb").count() == 4
     text = page.inner_text("main")
     assert f"same file as {RESCAN}" in text and f"same file as {REAL}" in text

@@ -17,8 +17,8 @@ from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 
-from mvh.index.store import EmbeddingStore
 from mvh.serve import ServeConfig, create_app
+from mvh.store import EmbeddingStore
 from tests.serve.conftest import REAL
 
 

@@ -118,7 +118,8 @@ def test_no_parameter_is_a_path(
         response = app_client.post("/api/search", json=body)
         assert 400 <= response.status_code < 500, (body, response.text)
     hits = {"hits": [{"rank": 1, "x": 1120, "y": 896, "score": 0.5}], "n_hits": 1}
-    for url in (f"/api/stores/embeddings/slides/{e}/hits.geojson", f"/api/stores/{e}/slides/{REAL}/hits.geojson"):
+    for url in (f"/api/stores/embeddings/slides/{e}/hits.geojson",
+                f"/api/stores/{e}/slides/{REAL}/hits.geojson"):
         response = app_client.post(url, json=hits)
         assert response.status_code in (400, 404, 405, 422), (url, response.text)
     with io.BytesIO() as buffer:
@@ -191,7 +192,8 @@ def test_read_only(app_client: TestClient, serve_store: str, he_tile: Path) -> N
     before = _tree(Path(serve_store))
     for url in ["/api/stores", "/api/stores/embeddings/slides", f"/api/tiles/{REAL}/1120/896.jpg",
                 f"/api/dzi/embeddings/{REAL}", f"/api/stores/embeddings/slides/{REAL}/tiles",
-                f"/api/stores/embeddings/slides/{REAL}/metadata", f"/api/stores/embeddings/slides/{REAL}/thumbnail.jpg",
+                f"/api/stores/embeddings/slides/{REAL}/metadata",
+                f"/api/stores/embeddings/slides/{REAL}/thumbnail.jpg",
                 f"/api/stores/embeddings/slides/{REAL}/associated/label.jpg",
                 f"/api/stores/embeddings/slides/{REAL}/tiles.geojson"]:
         assert app_client.get(url).status_code == 200

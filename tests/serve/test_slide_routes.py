@@ -10,7 +10,7 @@ import openslide
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from mvh.index.store import EmbeddingStore
+from mvh.store import EmbeddingStore
 from tests.interop.geojson_checks import check_feature_collection, square_ring
 from tests.serve.conftest import REAL
 
@@ -51,7 +51,8 @@ def test_tile_grid_geojson_is_the_stored_footprints(app_client: TestClient, serv
     tiles = EmbeddingStore.open(serve_store).slide_tiles(REAL)
     side = round(224 * 0.5 / 0.499)  # the extractor's size_l0 on the 0.499 um/px scan
     rings = check_feature_collection(json.loads(response.content), "detection")
-    assert sorted(map(str, rings)) == sorted(str(square_ring(x, y, side)) for x, y in zip(tiles.x, tiles.y, strict=True))
+    want = [square_ring(x, y, side) for x, y in zip(tiles.x, tiles.y, strict=True)]
+    assert sorted(map(str, rings)) == sorted(map(str, want))
 
 
 def test_hits_geojson_and_search_hits_carry_file_hash(app_client: TestClient, serve_store: str) -> None:
@@ -64,8 +65,10 @@ def test_hits_geojson_and_search_hits_carry_file_hash(app_client: TestClient, se
     response = app_client.post(f"{BASE}/hits.geojson", json=body)
     assert response.status_code == 200, response.text
     collection = json.loads(response.content)
-    assert check_feature_collection(collection, "annotation") == [square_ring(h["x"], h["y"], 224) for h in mine]
-    assert [f["properties"]["measurements"]["rank"] for f in collection["features"]] == [h["rank"] for h in mine]
+    rings = check_feature_collection(collection, "annotation")
+    assert rings == [square_ring(h["x"], h["y"], 224) for h in mine]
+    ranks = [f["properties"]["measurements"]["rank"] for f in collection["features"]]
+    assert ranks == [h["rank"] for h in mine]
     body["hits"][0]["x"] += 1  # not a stored tile
     assert app_client.post(f"{BASE}/hits.geojson", json=body).status_code == 404
 

@@ -12,8 +12,8 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from mvh.cli import app as cli
-from mvh.index.store import EmbeddingStore
 from mvh.serve import ServeConfig, create_app
+from mvh.store import EmbeddingStore
 from tests.serve.conftest import REAL
 
 pytestmark = pytest.mark.real_data

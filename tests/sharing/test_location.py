@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mvh.errors import UsageError
-from mvh.index.location import parse_location, redact
+from mvh.store.location import parse_location, redact
 
 S3_ENV = {
     "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE",

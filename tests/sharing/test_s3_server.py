@@ -6,7 +6,7 @@ import lancedb
 import pyarrow as pa
 import pytest
 
-from mvh.index.location import parse_location
+from mvh.store.location import parse_location
 from tests.sharing.seaweed import READER, signed_put
 
 pytestmark = pytest.mark.s3

@@ -22,8 +22,8 @@ import pytest
 from typer.testing import CliRunner
 
 from mvh.cli import app
-from mvh.index.location import parse_location
-from mvh.index.store import EmbeddingStore
+from mvh.store import EmbeddingStore
+from mvh.store.location import parse_location
 
 pytestmark = [pytest.mark.s3, pytest.mark.real_data]
 
@@ -201,7 +201,7 @@ def test_two_concurrent_writers_and_a_killed_run_lose_nothing(s3_bucket, s3_serv
 CREATOR = """
 import sys, time
 import numpy as np, pandas as pd
-from mvh.index.store import EmbeddingStore, StoreFingerprint
+from mvh.store import EmbeddingStore, StoreFingerprint
 fp = StoreFingerprint(model="m", model_config={}, weights_sha256="random-init", weights_path=None,
                       embed_dim=4, tile_px=224, mpp=0.5, mean=None, std=None)
 time.sleep(max(0.0, float(sys.argv[3]) - time.time()))  # both start creating at the same moment (if not late)

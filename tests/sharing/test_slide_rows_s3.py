@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mvh.index.location import parse_location
-from mvh.index.store import EmbeddingStore
-from tests.index.test_store_rows import add, assert_reads_equal
+from mvh.store import EmbeddingStore
+from mvh.store.location import parse_location
 from tests.reliability._faults import fingerprint
+from tests.store.test_slide_rows import add, assert_reads_equal
 
 pytestmark = [pytest.mark.s3]
 
@@ -47,13 +47,13 @@ def test_a_slide_read_by_rows_makes_fewer_gets_than_the_filtered_read(
         store.optimize()
     ro = _reader(s3_server, store.uri)
     ro.slide_embeddings("s0")  # opens the files and scans the row map once
-    ro._read_tiles(ro._tiles_where(ro._done_row("s0")), ["embedding"])  # and loads what the filter loads
+    ro.reader.filtered_slide(ro.reader.done_row("s0"), ["embedding"])  # and loads what the filter loads
     for slide_id in ("s3", "s5", "s7"):
-        row = ro._done_row(slide_id)
+        row = ro.reader.done_row(slide_id)
         before = s3_server.request_counts(s3_bucket)
-        filtered = ro._read_tiles(ro._tiles_where(row), ["embedding"])
+        filtered = ro.reader.filtered_slide(row, ["embedding"])
         between = s3_server.request_counts(s3_bucket)
-        by_rows = ro._take_slide(row, ["embedding"])
+        by_rows = ro.reader.taken_slide(row, ["embedding"])
         after = s3_server.request_counts(s3_bucket)
         assert by_rows.equals(filtered)
         gets_filtered = between["GET"] - before.get("GET", 0)

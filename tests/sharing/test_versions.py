@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from mvh.errors import UsageError
-from mvh.index.versions import create_tag, delete_tag, list_tags, snapshot_versions, table_versions
+from mvh.store.versions import create_tag, delete_tag, list_tags, snapshot_versions, table_versions
 
 
 @pytest.fixture

@@ -108,7 +108,7 @@ def _hest_split(X_by_sample, expr_by_sample, train, test, seed, n_components):
 
 
 def test_runs_the_fixed_splits_and_gene_list_as_hest(task, tmp_path):
-    from mvh.index.store import EmbeddingStore
+    from mvh.store import EmbeddingStore
 
     uri = str(tmp_path / "store.lance")
     cfg = STConfig(inputs=[task], stores=[StoreSpec(uri, model=MODEL, random_init=True)],

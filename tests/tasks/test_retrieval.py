@@ -13,8 +13,8 @@ from sklearn.metrics import average_precision_score
 
 from mvh.errors import DataError, UsageError
 from mvh.index.build import build_index
-from mvh.index.store import EmbeddingStore, StoreFingerprint
 from mvh.progress import Event, Recorder
+from mvh.store import EmbeddingStore
 from mvh.tasks.retrieval import (
     QUERIES,
     RetrievalConfig,
@@ -30,6 +30,7 @@ from mvh.tasks.retrieval import (
     retrieval_metrics,
     run_retrieval,
 )
+from tests.conftest import synthetic_fingerprint
 
 
 def test_acc_at_k_hand_example() -> None:
@@ -96,10 +97,7 @@ def test_retrieval_metrics_keys() -> None:
 
 
 def make_store(tmp_path: Path, dim: int = 4) -> EmbeddingStore:
-    fp = StoreFingerprint(
-        model="synthetic", model_config={}, weights_sha256="random-init", weights_path=None,
-        embed_dim=dim, tile_px=224, mpp=0.5, mean=None, std=None,
-    )
+    fp = synthetic_fingerprint(dim)
     return EmbeddingStore.create(tmp_path / "store", fp)
 
 

@@ -7,12 +7,13 @@ import json
 import anndata
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 import scipy.sparse as sp
 
 from mvh.errors import DataError, UsageError
 from mvh.extractor.embedder import Embedder
-from mvh.index.store import EmbeddingStore
+from mvh.store import EmbeddingStore
 from mvh.tasks.st_data import (
     check_split_metadata,
     find_samples,
@@ -278,7 +279,7 @@ def test_moved_spots_are_embedded_again_and_said_so(cohort, embedder, tmp_path):
 
 
 def sha256_of(path):
-    from mvh.extractor.hashing import sha256_file
+    from mvh.core.files import sha256_file
 
     return sha256_file(path)
 
@@ -290,7 +291,7 @@ def test_sync_reads_the_store_in_one_scan_and_checks_finiteness(cohort, embedder
     expr = load_expression(samples)
     store = EmbeddingStore.create(tmp_path / "s.lance", embedder.fingerprint(mpp=0.5, tile_px=224))
     _sync(samples, expr, store, lambda: embedder)
-    calls = {"all_embeddings": 0, "slide_embeddings": 0, "slide_tiles": 0}
+    calls = {"all_embeddings": 0, "slide_embeddings": 0, "slide_tiles": 0, "scan_tiles": 0}
     for name in calls:
         original = getattr(store, name)
 
@@ -300,13 +301,20 @@ def test_sync_reads_the_store_in_one_scan_and_checks_finiteness(cohort, embedder
 
         setattr(store, name, counted)
     assert _sync(samples, expr, store, lambda: None) == ["reused", "reused"]
-    assert calls == {"all_embeddings": 1, "slide_embeddings": 0, "slide_tiles": 0}
-    X, found = spot_embeddings(store, expr.spots)
-    assert found.all() and calls["all_embeddings"] == 2
-    rows, emb = EmbeddingStore.all_embeddings(store, columns=("slide_id", "tile_id", "x", "y"))
-    emb = emb.copy()
-    emb[0, 0] = np.nan
-    store.all_embeddings = lambda columns: (rows, emb)
+    assert calls == {"all_embeddings": 0, "slide_embeddings": 0, "slide_tiles": 0, "scan_tiles": 1}
+    X, found = spot_embeddings(store, expr.spots)  # one streamed scan of the spots' samples
+    assert found.all() and calls["all_embeddings"] == 0 and calls["scan_tiles"] == 2
+    scan = EmbeddingStore.scan_tiles
+
+    def rotten(*args, **kwargs):  # the first embedding value of every batch read as NaN (bit rot)
+        for index, batch in scan(store, *args, **kwargs):
+            values = batch.column("embedding").flatten().to_numpy(zero_copy_only=False).copy()
+            values[0] = np.nan
+            kind = batch.column("embedding").type.value_type
+            column = pa.FixedSizeListArray.from_arrays(pa.array(values, kind), store.dim)
+            yield index, batch.set_column(batch.schema.get_field_index("embedding"), "embedding", column)
+
+    store.scan_tiles = rotten
     with pytest.raises(StoreError, match="non-finite"):
         _sync(samples, expr, store, lambda: None)
 
@@ -318,11 +326,11 @@ def test_recorded_image_or_h5ad_change_is_detected_through_slide_attrs(cohort, e
     _sync(samples, expr, store, lambda: embedder)
     groups = expr.spots.groupby("sample_id", sort=False).indices
     plans = [plan_spot_tiles(s, expr.spots.iloc[groups[s.sample_id]], 0.5, 224, False)[0] for s in samples]
-    # The slides' attrs as a store with the `attrs` column keeps them: A0 was cut from another image
+    # The slides' attrs as a store with the `slide_attrs` column keeps them: A0 was cut from another image
     # file, B0's h5ad had another hash; positions and barcodes are unchanged.
     a0 = {**plans[0].identity, "image": {**plans[0].identity["image"], "edge_sha256": "0" * 64}}
     b0 = {**plans[1].identity, "h5ad_sha256": "f" * 64}
-    slides = store.slides().assign(attrs=[json.dumps({"st": a0}), json.dumps({"st": b0})])
+    slides = store.slides().assign(slide_attrs=[json.dumps({"st": a0}), json.dumps({"st": b0})])
     store.slides = lambda status=None: slides
     _, report = sync_store(plans, store, lambda: embedder)
     a, b = report.samples

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from mvh.errors import CohortError, UsageError
-from mvh.index.slide_ids import check_slide_id
+from mvh.store.slide_ids import check_slide_id
 
 REQUIRED_COLUMNS = ("slide_id", "patient_id", "time", "event")
 

@@ -16,13 +16,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mvh.core.device import resolve_device
 from mvh.errors import CohortError, MvhError, SlideError, UsageError
-from mvh.extractor.device import resolve_device
 from mvh.extractor.slide import open_slide
-from mvh.index.slide_ids import check_slide_id, path_inside
-from mvh.index.store import EmbeddingStore
 from mvh.jobs import JobResult
 from mvh.progress import FOLDS, Event, Progress, report
+from mvh.store import EmbeddingStore
+from mvh.store.slide_ids import check_slide_id, path_inside
 from mvh.tasks.survival.bags import StoreBags
 from mvh.tasks.survival.cohort import REQUIRED_COLUMNS, Cohort, listing, read_cohort
 from mvh.tasks.survival.cv import FoldResult, Stats, SurvivalCV, cross_validate_survival
