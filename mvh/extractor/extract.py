@@ -196,7 +196,7 @@ class SlideResult:
 
 
 @dataclass
-class ExtractResult(JobResult):
+class ExtractResult(JobResult, job="extract"):
     """What an extraction run did (results.json is `to_dict()`)."""
 
     store: str

@@ -38,7 +38,7 @@ INTERNAL_COLUMNS = ("commit",)  # store bookkeeping, not exported
 MVH_ONLY = ("mpp", "slide_mpp")  # mvh's own coords attributes, not added to files imported without them
 
 
-@dataclass
+@dataclass(frozen=True)
 class ExportConfig:
     """`mvh export`: which store, where, in which format, verified first or not."""
 
@@ -48,18 +48,16 @@ class ExportConfig:
     verify: bool = False
 
     def __post_init__(self) -> None:
-        self.store = str(self.store)
-        self.out = Path(self.out)
+        object.__setattr__(self, "store", str(self.store))
+        object.__setattr__(self, "out", Path(self.out))
         if self.fmt not in FORMATS:
             raise UsageError(f"--format {self.fmt!r} is unknown: use one of {', '.join(FORMATS)}")
-        if self.out.exists() and not self.out.is_dir():
-            raise UsageError(f"--out {self.out} is an existing file; remove it or name a new folder")
         if self.fmt != "parquet" and self.out.suffix == ".parquet":
             raise UsageError(f"--out {self.out} names a Parquet file; use --format parquet or name a folder")
 
 
 @dataclass
-class ExportResult(JobResult):
+class ExportResult(JobResult, job="export"):
     """What `run_export` wrote."""
 
     store: str
@@ -316,6 +314,8 @@ def _export_geojson(
 
 def run_export(cfg: ExportConfig, *, progress: Progress | None = None) -> ExportResult:
     """Export a store's done slides as TRIDENT-complete h5, CLAM's h5_files/pt_files, Parquet, or GeoJSON."""
+    if cfg.out.exists() and not cfg.out.is_dir():
+        raise UsageError(f"--out {cfg.out} is an existing file; remove it or name a new folder")
     store = EmbeddingStore.open(cfg.store)
     result = ExportResult(store=cfg.store, format=cfg.fmt, out=str(cfg.out))
     if cfg.verify:

@@ -134,7 +134,7 @@ class STConfig:
 
 
 @dataclass
-class STResult(JobResult):
+class STResult(JobResult, job="st"):
     """Everything `mvh eval st` reports; results.json is exactly `to_dict()`."""
 
     settings: dict[str, Any]
