@@ -293,7 +293,7 @@ def test_absurd_tile_sizes_fail_instead_of_wrapping(tmp_path, key) -> None:
 def test_a_job_folder_points_at_its_feature_folders(tmp_path) -> None:
     trident_slide(tmp_path / "job", "s", 2)
     with pytest.raises(UsageError, match=r"20x_256px_0px_overlap/features_uni_v1") as err:
-        ImportConfig(tmp_path / "job", str(tmp_path / "s.lance"), "m")
+        ImportConfig(tmp_path / "job", str(tmp_path / "s.lance"), "m").files()
     assert "patches" not in str(err.value)  # TRIDENT's coordinate files hold no features
 
 
