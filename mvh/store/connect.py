@@ -24,7 +24,7 @@ from mvh.errors import StoreDamagedError, StoreError, StoreUnusableError
 from mvh.store.location import StoreLocation
 from mvh.store.schema import META, META_SCHEMA, SLIDES, SLIDES_SCHEMA, TILES, StoreFingerprint, tiles_schema
 from mvh.store.sidecar import SidecarFiles
-from mvh.store.tables import DAMAGED_READ_ERRORS, LANCE_ERRORS, StoreTables, reason
+from mvh.store.tables import LANCE_ERRORS, StoreTables, is_damage, reason
 from mvh.store.versions import snapshot_versions
 from mvh.store.visibility import Visibility
 from mvh.store.writer import now
@@ -115,7 +115,9 @@ def read_meta(db: Any, location: StoreLocation) -> dict[str, Any]:
                 snapshot_versions(tables, tag=location.tag, version=location.version, where=uri)[META]
             )
         meta = {row["key"]: json.loads(row["value"]) for row in table.to_arrow().to_pylist()}
-    except DAMAGED_READ_ERRORS as exc:
+    except Exception as exc:  # noqa: BLE001 (is_damage lets through all but damage)
+        if not is_damage(exc):
+            raise
         raise StoreDamagedError(
             f"store {uri} is damaged: its meta table cannot be read ({reason(exc)}); restore "
             f"{uri}/meta.lance from a copy of the store, or re-extract into a new --store"
@@ -141,7 +143,9 @@ def open_tables(db: Any, location: StoreLocation) -> tuple[StoreTables, Visibili
             for name, table in by_name.items():
                 table.checkout(pinned[name])
         rule = Visibility.choose(tables, location)  # reads both schemas: a damaged table fails here
-    except DAMAGED_READ_ERRORS as exc:
+    except Exception as exc:  # noqa: BLE001 (is_damage lets through all but damage)
+        if not is_damage(exc):
+            raise
         raise StoreDamagedError(
             f"store {location.uri} is damaged: its tiles/slides tables cannot be read ({reason(exc)}); "
             "restore the store from a copy, or re-extract into a new --store"

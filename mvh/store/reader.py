@@ -21,7 +21,7 @@ from mvh.errors import StoreDamagedError, StoreError
 from mvh.store.location import StoreLocation
 from mvh.store.schema import DONE, embeddings_to_numpy
 from mvh.store.slide_rows import SlideRows
-from mvh.store.tables import DAMAGED_READ_ERRORS, StoreTables, quote, reason
+from mvh.store.tables import StoreTables, is_damage, quote, reason
 from mvh.store.visibility import Visibility
 
 READ_RETRIES = 5
@@ -66,7 +66,9 @@ class StoreReader:
             query = query.where(where)
         try:
             frame = query.to_arrow().to_pandas()
-        except DAMAGED_READ_ERRORS as exc:
+        except Exception as exc:  # noqa: BLE001 (is_damage lets through all but damage)
+            if not is_damage(exc):
+                raise
             raise StoreDamagedError(
                 f"store {self.uri} is damaged: its slides table cannot be read ({reason(exc)}); restore it "
                 "from a copy"
@@ -127,7 +129,9 @@ class StoreReader:
         wanted = list(dict.fromkeys([*columns, *_TILE_KEYS, *self.rule.read_columns()]))
         try:
             table = query.select(wanted).to_arrow()
-        except DAMAGED_READ_ERRORS as exc:
+        except Exception as exc:  # noqa: BLE001 (is_damage lets through all but damage)
+            if not is_damage(exc):
+                raise
             raise self.unreadable_tiles(exc) from exc
         return in_order(table)
 
@@ -153,7 +157,9 @@ class StoreReader:
                 table = tiles.take_row_ids(ids.tolist()).select(fetch).to_arrow()
             else:
                 table = tiles.schema.empty_table().select(fetch)
-        except DAMAGED_READ_ERRORS as exc:
+        except Exception as exc:  # noqa: BLE001 (is_damage lets through all but damage)
+            if not is_damage(exc):
+                raise
             raise self.unreadable_tiles(exc) from exc
         for name, value in zip(keys, values, strict=True):
             field = tiles.schema.field(name)  # the map matched these values on every row it holds
@@ -305,7 +311,12 @@ class StoreReader:
         """Tile rows no slide row names (interrupted or lost concurrent commits): invisible, harmless."""
         if self.rule.legacy:
             return 0
-        commits = self.tables.tiles.search().select(["commit"]).to_arrow().column("commit")
+        try:
+            commits = self.tables.tiles.search().select(["commit"]).to_arrow().column("commit")
+        except Exception as exc:  # noqa: BLE001 (is_damage lets through all but damage)
+            if not is_damage(exc):
+                raise
+            raise self.unreadable_tiles(exc) from exc
         named = pa.array([c for c in self.slides(DONE)["commit"] if c is not None], pa.string())
         if not len(commits):
             return 0

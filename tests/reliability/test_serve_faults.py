@@ -15,8 +15,8 @@ import pytest
 
 from mvh.extractor.extract import ExtractConfig, extract_slides
 from mvh.extractor.synthetic import write_synthetic_slide
-from mvh.store.store import EmbeddingStore
 from mvh.index.vector import build_index
+from mvh.store.store import EmbeddingStore
 
 
 @pytest.fixture(scope="module")
