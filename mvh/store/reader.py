@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 
 from mvh.errors import StoreDamagedError, StoreError
 from mvh.store.location import StoreLocation
-from mvh.store.schema import DONE, embeddings_to_numpy
+from mvh.store.schema import DONE, embedding_checksum, embeddings_to_numpy
 from mvh.store.slide_rows import SlideRows
 from mvh.store.tables import StoreTables, is_damage, quote, reason
 from mvh.store.visibility import Visibility
@@ -208,7 +208,38 @@ class StoreReader:
 
     def slide_embeddings(self, slide_id: str) -> tuple[np.ndarray, np.ndarray]:
         """A done slide's embeddings [N, dim] float32 and level-0 coords [N, 2] int64 (x, y), by (y, x)."""
-        return self.split(self.slide_table(slide_id, ["embedding"]))
+        table = self.slide_table(slide_id, ["embedding"])
+        emb, coords = self.split(table)  # NaN/inf first: the more telling message
+        self.checked(table, self.slides(DONE))
+        return emb, coords
+
+    def checked(self, table: pa.Table, done: pd.DataFrame) -> pa.Table:
+        """`table` (every tile of some done slides), or StoreDamagedError naming the slides whose embedding
+        bytes differ from the checksum their commit recorded: bit rot that leaves the values finite.
+
+        Costs one sha256 over the bytes read (the read itself dominates); older stores have no checksums.
+        """
+        recorded = dict(zip(done["slide_id"], done["checksum"], strict=True)) if "checksum" in done else {}
+        if not recorded or not table.num_rows:
+            return table
+        slide = table.column("slide_id").to_numpy(zero_copy_only=False)
+        order = np.argsort(slide, kind="stable")
+        names, starts = np.unique(slide[order], return_index=True)
+        bad = []
+        for name, rows in zip(names, np.split(order, starts[1:]), strict=True):
+            want = recorded.get(name)
+            if not isinstance(want, str):
+                continue
+            take = pa.array(rows)
+            got = embedding_checksum(table.column("tile_id").take(take), table.column("embedding").take(take))
+            if got != want:
+                bad.append(str(name))
+        if bad:
+            raise StoreDamagedError(
+                f"store {self.uri}: the embeddings of slide(s) {bad[:5]} differ from those committed (bit "
+                f"rot); run `mvh verify --store {self.uri}`, then re-extract them with --overwrite"
+            )
+        return table
 
     # ---------------------------------------------------------------- many slides
     def counts_match(self, table: pa.Table, done: pd.DataFrame) -> bool:
@@ -276,6 +307,7 @@ class StoreReader:
         else:
             raise self.mismatch(list(done["slide_id"]))
         emb = self.finite(embeddings_to_numpy(table.column("embedding"), self.dim), table.column("slide_id"))
+        self.checked(table, done)
         return table.select(list(columns)).to_pandas(), emb
 
     def rows_by_tile_ids(self, tile_ids: Sequence[str], with_embeddings: bool = False) -> pd.DataFrame:

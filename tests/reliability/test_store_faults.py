@@ -296,3 +296,39 @@ def test_verify_reports_a_deleted_manifest(tmp_path, table) -> None:
     lost = [p for p in report.problems if p.kind == LOST]
     assert [p.slide_id for p in lost] == [f"({table} table)"] and report.exit_code == 1
     assert "Lance committed version 3 but the newest readable one is 2" in lost[0].detail
+
+
+@pytest.fixture()
+def finite_rot(tmp_path) -> EmbeddingStore:
+    """Slide b's bytes changed on disk to other finite values: only its commit checksum can tell."""
+    a, b = distinct(5, 1), distinct(4, 2)
+    store = store_with(tmp_path / "f.lance", {"a": a, "b": b})
+    rot_bytes(tmp_path / "f.lance", b, 1, value=5.0)
+    return EmbeddingStore.open(store.uri)
+
+
+@pytest.mark.parametrize(
+    "read",
+    [lambda s: s.slide_embeddings("b"), lambda s: s.all_embeddings(), lambda s: list(s.iter_slides())],
+    ids=["slide_embeddings", "all_embeddings", "iter_slides"],
+)
+def test_reads_of_whole_slides_check_the_commit_checksum(finite_rot, read) -> None:
+    with pytest.raises(StoreDamagedError, match=r"slide\(s\) \['b'\] differ from those committed"):
+        read(finite_rot)
+    np.testing.assert_array_equal(finite_rot.slide_embeddings("a")[0], distinct(5, 1))  # other slides read
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["index", "build"], ["export", "--out", "{tmp}/out"], ["overlap", "--store", "{uri}"]],
+    ids=["index", "export", "overlap"],
+)
+def test_commands_that_read_every_vector_stop_at_finite_bit_rot_naming_the_slide(
+    finite_rot, tmp_path, command
+) -> None:
+    args = [a.format(tmp=tmp_path, uri=finite_rot.uri) for a in command]
+    result = runner.invoke(app, [*args, "--store", finite_rot.uri])
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.output
+    assert "the embeddings of slide(s) ['b'] differ from those committed" in errors[0]
