@@ -22,7 +22,7 @@ import faiss
 import pandas as pd
 import pyarrow.parquet as pq
 
-from mvh.errors import IndexNotFoundError, StaleIndexError, StoreError
+from mvh.errors import IndexNotFoundError, StaleIndexError, StoreError, StoreWriteError
 from mvh.index.faiss_index import ROW_COLUMNS, VectorIndex, to_gpu, want_gpu
 from mvh.index.index_cache import build_folder, index_dir, publish_index
 from mvh.index.params import IndexParams
@@ -73,8 +73,28 @@ def stale_reason(meta: dict[str, Any], state: dict[str, list[Any]]) -> str | Non
 
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_build(folder: Path, index: faiss.Index, rows: pd.DataFrame, index_file: str, rows_file: str,
+                 meta: dict[str, Any]) -> None:
+    """Write a build's files, `index.json` last; on failure (a full disk) remove what this build wrote."""
+    try:
+        faiss.write_index(index, str(folder / index_file))
+        rows.reset_index(drop=True)[list(ROW_COLUMNS)].to_parquet(folder / rows_file, index=False)
+        _write_atomic(folder / META_FILE, json.dumps(meta, indent=1))
+    except (OSError, RuntimeError) as exc:  # faiss reports a failed write as RuntimeError
+        for name in (index_file, rows_file):
+            (folder / name).unlink(missing_ok=True)
+        cause = " ".join(str(exc).split())[-200:]
+        raise StoreWriteError(
+            f"cannot write the index into {folder} ({cause}): free space there and run `mvh index build` "
+            "again; the previous index, if any, is unchanged"
+        ) from exc
 
 
 def save_index(
@@ -98,8 +118,6 @@ def save_index(
     folder.mkdir(parents=True, exist_ok=True)
     build = uuid.uuid4().hex[:12]
     index_file, rows_file = f"tiles-{build}.faiss", f"tiles-{build}.parquet"
-    faiss.write_index(index, str(folder / index_file))
-    rows.reset_index(drop=True)[list(ROW_COLUMNS)].to_parquet(folder / rows_file, index=False)
     meta = {
         "format": FORMAT,
         "params": params.to_dict(),
@@ -116,7 +134,7 @@ def save_index(
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "faiss_version": faiss.__version__,
     }
-    _write_atomic(folder / META_FILE, json.dumps(meta, indent=1))
+    _write_build(folder, index, rows, index_file, rows_file, meta)
     if remote:
         publish_index(store.location, folder)
         return folder
