@@ -32,9 +32,16 @@ def list_tags(tables: Mapping[str, Any]) -> dict[str, dict[str, int]]:
 
 
 def create_tag(tables: Mapping[str, Any], name: str, where: str) -> dict[str, int]:
-    """Tag every table at its current version as `name` (UsageError if the tag exists)."""
-    if name in set().union(*(set(t.tags.list()) for t in tables.values())):
+    """Tag every table at its current version as `name` (UsageError if the tag exists).
+
+    Lance tags one table at a time: a creation killed midway leaves the tag on some tables only, which
+    `list_tags` does not show. Creating the tag again removes those parts first, then tags every table.
+    """
+    holders = [t for t in tables.values() if name in t.tags.list()]
+    if len(holders) == len(tables):
         raise UsageError(f"tag {name!r} already exists in {where}: choose another name (see `mvh tag list`)")
+    for table in holders:
+        table.tags.delete(name)
     versions = table_versions(tables)
     for table_name, table in tables.items():
         table.tags.create(name, versions[table_name])

@@ -332,3 +332,43 @@ def test_commands_that_read_every_vector_stop_at_finite_bit_rot_naming_the_slide
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in result.output
     assert "the embeddings of slide(s) ['b'] differ from those committed" in errors[0]
+
+
+# Kills itself (SIGKILL) when Lance is asked to tag the second table: the tag exists on one table only.
+KILLED_TAG = textwrap.dedent(
+    """
+    import os, signal, sys
+    from mvh.store import EmbeddingStore
+
+    store = EmbeddingStore.open(sys.argv[1])
+    tags = type(store.tables.tiles.tags)
+    original, calls = tags.create, []
+
+    def create(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return original(self, *args, **kwargs)
+
+    tags.create = create
+    store.create_tag("v1")
+    """
+)
+
+
+@pytest.mark.parametrize("then", ["create", "delete"])
+def test_a_tag_creation_killed_midway_is_repaired_by_the_next_create_or_delete(tmp_path, then) -> None:
+    store = store_with(tmp_path / "k.lance", {"a": distinct(3, 1)})
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", KILLED_TAG, store.uri], env=env, timeout=120)
+    assert done.returncode == -9  # killed between the first and the second table
+    store = EmbeddingStore.open(store.uri)
+    parts = {name: "v1" in t.tags.list() for name, t in store.tables.by_name().items()}
+    assert sum(parts.values()) == 1 and store.tags() == {}  # half made, and hidden
+    result = runner.invoke(app, ["tag", then, "v1", "--store", store.uri])
+    assert result.exit_code == 0, result.output
+    store = EmbeddingStore.open(store.uri)
+    if then == "create":
+        assert store.tags() == {"v1": store.table_versions()}
+    else:
+        assert not any("v1" in t.tags.list() for t in store.tables.by_name().values())
