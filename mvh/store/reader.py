@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 
 from mvh.errors import StoreDamagedError, StoreError
 from mvh.store.location import StoreLocation
+from mvh.store.remote_errors import remote_failure
 from mvh.store.schema import DONE, embedding_checksum, embeddings_to_numpy
 from mvh.store.slide_rows import SlideRows
 from mvh.store.tables import StoreTables, is_damage, quote, reason
@@ -69,7 +70,7 @@ class StoreReader:
         except Exception as exc:  # noqa: BLE001 (is_damage lets through all but damage)
             if not is_damage(exc):
                 raise
-            raise StoreDamagedError(
+            raise remote_failure(exc, self.location) or StoreDamagedError(
                 f"store {self.uri} is damaged: its slides table cannot be read ({reason(exc)}); restore it "
                 "from a copy"
             ) from exc
@@ -114,9 +115,9 @@ class StoreReader:
         return {} if text is None or (isinstance(text, float) and math.isnan(text)) else json.loads(text)
 
     # ---------------------------------------------------------------- one slide's tiles
-    def unreadable_tiles(self, exc: BaseException) -> StoreDamagedError:
-        """The error for a tiles table that cannot be read."""
-        return StoreDamagedError(
+    def unreadable_tiles(self, exc: BaseException) -> StoreError:
+        """The error for a tiles table that cannot be read (an object store's silence is not damage)."""
+        return remote_failure(exc, self.location) or StoreDamagedError(
             f"store {self.uri} is damaged: its tiles cannot be read ({reason(exc)}); run "
             f"`mvh verify --store {self.uri}` and restore the store from a copy"
         )
