@@ -66,7 +66,7 @@ class StoreWriteError(StoreError):
     """Writing to a store failed (disk full, I/O error); committed slides are kept."""
 
 
-class StoreUnreachableError(StoreError):
+class StoreUnreachableError(StoreWriteError):
     """An object store that does not answer (a dead or stopped endpoint): exit 1; a rerun resumes."""
 
 

@@ -62,10 +62,10 @@ class StoreReader:
         return self._query_slide_rows(where)
 
     def _query_slide_rows(self, where: str | None) -> pd.DataFrame:
-        query = self.tables.slides.search()
-        if where is not None:
-            query = query.where(where)
-        try:
+        try:  # search() itself asks for the latest version: on an object store, a request
+            query = self.tables.slides.search()
+            if where is not None:
+                query = query.where(where)
             frame = query.to_arrow().to_pandas()
         except Exception as exc:  # noqa: BLE001 (is_damage lets through all but damage)
             if not is_damage(exc):
@@ -124,11 +124,11 @@ class StoreReader:
 
     def read_tiles(self, where: str | None, columns: Sequence[str]) -> pa.Table:
         """Tile rows matching `where` (all rows when None) with `columns` and the keys, in tile order."""
-        query = self.tables.tiles.search()
-        if where is not None:
-            query = query.where(where)
         wanted = list(dict.fromkeys([*columns, *_TILE_KEYS, *self.rule.read_columns()]))
         try:
+            query = self.tables.tiles.search()
+            if where is not None:
+                query = query.where(where)
             table = query.select(wanted).to_arrow()
         except Exception as exc:  # noqa: BLE001 (is_damage lets through all but damage)
             if not is_damage(exc):

@@ -14,7 +14,9 @@ from mvh.store.location import StoreLocation
 
 _STATUS = re.compile(r"\bstatus: (\d{3})\b")
 _CODE = re.compile(r"<Code>(\w+)</Code>")
-_UNREACHABLE = re.compile(r"Connect|ConnectionRefused|connection closed|timed out|dns error", re.IGNORECASE)
+_UNREACHABLE = re.compile(
+    r"connect|error sending request|connection closed|timed out|dns error", re.IGNORECASE
+)
 
 
 def remote_failure(exc: BaseException, location: StoreLocation) -> StoreError | None:
