@@ -29,9 +29,13 @@ def tag_create_cmd(
     as_json: JsonOption = False,
 ) -> None:
     """Tag the store's current version of every table as NAME."""
-    versions = open_store(store).create_tag(name)
+    from mvh.index.index_files import keep_index_for_tag
+
+    opened = open_store(store)
+    versions = opened.create_tag(name)
+    kept = keep_index_for_tag(opened, name)
     if as_json:
-        print_json({"store": store, "tag": name, "versions": versions})
+        print_json({"store": store, "tag": name, "versions": versions, "index_kept": kept is not None})
     else:
         console.print(
             Text(
@@ -39,6 +43,8 @@ def tag_create_cmd(
                 f"open it with --store {store}@{name}"
             )
         )
+        if kept is not None:
+            console.print(Text(kept))
 
 
 @tag_app.command("list")

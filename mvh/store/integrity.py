@@ -42,7 +42,7 @@ class Problem:
 
 
 @dataclass
-class VerifyReport(JobResult):
+class VerifyReport(JobResult, job="verify"):
     """What `verify_store` found: slides and tiles checked, problems, invisible leftover tile rows."""
 
     store: str

@@ -166,7 +166,7 @@ def test_pretrain_failing_to_start_leaves_no_run_directory(tmp_path) -> None:
 
 def test_pretrain_takes_the_scan_resolution_of_slides_without_one(tmp_path) -> None:
     from mvh.cli import app
-    from mvh.extractor.synthetic import write_plain_image
+    from mvh.core.synthetic_slides import write_plain_image
 
     image = write_plain_image(tmp_path / "scan.png", 256, 256)  # no um/px in a PNG
     tiny = ["--model", "mv_hybrid_tiny", "--epochs", "1", "--batch-size", "4", "--global-size", "48",

@@ -13,8 +13,8 @@ import time
 import httpx
 import pytest
 
+from mvh.core.synthetic_slides import write_synthetic_slide
 from mvh.extractor.extract import ExtractConfig, extract_slides
-from mvh.extractor.synthetic import write_synthetic_slide
 from mvh.index.vector import build_index
 from mvh.store.store import EmbeddingStore
 
