@@ -193,6 +193,7 @@ class SlideResult:
     seconds: float = 0.0
     error: str = ""
     device: str = ""
+    retries: int = 0  # times the slide was started again after its Ray worker died
 
 
 @dataclass
@@ -211,8 +212,10 @@ class ExtractResult(JobResult, job="extract"):
     slides_failed: int = 0
     tiles: int = 0
     tiles_per_s: float = 0.0
+    retries: int = 0
 
     def __post_init__(self) -> None:
+        self.retries = sum(r.retries for r in self.slides)
         self.slides_done = self.count(DONE)
         self.slides_skipped = self.count("skipped")
         self.slides_failed = self.count("failed")
