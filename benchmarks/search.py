@@ -24,8 +24,8 @@ import faiss
 import numpy as np
 import pandas as pd
 
-from mvh.index.synthetic import clustered_embeddings
 from mvh.index.row_parts import FrameRows
+from mvh.index.synthetic import clustered_embeddings
 from mvh.index.vector import VectorIndex, auto_params, build_faiss_index, recall_at_k
 
 K = 10
