@@ -11,6 +11,7 @@ from rich.text import Text
 
 from mvh.cli._app import app, console, guarded, print_json
 from mvh.cli._render import JsonOption, StoreOption, print_notes, store_access
+from mvh.errors import UsageError
 
 if TYPE_CHECKING:
     from mvh.tasks.query import QueryResult
@@ -88,6 +89,8 @@ def search_cmd(
         exclude_slides=tuple(exclude_slide or ()), include_self=include_self, query_mpp=query_mpp,
         weights=weights, montage=montage, index_cache=index_cache,
     )
+    if query is not None and not query.is_file():  # before the store and its index are opened
+        raise UsageError(f"{query}: no such query image; pass a PNG/JPEG/TIFF file")
     with progress_reporter(enabled=not as_json) as progress:
         result = run_search(cfg, progress=progress)
     if as_json:

@@ -9,9 +9,12 @@ from rich.table import Table
 from rich.text import Text
 
 from mvh.cli._app import app, console, guarded, print_json
+from mvh.cli._group import MvhGroup
 from mvh.cli._render import JsonOption, StoreOption, open_store, store_access
 
-tag_app = typer.Typer(help="Pin store versions by name (Lance tags on every table).", no_args_is_help=True)
+tag_app = typer.Typer(
+    help="Pin store versions by name (Lance tags on every table).", no_args_is_help=True, cls=MvhGroup
+)
 app.add_typer(tag_app, name="tag")
 
 NameArgument = Annotated[str, typer.Argument(help="Tag name: letters, digits, '.', '_' and '-'.")]

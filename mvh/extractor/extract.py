@@ -1,8 +1,11 @@
 """Batch extraction: slides -> tile grids -> one DataLoader stream -> backbone -> one store commit per slide.
 
-Pipeline (one device): ONE DataLoader streams all pending slides; each worker process takes every n-th
-slide, opens and tiles it (tissue detection), then decodes its tiles into batches that fill up across
-slide boundaries, so the device does not wait between slides and planning overlaps embedding. Batches
+Pipeline (one device): ONE DataLoader streams all pending slides. With n worker processes, slides are
+dealt out whole, round-robin, while every worker has one; the last `len(slides) % n` slides (the only
+slide of a one-slide job) are split: each worker plans them (tissue detection on a low level) and
+decodes its own contiguous share of their tiles, so `--workers n` speeds up one slide as well. Batches
+fill up across slide boundaries, so the device does not wait between slides and planning overlaps
+embedding. Batches
 arrive pinned on CUDA and are copied non-blocking as uint8 (normalised on the device). Embeddings land
 in per-slide buffers; a slide is committed to the store as soon as its last tile is embedded (see
 `mvh.store.store` for the atomic commit protocol). A slide that cannot be opened, has no mpp, no
@@ -20,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import logging
 import math
 import os
@@ -37,9 +39,12 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
+from mvh.core.device import resolve_device
+from mvh.core.files import sampled_hash
+from mvh.core.precision import PRECISIONS
 from mvh.errors import DataError, MvhError, StoreError, StoreWriteError, UsageError
 from mvh.extractor.dataset import TileDataset
-from mvh.extractor.embedder import Embedder, resolve_device
+from mvh.extractor.embedder import Embedder
 from mvh.extractor.slide import open_slide
 from mvh.extractor.tiling import TileGrid, make_tile_grid, read_tile
 from mvh.jobs import JobResult
@@ -65,9 +70,7 @@ SLIDE_SUFFIXES = (
     ".jpg",
     ".jpeg",
 )
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 ID_SOURCES = ("stem", "path")
-_HASH_BLOCK = 1 << 20
 _PLAN_FAILED = "cannot be tiled"
 
 
@@ -83,17 +86,6 @@ class SlideInput:
     def slide_id(self) -> str:
         """The slide id: `name` when given, else the file stem."""
         return self.name if self.name is not None else self.path.stem
-
-
-def file_hash(path: Path) -> str:
-    """A cheap content hash: sha256 of the size and the first, middle and last MiB of the file."""
-    size = path.stat().st_size
-    digest = hashlib.sha256(str(size).encode())
-    with path.open("rb") as f:
-        for offset in sorted({0, max(0, size // 2 - _HASH_BLOCK // 2), max(0, size - _HASH_BLOCK)}):
-            f.seek(offset)
-            digest.update(f.read(_HASH_BLOCK))
-    return "sha256-3mib:" + digest.hexdigest()
 
 
 def _positive(value: float | None, flag: str) -> None:
@@ -204,7 +196,7 @@ class SlideResult:
 
 
 @dataclass
-class ExtractResult(JobResult):
+class ExtractResult(JobResult, job="extract"):
     """What an extraction run did (results.json is `to_dict()`)."""
 
     store: str
@@ -387,7 +379,7 @@ def _plan(source: SlideInput, cfg: ExtractConfig) -> tuple[dict[str, Any], TileG
             "slide_id": source.slide_id,
             "path": str(source.path),
             "size": source.path.stat().st_size,
-            "file_hash": file_hash(source.path),
+            "file_hash": sampled_hash(source.path),
             "width": int(width),
             "height": int(height),
             "mpp": float(slide.mpp),
@@ -402,12 +394,26 @@ def _plan(source: SlideInput, cfg: ExtractConfig) -> tuple[dict[str, Any], TileG
     return record, grid
 
 
+def tiles_of_worker(k: int, n_slides: int, n_tiles: int, worker: int, workers: int) -> range:
+    """The tiles of slide k (of `n_slides`) that DataLoader worker `worker` (of `workers`) decodes.
+
+    Slides are dealt out whole while every worker gets one (slide k to worker k mod n); the remaining
+    `n_slides % workers` slides are split in contiguous shares (neighbouring tiles share source tiles).
+    """
+    whole = n_slides - n_slides % workers
+    if k < whole:
+        return range(n_tiles) if k % workers == worker else range(0)
+    return range(worker * n_tiles // workers, (worker + 1) * n_tiles // workers)
+
+
 class _SlideStream(IterableDataset):
-    """Plans and decodes pending slides; each DataLoader worker takes every n-th slide.
+    """Plans and decodes pending slides, each worker its slides or its share of a split slide.
 
     Yields messages: ("planned", k, (record, grid)) before any tile of slide k, ("failed", k, error) when
     slide k cannot be opened, tiled or decoded, and ("batch", keys int64 [B, 2] of (slide k, tile i),
-    tiles uint8 [B, H, W, 3]). A worker's batches fill up across its slides, so batches span slide boundaries.
+    tiles uint8 [B, H, W, 3]). Every worker that plans a split slide sends its "planned" and "failed"
+    messages (the consumer keeps the first). A worker's batches fill up across its slides, so batches
+    span slide boundaries.
     """
 
     def __init__(self, slides: Sequence[SlideInput], cfg: ExtractConfig) -> None:
@@ -416,21 +422,26 @@ class _SlideStream(IterableDataset):
 
     def __iter__(self) -> Iterator[tuple[str, Any, Any]]:
         info = get_worker_info()
-        first, step = (info.id, info.num_workers) if info is not None else (0, 1)
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         size = self.cfg.batch_size
         tiles: list[np.ndarray] = []
         keys: list[tuple[int, int]] = []
-        for k in range(first, len(self.slides), step):
-            source = self.slides[k]
+        whole = len(self.slides) - len(self.slides) % workers
+        for k, source in enumerate(self.slides):
+            if k < whole and k % workers != worker:
+                continue  # a whole slide of another worker
             try:
                 record, grid = _plan(source, self.cfg)
             except Exception as exc:  # noqa: BLE001 (any failure of one slide fails that slide only)
                 yield "failed", k, _failure(source, _PLAN_FAILED, exc)
                 continue
             yield "planned", k, (record, grid)
+            share = tiles_of_worker(k, len(self.slides), len(grid), worker, workers)
+            if not share:
+                continue
             try:
                 with open_slide(source.path, mpp=source.mpp) as slide:
-                    for i in range(len(grid)):
+                    for i in share:
                         tiles.append(read_tile(slide, grid, i))
                         keys.append((k, i))
                         if len(tiles) == size:
@@ -474,9 +485,11 @@ def run_pipeline(
     device = str(embedder.device)
     results: list[SlideResult] = []
     jobs: dict[int, _Job] = {}
+    closed: set[int] = set()  # done or failed: later messages of a split slide's other workers are void
 
     def fail(k: int, error: str, record: dict[str, Any] | None = None) -> None:
         jobs.pop(k, None)
+        closed.add(k)
         source = slides[k]
         if not store.add_failed_slide(record or _failed_record(source), error):
             error += " (the tiles committed before are kept)"
@@ -486,6 +499,7 @@ def run_pipeline(
 
     def finish(k: int) -> None:
         job = jobs.pop(k)
+        closed.add(k)
         record = dict(job.record, seconds=job.record["plan_seconds"] + time.perf_counter() - job.started)
         try:
             store.add_slide(record, job.grid.to_frame(), job.buffer)
@@ -502,8 +516,9 @@ def run_pipeline(
         report(progress, Event.ADVANCE, SLIDES)
 
     stream = _SlideStream(slides, cfg)
-    workers = min(cfg.workers, len(slides))
-    for kind, key, payload in _batches(_loader(stream, None, workers, embedder.device)):
+    for kind, key, payload in _batches(_loader(stream, None, cfg.workers, embedder.device)):
+        if kind != "batch" and (int(key) in closed or (kind == "planned" and int(key) in jobs)):
+            continue
         if kind == "planned":
             record, grid = payload
             buffer = np.empty((len(grid), embedder.dim), dtype=np.float32)
@@ -547,7 +562,7 @@ def parse_devices(text: str | None) -> list[str]:
 def _skip_or_refuse(source: SlideInput, row: pd.Series) -> bool:
     """True when `source` is the file a done row was made from (path, size, content hash); else exit 2."""
     try:
-        size, digest = source.path.stat().st_size, file_hash(source.path)
+        size, digest = source.path.stat().st_size, sampled_hash(source.path)
     except OSError as exc:
         raise UsageError(f"{source.path}: cannot be read ({exc}); check the file") from exc
     same = (row["path"], row["size"], row["file_hash"]) == (str(source.path), size, digest)
@@ -604,8 +619,10 @@ def run_extract(cfg: ExtractConfig, *, progress: Progress | None = None) -> Extr
 
         del embedder
         options = RayOptions(
-            address=cfg.ray_address or "local", cpus_per_worker=cfg.ray_cpus_per_worker,
-            max_retries=cfg.ray_max_retries, workers=cfg.ray_workers or (len(devices) or None),
+            address=cfg.ray_address or "local",
+            cpus_per_worker=cfg.ray_cpus_per_worker,
+            max_retries=cfg.ray_max_retries,
+            workers=cfg.ray_workers or (len(devices) or None),
         )
         results += run_on_ray(cfg, store, todo, options, devices=devices, progress=progress)
         used = sorted({r.device for r in results if r.device}) or devices

@@ -4,7 +4,9 @@ plain images (png, jpg, tif tiles) read as single-level slides.
 The level-0 resolution (um/px) comes from the metadata: `openslide.mpp-x/y`, else Aperio's `MPP`, else
 the TIFF resolution tags (inch or centimetre). A slide without any is refused with `MissingMppError`
 (never guessed); a user-given `mpp` overrides the metadata and is recorded as `mpp_source == "user"`.
-Pixels come back as RGB uint8, transparent areas composited on white.
+Pixels come back as RGB uint8, transparent areas composited on white. Aperio SVS and generic tiled TIFF
+files with JPEG tiles are read directly (`mvh.extractor.jpeg_tiles`: the same pixels, several times
+faster) wherever a request falls on whole pixels of the level; OpenSlide reads everything else.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import tifffile
 from PIL import Image, UnidentifiedImageError
 
 from mvh.errors import MissingMppError, MvhError, SlideError
+from mvh.extractor.jpeg_tiles import JpegPyramid
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +35,7 @@ MppSource = Literal["metadata", "user"]
 _PLAUSIBLE_MPP = (0.01, 50.0)
 _BAND_PIXELS = 1 << 24  # level pixels decoded per read when downsampling a whole slide
 _UM_PER_UNIT = {"inch": 25_400.0, "centimeter": 10_000.0, "millimeter": 1_000.0}
+_DIRECT_VENDORS = ("aperio", "generic-tiff")  # TIFF layouts whose tiled pages are OpenSlide's levels
 
 
 def rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:
@@ -100,10 +104,15 @@ def _mpp_from_pil(image: Image.Image) -> tuple[float, float] | None:
 
 
 class Slide:
-    """A whole-slide image or a plain image, with its level-0 um/px; read pixels as RGB uint8."""
+    """A whole-slide image or a plain image, with its level-0 um/px; read pixels as RGB uint8.
 
-    def __init__(self, path: Path, mpp: float | None = None) -> None:
+    `direct=False` reads every pixel through OpenSlide (the reference the direct reader is tested against).
+    """
+
+    def __init__(self, path: Path, mpp: float | None = None, direct: bool = True) -> None:
         self.path = Path(path)
+        self._direct = direct
+        self._jpeg: JpegPyramid | None = None
         self.slide_id = self.path.stem
         if mpp is not None and not (math.isfinite(mpp) and mpp > 0):
             raise SlideError(f"{self.path}: --slide-mpp must be a positive number of um/px, got {mpp}")
@@ -153,6 +162,8 @@ class Slide:
             self._metadata_mpp = _mpp_from_properties(props)
             self.level_dimensions: tuple[tuple[int, int], ...] = tuple(self._osr.level_dimensions)
             self.level_downsamples: tuple[float, ...] = tuple(float(d) for d in self._osr.level_downsamples)
+            if self._direct and vendor in _DIRECT_VENDORS:
+                self._jpeg = JpegPyramid.open(self.path, self.level_dimensions)
             return
         try:
             with warnings.catch_warnings():
@@ -232,6 +243,12 @@ class Slide:
         w, h = int(size[0]), int(size[1])
         if w <= 0 or h <= 0:
             raise ValueError(f"region size must be positive, got {size}")
+        if self._jpeg is not None and 0 <= level < self.level_count:
+            # OpenSlide maps level-0 coordinates to the level by dividing by its downsample and
+            # interpolates fractional positions; only whole level pixels are read directly.
+            lx, ly = x / self.level_downsamples[level], y / self.level_downsamples[level]
+            if lx == int(lx) and ly == int(ly):
+                return self._jpeg.read(level, int(lx), int(ly), w, h)
         if self._osr is not None:
             try:
                 region = self._osr.read_region((x, y), level, (w, h))
@@ -288,7 +305,10 @@ class Slide:
         return np.array(image.resize(size, Image.Resampling.BOX) if image.size != size else image)
 
     def close(self) -> None:
-        """Release the file handle."""
+        """Release the file handles."""
+        if self._jpeg is not None:
+            self._jpeg.close()
+            self._jpeg = None
         if self._osr is not None:
             self._osr.close()
             self._osr = None
@@ -314,11 +334,11 @@ def _reason(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-def open_slide(path: str | Path, mpp: float | None = None) -> Slide:
+def open_slide(path: str | Path, mpp: float | None = None, direct: bool = True) -> Slide:
     """Open a slide or plain image; `mpp` (um/px) overrides the metadata. SlideError / MissingMppError."""
     path = Path(path)
     try:
-        return Slide(path, mpp=mpp)
+        return Slide(path, mpp=mpp, direct=direct)
     except MvhError:
         raise
     except Exception as exc:  # noqa: BLE001 (decoders raise anything on corrupt files: tifffile IndexError)

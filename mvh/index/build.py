@@ -68,7 +68,7 @@ class IndexBuildConfig:
 
 
 @dataclass(frozen=True)
-class BuildResult(JobResult):
+class BuildResult(JobResult, job="index_build"):
     """What a build did (results JSON of `mvh index build --json`)."""
 
     params: IndexParams

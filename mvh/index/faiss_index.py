@@ -1,6 +1,6 @@
 """A FAISS index: build one from embeddings, search it, turn row ids back into tile rows.
 
-Embeddings are L2-normalised (`mvh.index.exact.l2_normalise`) and compared by inner product, so every
+Embeddings are L2-normalised (`mvh.core.vectors.l2_normalise`) and compared by inner product, so every
 score is a cosine similarity. An IVF-PQ index with `refine="stored"` re-ranks its top `k_factor * k`
 candidates by exact cosine on their stored vectors, read by row id from the index's row source
 (`mvh.index.row_parts`: memory-mapped on disk), so no copy of the vectors is held in RAM.
@@ -16,8 +16,8 @@ import faiss
 import numpy as np
 import pandas as pd
 
+from mvh.core.vectors import l2_normalise
 from mvh.errors import DataError, UsageError
-from mvh.index.exact import l2_normalise
 from mvh.index.params import IndexParams
 from mvh.index.row_parts import ROW_COLUMNS, FrameRows, RowSource
 

@@ -8,7 +8,7 @@ import faiss
 import numpy as np
 import pandas as pd
 
-from mvh.index.exact import l2_normalise
+from mvh.core.vectors import l2_normalise
 from mvh.index.faiss_index import VectorIndex, check_queries
 from mvh.index.index_files import load_index
 from mvh.store import EmbeddingStore

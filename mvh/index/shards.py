@@ -24,8 +24,8 @@ import faiss
 import numpy as np
 import pyarrow as pa
 
+from mvh.core.vectors import l2_normalise
 from mvh.errors import StoreDamagedError
-from mvh.index.exact import l2_normalise
 from mvh.index.row_parts import ROW_COLUMNS, PartWriter
 from mvh.store import EmbeddingStore
 

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from mvh.index.exact import l2_normalise
+from mvh.core.vectors import l2_normalise
 from mvh.index.faiss_index import VectorIndex
 from mvh.index.params import IndexParams
 from mvh.index.row_parts import ROW_COLUMNS

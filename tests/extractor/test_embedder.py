@@ -7,9 +7,11 @@ import hashlib
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
+from mvh.core.precision import resolve_precision
 from mvh.errors import CheckpointError, FingerprintMismatchError, UsageError, WeightsRequiredError
-from mvh.extractor.embedder import Embedder, resolve_precision
+from mvh.extractor.embedder import Embedder
 
 MODEL = "mv_hybrid_tiny"
 
@@ -112,3 +114,19 @@ def test_precision_policy() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(UsageError, match="no CUDA"):
             Embedder(MODEL, random_init=True, device="cuda")
+
+
+@pytest.mark.parametrize("size", [224, 200])
+def test_normalise_is_the_channel_broadcast_bit_for_bit(size: int) -> None:
+    embedder = Embedder("vit_dinov2_tiny", random_init=True, device="cpu")
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (5, size, size, 3), dtype=torch.uint8, generator=generator)
+    # The formula before the row-wise rewrite: permute, scale, resize if needed, broadcast [1, 3, 1, 1].
+    x = images.permute(0, 3, 1, 2).float().div_(255.0)
+    if size != embedder.tile_px:
+        x = F.interpolate(x, size=(embedder.tile_px,) * 2, mode="bilinear", antialias=True)
+    mean = torch.tensor(embedder.mean).view(1, 3, 1, 1)
+    std = torch.tensor(embedder.std).view(1, 3, 1, 1)
+    want = (x - mean) / std
+    got = embedder.normalise(images)
+    assert torch.equal(got, want) and got.stride() == want.stride()  # values and channels-last layout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -14,11 +15,18 @@ import numpy as np
 import pytest
 import tifffile
 
+from mvh.core.synthetic_slides import write_synthetic_slide
 from mvh.errors import FingerprintMismatchError, UsageError
 from mvh.extractor.embedder import Embedder
-from mvh.extractor.extract import ExtractConfig, embed_grid, extract_slides, find_slides, parse_devices
+from mvh.extractor.extract import (
+    ExtractConfig,
+    embed_grid,
+    extract_slides,
+    find_slides,
+    parse_devices,
+    tiles_of_worker,
+)
 from mvh.extractor.slide import open_slide
-from mvh.extractor.synthetic import write_synthetic_slide
 from mvh.extractor.tiling import make_tile_grid, read_tile
 from mvh.progress import SLIDES, TILES, Event, Recorder
 from mvh.store import EmbeddingStore
@@ -241,3 +249,60 @@ def test_extract_result_round_trips_through_its_dict(slide_dir, tmp_path) -> Non
     data = result.to_dict()
     assert (data["slides_done"], data["slides_failed"], data["tiles"], data["tiles_per_s"]) == (1, 1, 10, 5.0)
     assert ExtractResult.from_dict(data) == result and result.exit_code == 1
+
+
+@pytest.mark.parametrize(
+    ("n_slides", "n_tiles", "workers"), [(1, 10, 2), (1, 1, 2), (3, 7, 2), (4, 5, 2), (5, 9, 3), (2, 6, 1)]
+)
+def test_workers_share_every_tile_once(n_slides: int, n_tiles: int, workers: int) -> None:
+    whole = n_slides - n_slides % workers
+    for k in range(n_slides):
+        shares = [list(tiles_of_worker(k, n_slides, n_tiles, w, workers)) for w in range(workers)]
+        assert sorted(i for share in shares for i in share) == list(range(n_tiles))
+        busy = [w for w, share in enumerate(shares) if share]
+        if k < whole:
+            assert busy == [k % workers]  # dealt out whole, round-robin
+        else:
+            assert len(busy) == min(workers, n_tiles)  # split: every worker decodes a contiguous share
+            assert all(share == list(range(share[0], share[-1] + 1)) for share in shares if share)
+
+
+def _openslide_tiles(path: Path):
+    """Today's path: the grid and its tiles read through OpenSlide (RGBA composited, resized by Pillow)."""
+    with open_slide(path, direct=False) as slide:
+        grid = make_tile_grid(slide, mpp=0.5, tile_px=224, min_tissue=0.25)
+        return grid, [read_tile(slide, grid, i) for i in range(len(grid))]
+
+
+@pytest.mark.parametrize("name", ["small_20x", "small_40x"])
+def test_direct_pipeline_embeds_openslide_pixels_bit_for_bit(aperio_slides, embedder, tmp_path, name) -> None:
+    path = aperio_slides[name]
+    grid, tiles = _openslide_tiles(path)
+    with open_slide(path) as slide:
+        assert slide._jpeg is not None
+        fast = make_tile_grid(slide, mpp=0.5, tile_px=224, min_tissue=0.25)
+        np.testing.assert_array_equal(fast.x, grid.x)  # same tissue mask from the same pixels
+        for i in range(len(grid)):
+            np.testing.assert_array_equal(read_tile(slide, fast, i), tiles[i])
+    cfg = dataclasses.replace(CFG, batch_size=8, workers=0)
+    summary = extract_slides([path], tmp_path / "e.lance", cfg, device="cpu")
+    emb, coords = EmbeddingStore.open(tmp_path / "e.lance").slide_embeddings(path.stem)
+    want = embedder.embed_images(tiles, batch_size=8)  # the same batches as the pipeline's
+    order = np.lexsort((grid.x, grid.y))
+    assert summary.n_tiles == len(grid) > 20
+    np.testing.assert_array_equal(coords, np.stack([grid.x, grid.y], 1)[order])
+    np.testing.assert_array_equal(emb, want[order])
+
+
+def test_one_slide_split_over_two_workers(aperio_slides, embedder, tmp_path) -> None:
+    path = aperio_slides["small_20x"]
+    grid, tiles = _openslide_tiles(path)
+    cfg = dataclasses.replace(CFG, batch_size=8, workers=2)
+    progress = Recorder()
+    summary = extract_slides([path], tmp_path / "w.lance", cfg, device="cpu", progress=progress)
+    assert [r.status for r in summary.slides] == ["done"] and summary.n_tiles == len(grid)
+    assert progress.count(Event.TOTAL, TILES) == progress.count(Event.ADVANCE, TILES) == len(grid)
+    emb, _ = EmbeddingStore.open(tmp_path / "w.lance").slide_embeddings(path.stem)
+    # Each worker's batches hold other tiles than one process's would: equal up to float reordering.
+    want = embedder.embed_images(tiles)[np.lexsort((grid.x, grid.y))]
+    np.testing.assert_allclose(emb, want, atol=1e-5, rtol=0)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from skimage.color import rgb2hsv
 
+from mvh.core.synthetic_slides import write_synthetic_slide
 from mvh.extractor.slide import open_slide
-from mvh.extractor.synthetic import write_synthetic_slide
-from mvh.extractor.tissue import TissueMask, detect_tissue
+from mvh.extractor.tissue import TissueMask, detect_tissue, saturation_value
 
 MPP = 0.5
 RECTS = [(160, 240, 880, 800), (1100, 300, 1400, 600)]
@@ -105,3 +106,13 @@ def test_narrow_glass_margin_is_not_a_hole(tmp_path) -> None:
         tissue = detect_tissue(slide)
     cols = (np.arange(tissue.shape[1]) + 0.5) * tissue.downsample
     assert tissue.mask[:, cols < 420].all() and not tissue.mask[:, cols > 470].any()
+
+
+def test_saturation_value_are_rgb2hsv_s_and_v_exactly() -> None:
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (64, 48, 3), dtype=np.uint8)
+    rgb[0, :4] = [[0, 0, 0], [255, 255, 255], [7, 7, 7], [1, 0, 0]]  # black, white, grey: S = 0 cases
+    s, v = saturation_value(rgb)
+    hsv = rgb2hsv(rgb)
+    np.testing.assert_array_equal(s, hsv[..., 1])
+    np.testing.assert_array_equal(v, hsv[..., 2])

@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from mvh.core.synthetic_embeddings import clustered_embeddings
 from mvh.errors import IndexNotFoundError, StaleIndexError, UsageError
 from mvh.index.index_cache import index_dir
 from mvh.index.row_parts import FrameRows
-from mvh.index.synthetic import clustered_embeddings
 from mvh.index.vector import (
     FLAT_MAX_TILES,
     HIT_COLUMNS,
@@ -27,7 +27,8 @@ from mvh.index.vector import (
     search,
     search_slides,
 )
-from mvh.store import EmbeddingStore, StoreFingerprint
+from mvh.store import EmbeddingStore
+from tests.conftest import synthetic_fingerprint
 
 DIM = 32
 
@@ -51,10 +52,7 @@ def numpy_topk(db: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray,
 
 
 def make_store(tmp_path: Path, name: str = "store") -> EmbeddingStore:
-    fp = StoreFingerprint(
-        model="synthetic", model_config={}, weights_sha256="random-init", weights_path=None,
-        embed_dim=DIM, tile_px=224, mpp=0.5, mean=None, std=None,
-    )
+    fp = synthetic_fingerprint(DIM)
     return EmbeddingStore.create(tmp_path / name, fp)
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mvh.core.synthetic_embeddings import clustered_embeddings
 from mvh.index.build import build_index
-from mvh.index.synthetic import clustered_embeddings
 from mvh.overlap import OverlapConfig, run_overlap
 from tests.index.test_faiss_indexes import DIM, add_slide, make_store
 

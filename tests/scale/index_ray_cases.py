@@ -12,9 +12,9 @@ import faiss
 import numpy as np
 import pytest
 
+from mvh.core.synthetic_embeddings import clustered_embeddings
 from mvh.index.build import build_index
 from mvh.index.index_files import load_index
-from mvh.index.synthetic import clustered_embeddings
 from mvh.store import EmbeddingStore
 from tests.index.test_faiss_indexes import add_slide, make_store
 
