@@ -9,8 +9,8 @@ import numpy as np
 from typer.testing import CliRunner
 
 from mvh.cli import app
-from mvh.index.ranking import MOSAIC_TILES, representative_tiles
 from mvh.core.synthetic_embeddings import clustered_embeddings
+from mvh.index.ranking import MOSAIC_TILES, representative_tiles
 from tests.index.test_faiss_indexes import DIM, add_slide, make_store
 
 
