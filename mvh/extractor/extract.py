@@ -7,8 +7,8 @@ decodes its own contiguous share of their tiles, so `--workers n` speeds up one 
 fill up across slide boundaries, so the device does not wait between slides and planning overlaps
 embedding. Batches arrive pinned on CUDA and are copied non-blocking as uint8 (normalised on the
 device). Embeddings land in per-slide buffers; a slide is committed to the store as soon as its last
-tile is embedded (see `mvh.store.store` for the atomic commit protocol). A slide that cannot be opened, has no mpp, no
-tissue or an unreadable tile is recorded as failed and the run goes on.
+tile is embedded (see `mvh.store.store` for the atomic commit protocol). A slide that cannot be
+opened, has no mpp, no tissue or an unreadable tile is recorded as failed and the run goes on.
 
 Several devices or machines (`--devices 0,1`, `--ray-address`): Ray (`mvh.extractor.ray_extract`), one
 embedding actor per device, slides scheduled dynamically, this process the one committer. Done slides are
