@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from mvh.core.synthetic_slides import synthetic_he_rgb
 from mvh.extractor.aperio_writer import texture_from_slide, write_aperio_slide
 from mvh.extractor.sample import sample_slide_path
-from mvh.extractor.synthetic import synthetic_he_rgb
 
 SLIDES = {"bench_20x": (22_080, 16_560, 0.5, 20, 1), "bench_40x": (44_160, 33_120, 0.25, 40, 2)}
 

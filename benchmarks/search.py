@@ -4,8 +4,8 @@
                                 [--queries 1000] [--batches 1,32,1000] [--repeats 3] [--threads 0]
                                 [--json OUT]
 
-Data: `mvh.index.synthetic.clustered_embeddings` (100 clusters, 16-d structure per cluster, isotropic
-noise, L2-normalised float32), with `--queries` held-out points of the same distribution as queries.
+Data: `mvh.core.synthetic_embeddings.clustered_embeddings` (100 clusters, 16-d structure per cluster,
+isotropic noise, L2-normalised float32), with `--queries` held-out points of the same distribution as queries.
 Per size and kind: build time, resident memory added by the index (RSS growth), queries/s at each batch
 size (median over up to `--repeats` passes, each pass and all passes cut at 20 s) and recall@10 against
 the exact Flat results. Ratio = queries/s of the kind / queries/s of exact Flat at the same batch size.
@@ -24,7 +24,7 @@ import faiss
 import numpy as np
 import pandas as pd
 
-from mvh.index.synthetic import clustered_embeddings
+from mvh.core.synthetic_embeddings import clustered_embeddings
 from mvh.index.vector import VectorIndex, auto_params, build_faiss_index, recall_at_k
 
 K = 10

@@ -2,8 +2,8 @@
 
 The store holds the real sample slide (embedded by `mv_hybrid_tiny`, random-init, so an image query is
 embedded by the same small model) plus synthetic slides of clustered embeddings
-(`mvh.index.synthetic`) up to `--tiles` rows, indexed IVF-PQ. `mvh serve` runs as its own process (as a
-user runs it); the load comes from a separate client process (`serve_client.py`: stdlib `http.client`,
+(`mvh.core.synthetic_embeddings`) up to `--tiles` rows, indexed IVF-PQ. `mvh serve` runs as its own process
+(as a user runs it); the load comes from a separate client process (`serve_client.py`: stdlib `http.client`,
 one keep-alive connection per client thread, request bodies built once), `--clients` connections sending
 until `--requests` are done or `--max-seconds` pass.
 Beside the latencies it prints the load average, the server's CPU time per request (from /proc: robust
@@ -33,9 +33,9 @@ import httpx
 import numpy as np
 import pandas as pd
 
+from mvh.core.synthetic_embeddings import clustered_embeddings
+from mvh.core.synthetic_slides import write_synthetic_slide
 from mvh.extractor.extract import ExtractConfig, extract_slides
-from mvh.extractor.synthetic import write_synthetic_slide
-from mvh.index.synthetic import clustered_embeddings
 from mvh.index.vector import build_index
 from mvh.serve.config import default_torch_threads
 from mvh.store import EmbeddingStore

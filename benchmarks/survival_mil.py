@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mvh.extractor.device import resolve_device
+from mvh.core.device import resolve_device
 from mvh.store import EmbeddingStore, StoreFingerprint
 from mvh.tasks.survival import (
     StoreBags,

@@ -92,3 +92,7 @@ class DependencyError(MvhError):
 
 class WorkerStartError(MvhError):
     """An embedding worker of a Ray cluster cannot start: its node lacks the model, packages or device."""
+
+
+class OutputWriteError(MvhError):
+    """An output file could not be written (disk full, I/O error); no partial file is left (exit 1)."""

@@ -1,9 +1,15 @@
 """Leakage check between two stores: slides present in both, and near-duplicate tiles across them.
 
 A team runs this before evaluating on another team's cohort: the same slide file (same content hash)
-in both stores, or tiles whose embeddings are near-identical (cosine >= threshold, exact search), mean the
-test set is not independent of the training set. Both stores must hold the same model, weights and tile
-geometry, else cosines are meaningless and the check is refused.
+in both stores, or tiles whose embeddings are near-identical (cosine >= threshold), mean the test set is
+not independent of the training set. Both stores must hold the same model, weights and tile geometry,
+else cosines are meaningless and the check is refused.
+
+Never all pairs: B's tiles are streamed in batches (`EmbeddingStore.scan_tiles`) and each batch is
+searched in A's index (`CANDIDATES` nearest tiles of A per tile); the candidates' cosines are then
+computed exactly on A's stored vectors (the index's re-rank by row id), and the best decides. Without a
+fresh index of A, each batch of B is compared exactly with a streamed pass over A (fine for small
+stores; the result notes it).
 """
 
 from __future__ import annotations
@@ -12,13 +18,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mvh.errors import FingerprintMismatchError, UsageError
-from mvh.index.exact import exact_search
+from mvh.errors import FingerprintMismatchError, IndexNotFoundError, StaleIndexError, UsageError
+from mvh.index.faiss_index import VectorIndex
+from mvh.index.index_files import load_index
+from mvh.index.shards import raw_embeddings
+from mvh.index.store_scan import scan_index
 from mvh.jobs import JobResult
 from mvh.progress import Event, Progress, report
 from mvh.store import DONE, EmbeddingStore
 
 MAX_LISTED = 20
+CANDIDATES = 10  # nearest tiles of A per tile of B taken from the index, re-checked exactly
 
 
 @dataclass(frozen=True)
@@ -53,7 +63,7 @@ class TilePair:
 
 
 @dataclass
-class OverlapResult(JobResult):
+class OverlapResult(JobResult, job="overlap"):
     """What the two stores share."""
 
     store_a: str
@@ -110,30 +120,47 @@ def run_overlap(
         )
     notes: list[str] = []
     shared = _shared_slides(a, b, notes)
-    report(progress, Event.TOTAL, "stores", 2)
-    rows_a, emb_a = a.all_embeddings(columns=("slide_id", "tile_id"))
-    report(progress, Event.ADVANCE, "stores")
-    rows_b, emb_b = b.all_embeddings(columns=("slide_id", "tile_id"))
-    report(progress, Event.ADVANCE, "stores")
+    index = _index_of(a, notes)
+    n_b = int(b.slides(status=DONE)["n_tiles"].sum()) if len(b.slide_ids()) else 0
     result = OverlapResult(
         store_a=a.uri, store_b=b.uri, model=a.fingerprint.model, threshold=config.threshold,
-        n_slides_a=len(a.slide_ids()), n_slides_b=len(b.slide_ids()), n_tiles_a=len(rows_a),
-        n_tiles_b=len(rows_b), shared_slides=shared, notes=notes,
+        n_slides_a=len(a.slide_ids()), n_slides_b=len(b.slide_ids()), n_tiles_a=index.n,
+        n_tiles_b=n_b, shared_slides=shared, notes=notes,
     )
-    if not len(rows_a) or not len(rows_b):
+    if not index.n or not n_b:
         return result
-    scores, ids = exact_search(emb_a, emb_b, k=1)
-    best, nearest = scores[:, 0], ids[:, 0]
-    hit = best >= config.threshold
+    report(progress, Event.TOTAL, "tiles", n_b)
     shared_b = {s.slide_b for s in shared}
-    slide_b = rows_b["slide_id"].to_numpy()
-    result.n_near_duplicate_tiles = int(hit.sum())
-    result.n_near_duplicate_tiles_outside_shared_slides = int((hit & ~np.isin(slide_b, list(shared_b))).sum())
-    ids_b, counts = np.unique(slide_b[hit], return_counts=True)
-    result.slides_b_with_near_duplicates = {str(s): int(c) for s, c in zip(ids_b, counts, strict=True)}
-    order = np.argsort(-best, kind="stable")[: min(MAX_LISTED, int(hit.sum()))]
+    per_slide: dict[str, int] = {}
+    top: list[tuple[float, str, int]] = []  # (cosine, tile of B, row of A): the closest pairs so far
+    for _, batch in b.scan_tiles(b.slide_ids(DONE), ["slide_id", "tile_id", "embedding"]):
+        scores, ids = index.search_ids(raw_embeddings(b, batch), min(CANDIDATES, index.n))
+        best, nearest = scores[:, 0], ids[:, 0]
+        hit = best >= config.threshold
+        slide_b = np.asarray(batch.column("slide_id").to_pylist(), dtype=object)
+        result.n_near_duplicate_tiles += int(hit.sum())
+        outside = hit & ~np.isin(slide_b, list(shared_b))
+        result.n_near_duplicate_tiles_outside_shared_slides += int(outside.sum())
+        for slide_id in slide_b[hit]:
+            per_slide[str(slide_id)] = per_slide.get(str(slide_id), 0) + 1
+        tile_b = batch.column("tile_id").to_pylist()
+        for i in np.flatnonzero(hit)[np.argsort(-best[hit], kind="stable")][:MAX_LISTED]:
+            top.append((float(best[i]), str(tile_b[i]), int(nearest[i])))
+        top = sorted(top, key=lambda t: -t[0])[:MAX_LISTED]
+        report(progress, Event.ADVANCE, "tiles", batch.num_rows)
+    result.slides_b_with_near_duplicates = dict(sorted(per_slide.items()))
+    names_a = index.rows.take(np.array([row for _, _, row in top], dtype=np.int64))["tile_id"].tolist()
     result.closest_pairs = [
-        TilePair(str(rows_b["tile_id"].iloc[i]), str(rows_a["tile_id"].iloc[nearest[i]]), float(best[i]))
-        for i in order
+        TilePair(tile, str(name), cos) for (cos, tile, _), name in zip(top, names_a, strict=True)
     ]
     return result
+
+
+def _index_of(a: EmbeddingStore, notes: list[str]) -> VectorIndex:
+    """A's fresh index, or an exact streamed scan of A (with a note) when it has none."""
+    try:
+        return load_index(a, exact_fallback=False)
+    except (IndexNotFoundError, StaleIndexError) as exc:
+        notes.append(f"compared exactly with a pass over {a.uri} per batch of B ({exc.__class__.__name__}: "
+                     f"build its index with `mvh index build --store {a.uri}` for large stores)")
+        return scan_index(a, "no fresh index of store A")

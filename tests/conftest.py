@@ -1,4 +1,5 @@
-"""Shared fixtures: paths of the real data in ../shared (tests skip with a reason when absent).
+"""Shared fixtures: paths of the real data in ../shared (tests skip with a reason when absent), torch on one
+thread, and the fingerprint of a store of synthetic embeddings.
 
 The sample slide also comes from the user cache, where `mvh sample` puts it, so that a user without
 ../shared runs the real-slide tests after one `mvh sample`.
@@ -6,11 +7,14 @@ The sample slide also comes from the user cache, where `mvh sample` puts it, so 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from mvh.extractor.sample import SAMPLE_NAME, cache_dir
+from mvh.store import StoreFingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -61,6 +65,28 @@ def golden_path() -> Path:
 def keys_tsv() -> Path:
     """The authors' full-size MV_Hybrid state-dict keys and shapes."""
     return _require(KEYS_TSV)
+
+
+@pytest.fixture()
+def one_thread() -> Iterator[None]:
+    """Torch on one thread for a test: tiny models run fastest so, above all on a shared, busy CI machine."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def synthetic_fingerprint(dim: int, **changes: Any) -> StoreFingerprint:
+    """The fingerprint of a store of synthetic embeddings (no model, random-init, 224 px at 0.5 um/px) of
+    `dim` values; `changes` set any other field."""
+    fields: dict[str, Any] = dict(
+        model="synthetic", model_config={}, weights_sha256="random-init", weights_path=None, embed_dim=dim,
+        tile_px=224, mpp=0.5, mean=None, std=None,
+    )
+    fields.update(changes)
+    return StoreFingerprint(**fields)
 
 
 def _deterministic_hypothesis() -> None:

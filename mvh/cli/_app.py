@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
-from collections.abc import Callable
+import logging
+import sys
+from collections.abc import Callable, Iterator
 from typing import Annotated, Any, TypeVar
 
 import typer
 import yaml
-from rich.console import Console
 from rich.text import Text
 
 from mvh import __version__
+from mvh.cli._console import console, err_console
+from mvh.cli._group import MvhGroup
 from mvh.errors import MvhError, UsageError
-from mvh.store.location import redact_environment
+from mvh.store.location import RedactingFilter, redact_environment
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -24,10 +28,13 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=MvhGroup,
 )
-index_app = typer.Typer(help="Build and inspect FAISS indexes over a store.", no_args_is_help=True)
+index_app = typer.Typer(
+    help="Build and inspect FAISS indexes over a store.", no_args_is_help=True, cls=MvhGroup
+)
 eval_app = typer.Typer(
-    help="Evaluations from stored embeddings (the paper's protocols).", no_args_is_help=True
+    help="Evaluations from stored embeddings (the paper's protocols).", no_args_is_help=True, cls=MvhGroup
 )
 
 
@@ -52,8 +59,24 @@ def _root(
 app.add_typer(index_app, name="index")
 app.add_typer(eval_app, name="eval")
 
-console = Console()
-err_console = Console(stderr=True)
+
+@contextlib.contextmanager
+def _redacted_warnings() -> Iterator[None]:
+    """Library warnings on stderr as Python's last-resort handler writes them, with credentials as `***`
+    (a warning may quote an object store's error, and such errors quote signed URLs). Where logging is
+    configured already (an embedding application, pytest), its handlers are left as they are."""
+    root = logging.getLogger()
+    if root.handlers:
+        yield
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    handler.addFilter(RedactingFilter())
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
 
 
 def guarded(fn: F) -> F:
@@ -62,7 +85,8 @@ def guarded(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with _redacted_warnings():
+                return fn(*args, **kwargs)
         except MvhError as exc:
             message = redact_environment(" ".join(str(exc).split()))
             # Text, not markup: messages hold brackets and colons (s1:0:0) Rich would read as markup/emoji
@@ -90,3 +114,15 @@ def parse_key_values(items: list[str] | None, source: str = "--overrides") -> di
             raise UsageError(f"{source}: {item!r} is not key=value; write e.g. embed_dim=64")
         parsed[key.strip()] = yaml.safe_load(value)
     return parsed
+
+
+__all__ = [
+    "app",
+    "console",
+    "err_console",
+    "eval_app",
+    "guarded",
+    "index_app",
+    "parse_key_values",
+    "print_json",
+]

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 
 from rich.console import Console
 from rich.progress import (
@@ -124,8 +125,18 @@ class PlainLines:
 
 @contextmanager
 def progress_reporter(enabled: bool = True, console: Console | None = None) -> Iterator[ProgressFn | None]:
-    """A `Progress` for a command: Rich bars on a terminal, plain lines when piped, None when disabled."""
-    console = console or err_console
+    """A `Progress` for a command: Rich bars on a terminal, plain lines when piped, None when disabled.
+
+    While the job runs, whatever a library prints to stdout goes to stderr: stdout carries the command's
+    result only (`--json` output stays parseable when Ray's driver thread prints that a worker died).
+    """
+    with redirect_stdout(sys.stderr):
+        with _reporter(enabled, console or err_console) as progress:
+            yield progress
+
+
+@contextmanager
+def _reporter(enabled: bool, console: Console) -> Iterator[ProgressFn | None]:
     if not enabled:
         yield None
         return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -27,6 +28,18 @@ def index_build_cmd(
     update: Annotated[
         bool, typer.Option("--update", help="Add new slides only (rebuilds when slides were removed).")
     ] = False,
+    ray_address: Annotated[
+        str | None,
+        typer.Option("--ray-address", help="Add shards of slides on Ray workers: ADDR, auto or local."),
+    ] = None,
+    index_cache: Annotated[
+        Path | None,
+        typer.Option("--index-cache", help="Build a private index of the store as opened (a tag, a version, "
+                     "read-only) into this local folder; nothing is written to the store."),
+    ] = None,
+    shard_tiles: Annotated[
+        int, typer.Option("--shard-tiles", help="Tiles per shard (one row part, one Ray task).")
+    ] = 1_000_000,  # mvh.index.shards.SHARD_TILES (not imported here: FAISS loads lazily)
     as_json: JsonOption = False,
 ) -> None:
     """Build the store's FAISS index (exact Flat up to 200k tiles, IVF-PQ above) inside the store."""
@@ -34,7 +47,9 @@ def index_build_cmd(
     from mvh.index.build import IndexBuildConfig, run_index_build
 
     cfg = IndexBuildConfig(store=store, kind=kind, nlist=nlist, m=m, nbits=nbits, nprobe=nprobe,
-                           hnsw_m=hnsw_m, ef_search=ef, update=update)
+                           hnsw_m=hnsw_m, ef_search=ef, update=update, ray_address=ray_address,
+                           index_cache=None if index_cache is None else str(index_cache),
+                           shard_tiles=shard_tiles)
     with progress_reporter(enabled=not as_json) as progress:
         result = run_index_build(cfg, progress=progress)
     if as_json:

@@ -28,7 +28,8 @@ def pretrain_cmd(
         typer.Argument(help="Folders of tile images and/or slide files (tiled on the fly at --mpp)."),
     ] = None,
     out: Annotated[
-        Path | None, typer.Option("--out", help="Run directory (checkpoints, logs, curve).")
+        Path | None,
+        typer.Option("--out", help="Run directory (checkpoints, logs, curve) [default: pretrain_run]."),
     ] = None,
     model: Annotated[
         str | None, typer.Option("--model", help="Backbone to train (see `mvh models`).")
@@ -61,6 +62,10 @@ def pretrain_cmd(
     ] = None,
     tile_px: Annotated[
         int | None, typer.Option("--tile-px", help="Tile side for slides (--global-size).")
+    ] = None,
+    slide_mpp: Annotated[
+        float | None,
+        typer.Option("--slide-mpp", help="Scan um/px of slides whose metadata lacks it (as `mvh extract`)."),
     ] = None,
     overlap: Annotated[
         int | None, typer.Option("--overlap", help="Overlap of slide tiles, px at --mpp.")
@@ -120,6 +125,7 @@ def pretrain_cmd(
         "prototypes": prototypes,
         "mpp": mpp,
         "tile_px": tile_px,
+        "slide_mpp": slide_mpp,
         "overlap": overlap,
         "max_tiles": max_tiles,
         "workers": workers,

@@ -11,6 +11,7 @@ from rich.text import Text
 
 from mvh.cli._app import app, console, guarded, print_json
 from mvh.cli._render import JsonOption, StoreOption, print_notes, store_access
+from mvh.errors import UsageError
 
 if TYPE_CHECKING:
     from mvh.tasks.query import QueryResult
@@ -71,6 +72,12 @@ def search_cmd(
     montage: Annotated[
         Path | None, typer.Option("--montage", help="Write a PNG of the query and its hits.")
     ] = None,
+    index_cache: Annotated[
+        Path | None,
+        typer.Option(
+            "--index-cache", help="Also use private indexes built here (`mvh index build --index-cache`)."
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Find the tiles (or slides) of the store most similar to a query image, tile or slide."""
@@ -80,8 +87,10 @@ def search_cmd(
     cfg = SearchConfig(
         store=store, image=query, tile=query_tile, slide=query_slide, k=k, slide_level=slide_level,
         exclude_slides=tuple(exclude_slide or ()), include_self=include_self, query_mpp=query_mpp,
-        weights=weights, montage=montage,
+        weights=weights, montage=montage, index_cache=index_cache,
     )
+    if query is not None and not query.is_file():  # before the store and its index are opened
+        raise UsageError(f"{query}: no such query image; pass a PNG/JPEG/TIFF file")
     with progress_reporter(enabled=not as_json) as progress:
         result = run_search(cfg, progress=progress)
     if as_json:

@@ -9,9 +9,12 @@ from rich.table import Table
 from rich.text import Text
 
 from mvh.cli._app import app, console, guarded, print_json
+from mvh.cli._group import MvhGroup
 from mvh.cli._render import JsonOption, StoreOption, open_store, store_access
 
-tag_app = typer.Typer(help="Pin store versions by name (Lance tags on every table).", no_args_is_help=True)
+tag_app = typer.Typer(
+    help="Pin store versions by name (Lance tags on every table).", no_args_is_help=True, cls=MvhGroup
+)
 app.add_typer(tag_app, name="tag")
 
 NameArgument = Annotated[str, typer.Argument(help="Tag name: letters, digits, '.', '_' and '-'.")]
@@ -26,9 +29,13 @@ def tag_create_cmd(
     as_json: JsonOption = False,
 ) -> None:
     """Tag the store's current version of every table as NAME."""
-    versions = open_store(store).create_tag(name)
+    from mvh.index.index_files import keep_index_for_tag
+
+    opened = open_store(store)
+    versions = opened.create_tag(name)
+    kept = keep_index_for_tag(opened, name)
     if as_json:
-        print_json({"store": store, "tag": name, "versions": versions})
+        print_json({"store": store, "tag": name, "versions": versions, "index_kept": kept is not None})
     else:
         console.print(
             Text(
@@ -36,6 +43,8 @@ def tag_create_cmd(
                 f"open it with --store {store}@{name}"
             )
         )
+        if kept is not None:
+            console.print(Text(kept))
 
 
 @tag_app.command("list")

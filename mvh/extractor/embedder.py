@@ -8,7 +8,6 @@ RNG, so a random-init store can be re-embedded identically with `Embedder.from_f
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,30 +16,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mvh.core.device import resolve_device
+from mvh.core.jsonio import json_round_trip
+from mvh.core.precision import autocast_dtype, resolve_precision
 from mvh.errors import CheckpointError, FingerprintMismatchError, UsageError
-from mvh.extractor.device import resolve_device
 from mvh.extractor.models import create_model, get_model_info, load_weights, require_weights
 from mvh.store import RANDOM_INIT, StoreFingerprint
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """`auto` -> bf16 on a GPU that supports it, fp16 on other GPUs, fp32 on CPU."""
-    if precision not in PRECISIONS:
-        raise UsageError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
-    if device.type != "cuda":
-        if precision not in ("auto", "fp32"):
-            raise UsageError(f"--precision {precision} needs a CUDA device; on CPU use fp32 (or auto)")
-        return "fp32"
-    if precision == "auto":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return precision
-
-
-def _json(value: Any) -> Any:
-    return json.loads(json.dumps(value))
 
 
 class Embedder:
@@ -60,7 +41,7 @@ class Embedder:
         require_weights(model_name, weights, random_init)
         self.model_name = info.name  # the registry name, whichever alias was typed
         self.overrides = dict(overrides or {})
-        self.model_config = _json({**info.default_config, **self.overrides})
+        self.model_config = json_round_trip({**info.default_config, **self.overrides})
         self.seed = int(seed)
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
@@ -75,7 +56,7 @@ class Embedder:
             self.weights_sha256 = RANDOM_INIT
             self.weights_path = None
         self.model = model.eval().to(self.device)
-        self.dim = int(getattr(model, "output_dim", info.output_dim))
+        self.dim = int(model.output_dim)
         self.tile_px = info.tile_px
         self.mean = tuple(float(v) for v in info.mean)
         self.std = tuple(float(v) for v in info.std)
@@ -116,7 +97,7 @@ class Embedder:
             raise UsageError(
                 f"model {fp.model!r} was imported from files made by another tool; it cannot be rebuilt"
             )
-        default = _json(get_model_info(fp.model).default_config)
+        default = json_round_trip(get_model_info(fp.model).default_config)
         return {k: v for k, v in fp.model_config.items() if default.get(k) != v}
 
     def fingerprint(self, mpp: float, tile_px: int, embedding_dtype: str = "float32") -> StoreFingerprint:
@@ -141,7 +122,7 @@ class Embedder:
         if self.precision == "fp32":
             yield
         else:
-            with torch.autocast(device_type="cuda", dtype=_AUTOCAST_DTYPES[self.precision]):
+            with torch.autocast(device_type="cuda", dtype=autocast_dtype(self.precision)):
                 yield
 
     @torch.inference_mode()

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import logging
 import math
 import os
@@ -39,9 +38,12 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
+from mvh.core.device import resolve_device
+from mvh.core.files import sampled_hash
+from mvh.core.precision import PRECISIONS
 from mvh.errors import DataError, MvhError, StoreError, StoreWriteError, UsageError
 from mvh.extractor.dataset import TileDataset
-from mvh.extractor.embedder import Embedder, resolve_device
+from mvh.extractor.embedder import Embedder
 from mvh.extractor.slide import open_slide
 from mvh.extractor.tiling import TileGrid, make_tile_grid, read_tile
 from mvh.jobs import JobResult
@@ -67,9 +69,7 @@ SLIDE_SUFFIXES = (
     ".jpg",
     ".jpeg",
 )
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 ID_SOURCES = ("stem", "path")
-_HASH_BLOCK = 1 << 20
 _PLAN_FAILED = "cannot be tiled"
 
 
@@ -85,17 +85,6 @@ class SlideInput:
     def slide_id(self) -> str:
         """The slide id: `name` when given, else the file stem."""
         return self.name if self.name is not None else self.path.stem
-
-
-def file_hash(path: Path) -> str:
-    """A cheap content hash: sha256 of the size and the first, middle and last MiB of the file."""
-    size = path.stat().st_size
-    digest = hashlib.sha256(str(size).encode())
-    with path.open("rb") as f:
-        for offset in sorted({0, max(0, size // 2 - _HASH_BLOCK // 2), max(0, size - _HASH_BLOCK)}):
-            f.seek(offset)
-            digest.update(f.read(_HASH_BLOCK))
-    return "sha256-3mib:" + digest.hexdigest()
 
 
 def _positive(value: float | None, flag: str) -> None:
@@ -206,7 +195,7 @@ class SlideResult:
 
 
 @dataclass
-class ExtractResult(JobResult):
+class ExtractResult(JobResult, job="extract"):
     """What an extraction run did (results.json is `to_dict()`)."""
 
     store: str
@@ -389,7 +378,7 @@ def _plan(source: SlideInput, cfg: ExtractConfig) -> tuple[dict[str, Any], TileG
             "slide_id": source.slide_id,
             "path": str(source.path),
             "size": source.path.stat().st_size,
-            "file_hash": file_hash(source.path),
+            "file_hash": sampled_hash(source.path),
             "width": int(width),
             "height": int(height),
             "mpp": float(slide.mpp),
@@ -572,7 +561,7 @@ def parse_devices(text: str | None) -> list[str]:
 def _skip_or_refuse(source: SlideInput, row: pd.Series) -> bool:
     """True when `source` is the file a done row was made from (path, size, content hash); else exit 2."""
     try:
-        size, digest = source.path.stat().st_size, file_hash(source.path)
+        size, digest = source.path.stat().st_size, sampled_hash(source.path)
     except OSError as exc:
         raise UsageError(f"{source.path}: cannot be read ({exc}); check the file") from exc
     same = (row["path"], row["size"], row["file_hash"]) == (str(source.path), size, digest)

@@ -18,8 +18,8 @@ import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from mvh.core.files import sha256_file
 from mvh.errors import DataError
-from mvh.extractor.hashing import sha256_file
 
 SAMPLE_NAME = "CMU-1-Small-Region.svs"
 SAMPLE_SHA256 = "ed92d5a9f2e86df67640d6f92ce3e231419ce127131697fbbce42ad5e002c8a7"

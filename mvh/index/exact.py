@@ -1,27 +1,17 @@
 """Exact cosine search in numpy: the reference every approximate index and every evaluation uses.
 
-`l2_normalise` is the one L2 normalisation of the package (indexes, search, retrieval and kNN all call
-it), so a score means the same cosine everywhere.
+Embeddings go through the package's one L2 normalisation (`mvh.core.vectors.l2_normalise`), so a score
+means the same cosine everywhere.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from mvh.core.vectors import l2_normalise
 from mvh.errors import UsageError
 
 _EXACT_BLOCK = 1 << 26  # similarity entries per block of exact search: 256 MB of float32
-
-
-def l2_normalise(x: np.ndarray) -> np.ndarray:
-    """Rows of `x` [N, D] scaled to unit L2 norm, as contiguous float32 (zero rows stay zero)."""
-    x = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
-    if x.ndim != 2:
-        raise UsageError(f"embeddings must be a 2-d array [N, dim], got shape {x.shape}")
-    norms = np.sqrt(np.einsum("ij,ij->i", x, x))[:, None]  # no [N, D] temporary
-    if np.all(np.abs(norms - 1) < 1e-6):
-        return x  # already unit rows: no 3 GB copy for a million 768-d embeddings
-    return np.ascontiguousarray(x / np.maximum(norms, np.float32(1e-12)), dtype=np.float32)
 
 
 def exact_search(
@@ -90,14 +80,32 @@ def _mask_rows(sims: np.ndarray, rows: np.ndarray, candidates: np.ndarray) -> No
     sims[np.flatnonzero(hit), pos[hit]] = -np.inf
 
 
-def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray, k: int) -> float:
-    """Mean over queries of |approx top-k & exact top-k| / |exact top-k| (ids [Q, >=k]; -1 = no row).
+def recall_at_k(
+    approx_ids: np.ndarray,
+    exact_ids: np.ndarray,
+    k: int,
+    *,
+    approx_scores: np.ndarray | None = None,
+    exact_scores: np.ndarray | None = None,
+    tie_tol: float = 1e-6,
+) -> float:
+    """Mean over queries of the approximate top-k's hits / |exact top-k| (ids [Q, >=k]; -1 = no row).
 
+    A hit is a row of the exact top-k or, given `approx_scores` (the exact score of each approximate
+    neighbour) and `exact_scores` (of the exact top-k), a row whose exact score ties the exact k-th score
+    within `tie_tol`: which of equal-score rows exact search keeps is arbitrary, so the other is no miss.
     The denominator is k unless fewer than k rows qualified for a query; queries with none are skipped.
     """
+    scored = approx_scores is not None and exact_scores is not None
     found = []
-    for a, e in zip(np.asarray(approx_ids)[:, :k], np.asarray(exact_ids)[:, :k], strict=True):
+    for q, (a, e) in enumerate(zip(np.asarray(approx_ids)[:, :k], np.asarray(exact_ids)[:, :k], strict=True)):
         truth = set(e.tolist()) - {-1}
-        if truth:
-            found.append(len(truth & set(a.tolist())) / len(truth))
+        if not truth:
+            continue
+        hits = {int(i) for i in a.tolist() if i in truth}
+        if scored:
+            kth = np.asarray(exact_scores)[q, len(truth) - 1]
+            ties = np.asarray(approx_scores)[q, :k] >= kth - tie_tol
+            hits |= {int(i) for i, tie in zip(a.tolist(), ties, strict=True) if tie and i >= 0}
+        found.append(min(len(hits), len(truth)) / len(truth))
     return float(np.mean(found)) if found else float("nan")

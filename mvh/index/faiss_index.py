@@ -1,7 +1,9 @@
-"""A FAISS index in memory: build one from embeddings, search it, turn row ids back into tile rows.
+"""A FAISS index: build one from embeddings, search it, turn row ids back into tile rows.
 
-Embeddings are L2-normalised (`mvh.index.exact.l2_normalise`) and compared by inner product, so every
-score is a cosine similarity.
+Embeddings are L2-normalised (`mvh.core.vectors.l2_normalise`) and compared by inner product, so every
+score is a cosine similarity. An IVF-PQ index with `refine="stored"` re-ranks its top `k_factor * k`
+candidates by exact cosine on their stored vectors, read by row id from the index's row source
+(`mvh.index.row_parts`: memory-mapped on disk), so no copy of the vectors is held in RAM.
 """
 
 from __future__ import annotations
@@ -14,12 +16,45 @@ import faiss
 import numpy as np
 import pandas as pd
 
+from mvh.core.vectors import l2_normalise
 from mvh.errors import DataError, UsageError
-from mvh.index.exact import l2_normalise
 from mvh.index.params import IndexParams
+from mvh.index.row_parts import ROW_COLUMNS, FrameRows, RowSource
 
-ROW_COLUMNS = ("slide_id", "tile_id", "x", "y", "tile_px", "mpp")
+__all__ = ["HIT_COLUMNS", "ROW_COLUMNS", "VectorIndex", "build_faiss_index", "empty_index", "train_index"]
+
+_RERANK_BLOCK = 1 << 24  # floats of the [queries, candidates, dim] block of one re-rank step
 HIT_COLUMNS = ("query", "rank", "slide_id", "tile_id", "x", "y", "mpp", "score")
+
+
+def empty_index(params: IndexParams, dim: int) -> faiss.Index:
+    """An untrained FAISS index of `params` over `dim`-d vectors (inner product)."""
+    if params.kind == "flat":
+        return faiss.IndexFlatIP(dim)  # the class a serialised copy comes back as, so shards can merge
+    index = faiss.index_factory(dim, params.factory_string(), faiss.METRIC_INNER_PRODUCT)
+    if params.kind == "hnsw":
+        faiss.downcast_index(index).hnsw.efConstruction = int(params.ef_construction or 40)
+    return index
+
+
+def train_index(index: faiss.Index, sample: np.ndarray, params: IndexParams, seed: int = 0,
+                use_gpu: bool | None = None) -> None:
+    """Train an IVF-PQ `index` on the L2-normalised `sample` (other kinds need no training)."""
+    if params.kind != "ivfpq":
+        return
+    ivf = faiss.extract_index_ivf(index)
+    ivf.cp.seed = seed
+    gpu_quantizer = to_gpu(faiss.IndexFlatIP(index.d)) if want_gpu(use_gpu) else None
+    if gpu_quantizer is not None:
+        ivf.clustering_index = gpu_quantizer  # k-means assignment on the GPU
+    index.train(l2_normalise(sample))
+    if gpu_quantizer is not None:
+        ivf.clustering_index = None
+
+
+def training_rows(n: int, params: IndexParams) -> int:
+    """How many vectors an IVF-PQ index of `params` is trained on: 64 per cell, at least 50,000."""
+    return min(n, max(64 * int(params.nlist or 1), 50_000))
 
 
 def build_faiss_index(
@@ -28,21 +63,11 @@ def build_faiss_index(
     """A trained FAISS index over the L2-normalised `embeddings` [N, D] (row i gets id i), on CPU."""
     x = l2_normalise(embeddings)
     n, dim = x.shape
-    index = faiss.index_factory(dim, params.factory_string(), faiss.METRIC_INNER_PRODUCT)
-    if params.kind == "hnsw":
-        faiss.downcast_index(index).hnsw.efConstruction = int(params.ef_construction or 40)
+    index = empty_index(params, dim)
     target = to_gpu(index) if want_gpu(use_gpu) and params.kind == "flat" else index
     if params.kind == "ivfpq":
-        train_n = min(n, max(64 * int(params.nlist or 1), 50_000))
-        rows = np.sort(np.random.default_rng(seed).choice(n, size=train_n, replace=False))
-        ivf = faiss.extract_index_ivf(index)
-        ivf.cp.seed = seed
-        gpu_quantizer = to_gpu(faiss.IndexFlatIP(dim)) if want_gpu(use_gpu) else None
-        if gpu_quantizer is not None:
-            ivf.clustering_index = gpu_quantizer  # k-means assignment on the GPU
-        index.train(x[rows])
-        if gpu_quantizer is not None:
-            ivf.clustering_index = None
+        rows = np.sort(np.random.default_rng(seed).choice(n, size=training_rows(n, params), replace=False))
+        train_index(index, x[rows], params, seed=seed, use_gpu=use_gpu)
     target.add(x)
     return faiss.index_gpu_to_cpu(target) if target is not index else index
 
@@ -63,7 +88,7 @@ def _search_parameters(params: IndexParams, k: int, selector: Any) -> Any:
     """Per-call FAISS search parameters (selector, nprobe, efSearch, k_factor) for `index`."""
     if params.kind == "ivfpq":
         base = faiss.SearchParametersIVF(sel=selector, nprobe=int(params.nprobe or 1))
-        if params.refine is None:
+        if params.refine in (None, "stored"):
             return base
         return faiss.IndexRefineSearchParameters(k_factor=float(params.k_factor or 1), base_index_params=base)
     if params.kind == "hnsw":
@@ -89,13 +114,20 @@ def check_queries(queries: np.ndarray, dim: int) -> np.ndarray:
 
 @dataclass
 class VectorIndex:
-    """A FAISS index with its row table (row i -> tile) and build metadata."""
+    """A FAISS index with its row source (row i -> tile, and its stored vector) and build metadata.
+
+    `rows` may be given as a DataFrame (in-memory indexes): it is wrapped in `FrameRows`.
+    """
 
     index: faiss.Index
-    rows: pd.DataFrame
+    rows: RowSource | pd.DataFrame
     params: IndexParams
     meta: dict[str, Any] = field(default_factory=dict)
     gpu_index: faiss.Index | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.rows, pd.DataFrame):
+            self.rows = FrameRows(self.rows)
 
     @property
     def n(self) -> int:
@@ -112,6 +144,8 @@ class VectorIndex:
         if k < 1:
             raise UsageError(f"-k must be at least 1, got {k}")
         q = l2_normalise(check_queries(queries, self.index.d))
+        if self.params.kind == "exact":  # mvh.index.store_scan: no FAISS index, a pass over the store
+            return self.index.search_allowed(q, k, None if allowed is None else np.asarray(allowed, bool))
         if allowed is None and self.gpu_index is not None:
             scores, ids = self.gpu_index.search(q, k)
             return scores, ids.astype(np.int64)
@@ -124,13 +158,45 @@ class VectorIndex:
             selector = faiss.IDSelectorBitmap(self.n, faiss.swig_ptr(bitmap))
         # The selector borrows `bitmap`, which stays alive in this frame until the search returns.
         params = _search_parameters(self.params, k, selector)
-        scores, ids = self.index.search(q, k, params=params)
-        return scores, ids.astype(np.int64)
+        if self.params.refine != "stored":
+            scores, ids = self.index.search(q, k, params=params)
+            return scores, ids.astype(np.int64)
+        wide = min(max(k, k * int(self.params.k_factor or 1)), max(self.n, 1))
+        _, candidates = self.index.search(q, wide, params=params)
+        return self._rerank(q, candidates.astype(np.int64), k)
+
+    def _rerank(self, q: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact cosine of each query with its candidates' stored vectors; top-k (ties: lower row id).
+
+        The stored vectors are read once per distinct candidate, and the cosines are formed in chunks of
+        queries, so a 15,000-tile query slide never builds a [Q, wide, dim] array.
+        """
+        found = candidates >= 0
+        unique = np.unique(candidates[found])
+        stored = self.rows.vectors(unique)
+        if stored is None:
+            raise UsageError("this index re-ranks by stored vectors, but its rows hold none")
+        unit = l2_normalise(stored) if len(unique) else np.zeros((0, q.shape[1]), np.float32)
+        position = np.searchsorted(unique, np.where(found, candidates, 0)) if len(unique) else candidates * 0
+        sims = np.full(candidates.shape, -np.inf, dtype=np.float32)
+        step = max(1, _RERANK_BLOCK // max(1, candidates.shape[1] * q.shape[1]))
+        for start in range(0, len(q), step):
+            stop = min(len(q), start + step)
+            block = np.einsum("qd,qjd->qj", q[start:stop], unit[position[start:stop]]) if len(unique) else 0
+            sims[start:stop] = np.where(found[start:stop], block, -np.inf)
+        tie = np.where(found, candidates, np.iinfo(np.int64).max)
+        order = np.lexsort((tie, -sims), axis=1)[:, :k]
+        scores = np.take_along_axis(sims, order, axis=1)
+        ids = np.where(np.isfinite(scores), np.take_along_axis(candidates, order, axis=1), -1)
+        if ids.shape[1] < k:
+            pad = ((0, 0), (0, k - ids.shape[1]))
+            scores, ids = np.pad(scores, pad, constant_values=-np.inf), np.pad(ids, pad, constant_values=-1)
+        return scores, ids
 
     def hits(self, scores: np.ndarray, ids: np.ndarray) -> pd.DataFrame:
         """Search results as tile rows: query, rank, slide_id, tile_id, x, y, mpp, score."""
         q_idx, rank = np.nonzero(ids >= 0)
-        rows = self.rows.iloc[ids[q_idx, rank]].reset_index(drop=True)
+        rows = self.rows.take(ids[q_idx, rank])
         return pd.DataFrame(
             {
                 "query": q_idx.astype(np.int64),
@@ -146,9 +212,8 @@ class VectorIndex:
 
     def slide_mask(self, slide_ids: Sequence[str]) -> np.ndarray:
         """Bool [n]: True for rows of the given slides."""
-        return self.rows["slide_id"].isin(list(slide_ids)).to_numpy()
+        return self.rows.slide_mask(slide_ids)
 
     def tile_rows(self, tile_ids: Sequence[str]) -> np.ndarray:
         """Row ids [len(tile_ids)] of the given tile ids in the index (-1 for ids it does not hold)."""
-        position = pd.Series(np.arange(self.n), index=self.rows["tile_id"].to_numpy())
-        return position.reindex(list(tile_ids)).fillna(-1).to_numpy(np.int64)
+        return self.rows.tile_rows(tile_ids)

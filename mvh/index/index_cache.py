@@ -1,10 +1,13 @@
-"""A FAISS index beside a store in object storage, and its local cache.
+"""FAISS indexes beside a store in object storage, and their local cache.
 
 `mvh index build` on an object-store URI builds in a local folder and publishes the files beside the
-tables (`_mvh/index/`), `index.json` last and carrying the sha256 of every file. A search downloads them
-once into `$MVH_CACHE_DIR` (default `~/.cache/mvh`) under a key of store URI + the store version the index
-was built from + the index file's checksum, so a consumer with read-only credentials never writes into
-the producer's bucket. A cached copy whose files no longer match their checksums is fetched again.
+tables (`_mvh/index/`): first the files the build adds (its FAISS file and new row parts; parts already
+published by an earlier build are shared, not uploaded again), then `build-<id>.json`, then
+`index.json` last, each build json carrying the sha256 of every file it names. A search downloads a
+build once into `$MVH_CACHE_DIR` (default `~/.cache/mvh`) under a key of store URI + build id, so a
+consumer with read-only credentials never writes into the producer's bucket. A cached copy whose files
+no longer match their checksums is fetched again; a published build that does not match is refused.
+Files move in 8 MiB blocks, never whole in memory.
 """
 
 from __future__ import annotations
@@ -14,7 +17,11 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
+
+import pyarrow.fs as pafs
 
 from mvh.errors import StoreError
 from mvh.store import EmbeddingStore
@@ -24,14 +31,16 @@ from mvh.store.sidecar import SidecarFiles
 META_FILE = "index.json"
 AREA = "index"
 INDEX_DIRNAME = "_index"
+_BLOCK = 8 << 20
 
 
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _file_names(meta: dict) -> list[str]:
-    return [meta["index_file"], meta["rows_file"]]
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def build_folder() -> Path:
@@ -41,62 +50,103 @@ def build_folder() -> Path:
     return folder
 
 
-def publish_index(location: StoreLocation, folder: Path) -> dict:
-    """Upload the index built in `folder` beside the store; `index.json` (with checksums) goes last."""
-    meta = json.loads((folder / META_FILE).read_text())
-    remote = SidecarFiles(location, AREA)
-    old = json.loads(remote.get(META_FILE)) if remote.exists(META_FILE) else None
-    checksums = {}
-    for name in _file_names(meta):
-        data = (folder / name).read_bytes()
-        checksums[name] = _sha256(data)
-        remote.put(name, data)
-    meta["sha256"] = checksums
-    remote.put(META_FILE, json.dumps(meta, indent=1).encode())
-    if old is not None:
-        for name in set(_file_names(old)) - set(_file_names(meta)):
-            remote.delete(name)
-    return meta
+def store_key(uri: str) -> str:
+    """A short stable key of a store URI for cache folder names."""
+    return hashlib.sha256(uri.encode()).hexdigest()[:16]
 
 
-def remote_meta(location: StoreLocation) -> dict | None:
-    """The published `index.json` of a remote store (None when no index was published)."""
+def remote_names(location: StoreLocation) -> list[str]:
+    """Names of the files published beside the store's tables."""
     remote = SidecarFiles(location, AREA)
-    if not remote.exists(META_FILE):
+    try:
+        infos = remote.fs.get_file_info(pafs.FileSelector(remote.root, allow_not_found=True))
+    except OSError as exc:
+        said = location.redact(str(exc))
+        raise StoreError(f"cannot list the index beside {location.describe()}: {said}") from exc
+    return sorted(Path(info.path).name for info in infos if info.type == pafs.FileType.File)
+
+
+def remote_json(location: StoreLocation, name: str) -> dict[str, Any] | None:
+    """A published json file (None when absent; StoreError when unreadable)."""
+    remote = SidecarFiles(location, AREA)
+    if not remote.exists(name):
         return None
     try:
-        return json.loads(remote.get(META_FILE))
+        return json.loads(remote.get(name))
     except json.JSONDecodeError as exc:
         raise StoreError(
-            f"the index metadata beside {location.describe()} is unreadable: run `mvh index build`"
+            f"the index metadata {name} beside {location.describe()} is unreadable: run `mvh index build`"
         ) from exc
 
 
-def _verified(folder: Path, meta: dict) -> bool:
+def _upload(remote: SidecarFiles, path: Path) -> None:
+    if isinstance(remote.fs, pafs.LocalFileSystem):
+        remote.put(path.name, path.read_bytes())  # only the tests' local stand-in for a bucket
+        return
+    try:
+        with remote.fs.open_output_stream(f"{remote.root}/{path.name}") as out, open(path, "rb") as src:
+            while block := src.read(_BLOCK):
+                out.write(block)
+    except OSError as exc:
+        said = remote.location.redact(str(exc))
+        raise StoreError(f"cannot write {path.name} beside {remote.location.describe()}: {said}") from exc
+
+
+def publish(
+    location: StoreLocation, folder: Path, meta: dict[str, Any], keep: Iterable[str]
+) -> dict[str, Any]:
+    """Upload a build made in `folder` beside the store: new files, its build json, `index.json` last.
+
+    Files no longer named by `keep` (the files of the builds to keep) are deleted afterwards.
+    """
+    remote = SidecarFiles(location, AREA)
+    present = set(remote_names(location))
+    sums = {}
+    for name in meta["files"]:
+        local = folder / name
+        if name not in present:
+            _upload(remote, local)
+        sums[name] = meta.get("sha256", {}).get(name) or file_sha256(local)
+    published = {**meta, "sha256": sums}
+    text = json.dumps(published, indent=1).encode()
+    remote.put(f"build-{meta['build']}.json", text)
+    remote.put(META_FILE, text)
+    wanted = set(keep) | set(meta["files"]) | {META_FILE}
+    for name in present - wanted:
+        remote.delete(name)
+    return published
+
+
+def _verified(folder: Path, meta: dict[str, Any]) -> bool:
     try:
         sums = meta["sha256"]
-        return all(_sha256((folder / name).read_bytes()) == sums[name] for name in _file_names(meta))
+        return all(file_sha256(folder / name) == sums[name] for name in meta["files"])
     except (OSError, KeyError):
         return False
 
 
-def cached_index(location: StoreLocation) -> Path | None:
-    """A local folder holding the store's published index, fetched or refetched as needed (None: none)."""
-    meta = remote_meta(location)
-    if meta is None:
-        return None
+def fetch_build(location: StoreLocation, meta: dict[str, Any]) -> Path:
+    """A local folder holding the published build `meta` names, fetched or refetched as needed."""
     if "sha256" not in meta:
         raise StoreError(f"the index beside {location.describe()} has no checksums: run `mvh index build`")
-    checksum = meta["sha256"][meta["index_file"]][:16]
-    folder = location.cache_dir(AREA) / f"v{meta['store_version']}-{checksum}"
+    folder = location.cache_dir(AREA) / f"v{meta['store_version']}-{meta['build']}"
     if folder.is_dir() and _verified(folder, meta):
         return folder
     remote = SidecarFiles(location, AREA)
     tmp = folder.with_name(f".{folder.name}.{uuid.uuid4().hex}")
     tmp.mkdir(parents=True)
     try:
-        for name in _file_names(meta):
-            (tmp / name).write_bytes(remote.get(name))
+        for name in meta["files"]:
+            try:
+                source = remote.fs.open_input_stream(f"{remote.root}/{name}")
+                with source as src, open(tmp / name, "wb") as out:
+                    while block := src.read(_BLOCK):
+                        out.write(block)
+            except OSError as exc:
+                raise StoreError(
+                    f"cannot read the index file {name} beside {location.describe()}: "
+                    f"{location.redact(str(exc))}; run `mvh index build` again"
+                ) from exc
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
         if not _verified(tmp, meta):
             raise StoreError(
@@ -111,10 +161,10 @@ def cached_index(location: StoreLocation) -> Path | None:
 
 
 def index_dir(store: EmbeddingStore) -> Path:
-    """The folder the store's vector index is read from: inside a local store, or the local cache of the
-    index published beside a remote store (fetched or refetched here; a folder that does not exist when
-    none was published)."""
+    """The folder a store's indexes are read from: `<store>/_index` for a local store, else the local
+    cache of its current published build (a folder that does not exist when none was published)."""
     local = store.location.local_path
     if local is not None:
         return local / INDEX_DIRNAME
-    return cached_index(store.location) or cache_root() / "index" / "none"
+    meta = remote_json(store.location, META_FILE)
+    return fetch_build(store.location, meta) if meta is not None else cache_root() / AREA / "none"

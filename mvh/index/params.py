@@ -3,8 +3,9 @@
 - `flat`: exact search (IndexFlatIP). `auto` picks it up to `FLAT_MAX_TILES` tiles.
 - `ivfpq`: an inverted file (`nlist` k-means cells, `nprobe` visited per query) over product-quantised
   codes (`m` sub-quantisers of `nbits` bits; 4 bits uses FAISS's SIMD "fast-scan" layout), whose top
-  `k_factor * k` candidates are re-ranked with 8-bit scalar-quantised vectors (`refine="sq8"`, a quarter
-  of the memory of float32) or exact vectors (`refine="flat"`). `auto` picks it above `FLAT_MAX_TILES`.
+  `k_factor * k` candidates are re-ranked by exact cosine on their stored vectors read from disk by row
+  id (`refine="stored"`, what `auto` picks: no vector copy in RAM), or inside FAISS with 8-bit
+  scalar-quantised (`"sq8"`) or float32 (`"flat"`) copies in RAM. `auto` picks it above `FLAT_MAX_TILES`.
 - `hnsw`: a graph index (HNSW, `hnsw_m` links per node, `ef_search` candidates per query) on exact vectors.
 """
 
@@ -53,14 +54,17 @@ class IndexParams:
             return f"HNSW{self.hnsw_m},Flat"
         if self.kind == "ivfpq":
             pq = f"PQ{self.m}x4fs" if self.nbits == 4 else f"PQ{self.m}x{self.nbits}"
-            refine = {"sq8": ",Refine(SQ8)", "flat": ",RFlat", None: ""}[self.refine]
+            refine = {"sq8": ",Refine(SQ8)", "flat": ",RFlat", "stored": "", None: ""}[self.refine]
             return f"IVF{self.nlist},{pq}{refine}"
         raise UsageError(f"unknown index kind {self.kind!r}: use one of {', '.join(KINDS)}")
 
     def describe(self) -> str:
         """One line: the factory string and the search-time parameters."""
+        if self.kind == "exact":
+            return "exact (a streamed pass over the store, no index)"
         if self.kind == "ivfpq":
-            return f"{self.factory_string()} nprobe={self.nprobe} k_factor={self.k_factor}"
+            rerank = " re-rank=stored" if self.refine == "stored" else ""
+            return f"{self.factory_string()} nprobe={self.nprobe} k_factor={self.k_factor}{rerank}"
         if self.kind == "hnsw":
             return f"{self.factory_string()} efConstruction={self.ef_construction} efSearch={self.ef_search}"
         return self.factory_string()
@@ -122,13 +126,15 @@ def auto_params(
     nprobe: int | None = None,
     hnsw_m: int | None = None,
     ef_search: int | None = None,
+    refine: str = "stored",
 ) -> IndexParams:
     """Index parameters for `n` vectors of `dim`: the automatic choice, with any given value kept.
 
     `auto` is exact Flat up to FLAT_MAX_TILES vectors, IVF-PQ above. IVF-PQ: nlist = the power of two
     nearest to sqrt(n) (at most n / 39, FAISS's minimum of training points per cell), nprobe =
-    max(8, nlist / 16), m = dim / 8 sub-quantisers of 4 bits (fast-scan), top 4k re-ranked with SQ8
-    vectors. HNSW: 32 links, efConstruction 64, efSearch 64 (256 above FLAT_MAX_TILES vectors; at 1M
+    max(8, nlist / 16), m = dim / 8 sub-quantisers of 4 bits (fast-scan), top 4k re-ranked by exact
+    cosine on the stored vectors (`refine`: "stored", or "sq8"/"flat" inside FAISS). HNSW: 32 links,
+    efConstruction 64, efSearch 64 (256 above FLAT_MAX_TILES vectors; at 1M
     clustered vectors HNSW then reaches recall@10 0.93 only, so `auto` never picks it).
     Given values that do not fit the resolved kind are a UsageError, never ignored.
     """
@@ -159,4 +165,4 @@ def auto_params(
         raise UsageError(f"--m {m} must divide the embedding dimension {dim}")
     nbits = nbits or 4
     nprobe = min(nlist, nprobe or max(8, nlist // 16))
-    return IndexParams(kind="ivfpq", nlist=nlist, m=m, nbits=nbits, nprobe=nprobe, refine="sq8", k_factor=4)
+    return IndexParams(kind="ivfpq", nlist=nlist, m=m, nbits=nbits, nprobe=nprobe, refine=refine, k_factor=4)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import faiss
 import numpy as np
 import pandas as pd
 
+from mvh.core.vectors import l2_normalise
 from mvh.index.faiss_index import VectorIndex, check_queries
 from mvh.index.index_files import load_index
 from mvh.store import EmbeddingStore
 
+MOSAIC_TILES = 256  # query tiles kept of a large query slide (`representative_tiles`)
 SLIDE_COLUMNS = (
     "rank", "slide_id", "score", "n_hits", "n_query_tiles", "tile_id", "x", "y", "mpp", "tile_score",
 )
@@ -88,3 +91,22 @@ def search_slides(
     out = out.sort_values(["score", "slide_id"], ascending=[False, True], kind="stable").head(k)
     out.insert(0, "rank", np.arange(1, len(out) + 1))
     return out[list(SLIDE_COLUMNS)].reset_index(drop=True)
+
+
+def representative_tiles(embeddings: np.ndarray, max_tiles: int = MOSAIC_TILES, seed: int = 0) -> np.ndarray:
+    """Sorted row numbers of at most `max_tiles` tiles that stand for a slide's `embeddings` [N, dim].
+
+    Up to `max_tiles` tiles: all of them. Above: spherical k-means with `max_tiles` centres (10
+    iterations, seeded) and, for each centre, its nearest tile, as Yottixel's mosaic keeps a few tiles
+    per cluster: a 15,000-tile query slide costs the search of a few hundred tiles.
+    """
+    n = len(embeddings)
+    if n <= max_tiles:
+        return np.arange(n)
+    unit = l2_normalise(embeddings)
+    kmeans = faiss.Kmeans(unit.shape[1], max_tiles, niter=10, seed=seed, spherical=True, verbose=False)
+    kmeans.train(unit)
+    tiles = faiss.IndexFlatIP(unit.shape[1])
+    tiles.add(unit)
+    _, nearest = tiles.search(kmeans.centroids, 1)
+    return np.unique(nearest[:, 0][nearest[:, 0] >= 0])

@@ -12,8 +12,9 @@ embeddings up to 1M vectors (tests/index/test_faiss_indexes.py, benchmarks/searc
 
 from __future__ import annotations
 
+from mvh.core.vectors import l2_normalise
 from mvh.index.build import BuildResult, IndexBuildConfig, build_index, run_index_build
-from mvh.index.exact import exact_search, l2_normalise, recall_at_k
+from mvh.index.exact import exact_search, recall_at_k
 from mvh.index.faiss_index import HIT_COLUMNS, ROW_COLUMNS, VectorIndex, build_faiss_index
 from mvh.index.index_files import META_FILE, index_info, load_index
 from mvh.index.params import FLAT_MAX_TILES, KINDS, IndexParams, auto_params

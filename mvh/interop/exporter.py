@@ -9,6 +9,7 @@ row order back exactly, slides mvh tiled get every coords attribute TRIDENT writ
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from collections import Counter
@@ -25,6 +26,7 @@ from mvh.errors import DataError, StoreError, UsageError
 from mvh.interop.importer import ATTRS
 from mvh.interop.provenance import shareable
 from mvh.interop.trident import Geometry, decode_attrs, trident_coords_attrs, write_h5
+from mvh.interop.whole_file import write_whole
 from mvh.jobs import JobResult
 from mvh.progress import SLIDES, Event, Progress, report
 from mvh.store import DONE, EmbeddingStore, StoreFingerprint, embeddings_to_arrow
@@ -35,7 +37,7 @@ INTERNAL_COLUMNS = ("commit",)  # store bookkeeping, not exported
 MVH_ONLY = ("mpp", "slide_mpp")  # mvh's own coords attributes, not added to files imported without them
 
 
-@dataclass
+@dataclass(frozen=True)
 class ExportConfig:
     """`mvh export`: which store, where, in which format, verified first or not."""
 
@@ -45,18 +47,16 @@ class ExportConfig:
     verify: bool = False
 
     def __post_init__(self) -> None:
-        self.store = str(self.store)
-        self.out = Path(self.out)
+        object.__setattr__(self, "store", str(self.store))
+        object.__setattr__(self, "out", Path(self.out))
         if self.fmt not in FORMATS:
             raise UsageError(f"--format {self.fmt!r} is unknown: use one of {', '.join(FORMATS)}")
-        if self.out.exists() and not self.out.is_dir():
-            raise UsageError(f"--out {self.out} is an existing file; remove it or name a new folder")
         if self.fmt != "parquet" and self.out.suffix == ".parquet":
             raise UsageError(f"--out {self.out} names a Parquet file; use --format parquet or name a folder")
 
 
 @dataclass
-class ExportResult(JobResult):
+class ExportResult(JobResult, job="export"):
     """What `run_export` wrote."""
 
     store: str
@@ -189,7 +189,9 @@ def _slide_file(store: EmbeddingStore, slide_id: str, rec: pd.Series, savetodir:
 def _write_pt(path: Path, features: np.ndarray) -> None:
     import torch  # CLAM's pt_files are torch tensors; torch is imported only for this format
 
-    torch.save(torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)), path)
+    image = io.BytesIO()  # one plain write: on a full disk torch.save's own writer gives no errno
+    torch.save(torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)), image)
+    path.write_bytes(image.getbuffer())
 
 
 def _export_slides(
@@ -211,19 +213,18 @@ def _export_slides(
         added.update(data.added)
         if data.no_level0:
             no_level0.append(sid)
-        write_h5(
+        done = f"{result.n_slides} of {len(slides)} slide(s) were written to {cfg.out} before it"
+        write_whole(
             target,
-            data.features,
-            data.coords,
-            data.coords_attrs,
-            data.features_attrs,
-            data.file_attrs,
-            data.extras,
+            lambda path, d=data: write_h5(
+                path, d.features, d.coords, d.coords_attrs, d.features_attrs, d.file_attrs, d.extras
+            ),
+            done,
         )
         result.files.append(str(target))
         if cfg.fmt == "clam":
             pt = path_inside(pt_dir, f"{sid}.pt")
-            _write_pt(pt, data.features)
+            write_whole(pt, lambda path, d=data: _write_pt(path, d.features), done)
             result.files.append(str(pt))
         result.n_slides += 1
         result.n_tiles += len(data.coords)
@@ -261,14 +262,18 @@ def export_parquet(store: EmbeddingStore, out: Path | str, progress: Progress | 
     schema = tiles_schema.with_metadata({b"mvh.fingerprint": json.dumps(shareable(fp).to_dict()).encode()})
     slide_ids = store.slide_ids(DONE)
     report(progress, Event.TOTAL, SLIDES, len(slide_ids))
-    with pq.ParquetWriter(out, schema) as writer:
-        for slide_id in slide_ids:
-            tiles = store.slide_tiles(slide_id)
-            emb, _ = store.slide_embeddings(slide_id)
-            table = pa.Table.from_pandas(tiles, preserve_index=False)
-            table = table.append_column("embedding", embeddings_to_arrow(emb, fp.embedding_dtype))
-            writer.write_table(table.select(schema.names).cast(schema))
-            report(progress, Event.ADVANCE, SLIDES, 1)
+
+    def write(path: Path) -> None:
+        with pq.ParquetWriter(path, schema) as writer:
+            for slide_id in slide_ids:
+                tiles = store.slide_tiles(slide_id)
+                emb, _ = store.slide_embeddings(slide_id)
+                table = pa.Table.from_pandas(tiles, preserve_index=False)
+                table = table.append_column("embedding", embeddings_to_arrow(emb, fp.embedding_dtype))
+                writer.write_table(table.select(schema.names).cast(schema))
+                report(progress, Event.ADVANCE, SLIDES, 1)
+
+    write_whole(out, write, "nothing was written")
     return out
 
 
@@ -287,6 +292,8 @@ def _verify(store: EmbeddingStore, result: ExportResult) -> None:
 
 def run_export(cfg: ExportConfig, *, progress: Progress | None = None) -> ExportResult:
     """Export a store's done slides as TRIDENT-complete h5, CLAM's h5_files/pt_files, or Parquet."""
+    if cfg.out.exists() and not cfg.out.is_dir():
+        raise UsageError(f"--out {cfg.out} is an existing file; remove it or name a new folder")
     store = EmbeddingStore.open(cfg.store)
     result = ExportResult(store=cfg.store, format=cfg.fmt, out=str(cfg.out))
     if cfg.verify:

@@ -38,9 +38,10 @@ from mvh.interop.trident import (
 from mvh.jobs import JobResult
 from mvh.progress import FILES, Event, Progress, report
 from mvh.store import DONE, EmbeddingStore, StoreFingerprint
+from mvh.store.schema import OLD_SLIDE_ATTRS, SLIDE_ATTRS
 from mvh.store.slide_ids import check_slide_id
 
-ATTRS = "attrs"  # the slides table's nullable JSON column of per-slide attributes
+ATTRS = SLIDE_ATTRS  # the slides table's nullable JSON column of per-slide attributes
 CONVENTION_NOTE = (
     "TRIDENT magnifications read as um/px = 10 / magnification (TRIDENT's convention: 20x = 0.5)"
 )
@@ -51,7 +52,7 @@ def _positive(value: float | None, flag: str) -> None:
         raise UsageError(f"{flag} must be a finite number > 0, got {value}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ImportConfig:
     """`mvh import`: which folder, which store, and the geometry the files may lack."""
 
@@ -64,23 +65,8 @@ class ImportConfig:
     embedding_dtype: str | None = None  # None: mvh's fingerprint in the files, else float32
 
     def __post_init__(self) -> None:
-        self.h5_dir = Path(self.h5_dir)
-        self.store = str(self.store)
-        if not self.h5_dir.is_dir():
-            raise UsageError(
-                f"{self.h5_dir}: not a folder; point H5_DIR at a folder of TRIDENT/CLAM .h5 files"
-            )
-        if not self.files():
-            inside = sorted(
-                p.relative_to(self.h5_dir).as_posix()
-                for p in self.h5_dir.glob("**/")
-                if p != self.h5_dir and any(not f.name.endswith("_patches.h5") for f in p.glob("*.h5"))
-            )  # TRIDENT's patches/<name>_patches.h5 hold coordinates only
-            hint = f" (folders below holding .h5 files: {', '.join(inside[:4])})" if inside else ""
-            raise UsageError(
-                f"{self.h5_dir}: no .h5 files found; point at a folder of TRIDENT/CLAM feature files"
-                f"{hint}, e.g. TRIDENT's features_<encoder>/ or CLAM's h5_files/"
-            )
+        object.__setattr__(self, "h5_dir", Path(self.h5_dir))
+        object.__setattr__(self, "store", str(self.store))
         if self.model is not None and not self.model.strip():
             raise UsageError("--model is empty; name the tool/model that made the features")
         _positive(self.mpp, "--mpp")
@@ -91,8 +77,24 @@ class ImportConfig:
             raise UsageError(f"--dtype {self.embedding_dtype!r}: use float32 or float16")
 
     def files(self) -> list[Path]:
-        """The h5 files to import, sorted by name."""
-        return sorted(p for p in self.h5_dir.glob("*.h5") if p.is_file())
+        """The h5 files to import, sorted by name (UsageError when the folder is absent or holds none)."""
+        if not self.h5_dir.is_dir():
+            raise UsageError(
+                f"{self.h5_dir}: not a folder; point H5_DIR at a folder of TRIDENT/CLAM .h5 files"
+            )
+        files = sorted(p for p in self.h5_dir.glob("*.h5") if p.is_file())
+        if not files:
+            inside = sorted(
+                p.relative_to(self.h5_dir).as_posix()
+                for p in self.h5_dir.glob("**/")
+                if p != self.h5_dir and any(not f.name.endswith("_patches.h5") for f in p.glob("*.h5"))
+            )  # TRIDENT's patches/<name>_patches.h5 hold coordinates only
+            hint = f" (folders below holding .h5 files: {', '.join(inside[:4])})" if inside else ""
+            raise UsageError(
+                f"{self.h5_dir}: no .h5 files found; point at a folder of TRIDENT/CLAM feature files"
+                f"{hint}, e.g. TRIDENT's features_<encoder>/ or CLAM's h5_files/"
+            )
+        return files
 
 
 @dataclass
@@ -114,7 +116,7 @@ class FailedFile:
 
 
 @dataclass
-class ImportResult(JobResult):
+class ImportResult(JobResult, job="import"):
     """What `run_import` did: files imported, empty slides, failures, notes, the store's fingerprint."""
 
     store: str
@@ -306,7 +308,7 @@ def _commit(store: EmbeddingStore, slide_id: str, slide: H5Slide, geometry: Geom
         "mpp_source": _text_attr(fa, "mpp_source") or geometry.sources.get("slide_mpp", "unknown"),
         "seconds": 0.0,
     }
-    if ATTRS in store.schema()["slides"].names:
+    if {ATTRS, OLD_SLIDE_ATTRS} & set(store.schema()["slides"].names):  # under either name (before 0.2)
         order = _file_order(x, y, tile_ids)
         record[ATTRS] = json.dumps(_slide_attrs(slide, geometry, order, note))
     else:

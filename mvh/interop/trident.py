@@ -17,6 +17,7 @@ are the same layout without the attributes. mvh adds `mpp` and `slide_mpp` to th
 
 from __future__ import annotations
 
+import io
 import math
 import subprocess
 import sys
@@ -423,8 +424,13 @@ def write_h5(
     file_attrs: dict[str, Any],
     extras: dict[str, np.ndarray],
 ) -> None:
-    """Write one per-slide h5 file: `features`, `coords` with their attributes, extra datasets."""
-    with h5py.File(path, "w") as f:
+    """Write one per-slide h5 file: `features`, `coords` with their attributes, extra datasets.
+
+    The file is built in memory and written with one plain write: HDF5 writing to a full disk itself
+    fails in its object destructors and crashes the interpreter at exit, a plain write raises OSError.
+    """
+    image = io.BytesIO()
+    with h5py.File(image, "w") as f:
         _write_dataset(f, "features", features, features_attrs)
         _write_dataset(f, "coords", coords, coords_attrs)
         for key, data in extras.items():
@@ -434,3 +440,4 @@ def write_h5(
                 f.create_dataset(key, data=data)
         for name, value in file_attrs.items():
             f.attrs[name] = value
+    path.write_bytes(image.getbuffer())

@@ -39,6 +39,7 @@ class PretrainConfig:
     model_overrides: dict[str, Any] = field(default_factory=dict)
     # data
     mpp: float = 0.5
+    slide_mpp: float | None = None
     tile_px: int | None = None
     min_tissue: float = 0.25
     overlap: int = 0
@@ -144,6 +145,7 @@ DINOV2_KEYS: dict[str, str] = {
     "model_overrides": "student.overrides",
     "inputs": "data.inputs",
     "mpp": "data.mpp",
+    "slide_mpp": "data.slide_mpp",
     "tile_px": "data.tile_px",
     "min_tissue": "data.min_tissue",
     "overlap": "data.overlap",
@@ -277,6 +279,11 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
         raise UsageError(f"pretrain config: {exc}") from exc
 
 
+def _positive_number(value: Any) -> bool:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return number and math.isfinite(value) and value > 0
+
+
 def _probability(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0
 
@@ -300,6 +307,7 @@ def validate_config(config: PretrainConfig) -> None:
         ("blur_sigma", 0.0 < c.blur_sigma[0] <= c.blur_sigma[1], "must be 0 < min <= max"),
         ("patch_embed_lr_mult", c.patch_embed_lr_mult >= 0, "must be >= 0"),
         ("lr", isinstance(c.lr, float) and math.isfinite(c.lr) and c.lr > 0, "must be a number > 0"),
+        ("slide_mpp", c.slide_mpp is None or _positive_number(c.slide_mpp), "must be a number > 0"),
     ]
     checks += [
         (name, _probability(getattr(c, name)), "must be a probability in [0, 1]")

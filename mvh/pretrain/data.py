@@ -57,6 +57,7 @@ class SlideTiles(Dataset):
         min_tissue: float = 0.25,
         overlap: int = 0,
         progress: Progress | None = None,
+        slide_mpp: float | None = None,
     ) -> None:
         from mvh.extractor.dataset import TileDataset
         from mvh.extractor.slide import open_slide
@@ -65,7 +66,7 @@ class SlideTiles(Dataset):
         grids = []
         report(progress, Event.TOTAL, SLIDES, len(slides))
         for path in slides:
-            with open_slide(path) as slide:
+            with open_slide(path, mpp=slide_mpp) as slide:
                 grids.append(
                     make_tile_grid(slide, mpp=mpp, tile_px=tile_px, overlap=overlap, min_tissue=min_tissue)
                 )
@@ -118,8 +119,11 @@ def build_tile_source(
     max_tiles: int | None = None,
     overlap: int = 0,
     progress: Progress | None = None,
+    slide_mpp: float | None = None,
 ) -> Dataset:
     """Tiles from inputs: a folder = its tile images (recursive); a file = a slide tiled at `mpp`, `tile_px`.
+
+    `slide_mpp` is the scan um/px of slides whose metadata lacks it (as `mvh extract --slide-mpp`).
 
     `overlap` (px at `mpp`) gives more, overlapping tiles from small slides. `max_tiles` keeps that many
     tiles evenly spread over the whole set (so a small run still covers every slide and region).
@@ -142,7 +146,8 @@ def build_tile_source(
     if slides:
         parts.append(
             SlideTiles(
-                slides, mpp=mpp, tile_px=tile_px, min_tissue=min_tissue, overlap=overlap, progress=progress
+                slides, mpp=mpp, tile_px=tile_px, min_tissue=min_tissue, overlap=overlap, progress=progress,
+                slide_mpp=slide_mpp,
             )
         )
     source: Dataset = parts[0] if len(parts) == 1 else ConcatTiles(parts)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mvh.core.vectors import l2_normalise
 from mvh.errors import UsageError
 from mvh.pretrain.augment import MultiCropAugmentation
 from mvh.pretrain.data import keyed_generator
@@ -64,10 +65,6 @@ def region_labels(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return (x > np.median(x)).astype(np.int64) + 2 * (y > np.median(y)).astype(np.int64)
 
 
-def _normalise(embeddings: np.ndarray) -> np.ndarray:
-    return embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
-
-
 def knn_accuracy(
     embeddings: np.ndarray, labels: np.ndarray, k: int = 10, folds: int = 5, seed: int = 0
 ) -> float:
@@ -94,7 +91,7 @@ def linear_probe_accuracy(embeddings: np.ndarray, labels: np.ndarray, folds: int
 
 def view_retrieval_top1(view_a: np.ndarray, view_b: np.ndarray) -> float:
     """Share of rows i of view_a [N, D] whose cosine-nearest row of view_b [N, D] is row i."""
-    similarity = _normalise(view_a) @ _normalise(view_b).T
+    similarity = l2_normalise(view_a) @ l2_normalise(view_b).T
     return float((similarity.argmax(axis=1) == np.arange(len(view_a))).mean())
 
 

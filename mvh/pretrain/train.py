@@ -31,8 +31,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
+from mvh.core.device import resolve_device as resolve_shared_device
+from mvh.core.precision import autocast_dtype, resolve_precision
 from mvh.errors import CheckpointError, UsageError
-from mvh.extractor.device import resolve_device as resolve_shared_device
 from mvh.jobs import JobResult
 from mvh.pretrain.augment import MultiCropAugmentation
 from mvh.pretrain.checkpoint import (
@@ -88,13 +89,6 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype: none (float32, the authors' recipe) for fp32; `auto` is bf16 on GPU, fp32 on CPU."""
-    if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
 LOSS_CAPTION = (
     "A short demo run (tens of steps on one slide): expect the total to fall slowly and then flatten, most "
     "of the drop from KoLeo (it falls as the embeddings spread apart), while DINO and iBOT stay near their "
@@ -131,7 +125,7 @@ def plot_losses(records: list[dict[str, Any]], path: Path, title: str) -> Path:
 
 
 @dataclass
-class PretrainResult(JobResult):
+class PretrainResult(JobResult, job="pretrain"):
     """What a run produced (results.json is exactly `to_dict()`)."""
 
     run_dir: Path
@@ -147,6 +141,11 @@ class PretrainResult(JobResult):
     backbone_weights: Path
     resumed_from: int | None
     rank: int = 0
+    # Provenance of the batch: the lr was scaled from `global_batch` = `batch_per_rank` x `world_size`.
+    world_size: int = 1
+    batch_per_rank: int = 0
+    global_batch: int = 0
+    parallel: str = "single"  # "single" process, "ddp" or "fsdp"
     notes: list[str] = field(default_factory=list)
 
 
@@ -235,7 +234,7 @@ class Trainer:
         self.ibot_centering = TeacherCentering(ibot_prototypes, config.centering).to(device)
         groups = param_groups(self.student, config.patch_embed_lr_mult, config.wd_exempt_ssm)
         self.optimizer = torch.optim.AdamW(groups, betas=(config.adamw_beta1, config.adamw_beta2))
-        self.autocast_dtype = resolve_precision(config.precision, device)
+        self.autocast_dtype = autocast_dtype(resolve_precision(config.precision, device))
         self.scaler = _grad_scaler(device, self.autocast_dtype == torch.float16, self.sharded)
         self.model: nn.Module = self.student
         if world_size > 1 and not self.sharded:
@@ -497,6 +496,7 @@ def _multicrop_dataset(config: PretrainConfig, progress: Progress | None) -> Mul
         tile_px=config.tile_px or config.global_size,
         min_tissue=config.min_tissue,
         max_tiles=config.max_tiles,
+        slide_mpp=config.slide_mpp,
         overlap=config.overlap,
         progress=progress,
     )
@@ -574,9 +574,6 @@ def _train(
     """The training loop of `run_pretrain` on this rank (resume, steps, checkpoints, results)."""
     shown = progress if env.main else None
     point = _check_resumable(config, run_dir, env.world_size) if config.resume else None
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if env.main:
-        save_config(config, run_dir)
     report(shown, Event.STATUS, STEPS, 0, "reading the inputs")
     dataset = _multicrop_dataset(config, shown)
     global_batch = config.batch_size * env.world_size
@@ -587,6 +584,10 @@ def _train(
         )
     notes = recipe_notes(config, steps_per_epoch, len(dataset))
     trainer = Trainer(config, steps_per_epoch, device, env.world_size)
+    # The run directory appears once the inputs are read and the model built: a failed start leaves none
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if env.main:
+        save_config(config, run_dir)
     step = 0
     if point is not None and point.folder is not None:
         step = trainer.load_sharded(point.folder, env.rank)
@@ -651,6 +652,10 @@ def _train(
         backbone_weights=run_dir / BACKBONE_WEIGHTS,
         resumed_from=resumed_from,
         rank=env.rank,
+        world_size=env.world_size,
+        batch_per_rank=config.batch_size,
+        global_batch=global_batch,
+        parallel="fsdp" if config.fsdp else ("ddp" if env.world_size > 1 else "single"),
         notes=notes,
     )
     if env.main:

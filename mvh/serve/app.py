@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,6 +16,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mvh import __version__
@@ -28,6 +30,7 @@ from mvh.serve.search import SearchService
 from mvh.serve.tiles import Tile, TileServer
 from mvh.serve.uploads import NotAnImage, UploadTooLarge
 
+log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
 STATIC = HERE / "static"
 OPENSEADRAGON = HERE / "node_modules" / "openseadragon" / "build" / "openseadragon"
@@ -194,6 +197,13 @@ def create_app(config: ServeConfig) -> FastAPI:
     @app.exception_handler(MvhError)
     async def mvh_error(request: Request, exc: MvhError) -> JSONResponse:
         return _error(status_for(exc), " ".join(str(exc).split()))
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, exc: ClientDisconnect) -> Response:
+        # Nobody reads the answer; one line says what happened (not uvicorn's traceback of an app error)
+        log.warning("client closed the connection during %s %s before its body arrived; request dropped",
+                    request.method, request.url.path)
+        return Response(status_code=400)
 
     # ------------------------------------------------------------------------ pages
     @app.get("/", include_in_schema=False)

@@ -40,7 +40,7 @@ class Problem:
 
 
 @dataclass
-class VerifyReport(JobResult):
+class VerifyReport(JobResult, job="verify"):
     """What `verify_store` found: slides and tiles checked, problems, invisible leftover tile rows."""
 
     store: str

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 
 from mvh.errors import StoreDamagedError, StoreError
 from mvh.store.location import StoreLocation
-from mvh.store.schema import DONE, embeddings_to_numpy
+from mvh.store.schema import DONE, OLD_SLIDE_ATTRS, SLIDE_ATTRS, embeddings_to_numpy
 from mvh.store.slide_rows import SlideRows
 from mvh.store.tables import DAMAGED_READ_ERRORS, StoreTables, quote, reason
 from mvh.store.visibility import Visibility
@@ -71,8 +71,9 @@ class StoreReader:
                 f"store {self.uri} is damaged: its slides table cannot be read ({reason(exc)}); restore it "
                 "from a copy"
             ) from exc
+        frame = frame.rename(columns={OLD_SLIDE_ATTRS: SLIDE_ATTRS})  # a store written before 0.2
         if self.rule.legacy:
-            for name in ("commit", "checksum", "attrs", "file_hash"):
+            for name in ("commit", "checksum", SLIDE_ATTRS, "file_hash"):
                 if name not in frame.columns:
                     frame[name] = None
         frame = frame.sort_values(["slide_id", "timestamp"], kind="stable")
@@ -104,11 +105,11 @@ class StoreReader:
         return frame
 
     def slide_attrs(self, slide_id: str) -> dict[str, Any]:
-        """A slide's extra attributes (the `attrs` JSON object given at commit; {} when none)."""
+        """A slide's extra attributes (the `slide_attrs` JSON object given at commit; {} when none)."""
         row = self.slide_row(slide_id)
         if row is None:
             raise StoreError(f"slide {slide_id} is absent in store {self.uri}: list slides with `mvh info`")
-        text = row.get("attrs")
+        text = row.get(SLIDE_ATTRS)
         return {} if text is None or (isinstance(text, float) and math.isnan(text)) else json.loads(text)
 
     # ---------------------------------------------------------------- one slide's tiles

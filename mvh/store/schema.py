@@ -4,7 +4,7 @@ the conversions of embeddings to and from Arrow with the checksum recorded at co
 Three tables: `tiles` (one row per embedded tile: slide_id, tile_id, x, y at level 0, tile_px, mpp,
 tissue_fraction, model, weights_sha256, commit, embedding fixed_size_list<float32|float16>[dim]),
 `slides` (one row per slide: path, size, file_hash, level-0 dims, mpp and its source, status done|failed,
-error, n_tiles, seconds, model, weights, mvh_version, timestamp, commit, checksum, attrs) and `meta`
+error, n_tiles, seconds, model, weights, mvh_version, timestamp, commit, checksum, slide_attrs) and `meta`
 (key/value rows with JSON values: `fingerprint`, `mvh_version`, `created`, and optional keys like `card`).
 """
 
@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from mvh.core.jsonio import json_round_trip
 from mvh.errors import StoreError
 
 TILES = "tiles"
@@ -31,11 +32,6 @@ RANDOM_INIT = "random-init"
 DTYPES = {"float32": pa.float32(), "float16": pa.float16()}
 # Columns a caller's tiles frame must hold for `add_slide` (the store adds the rest).
 TILE_INPUT_COLUMNS = ("tile_id", "x", "y", "tile_px", "mpp", "tissue_fraction")
-
-
-def _json_normalise(value: Any) -> Any:
-    """Return `value` as it comes back from a JSON round trip (tuples -> lists, keys -> str)."""
-    return json.loads(json.dumps(value))
 
 
 @dataclass(frozen=True)
@@ -60,8 +56,8 @@ class StoreFingerprint:
             raise StoreError(
                 f"embedding dtype {self.embedding_dtype!r} is not supported: use float32 or float16"
             )
-        object.__setattr__(self, "model_config", _json_normalise(dict(self.model_config)))
-        object.__setattr__(self, "extra", _json_normalise(dict(self.extra)))
+        object.__setattr__(self, "model_config", json_round_trip(dict(self.model_config)))
+        object.__setattr__(self, "extra", json_round_trip(dict(self.extra)))
         for name in ("mean", "std"):
             value = getattr(self, name)
             object.__setattr__(self, name, None if value is None else tuple(float(v) for v in value))
@@ -151,9 +147,21 @@ SLIDES_SCHEMA = pa.schema(
         pa.field("timestamp", pa.timestamp("us", tz="UTC")),
         pa.field("commit", pa.string()),
         pa.field("checksum", pa.string()),
-        pa.field("attrs", pa.string()),
+        pa.field("slide_attrs", pa.string()),
     ]
 )
+SLIDE_ATTRS = "slide_attrs"  # per-slide JSON object of extra attributes (import, ST identity)
+# Its name in stores written before 0.2: renamed because it clashed with pandas' `DataFrame.attrs`. Such
+# stores keep their column; readers see it as `slide_attrs`, writers write it under its stored name.
+OLD_SLIDE_ATTRS = "attrs"
+
+
+def slides_schema(stored_names: list[str]) -> pa.Schema:
+    """The slides schema of a table whose columns are `stored_names` (the attrs column under its name)."""
+    if OLD_SLIDE_ATTRS in stored_names:
+        index = SLIDES_SCHEMA.get_field_index(SLIDE_ATTRS)
+        return SLIDES_SCHEMA.set(index, pa.field(OLD_SLIDE_ATTRS, pa.string()))
+    return SLIDES_SCHEMA
 
 META_SCHEMA = pa.schema([pa.field("key", pa.string(), nullable=False), pa.field("value", pa.string())])
 

@@ -9,7 +9,6 @@ chosen at open), `writer` (per-slide commits), `versions` (table versions, tags,
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -19,8 +18,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from mvh.core.jsonio import json_round_trip
 from mvh.errors import FingerprintMismatchError, StoreError, StoreNotFoundError, StoreUnusableError
 from mvh.store import connect
+from mvh.store.info import StoreInfo
 from mvh.store.location import StoreLocation, check_tag_name, parse_location
 from mvh.store.reader import StoreReader
 from mvh.store.schema import DONE, SLIDES, TILES, StoreFingerprint, tiles_schema
@@ -191,7 +192,7 @@ class EmbeddingStore:
     def set_meta(self, key: str, value: Any) -> None:
         """Write one JSON-able value into the store's meta table (replacing the key's old value)."""
         self.writer.set_meta(key, value)
-        self.meta[key] = json.loads(json.dumps(value))
+        self.meta[key] = json_round_trip(value)
 
     # ---------------------------------------------------------------- properties
     @property
@@ -237,7 +238,7 @@ class EmbeddingStore:
         return [str(s) for s in self.slides(status)["slide_id"]]
 
     def slide_attrs(self, slide_id: str) -> dict[str, Any]:
-        """A slide's extra attributes (the `attrs` JSON object given at commit; {} when none)."""
+        """A slide's extra attributes (the `slide_attrs` JSON object given at commit; {} when none)."""
         return self.reader.slide_attrs(slide_id)
 
     def raw_slide_tiles(
@@ -283,27 +284,27 @@ class EmbeddingStore:
         """Tile rows no slide row names (interrupted or lost concurrent commits): invisible, harmless."""
         return self.reader.orphan_tile_count()
 
-    def info(self) -> dict[str, Any]:
-        """A JSON-ready description: fingerprint, counts, slides by status, schemas."""
+    def info(self) -> StoreInfo:
+        """The store's description: fingerprint, counts, slides by status, schemas."""
         slides = self.slides()
         counts = slides["status"].value_counts().to_dict() if len(slides) else {}
         card = self.meta.get("card")
-        return {
-            "uri": self.uri,
-            "opened_as": self.location.describe(),
-            "read_only": self.location.read_only or self.location.pinned,
-            "storage_options": self.location.public_options(),
-            "version": self.version,
-            "table_versions": self.table_versions(),
-            "tags": self.tags(),
-            "card_fields": card.get("fields", {}) if isinstance(card, dict) else None,
-            "card": card if isinstance(card, dict) else None,
-            "fingerprint": self.fingerprint.to_dict(),
-            "mvh_version": self.meta.get("mvh_version"),
-            "created": self.meta.get("created"),
-            "n_slides": len(slides),
-            "slides_by_status": {str(k): int(v) for k, v in counts.items()},
-            "n_tiles": int(slides.loc[slides["status"] == DONE, "n_tiles"].sum()) if len(slides) else 0,
-            "writable_layout": not self.legacy,
-            "schema": {name: [f"{f.name}: {f.type}" for f in s] for name, s in self.schema().items()},
-        }
+        return StoreInfo(
+            uri=self.uri,
+            opened_as=self.location.describe(),
+            read_only=self.location.read_only or self.location.pinned,
+            storage_options=self.location.public_options(),
+            version=self.version,
+            table_versions=self.table_versions(),
+            tags=self.tags(),
+            card_fields=card.get("fields", {}) if isinstance(card, dict) else None,
+            card=card if isinstance(card, dict) else None,
+            fingerprint=self.fingerprint,
+            mvh_version=self.meta.get("mvh_version"),
+            created=self.meta.get("created"),
+            n_slides=len(slides),
+            slides_by_status={str(k): int(v) for k, v in counts.items()},
+            n_tiles=int(slides.loc[slides["status"] == DONE, "n_tiles"].sum()) if len(slides) else 0,
+            writable_layout=not self.legacy,
+            schema={name: [f"{f.name}: {f.type}" for f in s] for name, s in self.schema().items()},
+        )

@@ -33,11 +33,14 @@ from mvh.store.schema import (
     DONE,
     FAILED,
     META_SCHEMA,
+    OLD_SLIDE_ATTRS,
+    SLIDE_ATTRS,
     SLIDES_SCHEMA,
     TILE_INPUT_COLUMNS,
     StoreFingerprint,
     embedding_checksum,
     embeddings_to_arrow,
+    slides_schema,
     tiles_schema,
 )
 from mvh.store.tables import LANCE_ERRORS, StoreTables, quote, reason, retry
@@ -61,17 +64,20 @@ def commit_age_s(commit: str) -> float:
         return 0.0
 
 
-def attrs_json(value: Any, slide_id: str) -> str | None:
-    """Per-slide extra attributes as a JSON object string (None when absent)."""
+def attrs_json(record: dict[str, Any], slide_id: str) -> str | None:
+    """A record's per-slide extra attributes (`slide_attrs`) as a JSON object string (None when absent)."""
+    if OLD_SLIDE_ATTRS in record:  # the old key would be dropped without a word
+        raise StoreError(f"slide {slide_id}: the record key `attrs` is now `slide_attrs`")
+    value = record.get(SLIDE_ATTRS)
     if value is None:
         return None
     if isinstance(value, str):
         try:
             value = json.loads(value)
         except json.JSONDecodeError as exc:
-            raise StoreError(f"slide {slide_id}: attrs is not JSON ({exc})") from exc
+            raise StoreError(f"slide {slide_id}: slide_attrs is not JSON ({exc})") from exc
     if not isinstance(value, dict):
-        raise StoreError(f"slide {slide_id}: attrs must be a JSON object, got {type(value).__name__}")
+        raise StoreError(f"slide {slide_id}: slide_attrs must be a JSON object, got {type(value).__name__}")
     return json.dumps(value, sort_keys=True, allow_nan=False)
 
 
@@ -125,7 +131,7 @@ class StoreWriter:
             raise StoreError(f"slide {slide_id}: tiles frame lacks columns {missing}")
         if tiles["tile_id"].duplicated().any():
             raise StoreError(f"slide {slide_id}: duplicate tile ids; tile ids must be unique")
-        attrs = attrs_json(record.get("attrs"), slide_id)
+        attrs = attrs_json(record, slide_id)
         commit = new_commit()
         table = self.tiles_table(slide_id, tiles, embeddings, commit)
         checksum = embedding_checksum(table.column("tile_id"), table.column("embedding"))
@@ -168,7 +174,7 @@ class StoreWriter:
             log.info("slide %s: re-embedding failed (%s); its committed tiles are kept", slide_id, error)
             return False
         row = self.slide_record(record, status=FAILED, error=error, n_tiles=0)
-        self.upsert_slide(row, commit=None, checksum=None, attrs=attrs_json(record.get("attrs"), slide_id))
+        self.upsert_slide(row, commit=None, checksum=None, attrs=attrs_json(record, slide_id))
         return True
 
     def tiles_table(
@@ -215,10 +221,12 @@ class StoreWriter:
         self, row: dict[str, Any], commit: str | None, checksum: str | None, attrs: str | None
     ) -> None:
         """Insert or replace a slide's row: the one write that switches readers to its tiles."""
-        table = pa.Table.from_pylist(
-            [dict(row, commit=commit, checksum=checksum, attrs=attrs)], schema=SLIDES_SCHEMA
-        )
         slides = self.tables.slides
+        names = slides.schema.names
+        column = OLD_SLIDE_ATTRS if OLD_SLIDE_ATTRS in names else SLIDE_ATTRS  # a store written before 0.2
+        values = {k: v for k, v in row.items() if k != SLIDE_ATTRS}
+        values.update(commit=commit, checksum=checksum, **{column: attrs})
+        table = pa.Table.from_pylist([values], schema=slides_schema(names))
         self.write(
             lambda: (
                 slides.merge_insert("slide_id")

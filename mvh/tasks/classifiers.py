@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from mvh.core.vectors import l2_normalise
 from mvh.errors import DataError
-from mvh.index.exact import exact_search, l2_normalise
+from mvh.index.exact import exact_search
 from mvh.tasks.splits import stratified_group_folds
 
 PROBES = ("uni", "sklearn")

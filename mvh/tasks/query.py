@@ -26,7 +26,7 @@ from mvh.extractor.slide import open_slide
 from mvh.extractor.tiling import make_tile_grid_at, read_tile
 from mvh.index.faiss_index import VectorIndex
 from mvh.index.index_files import load_index
-from mvh.index.ranking import search, search_slides
+from mvh.index.ranking import representative_tiles, search, search_slides
 from mvh.progress import STEPS, Event, Progress, report
 from mvh.store import EmbeddingStore
 from mvh.tasks.png_decode import decode_rgb
@@ -188,16 +188,15 @@ def parse_tile_ref(text: str) -> tuple[str, int, int]:
 def resolve_tile_ref(store: EmbeddingStore, index: VectorIndex, text: str) -> tuple[str, int, int, str]:
     """(slide_id, x, y, tile_id) of the stored tile `text` names: an exact tile id of the index, or the
     first reading of `tile_ref_candidates` that names a tile; UsageError naming the nearest tile else."""
-    rows = index.rows
     row = int(index.tile_rows([text])[0])
     if row >= 0:
-        hit = rows.iloc[row]
+        hit = index.rows.take(np.array([row])).iloc[0]
         return str(hit["slide_id"]), int(hit["x"]), int(hit["y"]), str(hit["tile_id"])
     parse_tile_ref(text)
     for slide_id, x, y in tile_ref_candidates(text):
-        match = rows[(rows["slide_id"] == slide_id) & (rows["x"] == x) & (rows["y"] == y)]
-        if len(match):
-            return slide_id, x, y, str(match["tile_id"].iloc[0])
+        found = index.rows.find(slide_id, x, y)
+        if found >= 0:
+            return slide_id, x, y, str(index.rows.take(np.array([found])).iloc[0]["tile_id"])
     slide_id, x, y = tile_ref_candidates(text)[-1]
     tile_embedding(store, slide_id, x, y)  # raises with the nearest stored tile
     raise UsageError(f"--query-tile {text!r} is not in the index of {store.uri}: run `mvh index build`")
@@ -304,6 +303,7 @@ class SearchConfig:
     query_mpp: float | None = None
     weights: Path | None = None
     montage: Path | None = None
+    index_cache: Path | None = None
 
     def __post_init__(self) -> None:
         given = [name for name, value in
@@ -339,6 +339,7 @@ def _result(
     store: EmbeddingStore, index: VectorIndex, hits: pd.DataFrame, k: int, slide_level: bool,
     query: dict[str, Any], notes: list[str], snapshot: dict[str, Any],
 ) -> QueryResult:
+    notes[:0] = index.meta.get("notes", [])  # e.g. an exact search of a version without an index
     if len(hits) < k:
         what = "slide(s)" if slide_level else "tile(s)"
         notes.append(f"only {len(hits)} {what} found: the store holds fewer candidates than -k {k}")
@@ -391,7 +392,7 @@ def run_search(
     else:
         store = EmbeddingStore.open(cfg.store)
         report(progress, Event.STATUS, STEPS, 0, "loading the index")
-        index = load_index(store)
+        index = load_index(store, private=cfg.index_cache)
     if cfg.image is not None:
         report(progress, Event.STATUS, STEPS, 0, "embedding the query image")
         emb, query_image, notes = embed_query_image(
@@ -421,11 +422,20 @@ def run_search(
         slide = str(cfg.slide)
         _require_slide(store, slide)
         emb, _ = store.slide_embeddings(slide)
+        n_slide_tiles = len(emb)
+        chosen = representative_tiles(emb)
+        if len(chosen) < n_slide_tiles:
+            emb = emb[chosen]
+            notes.append(
+                f"the query slide's {n_slide_tiles} tiles are represented by {len(chosen)} (the tile "
+                "nearest each k-means centre of its embeddings, as Yottixel's mosaic)"
+            )
         slide_level = True
         if not cfg.include_self and slide not in exclude:
             exclude.append(slide)
             notes.append(f"slide {slide} itself is excluded from its own ranking (--include-self keeps it)")
-        query = {"kind": "slide", "source": slide, "n_tiles": int(len(emb)), "include_self": cfg.include_self}
+        query = {"kind": "slide", "source": slide, "n_tiles": int(n_slide_tiles),
+                 "n_query_tiles": int(len(emb)), "include_self": cfg.include_self}
         caption = f"query slide\n{slide}"
     own = None if own_tile is None else [own_tile]
     if slide_level:

@@ -44,6 +44,7 @@ import scipy.sparse as sp
 from mvh.errors import DataError, UsageError
 from mvh.store import EmbeddingStore
 from mvh.store.slide_ids import check_slide_id
+from mvh.tasks.stores import SEP, select_tiles, slide_tile_key
 
 WSI_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide", ".dcm")
 STUDY_COLUMNS = ("study", "dataset_title", "source")
@@ -320,14 +321,14 @@ def read_patches_index(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def spot_embeddings(store: EmbeddingStore, spots: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Embeddings [N, D] aligned with `spots` rows (sample_id, barcode) and a found mask [N], in one scan."""
-    rows, emb = store.all_embeddings(columns=("slide_id", "tile_id"))
-    key = pd.MultiIndex.from_arrays([rows["slide_id"].astype(str), rows["tile_id"].astype(str)])
-    want = pd.MultiIndex.from_arrays([spots["sample_id"].astype(str), spots["barcode"].astype(str)])
-    position = key.get_indexer(want) if len(key) else np.full(len(spots), -1)
-    found = position >= 0
-    out = np.zeros((len(spots), store.dim), dtype=np.float32)
-    out[found] = emb[position[found]]
-    return out, found
+    keys = (spots["sample_id"].astype(str) + SEP + spots["barcode"].astype(str)).tolist()
+    unique = list(dict.fromkeys(keys))
+    done = set(store.slide_ids())
+    samples = sorted({str(s) for s in spots["sample_id"]} & done)
+    # streamed over the spots' samples only: memory is the spots, never the store
+    _, emb, found = select_tiles(store, unique, slide_tile_key, slide_ids=samples)
+    take = pd.Index(unique).get_indexer(keys)
+    return np.asarray(emb[take]), found[take]
 
 
 def sample_thumbnail(sample: STSample, max_size: int = 1024) -> tuple[np.ndarray | None, float]:

@@ -5,7 +5,7 @@ barcode): a `tile_px` tile at the store's um/px (224 px at 0.5 um/px = 112 um) c
 top-left = floor(centre) - size // 2 in level-0 px (HEST's convention), or where a patches file says.
 A stored spot embedding is reused only when the barcode AND its tile position match and the image file
 is the one it was cut from (size and a hash of its first and last MiB, and the slide's um/px, kept in the
-slide's `attrs` with the h5ad's sha256); everything else is embedded again and reported. The store is
+slide's `slide_attrs` with the h5ad's sha256); everything else is embedded again and reported. The store is
 read in one scan.
 """
 
@@ -23,11 +23,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mvh.errors import DataError, MissingMppError, StoreError, UsageError
-from mvh.extractor.hashing import sha256_file
+from mvh.core.files import sha256_file
+from mvh.errors import DataError, MissingMppError, UsageError
 from mvh.progress import SAMPLES, Event, Progress, report
 from mvh.store import EmbeddingStore
 from mvh.tasks.st_data import STSample, read_patches_index
+from mvh.tasks.st_result import DroppedSpot, FileIdentity, SampleSync
+from mvh.tasks.stores import read_slides
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +77,7 @@ def _missing_mpp(sample: STSample) -> MissingMppError:
 
 def plan_spot_tiles(
     sample: STSample, spots: pd.DataFrame, mpp: float, tile_px: int, drop_bad: bool
-) -> tuple[SpotTiles, list[dict[str, Any]]]:
+) -> tuple[SpotTiles, list[DroppedSpot]]:
     """The tiles of one sample's spots at the store's geometry, and the spots with bad coordinates.
 
     A WSI spot is bad when its centre is NaN/inf or outside the slide's level-0 extent (it would become a
@@ -105,11 +107,11 @@ def plan_spot_tiles(
         tiles = None
     bad = reason != ""
     records = [
-        {"sample_id": sample.sample_id, "barcode": str(b), "x": float(x), "y": float(y), "reason": str(r)}
+        DroppedSpot(sample.sample_id, str(b), float(x), float(y), str(r))
         for b, x, y, r in zip(spots["barcode"][bad], cx[bad], cy[bad], reason[bad], strict=True)
     ]
     if records and not drop_bad:
-        shown = "; ".join(f"{r['barcode']} ({r['x']:g}, {r['y']:g}): {r['reason']}" for r in records[:3])
+        shown = "; ".join(f"{r.barcode} ({r.x:g}, {r.y:g}): {r.reason}" for r in records[:3])
         raise DataError(
             f"{sample.h5ad}: {len(records)} spot(s) with bad coordinates: {shown}"
             f"{' ...' if len(records) > 3 else ''}; fix the coordinates or pass --drop-bad-spots"
@@ -128,13 +130,13 @@ def plan_spot_tiles(
 
 
 def _stored_attrs(slides: pd.DataFrame, sample_id: str) -> dict[str, Any] | None:
-    if "attrs" not in slides.columns:
+    if "slide_attrs" not in slides.columns:
         return None
     row = slides.loc[slides["slide_id"] == sample_id]
-    if not len(row) or not isinstance(row["attrs"].iloc[0], str):
+    if not len(row) or not isinstance(row["slide_attrs"].iloc[0], str):
         return None
     try:
-        value = json.loads(row["attrs"].iloc[0])
+        value = json.loads(row["slide_attrs"].iloc[0])
     except (TypeError, json.JSONDecodeError):
         return None
     return value.get("st") if isinstance(value, dict) else None
@@ -144,7 +146,7 @@ def _stored_attrs(slides: pd.DataFrame, sample_id: str) -> dict[str, Any] | None
 class SyncReport:
     """What `sync_store` did per sample: reused spots, embedded spots and why."""
 
-    samples: list[dict[str, Any]] = field(default_factory=list)
+    samples: list[SampleSync] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
@@ -218,14 +220,12 @@ def sync_store(
     `plan.barcodes`, and a report of what was reused and embedded and why.
     """
     fp = store.fingerprint
-    rows, emb = store.all_embeddings(columns=("slide_id", "tile_id", "x", "y"))
-    if len(emb) and not np.isfinite(emb).all():
-        bad = rows.loc[~np.isfinite(emb).all(axis=1), "slide_id"].unique().tolist()[:5]
-        raise StoreError(f"store {store.uri}: non-finite embeddings in slides {bad}; the store is damaged: "
-                         "run `mvh verify`, then re-embed those slides")
+    wanted = sorted({plan.sample.sample_id for plan in plans} & set(store.slide_ids()))
+    # one streamed scan of the plans' samples (the store's reads refuse NaN/inf: StoreDamagedError)
+    rows, emb = read_slides(store, wanted, ("slide_id", "tile_id", "x", "y"))
     slides = store.slides()
     done = set(slides.loc[slides["status"] == "done", "slide_id"]) if len(slides) else set()
-    has_attrs = "attrs" in slides.columns
+    has_attrs = "slide_attrs" in slides.columns
     by_slide = rows.groupby("slide_id", sort=False).indices
     embedder = None
     result = SyncReport()
@@ -280,9 +280,11 @@ def sync_store(
             status = "embedded"
         else:
             status = "updated" if len(todo) or extra > 0 else "reused"
-        result.samples.append({"sample_id": sid, "status": status, "n_spots": len(plan.barcodes),
-                               "n_reused": int(hit.sum()), "n_embedded": len(todo), "reasons": reasons,
-                               "source": plan.kind, **plan.identity})
+        result.samples.append(SampleSync(
+            sample_id=sid, status=status, n_spots=len(plan.barcodes), n_reused=int(hit.sum()),
+            n_embedded=len(todo), reasons=reasons, source=plan.kind,
+            image=FileIdentity(**plan.identity["image"]), h5ad_sha256=plan.identity["h5ad_sha256"],
+            slide_mpp=plan.identity.get("slide_mpp")))
         if reasons:
             result.notes.append(f"store {store.uri}, sample {sid}: {'; '.join(reasons)} -> "
                                 f"{len(todo)} spot(s) embedded again, {int(hit.sum())} reused")
@@ -299,7 +301,7 @@ def _commit(store: EmbeddingStore, plan: SpotTiles, embeddings: np.ndarray, seco
               "size": plan.identity["image"]["size"],
               "mpp": plan.slide_mpp if plan.kind == "wsi" else fp.mpp,
               "mpp_source": plan.mpp_source if plan.kind == "wsi" else "patches",
-              "attrs": json.dumps({"st": plan.identity}, sort_keys=True),
+              "slide_attrs": json.dumps({"st": plan.identity}, sort_keys=True),
               "seconds": seconds}
     if plan.dims is not None:
         record["width"], record["height"] = plan.dims

@@ -55,7 +55,7 @@ def write_synthetic_st_cohort(
     import anndata
     import scipy.sparse as sp
 
-    from mvh.extractor.synthetic import synthetic_he_rgb, write_synthetic_slide
+    from mvh.core.synthetic_slides import synthetic_he_rgb, write_synthetic_slide
 
     root = Path(root)
     rng = np.random.default_rng(seed)

@@ -1,10 +1,16 @@
-"""Which store holds a model's embeddings for a task: an existing store, or one filled on demand."""
+"""Which store holds a model's embeddings for a task (an existing store, or one filled on demand), and
+the streamed reader that takes the tiles a task needs out of it (`select_tiles`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
 
 from mvh.store import EmbeddingStore
 
@@ -43,3 +49,92 @@ def open_spec(
         return Embedder.from_fingerprint(store.fingerprint, spec.weights, device=device)
 
     return spec.label or store.fingerprint.model, store, factory
+
+
+MEMMAP_BYTES = 1 << 30  # a selection larger than this is filled into a memory-mapped temporary file
+SEP = "\x1f"  # joins slide and tile ids in keys: slide ids never hold control characters
+
+
+def allocate(n: int, dim: int, dtype: Any = np.float32) -> np.ndarray:
+    """A zeroed [n, dim] array: in RAM when small, else memory-mapped from an unlinked temp file (the
+    pages are the kernel's to evict, so a cohort-sized selection never has to fit in RAM)."""
+    if n * dim * np.dtype(dtype).itemsize <= MEMMAP_BYTES:
+        return np.zeros((n, dim), dtype=dtype)
+    from mvh.store.location import cache_root
+
+    folder = cache_root() / "tmp"
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=folder, suffix=".npy") as handle:
+        return np.lib.format.open_memmap(handle.name, mode="w+", dtype=dtype, shape=(n, dim))
+
+
+def select_tiles(
+    store: EmbeddingStore,
+    keys: Sequence[str],
+    key: Callable[[pa.RecordBatch], np.ndarray],
+    slide_ids: Sequence[str] | None = None,
+    columns: Sequence[str] = ("slide_id", "tile_id"),
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """The tiles whose `key(batch)` value is one of `keys`, in the order of `keys`: their rows
+    (`columns`; None where not found), embeddings [len(keys), dim] float32 (zeros where not found) and a
+    found mask. One streamed scan of `slide_ids` (default: every done slide), a batch at a time, so
+    memory is the selection, never the store; the store's checks apply (NaN/inf is StoreDamagedError).
+    """
+    from mvh.index.shards import raw_embeddings
+
+    wanted = pd.Index([str(k) for k in keys])
+    if not wanted.is_unique:
+        raise ValueError("select_tiles needs unique keys")
+    emb = allocate(len(wanted), store.dim)
+    found = np.zeros(len(wanted), dtype=bool)
+    values = {c: np.full(len(wanted), None, dtype=object) for c in columns}
+    slides = store.slide_ids() if slide_ids is None else list(slide_ids)
+    for _, batch in store.scan_tiles(slides, list(dict.fromkeys([*columns, "slide_id", "embedding"]))):
+        position = wanted.get_indexer(key(batch))
+        hit = np.flatnonzero(position >= 0)
+        if not len(hit):
+            continue
+        emb[position[hit]] = raw_embeddings(store, batch.take(pa.array(hit)))
+        found[position[hit]] = True
+        for column in columns:
+            values[column][position[hit]] = np.asarray(batch.column(column).to_pylist(), dtype=object)[hit]
+    return pd.DataFrame(values), emb, found
+
+
+def tile_key(batch: pa.RecordBatch) -> np.ndarray:
+    """The `tile_id` of each row of a tile batch (a `select_tiles` key)."""
+    return np.asarray(batch.column("tile_id").to_pylist(), dtype=object)
+
+
+def slide_tile_key(batch: pa.RecordBatch) -> np.ndarray:
+    """`slide_id` + SEP + `tile_id` of each row (a `select_tiles` key for per-slide tile names)."""
+    pairs = zip(batch.column("slide_id").to_pylist(), batch.column("tile_id").to_pylist(), strict=True)
+    return np.asarray([f"{s}{SEP}{t}" for s, t in pairs], dtype=object)
+
+
+def read_slides(
+    store: EmbeddingStore, slide_ids: Sequence[str], columns: Sequence[str] = ("slide_id", "tile_id")
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Rows (`columns`) and embeddings [N, dim] float32 of every tile of the done `slide_ids`, in scan
+    order: one streamed scan filling an array sized from the slides rows (memory-mapped when large)."""
+    from mvh.errors import StoreDamagedError
+    from mvh.index.shards import raw_embeddings
+
+    done = store.slides(status="done").set_index("slide_id")
+    n = int(done.loc[list(slide_ids), "n_tiles"].sum()) if len(slide_ids) else 0
+    emb = allocate(n, store.dim)
+    parts, filled = [], 0
+    wanted = list(dict.fromkeys([*columns, "slide_id", "embedding"]))
+    for _, batch in store.scan_tiles(list(slide_ids), wanted):
+        if filled + batch.num_rows > n:
+            break
+        emb[filled : filled + batch.num_rows] = raw_embeddings(store, batch)
+        parts.append(batch.select(list(columns)).to_pandas())
+        filled += batch.num_rows
+    if filled != n:
+        raise StoreDamagedError(
+            f"store {store.uri}: slides {list(slide_ids)[:5]} hold other tile counts than their rows record; "
+            f"run `mvh verify --store {store.uri}`"
+        )
+    rows = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame({c: [] for c in columns})
+    return rows, emb

@@ -18,6 +18,7 @@ import pandas as pd
 
 from mvh.errors import DataError
 from mvh.progress import IMAGES, Event, Progress, report
+from mvh.tasks.stores import select_tiles, tile_key
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 
@@ -135,14 +136,13 @@ def embed_image_files(
 def labelled_embeddings(store: Any, tile_ids: Sequence[str], source: str) -> tuple[np.ndarray, np.ndarray]:
     """Embeddings [N, D] of `tile_ids` and their slide ids [N], read in one store scan (DataError naming
     `source` when an id is not a done tile of the store)."""
-    rows, emb = store.all_embeddings(columns=("slide_id", "tile_id"))
-    position = pd.Series(np.arange(len(rows)), index=rows["tile_id"].to_numpy())
-    found = position.reindex(list(tile_ids))
-    if found.isna().any():
-        missing = [t for t, p in zip(tile_ids, found, strict=True) if p != p]
+    unique = list(dict.fromkeys(str(t) for t in tile_ids))
+    rows, emb, found = select_tiles(store, unique, tile_key)  # streamed: memory is the labelled tiles
+    if not found.all():
+        missing = [t for t, f in zip(unique, found, strict=True) if not f]
         raise DataError(
             f"{source}: {len(missing)} tile_id(s) are not done tiles of store {store.uri} "
             f"(e.g. {missing[:3]}): fix or remove those rows (list tiles with `mvh export` or `mvh info`)"
         )
-    take = found.to_numpy(np.int64)
+    take = pd.Index(unique).get_indexer([str(t) for t in tile_ids])
     return emb[take], rows["slide_id"].to_numpy().astype(str)[take]

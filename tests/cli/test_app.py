@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -88,3 +91,110 @@ def test_a_torchrun_worker_keeps_its_exit_code_and_flushes_piped_output(args, co
     done = subprocess.run([sys.executable, "-m", "mvh", *args], capture_output=True, text=True, env=env)
     assert done.returncode == code, done.stderr
     assert text in getattr(done, stream)
+
+
+def _help(args: list[str]) -> str:
+    from mvh.cli import app
+
+    result = CliRunner().invoke(app, [*args, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def test_help_rows_show_plain_metavars_and_none_on_flags() -> None:
+    text = _help(["extract"])
+    assert re.search(r"--mpp\s+FLOAT\s+Target resolution", text)
+    assert re.search(r"--store\s+TEXT\s+Store:", text) and re.search(r"--weights\s+PATH\s", text)
+    assert re.search(r"--random-init\s{2,}Embed with seeded", text)  # a flag: nothing between name and help
+    assert re.search(r"--help\s{2,}Show this message", text)
+    assert re.search(r"SLIDES\s+PATH\s+Slide files", text)
+
+
+def test_help_text_keeps_its_square_brackets() -> None:
+    assert re.search(r"--tile-px\s+INTEGER\s+Tile side in px at --mpp \[default: 224\]", _help(["extract"]))
+    assert "[default: pretrain_run]" in _help(["pretrain"])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["eval", "retrieval"], "error: Missing option '--labels'; see 'mvh eval retrieval --help'"),
+        (["eval", "survival"], "error: Missing option '--cohort'; see 'mvh eval survival --help'"),
+        (["tag", "create"], "error: Missing argument 'NAME'; see 'mvh tag create --help'"),
+        (["info", "--no-such"], "error: No such option: --no-such; see 'mvh info --help'"),
+        (["no-such-command"], "error: No such command 'no-such-command'; see 'mvh --help'"),
+    ],
+)
+def test_click_usage_errors_are_one_line_with_exit_2(args: list[str], message: str) -> None:
+    from mvh.cli import app
+
+    result = CliRunner().invoke(app, args, prog_name="mvh")
+    assert result.exit_code == 2
+    assert result.stderr.strip() == message
+
+
+def test_a_piped_table_keeps_its_full_width(monkeypatch) -> None:
+    from mvh.cli import app
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    result = CliRunner().invoke(app, ["models"])
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.stdout.splitlines() if "mv_hybrid_tiny" in line)
+    assert "Tiny MV_Hybrid for tests and demos: D 64, 2 Mamba + 2 attention blocks" in row
+    assert len(row) > 80
+
+
+def test_search_checks_the_query_image_before_the_store_and_its_index(tmp_path, monkeypatch) -> None:
+    from mvh.cli import app
+
+    monkeypatch.chdir(tmp_path)  # no store here: the missing query image is what is reported
+    result = CliRunner().invoke(app, ["search", "--query", "nosuch.png"], prog_name="mvh")
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "error: nosuch.png: no such query image; pass a PNG/JPEG/TIFF file"
+
+
+def test_pretrain_failing_to_start_leaves_no_run_directory(tmp_path) -> None:
+    from mvh.cli import app
+
+    empty = tmp_path / "tiles"
+    empty.mkdir()
+    run = tmp_path / "run"
+    result = CliRunner().invoke(app, ["pretrain", str(empty), "--out", str(run), "--workers", "0"])
+    assert result.exit_code == 2 and "no tile images" in result.stderr
+    assert not run.exists()
+
+
+def test_pretrain_takes_the_scan_resolution_of_slides_without_one(tmp_path) -> None:
+    from mvh.cli import app
+    from mvh.core.synthetic_slides import write_plain_image
+
+    image = write_plain_image(tmp_path / "scan.png", 256, 256)  # no um/px in a PNG
+    tiny = ["--model", "mv_hybrid_tiny", "--epochs", "1", "--batch-size", "4", "--global-size", "48",
+            "--local-size", "32", "--local-crops", "1", "--prototypes", "32", "--workers", "0",
+            "--tile-px", "64", "--mpp", "1.0", "--max-steps", "1", "--device", "cpu",
+            "--set", "head_hidden_dim=32,head_bottleneck_dim=16"]  # fmt: skip
+    missing = CliRunner().invoke(app, ["pretrain", str(image), "--out", str(tmp_path / "a"), *tiny])
+    assert missing.exit_code == 2 and "--slide-mpp" in missing.stderr
+    run = tmp_path / "b"
+    given = CliRunner().invoke(
+        app, ["pretrain", str(image), "--out", str(run), *tiny, "--slide-mpp", "0.5", "--json"]
+    )
+    assert given.exit_code == 0, given.output
+    assert json.loads(given.stdout)["n_tiles"] == 4  # 256 px at 0.5 um/px = 128 um: 2 x 2 tiles of 64 um
+    assert "slide_mpp: 0.5" in (run / "config.yaml").read_text()
+
+
+def test_what_a_library_prints_to_stdout_during_a_job_goes_to_stderr(capsys) -> None:
+    """Ray's driver thread prints worker deaths to sys.stdout: `--json` output must stay parseable."""
+    import threading
+
+    from mvh.cli._progress import progress_reporter
+
+    with progress_reporter(enabled=False):
+        thread = threading.Thread(target=print, args=("(raylet) A worker died or was killed",))
+        thread.start()
+        thread.join()
+    print('{"ok": true}')
+    captured = capsys.readouterr()
+    assert captured.out == '{"ok": true}\n'
+    assert "A worker died" in captured.err

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import typer.main
 from typer.testing import CliRunner
@@ -69,5 +71,6 @@ def test_version():
 def test_every_command_has_help_and_json_where_it_reports(name):
     command = COMMANDS[name]
     assert command.help and command.help.strip()
-    result = CliRunner().invoke(app, [*name.split(), "--help"])
+    result = CliRunner().invoke(app, [*name.split(), "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
+    assert not re.search(r"<(bool|str|int|float|path|list\[\w+\])>", result.stdout), "a type as metavar"

@@ -107,7 +107,7 @@ def test_piped_progress_lines_and_notes(features, tmp_path) -> None:
 
 
 def test_extracted_store_exports_what_trident_readers_expect(tmp_path) -> None:
-    from mvh.extractor.synthetic import write_synthetic_slide
+    from mvh.core.synthetic_slides import write_synthetic_slide
     from tests.interop.test_peers import trident_reader_attrs
 
     write_synthetic_slide(tmp_path / "s40x.tiff", 1344, 896, 0.25, tissue_rects=[(0, 0, 1344, 896)], levels=2)

@@ -87,8 +87,8 @@ def _search(store: Path, query: Path) -> list[tuple[str, float]]:
 
 
 def test_reimported_mvh_export_searches_by_image_as_the_original(tmp_path) -> None:
+    from mvh.core.synthetic_slides import write_synthetic_slide
     from mvh.extractor.slide import open_slide
-    from mvh.extractor.synthetic import write_synthetic_slide
     from mvh.extractor.tiling import make_tile_grid_at, read_tile
 
     slide = write_synthetic_slide(tmp_path / "s.tiff", 896, 896, 0.5, tissue_rects=[(0, 0, 896, 896)], seed=3)

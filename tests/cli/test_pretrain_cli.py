@@ -20,17 +20,12 @@ TINY_RUN = [
 ]  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: fastest on one thread
 
 
 @pytest.fixture(scope="module")
 def slide(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from mvh.extractor.synthetic import write_synthetic_slide
+    from mvh.core.synthetic_slides import write_synthetic_slide
 
     folder = tmp_path_factory.mktemp("slides")
     return write_synthetic_slide(folder / "s1.tiff", 640, 512, mpp=0.5, tissue_rects=[(0, 0, 640, 512)])

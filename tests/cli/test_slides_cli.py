@@ -11,7 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from mvh.cli import app
-from mvh.extractor.synthetic import write_plain_image, write_synthetic_slide
+from mvh.core.synthetic_slides import write_plain_image, write_synthetic_slide
 
 runner = CliRunner()
 

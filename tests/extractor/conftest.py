@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from mvh.core.synthetic_slides import synthetic_he_rgb
 from mvh.extractor.aperio_writer import texture_from_slide, write_aperio_slide
-from mvh.extractor.synthetic import synthetic_he_rgb
 from tests.conftest import sample_slide_location
 
 

@@ -9,8 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mvh.core.precision import resolve_precision
 from mvh.errors import CheckpointError, FingerprintMismatchError, UsageError, WeightsRequiredError
-from mvh.extractor.embedder import Embedder, resolve_precision
+from mvh.extractor.embedder import Embedder
 
 MODEL = "mv_hybrid_tiny"
 

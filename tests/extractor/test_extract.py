@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from mvh.core.synthetic_slides import write_synthetic_slide
 from mvh.errors import FingerprintMismatchError, UsageError
 from mvh.extractor.embedder import Embedder
 from mvh.extractor.extract import (
@@ -26,7 +27,6 @@ from mvh.extractor.extract import (
     tiles_of_worker,
 )
 from mvh.extractor.slide import open_slide
-from mvh.extractor.synthetic import write_synthetic_slide
 from mvh.extractor.tiling import make_tile_grid, read_tile
 from mvh.progress import SLIDES, TILES, Event, Recorder
 from mvh.store import EmbeddingStore

@@ -13,10 +13,10 @@ import openslide
 import pytest
 import tifffile
 
+from mvh.core.synthetic_slides import write_synthetic_slide
 from mvh.errors import SlideError
 from mvh.extractor.jpeg_tiles import JpegPyramid
 from mvh.extractor.slide import open_slide
-from mvh.extractor.synthetic import write_synthetic_slide
 
 TOLERANCE = 0
 

@@ -7,9 +7,9 @@ import pytest
 import tifffile
 from PIL import Image
 
+from mvh.core.synthetic_slides import synthetic_he_rgb, write_plain_image, write_synthetic_slide
 from mvh.errors import MissingMppError, SlideError
 from mvh.extractor.slide import _mpp_from_properties, open_slide, rgba_to_rgb
-from mvh.extractor.synthetic import synthetic_he_rgb, write_plain_image, write_synthetic_slide
 
 RECT = (96, 64, 400, 300)
 

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from mvh.core.synthetic_slides import synthetic_he_rgb, write_synthetic_slide
 from mvh.errors import NoTissueError
 from mvh.extractor.slide import open_slide
-from mvh.extractor.synthetic import synthetic_he_rgb, write_synthetic_slide
 from mvh.extractor.tiling import (
     choose_level,
     make_tile_grid,

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from skimage.color import rgb2hsv
 
+from mvh.core.synthetic_slides import write_synthetic_slide
 from mvh.extractor.slide import open_slide
-from mvh.extractor.synthetic import write_synthetic_slide
 from mvh.extractor.tissue import TissueMask, detect_tissue, saturation_value
 
 MPP = 0.5

@@ -10,9 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from mvh.core.synthetic_embeddings import clustered_embeddings
 from mvh.errors import IndexNotFoundError, StaleIndexError, UsageError
 from mvh.index.index_cache import index_dir
-from mvh.index.synthetic import clustered_embeddings
+from mvh.index.row_parts import FrameRows
 from mvh.index.vector import (
     FLAT_MAX_TILES,
     HIT_COLUMNS,
@@ -26,7 +27,8 @@ from mvh.index.vector import (
     search,
     search_slides,
 )
-from mvh.store import EmbeddingStore, StoreFingerprint
+from mvh.store import EmbeddingStore
+from tests.conftest import synthetic_fingerprint
 
 DIM = 32
 
@@ -50,10 +52,7 @@ def numpy_topk(db: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray,
 
 
 def make_store(tmp_path: Path, name: str = "store") -> EmbeddingStore:
-    fp = StoreFingerprint(
-        model="synthetic", model_config={}, weights_sha256="random-init", weights_path=None,
-        embed_dim=DIM, tile_px=224, mpp=0.5, mean=None, std=None,
-    )
+    fp = synthetic_fingerprint(DIM)
     return EmbeddingStore.create(tmp_path / name, fp)
 
 
@@ -126,11 +125,12 @@ def test_recall_at_k_hand_example() -> None:
 def test_auto_params_thresholds() -> None:
     assert auto_params(FLAT_MAX_TILES, 768).kind == "flat"
     p = auto_params(FLAT_MAX_TILES + 1, 768)
-    assert p.kind == "ivfpq" and p.factory_string() == f"IVF{p.nlist},PQ96x4fs,Refine(SQ8)"
+    assert p.kind == "ivfpq" and p.factory_string() == f"IVF{p.nlist},PQ96x4fs" and p.refine == "stored"
     assert p.nlist & (p.nlist - 1) == 0 and 39 * p.nlist <= FLAT_MAX_TILES + 1 and p.nprobe >= 8
     assert auto_params(10_000_000, 768).nlist > auto_params(1_000_000, 768).nlist
     assert auto_params(5000, 1000, "ivfpq").m == 125  # a divisor of the dimension
-    assert auto_params(5000, 768, "ivfpq", nlist=32, nbits=8).factory_string() == "IVF32,PQ96x8,Refine(SQ8)"
+    sq8 = auto_params(5000, 768, "ivfpq", nlist=32, nbits=8, refine="sq8")
+    assert sq8.factory_string() == "IVF32,PQ96x8,Refine(SQ8)"
     assert auto_params(5000, 768, "hnsw", ef_search=99).ef_search == 99
     assert auto_params(5000, 768, "hnsw").ef_search < auto_params(10**6, 768, "hnsw").ef_search
     with pytest.raises(UsageError, match="must divide"):
@@ -155,7 +155,7 @@ def test_approximate_recall_at_auto_params(clustered: dict[str, np.ndarray], kin
 
     db = clustered["db"]
     params = auto_params(len(db), db.shape[1], kind)
-    index = VectorIndex(build_faiss_index(db, params), rows=pd.DataFrame(index=range(len(db))), params=params)
+    index = VectorIndex(build_faiss_index(db, params), rows=FrameRows(pd.DataFrame(), db), params=params)
     _, ids = index.search_ids(clustered["queries"], 10)
     assert recall_at_k(ids, clustered["exact_ids"], 10) >= 0.95
 
@@ -169,7 +169,7 @@ def test_approximate_recall_50k(kind: str) -> None:
     db, queries = x[:50_000], x[50_000:]
     _, exact_ids = exact_search(db, queries, 10)
     params = auto_params(len(db), db.shape[1], kind)
-    index = VectorIndex(build_faiss_index(db, params), rows=pd.DataFrame(index=range(len(db))), params=params)
+    index = VectorIndex(build_faiss_index(db, params), rows=FrameRows(pd.DataFrame(), db), params=params)
     _, ids = index.search_ids(queries, 10)
     assert recall_at_k(ids, exact_ids, 10) >= 0.95
 
@@ -228,7 +228,10 @@ def test_stale_index_and_incremental_update(
     assert hits.iloc[0]["slide_id"] == "D" and hits.iloc[0]["score"] == pytest.approx(1.0, abs=1e-5)
     assert not index_info(store)["stale"]
     files_after = set(p.name for p in index_dir(store).iterdir())
-    assert len(files_after) == 3 and not (files_before - {"index.json"}) & files_after  # old build removed
+    # the old build's FAISS file and json are removed; its row part is shared with the new build
+    old_parts = {n for n in files_before if n.startswith("part-")}
+    assert len(old_parts) == 2 and old_parts <= files_after and len(files_after) == 7
+    assert not {n for n in files_before if n.startswith(("tiles-", "build-"))} & files_after
     assert build_index(store, update=True).n_added == 0
 
     # Re-embedding a slide cannot be an append: the update rebuilds and says so.

@@ -16,16 +16,14 @@ from mvh.index.index_files import load_index
 from mvh.index.params import auto_params, check_params
 from mvh.index.ranking import search
 from mvh.progress import VECTORS, Event, Recorder
-from mvh.store import EmbeddingStore, StoreFingerprint
+from mvh.store import EmbeddingStore
+from tests.conftest import synthetic_fingerprint
 
 DIM = 16
 
 
 def make_store(tmp_path: Path, slides: dict[str, np.ndarray]) -> EmbeddingStore:
-    fp = StoreFingerprint(
-        model="synthetic", model_config={}, weights_sha256="random-init", weights_path=None,
-        embed_dim=DIM, tile_px=224, mpp=0.5, mean=None, std=None,
-    )
+    fp = synthetic_fingerprint(DIM)
     store = EmbeddingStore.create(tmp_path / "store", fp)
     for slide_id, emb in slides.items():
         xs = np.arange(len(emb)) * 448

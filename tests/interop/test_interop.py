@@ -173,10 +173,11 @@ def test_import_flags_checked_before_any_work(tmp_path, flags, flag) -> None:
     folder = trident_slide(tmp_path / "job", "s", 2).parent
     with pytest.raises(UsageError, match=flag):
         ImportConfig(folder, str(tmp_path / "s.lance"), "m", **flags)
-    with pytest.raises(UsageError, match="no .h5 files"):
-        ImportConfig(tmp_path, str(tmp_path / "s.lance"), "m")
-    with pytest.raises(UsageError, match="not a folder"):
-        ImportConfig(tmp_path / "absent", str(tmp_path / "s.lance"), "m")
+    for where, why in ((tmp_path, "no .h5 files"), (tmp_path / "absent", "not a folder")):
+        cfg = ImportConfig(where, str(tmp_path / "s.lance"), "m")  # a config reads no files
+        with pytest.raises(UsageError, match=why):
+            run_import(cfg)
+        assert not (tmp_path / "s.lance").exists()
 
 
 def test_export_out_naming_an_existing_file_is_refused(mvh_store, tmp_path) -> None:
@@ -184,7 +185,7 @@ def test_export_out_naming_an_existing_file_is_refused(mvh_store, tmp_path) -> N
     target.write_text("keep me")
     for fmt in ("h5", "clam", "parquet"):
         with pytest.raises(UsageError, match="--out .* is an existing file"):
-            ExportConfig(mvh_store.uri, target, fmt)
+            run_export(ExportConfig(mvh_store.uri, target, fmt))
     assert target.read_text() == "keep me"
     with pytest.raises(UsageError, match="--format 'csv' is unknown"):
         ExportConfig(mvh_store.uri, tmp_path / "o", "csv")
@@ -337,8 +338,16 @@ def _strings(value: object) -> list[str]:
 def test_no_local_path_in_exported_files(tmp_path) -> None:
     # Before: the weights path, the import folder and the slide path were written as given.
     fp = StoreFingerprint(
-        model="tiny", model_config={}, weights_sha256="ab" * 32, weights_path="/home/me/ckpt/uni.pt",
-        embed_dim=DIM, tile_px=224, mpp=0.5, mean=None, std=None, extra={"imported_from": "/home/me/feats"},
+        model="tiny",
+        model_config={},
+        weights_sha256="ab" * 32,
+        weights_path="/home/me/ckpt/uni.pt",
+        embed_dim=DIM,
+        tile_px=224,
+        mpp=0.5,
+        mean=None,
+        std=None,
+        extra={"imported_from": "/home/me/feats"},
     )
     store = EmbeddingStore.create(tmp_path / "p.lance", fp)
     slide = make_mvh_store(tmp_path / "src.lance")

@@ -19,7 +19,8 @@ import torch
 
 from mvh.errors import UsageError
 from mvh.interop import ExportConfig, ImportConfig, run_export, run_import
-from mvh.store import EmbeddingStore, StoreFingerprint
+from mvh.store import EmbeddingStore
+from tests.conftest import synthetic_fingerprint
 
 DIM = 6
 
@@ -231,17 +232,7 @@ def h5_content(path: Path) -> dict:
 
 def make_mvh_store(uri: Path) -> EmbeddingStore:
     """A store as `mvh extract` fills it: slides a (7 tiles), b (4), 224 px at 0.5 um/px, 0.25 um/px scans."""
-    fp = StoreFingerprint(
-        model="tiny",
-        model_config={"depth": 2},
-        weights_sha256="random-init",
-        weights_path=None,
-        embed_dim=DIM,
-        tile_px=224,
-        mpp=0.5,
-        mean=(0.5, 0.5, 0.5),
-        std=(0.2, 0.2, 0.2),
-    )
+    fp = synthetic_fingerprint(DIM, model="tiny", model_config={"depth": 2}, mean=(0.5,) * 3, std=(0.2,) * 3)
     store = EmbeddingStore.create(uri, fp)
     rng = np.random.default_rng(0)
     for sid, n in (("a", 7), ("b", 4)):

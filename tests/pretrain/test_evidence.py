@@ -44,7 +44,7 @@ def test_view_retrieval_top1() -> None:
 
 
 def test_evidence_of_untrained_weights_equals_random_init(tmp_path) -> None:
-    from mvh.extractor.synthetic import write_synthetic_slide
+    from mvh.core.synthetic_slides import write_synthetic_slide
 
     slide = write_synthetic_slide(tmp_path / "s.tiff", 512, 384, mpp=0.5, tissue_rects=[(0, 0, 512, 384)])
     run = tmp_path / "run"

@@ -8,25 +8,14 @@ import numpy as np
 import pandas as pd
 
 from mvh.store import EmbeddingStore, StoreFingerprint
+from tests.conftest import synthetic_fingerprint
 
 DIM = 8
 
 
 def fingerprint(**changes: object) -> StoreFingerprint:
     """A small float32 fingerprint of dim DIM."""
-    base = dict(
-        model="mv_hybrid_tiny",
-        model_config={"depth": 2},
-        weights_sha256="random-init",
-        weights_path=None,
-        embed_dim=DIM,
-        tile_px=224,
-        mpp=0.5,
-        mean=None,
-        std=None,
-    )
-    base.update(changes)
-    return StoreFingerprint(**base)  # type: ignore[arg-type]
+    return synthetic_fingerprint(DIM, **{"model": "mv_hybrid_tiny", "model_config": {"depth": 2}, **changes})
 
 
 def tiles(slide_id: str, n: int) -> pd.DataFrame:

@@ -16,8 +16,8 @@ import pytest
 from typer.testing import CliRunner
 
 from mvh.cli import app
+from mvh.core.synthetic_slides import write_synthetic_slide
 from mvh.extractor.embedder import Embedder
-from mvh.extractor.synthetic import write_synthetic_slide
 from mvh.store import EmbeddingStore
 from mvh.store.integrity import verify_store
 from mvh.store.writer import StoreWriter

@@ -190,7 +190,7 @@ def test_legacy_store_is_readable_and_refuses_writes(tmp_path) -> None:
     db = lancedb.connect(str(uri))
     old_tiles = pa.schema([f for f in tiles_schema(DIM) if f.name != "commit"])
     old_slides = pa.schema(
-        [f for f in SLIDES_SCHEMA if f.name not in ("commit", "checksum", "attrs", "file_hash")]
+        [f for f in SLIDES_SCHEMA if f.name not in ("commit", "checksum", "slide_attrs", "file_hash")]
     )
     emb = distinct(3, 1)
     frame = tiles("a", 3).assign(slide_id="a", model="mv_hybrid_tiny", weights_sha256="random-init")
@@ -215,12 +215,14 @@ def test_legacy_store_is_readable_and_refuses_writes(tmp_path) -> None:
 def test_attrs_are_stored_per_slide_as_a_json_object(tmp_path) -> None:
     store = EmbeddingStore.create(tmp_path / "attrs.lance", fingerprint())
     geometry = {"patch_size_level0": 512, "level0_magnification": 40}
-    store.add_slide({"slide_id": "a", "attrs": geometry}, tiles("a", 2), distinct(2, 1))
+    store.add_slide({"slide_id": "a", "slide_attrs": geometry}, tiles("a", 2), distinct(2, 1))
     store.add_slide({"slide_id": "b"}, tiles("b", 1), distinct(1, 2))
     assert store.slide_attrs("a") == geometry and store.slide_attrs("b") == {}
-    assert json.loads(store.slides().set_index("slide_id").loc["a", "attrs"]) == geometry
-    with pytest.raises(StoreError, match="attrs must be a JSON object"):
-        store.add_slide({"slide_id": "c", "attrs": [1, 2]}, tiles("c", 1), distinct(1, 3))
+    assert json.loads(store.slides().set_index("slide_id").loc["a", "slide_attrs"]) == geometry
+    with pytest.raises(StoreError, match="slide_attrs must be a JSON object"):
+        store.add_slide({"slide_id": "c", "slide_attrs": [1, 2]}, tiles("c", 1), distinct(1, 3))
+    with pytest.raises(StoreError, match="the record key `attrs` is now `slide_attrs`"):
+        store.add_slide({"slide_id": "c", "attrs": geometry}, tiles("c", 1), distinct(1, 3))
 
 
 @pytest.mark.parametrize(

@@ -16,8 +16,8 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from mvh.core.synthetic_slides import write_synthetic_slide
 from mvh.extractor.extract import ExtractConfig, extract_slides
-from mvh.extractor.synthetic import write_synthetic_slide
 from mvh.index.vector import build_index
 from mvh.serve import ServeConfig, create_app
 from mvh.store import EmbeddingStore

@@ -35,7 +35,7 @@ def test_health_stores_and_slides(app_client: TestClient, serve_store: str) -> N
     assert stores[0]["n_tiles"] == store.n_tiles == 60 and stores[0]["image_queries"] is True
     assert stores[0]["fingerprint"] == store.fingerprint.to_dict()
     info = store.info()
-    assert (stores[0]["tags"], stores[0]["versions"]) == (info.get("tags"), info.get("table_versions"))
+    assert (stores[0]["tags"], stores[0]["versions"]) == (info.tags, info.table_versions)
     slides = app_client.get("/api/stores/embeddings/slides").json()
     rows = [(s["slide_id"], s["status"], s["n_tiles"]) for s in slides]
     assert rows == [(REAL, "done", 54), ("synth", "done", 6)]

@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mvh.store import EmbeddingStore
+from mvh.store import EmbeddingStore, StoreFingerprint, StoreInfo
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 SLIDE_COLUMNS = [
     "slide_id", "path", "size", "file_hash", "width", "height", "mpp", "mpp_source", "status", "error",
-    "n_tiles", "model", "weights", "commit", "checksum", "attrs",
+    "n_tiles", "model", "weights", "commit", "checksum", "slide_attrs",
 ]
 
 
@@ -40,7 +40,9 @@ def test_a_store_of_the_previous_release_reads_the_same(old_store: Path, snapsho
     assert store.tags() == expected["tags"]
     assert store.meta == expected["meta"]
     assert not store.legacy
-    slides = json.loads(store.slides()[SLIDE_COLUMNS].to_json(orient="records"))
+    # Its column `attrs` reads as `slide_attrs` (renamed: it clashed with pandas' DataFrame.attrs).
+    frame = store.slides()[SLIDE_COLUMNS].rename(columns={"slide_attrs": "attrs"})
+    slides = json.loads(frame.to_json(orient="records"))
     assert slides == expected["slides"]
     assert store.slide_ids() == sorted(expected["tiles"])
     for slide_id, want in expected["tiles"].items():
@@ -56,6 +58,26 @@ def test_the_previous_release_store_stays_writable(old_store: Path) -> None:
     store = EmbeddingStore.open(str(old_store))
     emb, _ = store.slide_embeddings("b")
     tiles = store.slide_tiles("b").assign(tile_id=lambda f: f["tile_id"].str.replace("b:", "e:"))
-    store.add_slide({"slide_id": "e"}, tiles, emb)
+    store.add_slide({"slide_id": "e", "slide_attrs": {"k": 1}}, tiles, emb)
     assert EmbeddingStore.open(str(old_store)).slide_ids() == ["a", "b", "d", "e"]
+    # Written under the column name the old store has; read back as `slide_attrs` either way.
+    assert "attrs" in store.schema()["slides"].names and "slide_attrs" not in store.schema()["slides"].names
+    again = EmbeddingStore.open(str(old_store))
+    assert again.slide_attrs("e") == {"k": 1} == json.loads(again.slides()["slide_attrs"].iloc[-1])
     assert EmbeddingStore.open(f"{old_store}@first").slide_ids() == ["a", "b"]
+
+
+def test_info_is_typed_and_its_json_keeps_the_previous_release_keys(old_store: Path) -> None:
+    """`mvh info --json` of the previous release printed these keys; the typed record writes the same."""
+    info = EmbeddingStore.open(str(old_store)).info()
+    assert isinstance(info, StoreInfo) and isinstance(info.fingerprint, StoreFingerprint)
+    data = info.to_dict()
+    assert set(data) == {
+        "uri", "opened_as", "read_only", "storage_options", "version", "table_versions", "tags",
+        "card_fields", "card", "fingerprint", "mvh_version", "created", "n_slides", "slides_by_status",
+        "n_tiles", "writable_layout", "schema",
+    }
+    expected = json.loads((DATA / "store_v0_1.expected.json").read_text())["latest"]
+    assert data["fingerprint"] == expected["fingerprint"] and data["tags"] == expected["tags"]
+    assert (data["n_slides"], data["slides_by_status"], data["n_tiles"]) == (4, {"done": 3, "failed": 1}, 9)
+    assert data["card_fields"] == {"title": "v0.1 fixture"} and json.dumps(data)

@@ -185,7 +185,7 @@ def test_a_store_of_an_older_mvh_reads_by_slide_id_rows(tmp_path) -> None:
     db = lancedb.connect(str(uri))
     old_tiles = pa.schema([f for f in tiles_schema(DIM) if f.name != "commit"])
     old_slides = pa.schema(
-        [f for f in SLIDES_SCHEMA if f.name not in ("commit", "checksum", "attrs", "file_hash")]
+        [f for f in SLIDES_SCHEMA if f.name not in ("commit", "checksum", "slide_attrs", "file_hash")]
     )
     parts, rows = [], []
     for i, sid in enumerate(("a", "b", "c")):

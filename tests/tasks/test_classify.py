@@ -16,11 +16,12 @@ from sklearn.preprocessing import StandardScaler
 
 from mvh.errors import DataError, UsageError
 from mvh.progress import FOLDS, Event, Recorder
-from mvh.store import EmbeddingStore, StoreFingerprint
+from mvh.store import EmbeddingStore
 from mvh.tasks import classifiers
 from mvh.tasks.classifiers import choose_c, fit_uni_probe, predict_knn, predict_probe, uni_c
 from mvh.tasks.classify import ClassifierSettings, evaluate_classification
 from mvh.tasks.tile_labels import labelled_embeddings, read_image_folder, tile_groups
+from tests.conftest import synthetic_fingerprint
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -222,8 +223,7 @@ def test_grouping_rules(tmp_path: Path):
 
 
 def test_labelled_embeddings_one_scan_and_unknown_ids(tmp_path: Path):
-    fp = StoreFingerprint(model="synthetic", model_config={}, weights_sha256="random-init", weights_path=None,
-                          embed_dim=4, tile_px=224, mpp=0.5, mean=None, std=None)
+    fp = synthetic_fingerprint(4)
     store = EmbeddingStore.create(tmp_path / "store", fp)
     emb = np.arange(12, dtype=np.float32).reshape(3, 4)
     tiles = pd.DataFrame({"tile_id": ["t0", "t1", "t2"], "x": [0, 1, 2], "y": 0, "tile_px": 224, "mpp": 0.5,
@@ -234,3 +234,17 @@ def test_labelled_embeddings_one_scan_and_unknown_ids(tmp_path: Path):
     assert slides.tolist() == ["S", "S"]
     with pytest.raises(DataError, match=r"labels.csv: 1 tile_id\(s\) are not done tiles"):
         labelled_embeddings(store, ["t0", "zz"], "labels.csv")
+
+
+def test_the_config_reads_no_files_and_the_job_checks_them_first(tmp_path: Path) -> None:
+    from mvh.tasks.classify import ClassifyConfig, run_classify
+    from mvh.tasks.stores import StoreSpec
+
+    spec = (StoreSpec(str(tmp_path / "absent.lance")),)
+    absent_labels = ClassifyConfig(stores=spec, out=tmp_path / "o", labels=tmp_path / "absent.csv")
+    absent_images = ClassifyConfig(stores=spec, out=tmp_path / "o", images=tmp_path / "absent")
+    with pytest.raises(UsageError, match="--labels .*absent.csv: no such file"):
+        run_classify(absent_labels)
+    with pytest.raises(UsageError, match="absent: image folder not found"):
+        run_classify(absent_images)
+    assert not (tmp_path / "o").exists()

@@ -7,13 +7,7 @@ import torch
 
 from mvh.tasks.mil import ABMIL, pad_bags
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: fastest on one thread
 
 
 def _model(n_outputs: int = 1) -> ABMIL:

@@ -7,6 +7,7 @@ import json
 import anndata
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 import scipy.sparse as sp
 
@@ -38,7 +39,7 @@ def _sync(samples, expr, store, factory, drop_bad=False):
     plans = [plan_spot_tiles(s, expr.spots.iloc[groups[s.sample_id]], store.fingerprint.mpp,
                              store.fingerprint.tile_px, drop_bad)[0] for s in samples]
     _, report = sync_store(plans, store, factory)
-    return [entry["status"] for entry in report.samples]
+    return [entry.status for entry in report.samples]
 
 
 @pytest.fixture(scope="module")
@@ -236,7 +237,7 @@ def test_bad_spot_coordinates_refused_or_dropped(cohort, tmp_path):
         plan_spot_tiles(samples[0], spots, 0.5, 224, drop_bad=False)
     assert spots["barcode"][0] in str(err.value) and spots["barcode"][1] in str(err.value)
     tiles, dropped = plan_spot_tiles(samples[0], spots, 0.5, 224, drop_bad=True)
-    assert [(d["barcode"], d["reason"]) for d in dropped] == [
+    assert [(d.barcode, d.reason) for d in dropped] == [
         (spots["barcode"][0], "non-finite coordinate"),
         (spots["barcode"][1], "outside the slide (672 x 448 px)"),
     ]
@@ -262,13 +263,13 @@ def test_moved_spots_are_embedded_again_and_said_so(cohort, embedder, tmp_path):
     plans = [plan_spot_tiles(s, moved_expr.spots.iloc[groups[s.sample_id]], 0.5, 224, False)[0]
              for s in moved]
     embeddings, report = sync_store(plans, store, lambda: embedder)
-    by_id = {e["sample_id"]: e for e in report.samples}
-    assert by_id["A0"]["status"] == "updated"
-    assert by_id["A0"]["n_embedded"] == 3 and by_id["A0"]["n_reused"] == 3
-    assert "3 spot(s) moved" in " ".join(by_id["A0"]["reasons"])
-    assert by_id["B0"]["status"] == "reused" and by_id["B0"]["n_embedded"] == 0
+    by_id = {e.sample_id: e for e in report.samples}
+    assert by_id["A0"].status == "updated"
+    assert by_id["A0"].n_embedded == 3 and by_id["A0"].n_reused == 3
+    assert "3 spot(s) moved" in " ".join(by_id["A0"].reasons)
+    assert by_id["B0"].status == "reused" and by_id["B0"].n_embedded == 0
     assert any("A0" in n and "3 spot(s) embedded again" in n for n in report.notes)
-    assert by_id["A0"]["h5ad_sha256"] != sha256_of(cohort.root / "st" / "A0.h5ad")
+    assert by_id["A0"].h5ad_sha256 != sha256_of(cohort.root / "st" / "A0.h5ad")
     # Independent reference: a fresh store embedding the moved cohort from scratch.
     fresh = EmbeddingStore.create(tmp_path / "fresh.lance", embedder.fingerprint(mpp=0.5, tile_px=224))
     ref, _ = sync_store(plans, fresh, lambda: embedder)
@@ -278,7 +279,7 @@ def test_moved_spots_are_embedded_again_and_said_so(cohort, embedder, tmp_path):
 
 
 def sha256_of(path):
-    from mvh.extractor.hashing import sha256_file
+    from mvh.core.files import sha256_file
 
     return sha256_file(path)
 
@@ -290,7 +291,7 @@ def test_sync_reads_the_store_in_one_scan_and_checks_finiteness(cohort, embedder
     expr = load_expression(samples)
     store = EmbeddingStore.create(tmp_path / "s.lance", embedder.fingerprint(mpp=0.5, tile_px=224))
     _sync(samples, expr, store, lambda: embedder)
-    calls = {"all_embeddings": 0, "slide_embeddings": 0, "slide_tiles": 0}
+    calls = {"all_embeddings": 0, "slide_embeddings": 0, "slide_tiles": 0, "scan_tiles": 0}
     for name in calls:
         original = getattr(store, name)
 
@@ -300,13 +301,20 @@ def test_sync_reads_the_store_in_one_scan_and_checks_finiteness(cohort, embedder
 
         setattr(store, name, counted)
     assert _sync(samples, expr, store, lambda: None) == ["reused", "reused"]
-    assert calls == {"all_embeddings": 1, "slide_embeddings": 0, "slide_tiles": 0}
-    X, found = spot_embeddings(store, expr.spots)
-    assert found.all() and calls["all_embeddings"] == 2
-    rows, emb = EmbeddingStore.all_embeddings(store, columns=("slide_id", "tile_id", "x", "y"))
-    emb = emb.copy()
-    emb[0, 0] = np.nan
-    store.all_embeddings = lambda columns: (rows, emb)
+    assert calls == {"all_embeddings": 0, "slide_embeddings": 0, "slide_tiles": 0, "scan_tiles": 1}
+    X, found = spot_embeddings(store, expr.spots)  # one streamed scan of the spots' samples
+    assert found.all() and calls["all_embeddings"] == 0 and calls["scan_tiles"] == 2
+    scan = EmbeddingStore.scan_tiles
+
+    def rotten(*args, **kwargs):  # the first embedding value of every batch read as NaN (bit rot)
+        for index, batch in scan(store, *args, **kwargs):
+            values = batch.column("embedding").flatten().to_numpy(zero_copy_only=False).copy()
+            values[0] = np.nan
+            kind = batch.column("embedding").type.value_type
+            column = pa.FixedSizeListArray.from_arrays(pa.array(values, kind), store.dim)
+            yield index, batch.set_column(batch.schema.get_field_index("embedding"), "embedding", column)
+
+    store.scan_tiles = rotten
     with pytest.raises(StoreError, match="non-finite"):
         _sync(samples, expr, store, lambda: None)
 
@@ -318,17 +326,17 @@ def test_recorded_image_or_h5ad_change_is_detected_through_slide_attrs(cohort, e
     _sync(samples, expr, store, lambda: embedder)
     groups = expr.spots.groupby("sample_id", sort=False).indices
     plans = [plan_spot_tiles(s, expr.spots.iloc[groups[s.sample_id]], 0.5, 224, False)[0] for s in samples]
-    # The slides' attrs as a store with the `attrs` column keeps them: A0 was cut from another image
+    # The slides' attrs as a store with the `slide_attrs` column keeps them: A0 was cut from another image
     # file, B0's h5ad had another hash; positions and barcodes are unchanged.
     a0 = {**plans[0].identity, "image": {**plans[0].identity["image"], "edge_sha256": "0" * 64}}
     b0 = {**plans[1].identity, "h5ad_sha256": "f" * 64}
-    slides = store.slides().assign(attrs=[json.dumps({"st": a0}), json.dumps({"st": b0})])
+    slides = store.slides().assign(slide_attrs=[json.dumps({"st": a0}), json.dumps({"st": b0})])
     store.slides = lambda status=None: slides
     _, report = sync_store(plans, store, lambda: embedder)
     a, b = report.samples
-    assert a["n_embedded"] == 6 and "differs from the one embedded" in a["reasons"][0]
-    assert b["n_embedded"] == 0 and b["n_reused"] == 6 and "A0" not in b["reasons"][0]
-    assert "B0.h5ad changed since it was embedded" in b["reasons"][0]
+    assert a.n_embedded == 6 and "differs from the one embedded" in a.reasons[0]
+    assert b.n_embedded == 0 and b.n_reused == 6 and "A0" not in b.reasons[0]
+    assert "B0.h5ad changed since it was embedded" in b.reasons[0]
 
 
 def test_sample_ids_are_checked_as_slide_ids(tmp_path):

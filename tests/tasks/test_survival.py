@@ -26,12 +26,7 @@ EPOCHS = 12
 FAST = {"hidden_dim": 32, "attn_dim": 16, "lr": 2e-3, "batch_size": 16, "max_tiles": None, "patience": 5}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: fastest on one thread
 
 
 Planted = tuple[dict[str, np.ndarray], pd.DataFrame, dict[str, np.ndarray]]

@@ -15,14 +15,12 @@ from mvh.progress import TILES, Event, Recorder
 from mvh.store import EmbeddingStore, StoreFingerprint, embeddings_to_arrow
 from mvh.tasks.survival import StoreBags, mean_pool
 from mvh.tasks.survival.bags import _non_finite_rows
+from tests.conftest import synthetic_fingerprint
 
 
 def fingerprint(dim: int, dtype: str = "float32") -> StoreFingerprint:
     """A synthetic store fingerprint of `dim` values of `dtype`."""
-    return StoreFingerprint(
-        model="synthetic", model_config={}, weights_sha256="random-init", weights_path=None, embed_dim=dim,
-        tile_px=224, mpp=0.5, mean=None, std=None, embedding_dtype=dtype,
-    )
+    return synthetic_fingerprint(dim, embedding_dtype=dtype)
 
 
 def add_slide(store: EmbeddingStore, slide_id: str, emb: np.ndarray, path: str | None = None,

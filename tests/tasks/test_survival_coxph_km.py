@@ -7,7 +7,6 @@ import statistics
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from scipy.stats import chi2
 from sklearn.preprocessing import StandardScaler
 from sksurv.linear_model import CoxnetSurvivalAnalysis
@@ -17,13 +16,7 @@ from sksurv.util import Surv
 from mvh.tasks.survival import SurvivalSettings, cross_validate_survival, fit_coxph, inner_folds
 from mvh.tasks.survival.km import HIGH, LOW, UNKNOWN, logrank_p, split_at_training_median
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: fastest on one thread
 
 
 def linear_cohort(n: int = 80, dim: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -9,25 +9,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from PIL import Image
 
 from mvh.errors import CohortError, SlideError, UsageError
 from mvh.progress import FOLDS, TILES, Event, Recorder
-from mvh.store import EmbeddingStore, StoreFingerprint
+from mvh.store import EmbeddingStore
 from mvh.tasks.survival import SurvivalConfig, SurvivalResult, SurvivalSettings, run_survival
+from tests.conftest import synthetic_fingerprint
 
 DIM = 8
 FAST = SurvivalSettings(hidden_dim=16, attn_dim=8, lr=2e-3, epochs=2, folds=3, coxph_folds=3,
                         coxph_alphas=10, max_tiles=None)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: fastest on one thread
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +32,7 @@ def cohort_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, 
     root = tmp_path_factory.mktemp("survival_job")
     image = root / "slide.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (448, 2240, 3), dtype=np.uint8)).save(image)
-    fp = StoreFingerprint(model="synthetic", model_config={}, weights_sha256="random-init", weights_path=None,
-                          embed_dim=DIM, tile_px=224, mpp=0.5, mean=None, std=None)
+    fp = synthetic_fingerprint(DIM)
     store = EmbeddingStore.create(root / "store", fp)
     rng = np.random.default_rng(1)
     rows = []
@@ -61,12 +55,16 @@ def cohort_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, 
 
 
 def test_config_validates_on_construction(cohort_store, tmp_path: Path) -> None:
+    """Settings are checked when the config is built (no file read); the files when the job starts."""
     cohort, store, _ = cohort_store
     with pytest.raises(CohortError, match=r"--cohort .*nope.csv: no such cohort file"):
-        SurvivalConfig(tmp_path / "nope.csv", str(store))
+        run_survival(SurvivalConfig(tmp_path / "nope.csv", str(store), tmp_path / "o1"))
     (tmp_path / "file").write_text("x")
     with pytest.raises(UsageError, match="--out .*file is a file"):
-        SurvivalConfig(cohort, str(store), tmp_path / "file")
+        run_survival(SurvivalConfig(cohort, str(store), tmp_path / "file"))
+    with pytest.raises(UsageError, match=r"--out .*results\.json names a file, but --out is a folder"):
+        SurvivalConfig(cohort, str(store), tmp_path / "results.json")
+    assert not (tmp_path / "o1").exists()
     with pytest.raises(UsageError, match="--heatmap: slide id '../x' contains a path separator"):
         SurvivalConfig(cohort, str(store), heatmap="../x")
     with pytest.raises(UsageError, match="--coxph-folds 1 is out of range"):

@@ -13,8 +13,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file as load_safetensors
 from torch import Tensor, nn
 
+from mvh.core.backbone import Backbone
+from mvh.core.files import sha256_file
 from mvh.errors import CheckpointError, WeightsRequiredError
-from mvh.extractor.hashing import sha256_file
 
 SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 WRAPPER_KEYS = ("teacher", "state_dict", "model")
@@ -231,10 +232,9 @@ def load_weights(model: nn.Module, path: Path | str | None) -> WeightsInfo:
     path = Path(path)
     raw = read_checkpoint(path)
     state_dict, wrapper, stripped, dropped = unwrap_state_dict(raw, path)
-    adaptations: list[str] = []
-    adapt = getattr(model, "adapt_state_dict", None)
-    if adapt is not None:
-        state_dict, adaptations = adapt(state_dict)
+    if not isinstance(model, Backbone):
+        raise TypeError(f"{type(model).__name__} is not a Backbone (mvh.core.backbone): no adapt_state_dict")
+    state_dict, adaptations = model.adapt_state_dict(state_dict)
     message = _mismatch_message(model, path, state_dict)
     if message is not None:
         raise CheckpointError(message)

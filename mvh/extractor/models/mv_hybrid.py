@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, PatchEmbed, trunc_normal_
 from torch import Tensor, nn
 
+from mvh.core.backbone import Features
 from mvh.extractor.models.einfft import EinFFT
 from mvh.extractor.models.registry import ModelInfo, register_model
 from mvh.extractor.models.ssm import selective_scan
@@ -223,7 +224,7 @@ class MVHybrid(nn.Module):
         cls = self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype)
         return torch.cat([x[:, :cls_pos], cls, x[:, cls_pos:]], dim=1), cls_pos
 
-    def forward_features(self, x: Tensor, masks: Tensor | None = None) -> dict[str, Tensor | None]:
+    def forward_features(self, x: Tensor, masks: Tensor | None = None) -> Features:
         """x [B, 3, H, W] (masks bool [B, N]) -> normalised cls [B, D], patch tokens [B, N, D], masks."""
         x, cls_pos = self.prepare_tokens(x, masks)
         x = self.norm(self.blocks(x))

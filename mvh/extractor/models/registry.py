@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 from torch import nn
 
+from mvh.core.backbone import Backbone
 from mvh.errors import ModelNotFoundError, UsageError
 
 F = TypeVar("F", bound=Callable[..., nn.Module])
@@ -162,6 +163,8 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
             raise
         given = ",".join(f"{k}={v}" for k, v in overrides.items())
         raise UsageError(f"--overrides {given}: backbone {name!r} cannot be built with them ({exc})") from exc
+    if not isinstance(model, Backbone):  # a registration error, not a user's
+        raise TypeError(f"backbone {name!r} ({type(model).__name__}) is not a mvh.core.backbone.Backbone")
     model.model_name = name
     return model
 

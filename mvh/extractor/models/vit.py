@@ -20,6 +20,7 @@ from timm.layers import Mlp, SwiGLUPacked, resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
+from mvh.core.backbone import Features
 from mvh.extractor.models.mv_hybrid import HE_MEAN, HE_STD
 from mvh.extractor.models.registry import ModelInfo, register_alias, register_model
 
@@ -108,7 +109,7 @@ class MaskedVisionTransformer(VisionTransformer):
             x = torch.cat([x[:, :1], self.reg_token.expand(batch, -1, -1).to(x.dtype), x[:, 1:]], dim=1)
         return self.pos_drop(x)
 
-    def forward_features(self, x: Tensor, masks: Tensor | None = None) -> dict[str, Tensor | None]:  # type: ignore[override]
+    def forward_features(self, x: Tensor, masks: Tensor | None = None) -> Features:  # type: ignore[override]
         """x [B, 3, H, W] (masks bool [B, N]) -> normalised cls [B, D], patch tokens [B, N, D], masks."""
         image_hw = (int(x.shape[-2]), int(x.shape[-1]))
         x = self.patch_embed(x)  # [B, N, D], or [B, h, w, D] with dynamic_img_size

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from mvh.extractor.device import resolve_device
+from mvh.core.device import resolve_device
 from mvh.tasks.mil import ABMIL
 from mvh.tasks.survival.losses import cox_ph_loss, nll_risk, nll_survival_loss, time_bin_edges, time_to_bin
 from mvh.tasks.survival.metrics import harrell_c

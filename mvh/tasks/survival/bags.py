@@ -2,17 +2,18 @@
 
 A cohort of a thousand slides used to cost one filtered LanceDB scan per slide (most of a GBSG2-scale
 run). `StoreBags.load` instead counts each slide's rows from the store's `slides` table, allocates one
-array for the whole cohort, streams the `tiles` table once (filtered to the cohort's slides) and writes
-each batch straight to its rows; patient bags are then contiguous views of that array. Within a slide,
-tiles are ordered by (y, x, tile_id), as `EmbeddingStore.slide_embeddings` orders them. Embeddings keep
-the store's dtype (float16 stores stay half the size in memory); training casts each batch to float32.
+array for the whole cohort (memory-mapped from a temporary file above 1 GiB,
+`mvh.tasks.stores.allocate`, so a 10M-tile cohort never has to fit in RAM), streams the `tiles` table
+once (filtered to the cohort's slides) and writes each batch straight to its rows; patient bags are
+then contiguous views of that array. Within a slide, tiles are ordered by (y, x, tile_id), as
+`EmbeddingStore.slide_embeddings` orders them. Embeddings keep the store's dtype (float16 stores stay
+half the size in memory); training casts each batch to float32.
 
 Visibility follows the store's rules: the scan runs on the store's own (possibly version-pinned) tiles
 table and keeps only the rows of each slide's committed write (the `commit` its done row names; by
 slide id in stores written before commits existed). Row counts and finiteness are checked as
-`EmbeddingStore` checks them (StoreDamagedError). `EmbeddingStore.all_embeddings(slide_ids=...)` is
-the store's one-scan read, but it materialises float32 copies (four times a float16 store's bytes at
-peak); this streaming variant keeps the peak near one copy in the store's dtype.
+`EmbeddingStore` checks them (StoreDamagedError). The peak stays near one copy in the store's dtype
+(a whole-store float32 read would be four times a float16 store's bytes).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from mvh.progress import TILES as TILES_TASK
 from mvh.progress import Event, Progress, report
 from mvh.store import DONE, EmbeddingStore
 from mvh.store.schema import TILES
+from mvh.tasks.stores import allocate
 from mvh.tasks.survival.cohort import listing
 
 SCAN_BATCH_ROWS = 65536
@@ -124,7 +126,7 @@ class StoreBags(Mapping[str, np.ndarray]):
         counts = rows_of["n_tiles"].to_numpy(np.int64)
         offsets = np.concatenate([[0], np.cumsum(counts)])
         dtype = store.schema()[TILES].field("embedding").type.value_type.to_pandas_dtype()
-        embeddings = np.empty((int(offsets[-1]), store.dim), dtype=dtype)
+        embeddings = allocate(int(offsets[-1]), store.dim, dtype)  # memory-mapped above 1 GiB
         coords = np.empty((int(offsets[-1]), 2), dtype=np.int64)
         fill = offsets[:-1].copy()
         id_chunks: list[tuple[pa.Array, np.ndarray]] = []

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from mvh.core.device import resolve_device
 from mvh.errors import DataError
-from mvh.extractor.device import resolve_device
 from mvh.progress import FOLDS, Event, Progress, report
 from mvh.tasks.survival.abmil import predict_abmil, train_abmil
 from mvh.tasks.survival.bags import mean_pool

@@ -1,0 +1,334 @@
+"""Lab scale: every command that touches all tiles, on stores of 100k to 10M synthetic tiles.
+
+    flock /tmp/mvh-bench.lock python benchmarks/scale.py --sizes 100k,1m [--root /tmp/scale-bench]
+
+Per size, a store of 768-d float16 clustered embeddings (slides of 15,000 tiles, each slide drawing on a
+few of 100 clusters) is written through the real append path (`EmbeddingStore.add_slide`), then each
+command runs as its own process under `/usr/bin/time` (wall, user+system CPU, peak RSS), with the load
+average before and after and the disk it leaves: `mvh info`, `mvh verify`, `mvh index build`,
+`mvh export` (h5 and parquet), `mvh import` (of the h5 export), `mvh overlap` (against a 2-slide store
+holding a copy of one slide), `mvh index build --update` (after one more slide). Search: recall@10 of
+the index against exact search (`mvh.index.store_scan.scan_top_k`, a streaming brute-force pass over the
+store) for 1,000 held-out queries, p50/p95 single-query latency, `--query-slide` latency of a
+15,000-tile slide, and the index's resident size (RSS after loading it, less RSS before).
+
+Resumable: each size keeps its store and `results.json` under `--root/<size>/`; finished steps are
+skipped on a rerun (delete the folder to measure again). Figures are printed as a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+DIM, SLIDE_TILES, CLUSTERS, PER_SLIDE = 768, 15_000, 100, 8
+
+
+def parse_size(text: str) -> int:
+    """`100k`, `1m`, `3m`, `10m` or a number."""
+    text = text.strip().lower()
+    factor = {"k": 1_000, "m": 1_000_000}.get(text[-1], 1)
+    return int(float(text[:-1] if factor > 1 else text) * factor)
+
+
+class Generator:
+    """Clustered embeddings: fixed cluster centres and bases; each slide draws on PER_SLIDE clusters."""
+
+    def __init__(self, seed: int = 0, intrinsic: int = 16, spread: float = 0.5, noise: float = 0.3) -> None:
+        rng = np.random.default_rng(seed)
+        self.centres = rng.standard_normal((CLUSTERS, DIM), dtype=np.float32)
+        self.centres /= np.linalg.norm(self.centres, axis=1, keepdims=True)
+        scale = np.float32(1 / np.sqrt(DIM))
+        self.bases = rng.standard_normal((CLUSTERS, intrinsic, DIM), dtype=np.float32) * (scale * spread)
+        self.noise, self.scale, self.intrinsic = noise, scale, intrinsic
+
+    def slide(self, index: int, n: int) -> np.ndarray:
+        """Embeddings [n, DIM] float32 of slide number `index` (deterministic)."""
+        rng = np.random.default_rng(1_000_003 + index)
+        clusters = rng.choice(CLUSTERS, size=PER_SLIDE, replace=False)
+        labels = clusters[rng.integers(0, PER_SLIDE, size=n)]
+        out = rng.standard_normal((n, DIM), dtype=np.float32) * (self.scale * np.float32(self.noise))
+        for c in np.unique(labels):
+            rows = np.flatnonzero(labels == c)
+            z = rng.standard_normal((rows.size, self.intrinsic), dtype=np.float32)
+            out[rows] += self.centres[c] + z @ self.bases[c]
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def write_store(path: Path, first: int, n_slides: int, slide_tiles: int) -> None:
+    """Append slides `first` .. `first + n_slides - 1` (skipping done ones) through `add_slide`."""
+    from mvh.store import EmbeddingStore, StoreFingerprint
+
+    fp = StoreFingerprint(
+        model="synthetic",
+        model_config={},
+        weights_sha256="random-init",
+        weights_path=None,
+        embed_dim=DIM,
+        tile_px=224,
+        mpp=0.5,
+        mean=None,
+        std=None,
+        embedding_dtype="float16",
+    )
+    store = EmbeddingStore.open_or_create(str(path), fp)
+    done = set(store.slide_ids())
+    gen = Generator()
+    side = int(np.ceil(np.sqrt(slide_tiles)))
+    for i in range(first, first + n_slides):
+        slide_id = f"slide{i:05d}"
+        if slide_id in done:
+            continue
+        xs, ys = (np.arange(slide_tiles) % side) * 448, (np.arange(slide_tiles) // side) * 448
+        tiles = pd.DataFrame(
+            {
+                "tile_id": [f"{slide_id}:{x}:{y}:448" for x, y in zip(xs, ys, strict=True)],
+                "x": xs,
+                "y": ys,
+                "tile_px": 224,
+                "mpp": 0.5,
+                "tissue_fraction": 1.0,
+            }
+        )
+        record = {
+            "slide_id": slide_id,
+            "path": f"/synthetic/{slide_id}.svs",
+            "mpp": 0.25,
+            "file_hash": f"synthetic-{i}",
+        }
+        store.add_slide(record, tiles, gen.slide(i, slide_tiles))
+
+
+def rss_mb() -> float:
+    """This process's resident set (MB)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+
+def measure_search(store_path: Path, n_queries: int, out: Path) -> None:
+    """Recall@10 vs a streamed exact pass, single-query p50/p95, query-slide p95, index resident size."""
+    import faiss
+
+    from mvh.index.index_files import load_index
+    from mvh.index.ranking import search_slides
+    from mvh.index.store_scan import scan_top_k
+    from mvh.store import EmbeddingStore
+
+    faiss.omp_set_num_threads(1)  # single-query latency as a server thread sees it
+    store = EmbeddingStore.open(f"{store_path}")
+    queries = Generator().slide(999_999, n_queries)
+    before = rss_mb()
+    index = load_index(store)
+    resident = rss_mb() - before
+    _, approx = index.search_ids(queries, 10)
+    start = time.perf_counter()
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
+    _, exact = scan_top_k(store, queries, 10)
+    exact_s = time.perf_counter() - start
+    faiss.omp_set_num_threads(1)
+    recall = float(np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact, strict=True)]))
+    lat = []
+    for q in queries[:200]:
+        t = time.perf_counter()
+        index.search_ids(q[None], 10)
+        lat.append(time.perf_counter() - t)
+    slide_lat = []
+    slide_ids = store.slide_ids()
+    for slide_id in slide_ids[:3]:
+        emb, _ = store.slide_embeddings(slide_id)
+        t = time.perf_counter()
+        from mvh.index.ranking import representative_tiles
+
+        chosen = representative_tiles(emb)
+        search_slides(store, emb[chosen], k=10, exclude_slides=[slide_id], index=index)
+        slide_lat.append(time.perf_counter() - t)
+    result = {
+        "recall@10": recall,
+        "queries": n_queries,
+        "exact_pass_s": exact_s,
+        "p50_ms": 1000 * float(np.percentile(lat, 50)),
+        "p95_ms": 1000 * float(np.percentile(lat, 95)),
+        "query_slide_p95_s": float(np.percentile(slide_lat, 95)),
+        "index_resident_mb": resident,
+        "rss_mb": rss_mb(),
+        "index": index.params.describe(),
+    }
+    out.write_text(json.dumps(result, indent=1))
+
+
+def _timed(cmd: list[str], log: Path) -> dict:
+    """Run `cmd` under /usr/bin/time: wall s, CPU s, peak RSS MB, load average before/after."""
+    load = Path("/proc/loadavg").read_text().split()[0]
+    stats = log.with_suffix(".time")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with open(log, "w") as out:
+        done = subprocess.run(
+            ["/usr/bin/time", "-o", str(stats), "-f", "%e %U %S %M", *cmd],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
+        )
+    wall, user, system, peak = stats.read_text().split("\n")[-2].split()
+    return {
+        "wall_s": float(wall),
+        "cpu_s": float(user) + float(system),
+        "peak_rss_mb": int(peak) / 1024,
+        "load_before": float(load),
+        "load_after": float(Path("/proc/loadavg").read_text().split()[0]),
+        "exit": done.returncode,
+    }
+
+
+def du_mb(path: Path) -> float:
+    """Disk use of a folder (MB)."""
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20 if path.exists() else 0.0
+
+
+def run_size(n: int, root: Path, slide_tiles: int, queries: int) -> dict:
+    """Every step at `n` tiles, resuming from `results.json`."""
+    folder = root / (f"{n // 1_000_000}m" if n >= 1_000_000 else f"{n // 1000}k")
+    folder.mkdir(parents=True, exist_ok=True)
+    results_file = folder / "results.json"
+    results = json.loads(results_file.read_text()) if results_file.exists() else {"n": n}
+    store = folder / "store.lance"
+    py, me, mvh = sys.executable, str(Path(__file__).resolve()), [sys.executable, "-m", "mvh"]
+    n_slides = max(1, n // slide_tiles)
+    steps = [
+        ("write", [py, me, "_write", str(store), "0", str(n_slides), str(slide_tiles)]),
+        ("info", [*mvh, "info", "--store", str(store), "--json"]),
+        ("verify", [*mvh, "verify", "--store", str(store), "--json"]),
+        ("index build", [*mvh, "index", "build", "--store", str(store), "--json"]),
+        ("search", [py, me, "_search", str(store), str(queries), str(folder / "search.json")]),
+        (
+            "export h5",
+            [*mvh, "export", "--store", str(store), "--out", str(folder / "h5"), "--format", "h5", "--json"],
+        ),
+        (
+            "export parquet",
+            [
+                *mvh,
+                "export",
+                "--store",
+                str(store),
+                "--out",
+                str(folder / "parquet"),
+                "--format",
+                "parquet",
+                "--json",
+            ],
+        ),
+        (
+            "import h5",
+            [
+                *mvh,
+                "import",
+                str(folder / "h5"),
+                "--model",
+                "synthetic",
+                "--store",
+                str(folder / "imported.lance"),
+                "--dtype",
+                "float16",
+                "--mpp",
+                "0.5",
+                "--tile-px",
+                "224",
+                "--json",
+            ],
+        ),
+        (
+            "overlap",
+            [*mvh, "overlap", "--store", str(store), "--store", str(folder / "small.lance"), "--json"],
+        ),
+        ("index build --update", [*mvh, "index", "build", "--store", str(store), "--update", "--json"]),
+    ]
+    for name, cmd in steps:
+        if name in results:
+            continue
+        if name == "overlap":  # a 2-slide store: a copy of slide 0 and one new slide
+            write_store(folder / "small.lance", n_slides + 1, 1, slide_tiles)
+            write_store(folder / "small.lance", 0, 1, slide_tiles)
+        if name == "index build --update":
+            write_store(store, n_slides, 1, slide_tiles)
+        print(f"[{n:,}] {name} ...", flush=True)
+        figures = _timed(cmd, folder / f"{name.replace(' ', '_')}.log")
+        figures["disk_mb"] = {
+            "write": du_mb(store),
+            "index build": du_mb(store / "_index"),
+            "export h5": du_mb(folder / "h5"),
+            "export parquet": du_mb(folder / "parquet"),
+            "import h5": du_mb(folder / "imported.lance"),
+        }.get(name)
+        if name == "search":
+            figures.update(json.loads((folder / "search.json").read_text()))
+        figures["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        results[name] = figures
+        results_file.write_text(json.dumps(results, indent=1))
+        print(f"   {json.dumps(figures)}", flush=True)
+        if name == "import h5":
+            shutil.rmtree(folder / "imported.lance", ignore_errors=True)  # disk: only its size is kept
+    return results
+
+
+def table(all_results: list[dict]) -> str:
+    """A Markdown table: per command and size, wall / CPU / peak RSS / load."""
+    sizes = [r["n"] for r in all_results]
+    head = "| command | " + " | ".join(f"{n:,} tiles" for n in sizes) + " |"
+    lines = [head, "|---" * (len(sizes) + 1) + "|"]
+    names = [k for k in all_results[0] if k != "n"]
+    for name in names:
+        cells = []
+        for r in all_results:
+            f = r.get(name)
+            cells.append(
+                "-"
+                if f is None
+                else f"{f['wall_s']:.0f} s, CPU {f['cpu_s']:.0f} s, {f['peak_rss_mb']:.0f} MB "
+                f"(load {f['load_before']:.1f})"
+            )
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Parse the arguments and run every size."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="100k,1m")
+    parser.add_argument("--root", type=Path, default=Path("/tmp/scale-bench"))
+    parser.add_argument("--slide-tiles", type=int, default=SLIDE_TILES)
+    parser.add_argument("--queries", type=int, default=1000)
+    args = parser.parse_args()
+    results = [
+        run_size(parse_size(s), args.root, args.slide_tiles, args.queries) for s in args.sizes.split(",")
+    ]
+    print(table(results))
+    for r in results:
+        if "search" in r:
+            s = r["search"]
+            print(
+                f"{r['n']:,}: recall@10 {s['recall@10']:.3f}, p50 {s['p50_ms']:.1f} ms, "
+                f"p95 {s['p95_ms']:.1f} ms, query-slide p95 {s['query_slide_p95_s']:.2f} s, "
+                f"index resident {s['index_resident_mb']:.0f} MB"
+            )
+    print(f"peak RSS of this driver: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "_write":
+        write_store(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "_search":
+        measure_search(Path(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4]))
+    else:
+        main()
