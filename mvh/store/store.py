@@ -298,7 +298,7 @@ class EmbeddingStore:
             "tags": self.tags(),
             "card_fields": card.get("fields", {}) if isinstance(card, dict) else None,
             "card": card if isinstance(card, dict) else None,
-            "fingerprint": self.fingerprint.to_dict(),
+            "fingerprint": self.fingerprint.shared().to_dict(),  # no local path in what users paste
             "mvh_version": self.meta.get("mvh_version"),
             "created": self.meta.get("created"),
             "n_slides": len(slides),
