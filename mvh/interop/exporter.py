@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from mvh.errors import DataError, StoreError, UsageError
 from mvh.interop.geojson import feature_collection, tile_features, write_collection
 from mvh.interop.kept_attrs import saved_attrs, to_file_order
-from mvh.interop.provenance import parquet_metadata, shareable
+from mvh.interop.provenance import parquet_metadata
 from mvh.interop.trident import Geometry, decode_attrs, trident_coords_attrs, write_h5
 from mvh.interop.whole_file import write_whole
 from mvh.jobs import JobResult
@@ -81,7 +81,7 @@ def _size_l0(tiles: pd.DataFrame, fp: StoreFingerprint, slide_mpp: float | None,
 
 
 def _mvh_file_attrs(store: EmbeddingStore, rec: pd.Series) -> dict[str, Any]:
-    fp = shareable(store.fingerprint)
+    fp = store.fingerprint.shared()
     attrs: dict[str, Any] = {
         "slide_path": "" if pd.isna(rec["path"]) else PurePath(str(rec["path"])).name,  # no local path
         "mpp_source": "" if pd.isna(rec["mpp_source"]) else str(rec["mpp_source"]),

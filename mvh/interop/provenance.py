@@ -8,10 +8,11 @@ JSON), so a re-import gets back the model, config, weights sha256 and mean/std i
 writes no name, so `--model` is needed there. A `--model` that contradicts the files, and files that
 disagree, are refused (exit 2): a store never says one model while its files say another.
 
-Nothing meant for sharing carries an absolute local path: `shareable` keeps a weights file's name (its
-sha256 is the identity) and the name of the folder features were imported from. A Parquet export carries
-in its schema metadata the fingerprint, mvh's version, the store's version and tag, the dataset card and
-every slide, those without tissue (done with 0 tiles) and failed ones included (`parquet_metadata`).
+Nothing meant for sharing carries an absolute local path: `StoreFingerprint.shared` keeps a weights
+file's name (its sha256 is the identity) and the name of the folder features were imported from. A
+Parquet export carries in its schema metadata the fingerprint, mvh's version, the store's version and
+tag, the dataset card and every slide, those without tissue (done with 0 tiles) and failed ones included
+(`parquet_metadata`).
 """
 
 from __future__ import annotations
@@ -143,19 +144,6 @@ def choose_model(
     return str(named[0].name), fingerprint
 
 
-def _file_name(path: str | None) -> str | None:
-    return None if path is None else PurePath(path).name
-
-
-def shareable(fp: StoreFingerprint) -> StoreFingerprint:
-    """`fp` without local paths: the weights file's name (its sha256 names the weights) and the name of
-    the folder features were imported from."""
-    extra = dict(fp.extra)
-    if isinstance(extra.get(IMPORTED_FROM), str):
-        extra[IMPORTED_FROM] = _file_name(extra[IMPORTED_FROM])
-    return dataclasses.replace(fp, weights_path=_file_name(fp.weights_path), extra=extra)
-
-
 def imported_fingerprint(
     name: str,
     carried: StoreFingerprint | None,
@@ -169,9 +157,9 @@ def imported_fingerprint(
     else `external:<name>` with unknown weights. The geometry is the files'."""
     if carried is not None:
         extra = {**carried.extra, IMPORTED_FROM: folder.name}
-        return shareable(
-            dataclasses.replace(carried, embedding_dtype=dtype or carried.embedding_dtype, extra=extra)
-        )
+        return dataclasses.replace(
+            carried, embedding_dtype=dtype or carried.embedding_dtype, extra=extra
+        ).shared()
     return StoreFingerprint(
         model=f"{EXTERNAL}{name}",
         model_config={},
@@ -229,7 +217,7 @@ def parquet_metadata(store: EmbeddingStore) -> dict[bytes, bytes]:
         "table_versions": store.table_versions(),
     }
     values = {
-        "mvh.fingerprint": shareable(store.fingerprint).to_dict(),
+        "mvh.fingerprint": store.fingerprint.shared().to_dict(),
         "mvh.version": __version__,
         "mvh.store": snapshot,
         "mvh.card": build_card(store).to_dict(),

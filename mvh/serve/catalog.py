@@ -17,6 +17,7 @@ import torch
 
 from mvh.errors import UsageError
 from mvh.extractor.embedder import Embedder
+from mvh.extractor.weights_places import local_weights
 from mvh.index.faiss_index import VectorIndex
 from mvh.index.index_files import load_index
 from mvh.serve.batcher import MicroBatcher
@@ -98,7 +99,7 @@ class StoreEntry:
             return False, f"model {fp.model} was imported from another tool and cannot embed images here"
         if fp.weights_sha256 == RANDOM_INIT:
             return True, ""
-        if fp.weights_path is None or not Path(fp.weights_path).is_file():
+        if local_weights(fp.weights_sha256, fp.weights_path) is None:
             return False, (
                 f"the weights file this store was made with ({fp.weights_path}, sha256 "
                 f"{fp.weights_sha256[:12]}...) is not on this machine: query by stored tile (SLIDE:X:Y) only"

@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Any
 
 import numpy as np
@@ -88,6 +89,15 @@ class StoreFingerprint:
             f"{self.model} {config} weights={weights} tile={self.tile_px}px@{self.mpp:g}um/px "
             f"{self.embedding_dtype} dim={self.embed_dim}"
         )
+
+    def shared(self) -> StoreFingerprint:
+        """This fingerprint without local paths, as `mvh info`, cards and exports show it: the weights
+        file's name (its sha256 names the weights) and the name of the folder features were imported from."""
+        extra = dict(self.extra)
+        if isinstance(extra.get("imported_from"), str):
+            extra["imported_from"] = PurePath(extra["imported_from"]).name
+        weights = None if self.weights_path is None else PurePath(self.weights_path).name
+        return dataclasses.replace(self, weights_path=weights, extra=extra)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict (inverse of `from_dict`)."""
