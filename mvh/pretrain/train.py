@@ -125,7 +125,7 @@ def plot_losses(records: list[dict[str, Any]], path: Path, title: str) -> Path:
 
 
 @dataclass
-class PretrainResult(JobResult):
+class PretrainResult(JobResult, job="pretrain"):
     """What a run produced (results.json is exactly `to_dict()`)."""
 
     run_dir: Path

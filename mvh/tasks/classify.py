@@ -90,10 +90,6 @@ class ClassifyConfig:
             raise UsageError("give exactly one label source: an image folder (IMAGES) or --labels CSV")
         if not self.stores:
             raise UsageError("no model given: pass --model NAME, --models a,b or --store PATH")
-        if self.images is not None and not Path(self.images).is_dir():
-            raise UsageError(f"{self.images}: image folder not found; pass a folder of class subfolders")
-        if self.labels is not None and not Path(self.labels).is_file():
-            raise UsageError(f"--labels {self.labels}: no such file; give a CSV of tile_id or path, label")
         if self.batch_size < 1:
             raise UsageError(f"--batch-size {self.batch_size}: give a positive integer")
         object.__setattr__(self, "stores", tuple(self.stores))
@@ -124,7 +120,7 @@ class FoldInfo:
 
 
 @dataclass
-class ClassifyResult(JobResult):
+class ClassifyResult(JobResult, job="classify"):
     """Results of `mvh eval classify` (results.json is exactly `to_dict()`)."""
 
     classes: list[str]
@@ -237,6 +233,10 @@ def run_classify(cfg: ClassifyConfig, *, progress: Progress | None = None) -> Cl
     from mvh.tasks.plots import plot_confusion
     from mvh.tasks.stores import open_spec
 
+    if cfg.images is not None and not Path(cfg.images).is_dir():
+        raise UsageError(f"{cfg.images}: image folder not found; pass a folder of class subfolders")
+    if cfg.labels is not None and not Path(cfg.labels).is_file():
+        raise UsageError(f"--labels {cfg.labels}: no such file; give a CSV of tile_id or path, label")
     if cfg.images is not None:
         table = read_image_folder(Path(cfg.images))
         source = str(cfg.images)

@@ -39,7 +39,7 @@ from mvh.index.exact import exact_search, l2_normalise, recall_at_k
 from mvh.index.faiss_index import VectorIndex
 from mvh.index.index_files import index_info, load_index
 from mvh.index.row_parts import ROW_COLUMNS
-from mvh.jobs import JobResult
+from mvh.jobs import RESULTS_FILE, JobResult, check_out_folder, out_folder
 from mvh.progress import Event, Progress, report
 from mvh.store import EmbeddingStore
 from mvh.tasks.stores import read_slides, select_tiles, tile_key
@@ -297,12 +297,12 @@ class RetrievalConfig:
         if self.leave_out not in LEAVE_OUT:
             raise UsageError(f"--leave-out {self.leave_out!r}: use one of {', '.join(LEAVE_OUT)}")
         object.__setattr__(self, "labels", Path(self.labels))
-        if not self.labels.is_file():
-            raise UsageError(f"--labels {self.labels}: no such file; give a CSV of tile_id,label")
+        if self.out is not None:
+            object.__setattr__(self, "out", out_folder(self.out, RESULTS_FILE))
 
 
 @dataclass
-class RetrievalResult(JobResult):
+class RetrievalResult(JobResult, job="retrieval"):
     """Retrieval metrics (results.json of `mvh eval retrieval`)."""
 
     store: str
@@ -398,7 +398,11 @@ def evaluate_retrieval(
 
 
 def run_retrieval(cfg: RetrievalConfig, *, progress: Progress | None = None) -> RetrievalResult:
-    """`mvh eval retrieval`: open the store, read the labels CSV, evaluate, write results.json to `out`."""
+    """`mvh eval retrieval`: open the store, read the labels CSV, evaluate, write `out`/results.json."""
+    if not cfg.labels.is_file():
+        raise UsageError(f"--labels {cfg.labels}: no such file; give a CSV of tile_id,label")
+    if cfg.out is not None:
+        check_out_folder(cfg.out)
     store = EmbeddingStore.open(cfg.store)
     labels, notes = load_labels(cfg.labels)
     result = evaluate_retrieval(store, labels, cfg.ks, cfg.leave_out, use_index=cfg.use_index,
@@ -406,7 +410,7 @@ def run_retrieval(cfg: RetrievalConfig, *, progress: Progress | None = None) -> 
     result.notes[:0] = notes
     if cfg.out is not None:
         try:
-            result.write_json(cfg.out)
+            result.write_json(cfg.out / RESULTS_FILE)
         except OSError as exc:
-            raise DataError(f"cannot write --out {cfg.out}: {exc}") from exc
+            raise DataError(f"cannot write {cfg.out / RESULTS_FILE}: {exc}") from exc
     return result

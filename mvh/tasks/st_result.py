@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 from mvh.jobs import JobResult
 from mvh.tasks.metrics import MetricSummary
@@ -141,10 +141,8 @@ class DroppedSpot:
 
 
 @dataclass
-class STResult(JobResult):
-    """Everything `mvh eval st` reports; results.json is exactly `to_dict()`."""
-
-    JOB: ClassVar[str] = "st"
+class STResult(JobResult, job="st"):
+    """Everything `mvh eval st` reports; results.json is exactly `to_dict()` (with `"job": "st"`)."""
 
     settings: STSettings
     models: dict[str, ModelResult]
@@ -156,7 +154,3 @@ class STResult(JobResult):
     notes: list[str]
     figures: list[str] = field(default_factory=list)
     prediction_tables: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        """results.json: `{"job": "st", ...every field}`."""
-        return {"job": self.JOB, **super().to_dict()}

@@ -241,10 +241,17 @@ def test_slide_labels_errors_and_job_shape(planted_store: EmbeddingStore, tmp_pa
     tile_path = tmp_path / "tiles.csv"
     TILE_LABELS.to_csv(tile_path, index=False)
     recorder = Recorder()
-    cfg = RetrievalConfig(store=planted_store.uri, labels=tile_path, ks=(2, 1), out=tmp_path / "r.json")
+    cfg = RetrievalConfig(store=planted_store.uri, labels=tile_path, ks=(2, 1), out=tmp_path / "r")
     result = run_retrieval(cfg, progress=recorder)
     assert result.ks == [1, 2] and recorder.count(Event.ADVANCE, QUERIES) == 4
-    assert RetrievalResult.from_dict(json.loads((tmp_path / "r.json").read_text())) == result
+    assert RetrievalResult.from_dict(json.loads((tmp_path / "r" / "results.json").read_text())) == result
+    with pytest.raises(UsageError, match=r"--out .*r\.json names a file, but --out is a folder"):
+        RetrievalConfig(store=planted_store.uri, labels=tile_path, out=tmp_path / "r.json")
+    (tmp_path / "taken").write_text("")
+    with pytest.raises(UsageError, match="is a file; give a folder"):
+        run_retrieval(RetrievalConfig(store=planted_store.uri, labels=tile_path, out=tmp_path / "taken"))
+    with pytest.raises(UsageError, match="--labels .*: no such file"):
+        run_retrieval(RetrievalConfig(store=planted_store.uri, labels=tmp_path / "absent.csv"))
 
 
 def test_recall_counts_an_equal_score_neighbour_as_a_hit() -> None:

@@ -19,7 +19,7 @@ import pandas as pd
 from mvh.core.device import resolve_device
 from mvh.errors import CohortError, MvhError, SlideError, UsageError
 from mvh.extractor.slide import open_slide
-from mvh.jobs import JobResult
+from mvh.jobs import JobResult, check_out_folder, out_folder
 from mvh.progress import FOLDS, Event, Progress, report
 from mvh.store import EmbeddingStore
 from mvh.store.slide_ids import check_slide_id, path_inside
@@ -65,14 +65,7 @@ class SurvivalConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "cohort", Path(self.cohort))
         object.__setattr__(self, "store", str(self.store))
-        object.__setattr__(self, "out", Path(self.out))
-        if not self.cohort.is_file():
-            raise CohortError(
-                f"--cohort {self.cohort}: no such cohort file; pass a CSV with columns "
-                f"{', '.join(REQUIRED_COLUMNS)}"
-            )
-        if self.out.exists() and not self.out.is_dir():
-            raise UsageError(f"--out {self.out} is a file; give a folder for results.json and the figures")
+        object.__setattr__(self, "out", out_folder(self.out, RESULTS_NAME))
         if self.heatmap is not None:
             check_slide_id(self.heatmap, "--heatmap")
 
@@ -118,7 +111,7 @@ class CohortSummary:
 
 
 @dataclass
-class SurvivalResult(JobResult):
+class SurvivalResult(JobResult, job="survival"):
     """results.json of `mvh eval survival` (exactly `to_dict()`)."""
 
     settings: SurvivalSettings
@@ -236,6 +229,12 @@ def run_survival(config: SurvivalConfig, *, progress: Progress | None = None) ->
         notes.append(text)
         report(progress, Event.NOTE, FOLDS, detail=text)
 
+    if not config.cohort.is_file():
+        raise CohortError(
+            f"--cohort {config.cohort}: no such cohort file; pass a CSV with columns "
+            f"{', '.join(REQUIRED_COLUMNS)}"
+        )
+    check_out_folder(config.out)
     store = EmbeddingStore.open(config.store)
     cohort = read_cohort(config.cohort, store.slide_ids(), skip_missing=config.skip_missing)
     if cohort.skipped_slides:
