@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo_out
 
-.PHONY: venv demo test bench clean serve-assets chromium netns-tools
+.PHONY: venv demo test bench clean serve-assets azurite chromium netns-tools
 
 # torch/torchvision first, pinned to the pair that ships on local disk (no network download where it
 # exists; the only pair with which torchvision and timm import there); elsewhere pip picks a current torch.
@@ -21,7 +21,7 @@ venv: $(STAMP)
 demo: $(STAMP)
 	MVH=$(BIN)/mvh bash scripts/demo.sh $(DEMO_DIR)
 
-test: $(STAMP) serve-assets chromium netns-tools
+test: $(STAMP) serve-assets azurite chromium netns-tools
 	$(BIN)/python -m pytest -q
 
 # `mvh serve`: OpenSeadragon from the npm registry (served by the app, no CDN), and Debian's chromium
@@ -35,6 +35,15 @@ $(SERVE_ASSETS): mvh/serve/package.json mvh/serve/package-lock.json
 	cd mvh/serve && npm ci --no-audit --no-fund
 
 serve-assets: $(SERVE_ASSETS)
+
+# The Azure tests: Azurite (Microsoft's Azure Storage emulator) from the npm registry, pinned by its own lock file.
+AZURITE := tests/sharing/azurite/node_modules/.package-lock.json
+
+$(AZURITE): tests/sharing/azurite/package.json tests/sharing/azurite/package-lock.json
+	command -v npm >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends npm; }
+	cd tests/sharing/azurite && npm ci --no-audit --no-fund
+
+azurite: $(AZURITE)
 
 chromium:
 	test -x $(CHROMIUM) || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium; }

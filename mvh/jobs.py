@@ -13,11 +13,16 @@ import types
 import typing
 from enum import Enum
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
+from mvh.errors import DataError, UsageError
+
 R = TypeVar("R", bound="JobResult")
+RESULTS_FILE = "results.json"  # what every job writes into its --out folder
+# Names that say "a file": `--out` took one in older releases of some commands (`--out results.json`).
+_FILE_SUFFIXES = (".json", ".md", ".csv", ".parquet", ".png", ".txt", ".h5")
 
 
 def jsonable(value: Any) -> Any:
@@ -76,15 +81,31 @@ def _from_fields(cls: type, data: dict[str, Any]) -> Any:
 
 
 class JobResult:
-    """Mixin for result dataclasses: `to_dict()`, `from_dict()`, `write_json(path)`."""
+    """Mixin for result dataclasses: `to_dict()`, `from_dict()`, `write_json(path)`.
+
+    A job's result names its job in the class line (`class SurvivalResult(JobResult, job="survival")`):
+    its results.json then carries `"job": "survival"`, so a reader (the web app) knows the type to read it
+    with instead of guessing from the keys. Results of older releases have no `job`.
+    """
+
+    job: ClassVar[str | None] = None
+
+    def __init_subclass__(cls, job: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if job is not None:
+            cls.job = job
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict of every field (results.json is exactly this)."""
-        return jsonable(self)
+        """JSON-ready dict of every field, after the job's name (results.json is exactly this)."""
+        data = jsonable(self)
+        return data if self.job is None else {"job": self.job, **data}
 
     @classmethod
     def from_dict(cls: type[R], data: dict[str, Any]) -> R:
-        """Rebuild a result from `to_dict()` output."""
+        """Rebuild a result from `to_dict()` output (DataError when it names another job)."""
+        named = data.get("job")
+        if named is not None and named != cls.job:
+            raise DataError(f"results of job {named!r} are not {cls.__name__} results ({cls.job!r})")
         return _from_fields(cls, data)
 
     def write_json(self, path: Path) -> Path:
@@ -93,3 +114,20 @@ class JobResult:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
         return path
+
+
+def out_folder(out: Path | str, writes: str) -> Path:
+    """`--out` as the folder a job writes `writes` into; a file name (the old form) is a UsageError."""
+    path = Path(out)
+    if path.suffix.lower() in _FILE_SUFFIXES:
+        raise UsageError(
+            f"--out {path} names a file, but --out is a folder ({writes} is written inside it): "
+            f"give a folder, e.g. --out {path.with_suffix('')}"
+        )
+    return path
+
+
+def check_out_folder(out: Path) -> None:
+    """UsageError unless `out` is a folder or absent (a job calls it when it starts, before any work)."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; give a folder (new or existing)")

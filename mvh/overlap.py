@@ -63,7 +63,7 @@ class TilePair:
 
 
 @dataclass
-class OverlapResult(JobResult):
+class OverlapResult(JobResult, job="overlap"):
     """What the two stores share."""
 
     store_a: str

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
-from collections.abc import Callable
+import logging
+import sys
+from collections.abc import Callable, Iterator
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -15,7 +18,7 @@ from mvh import __version__
 from mvh.cli._console import console, err_console
 from mvh.cli._group import MvhGroup
 from mvh.errors import MvhError, UsageError
-from mvh.store.location import redact_environment
+from mvh.store.location import RedactingFilter, redact_environment
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -57,13 +60,33 @@ app.add_typer(index_app, name="index")
 app.add_typer(eval_app, name="eval")
 
 
+@contextlib.contextmanager
+def _redacted_warnings() -> Iterator[None]:
+    """Library warnings on stderr as Python's last-resort handler writes them, with credentials as `***`
+    (a warning may quote an object store's error, and such errors quote signed URLs). Where logging is
+    configured already (an embedding application, pytest), its handlers are left as they are."""
+    root = logging.getLogger()
+    if root.handlers:
+        yield
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    handler.addFilter(RedactingFilter())
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+
+
 def guarded(fn: F) -> F:
     """Turn an `MvhError` raised by the library into a one-line message and its exit code."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with _redacted_warnings():
+                return fn(*args, **kwargs)
         except MvhError as exc:
             message = redact_environment(" ".join(str(exc).split()))
             # Text, not markup: messages hold brackets and colons (s1:0:0) Rich would read as markup/emoji

@@ -17,7 +17,8 @@ from mvh.cli._app import err_console
 F = TypeVar("F", bound=Callable[..., Any])
 
 StoreOption = Annotated[
-    str, typer.Option("--store", help="Store: a directory or object-store URI (s3://...), URI@TAG for a tag.")
+    str,
+    typer.Option("--store", help="Store: a directory or an s3://, az:// or gs:// URI; URI@TAG for a tag."),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 

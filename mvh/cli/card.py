@@ -18,7 +18,7 @@ from mvh.cli._render import JsonOption, StoreOption, open_store, store_access
 def card_cmd(
     store: StoreOption = "embeddings.lance",
     out: Annotated[
-        Path | None, typer.Option("--out", help="Also write the card to this Markdown file.")
+        Path | None, typer.Option("--out", help="Also write the card into this folder (as CARD.md).")
     ] = None,
     set_fields: Annotated[
         list[str] | None,

@@ -23,10 +23,10 @@ def info_cmd(
 
     info = EmbeddingStore.open(store).info()
     if as_json:
-        print_json(info)
+        print_json(info.to_dict())
         return
-    fp = info["fingerprint"]
-    head = Table(title=f"store {info['opened_as']} (version {info['version']})", show_header=False)
+    fp = info.fingerprint.to_dict()
+    head = Table(title=f"store {info.opened_as} (version {info.version})", show_header=False)
     head.add_column("key", style="bold")
     head.add_column("value")
     rows = [
@@ -35,29 +35,29 @@ def info_cmd(
         ("weights", weights_line(fp["weights_sha256"]).removeprefix("weights: ")),
         ("tiles", f"{fp['tile_px']} px at {fp['mpp']} um/px, mean {fp['mean']} std {fp['std']}"),
         ("embedding", f"{fp['embedding_dtype']} x {fp['embed_dim']}"),
-        ("slides", ", ".join(f"{k} {v}" for k, v in sorted(info["slides_by_status"].items())) or "none"),
-        ("tiles stored", str(info["n_tiles"])),
-        ("created", f"{info['created']} by mvh {info['mvh_version']}"),
-        ("table versions", ", ".join(f"{k} {v}" for k, v in info["table_versions"].items())),
-        ("tags", ", ".join(f"{t} (slides {v['slides']})" for t, v in info["tags"].items()) or "none"),
+        ("slides", ", ".join(f"{k} {v}" for k, v in sorted(info.slides_by_status.items())) or "none"),
+        ("tiles stored", str(info.n_tiles)),
+        ("created", f"{info.created} by mvh {info.mvh_version}"),
+        ("table versions", ", ".join(f"{k} {v}" for k, v in info.table_versions.items())),
+        ("tags", ", ".join(f"{t} (slides {v['slides']})" for t, v in info.tags.items()) or "none"),
     ]
-    if info["read_only"]:
+    if info.read_only:
         rows.append(("access", "read-only"))
-    if info["storage_options"]:
-        rows.append(("storage options", ", ".join(f"{k}={v}" for k, v in info["storage_options"].items())))
-    if info["card_fields"] is not None:
-        fields = ", ".join(f"{k}: {v}" for k, v in info["card_fields"].items()) or "no owner fields"
+    if info.storage_options:
+        rows.append(("storage options", ", ".join(f"{k}={v}" for k, v in info.storage_options.items())))
+    if info.card_fields is not None:
+        fields = ", ".join(f"{k}: {v}" for k, v in info.card_fields.items()) or "no owner fields"
         rows.append(("dataset card", fields))
-    if not info["writable_layout"]:
+    if not info.writable_layout:
         rows.append(("layout", "written by an older mvh: readable; new slides go into a new store"))
     for key, value in rows:
         head.add_row(key, value)
     console.print(head)
-    for name, fields in info["schema"].items():
+    for name, fields in info.schema.items():
         console.print(f"[bold]{name}[/]: " + ", ".join(fields), highlight=False)
-    if info["card"] is not None:
+    if info.card is not None:
         from rich.text import Text
 
         from mvh.store.card import DatasetCard
 
-        console.print(Text(DatasetCard.from_dict(info["card"]).to_markdown()))
+        console.print(Text(DatasetCard.from_dict(info.card).to_markdown()))

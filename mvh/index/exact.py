@@ -80,14 +80,32 @@ def _mask_rows(sims: np.ndarray, rows: np.ndarray, candidates: np.ndarray) -> No
     sims[np.flatnonzero(hit), pos[hit]] = -np.inf
 
 
-def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray, k: int) -> float:
-    """Mean over queries of |approx top-k & exact top-k| / |exact top-k| (ids [Q, >=k]; -1 = no row).
+def recall_at_k(
+    approx_ids: np.ndarray,
+    exact_ids: np.ndarray,
+    k: int,
+    *,
+    approx_scores: np.ndarray | None = None,
+    exact_scores: np.ndarray | None = None,
+    tie_tol: float = 1e-6,
+) -> float:
+    """Mean over queries of the approximate top-k's hits / |exact top-k| (ids [Q, >=k]; -1 = no row).
 
+    A hit is a row of the exact top-k or, given `approx_scores` (the exact score of each approximate
+    neighbour) and `exact_scores` (of the exact top-k), a row whose exact score ties the exact k-th score
+    within `tie_tol`: which of equal-score rows exact search keeps is arbitrary, so the other is no miss.
     The denominator is k unless fewer than k rows qualified for a query; queries with none are skipped.
     """
+    scored = approx_scores is not None and exact_scores is not None
     found = []
-    for a, e in zip(np.asarray(approx_ids)[:, :k], np.asarray(exact_ids)[:, :k], strict=True):
+    for q, (a, e) in enumerate(zip(np.asarray(approx_ids)[:, :k], np.asarray(exact_ids)[:, :k], strict=True)):
         truth = set(e.tolist()) - {-1}
-        if truth:
-            found.append(len(truth & set(a.tolist())) / len(truth))
+        if not truth:
+            continue
+        hits = {int(i) for i in a.tolist() if i in truth}
+        if scored:
+            kth = np.asarray(exact_scores)[q, len(truth) - 1]
+            ties = np.asarray(approx_scores)[q, :k] >= kth - tie_tol
+            hits |= {int(i) for i, tie in zip(a.tolist(), ties, strict=True) if tie and i >= 0}
+        found.append(min(len(hits), len(truth)) / len(truth))
     return float(np.mean(found)) if found else float("nan")

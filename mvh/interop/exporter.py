@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mvh.errors import DataError, StoreError, UsageError
+from mvh.interop.geojson import feature_collection, tile_features, write_collection
 from mvh.interop.geometry import Geometry, trident_coords_attrs
 from mvh.interop.kept_attrs import saved_attrs, to_file_order
 from mvh.interop.provenance import parquet_metadata
@@ -34,12 +35,12 @@ from mvh.progress import SLIDES, Event, Progress, report
 from mvh.store import DONE, EmbeddingStore, StoreFingerprint, embeddings_to_arrow
 from mvh.store.slide_ids import path_inside
 
-FORMATS = ("h5", "clam", "parquet")
+FORMATS = ("h5", "clam", "parquet", "geojson")
 INTERNAL_COLUMNS = ("commit",)  # store bookkeeping, not exported
 MVH_ONLY = ("mpp", "slide_mpp")  # mvh's own coords attributes, not added to files imported without them
 
 
-@dataclass
+@dataclass(frozen=True)
 class ExportConfig:
     """`mvh export`: which store, where, in which format, verified first or not."""
 
@@ -49,18 +50,16 @@ class ExportConfig:
     verify: bool = False
 
     def __post_init__(self) -> None:
-        self.store = str(self.store)
-        self.out = Path(self.out)
+        object.__setattr__(self, "store", str(self.store))
+        object.__setattr__(self, "out", Path(self.out))
         if self.fmt not in FORMATS:
             raise UsageError(f"--format {self.fmt!r} is unknown: use one of {', '.join(FORMATS)}")
-        if self.out.exists() and not self.out.is_dir():
-            raise UsageError(f"--out {self.out} is an existing file; remove it or name a new folder")
         if self.fmt != "parquet" and self.out.suffix == ".parquet":
             raise UsageError(f"--out {self.out} names a Parquet file; use --format parquet or name a folder")
 
 
 @dataclass
-class ExportResult(JobResult):
+class ExportResult(JobResult, job="export"):
     """What `run_export` wrote."""
 
     store: str
@@ -274,8 +273,31 @@ def _verify(store: EmbeddingStore, result: ExportResult) -> None:
     result.verified = True
 
 
+def _export_geojson(
+    store: EmbeddingStore, cfg: ExportConfig, result: ExportResult, progress: Progress | None
+) -> None:
+    """`<slide_id>.geojson` per done slide: its tile grid as QuPath detections, each tile's level-0
+    footprint as the h5 export's `patch_size_level0` (`mvh.interop.geojson`)."""
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    slides = store.slides(status=DONE).set_index("slide_id")
+    report(progress, Event.TOTAL, SLIDES, len(slides))
+    for slide_id, rec in slides.iterrows():
+        sid = str(slide_id)
+        tiles = store.slide_tiles(sid)
+        size = _geometry(saved_attrs(rec), tiles, store, rec).size_l0
+        features = tile_features(tiles["x"].tolist(), tiles["y"].tolist(), size,
+                                 tiles["tissue_fraction"].tolist())
+        target = write_collection(path_inside(cfg.out, f"{sid}.geojson"), feature_collection(features))
+        result.files.append(str(target))
+        result.n_slides += 1
+        result.n_tiles += len(tiles)
+        report(progress, Event.ADVANCE, SLIDES, 1)
+
+
 def run_export(cfg: ExportConfig, *, progress: Progress | None = None) -> ExportResult:
-    """Export a store's done slides as TRIDENT-complete h5, CLAM's h5_files/pt_files, or Parquet."""
+    """Export a store's done slides as TRIDENT-complete h5, CLAM's h5_files/pt_files, Parquet, or GeoJSON."""
+    if cfg.out.exists() and not cfg.out.is_dir():
+        raise UsageError(f"--out {cfg.out} is an existing file; remove it or name a new folder")
     store = EmbeddingStore.open(cfg.store)
     result = ExportResult(store=cfg.store, format=cfg.fmt, out=str(cfg.out))
     if cfg.verify:
@@ -284,6 +306,8 @@ def run_export(cfg: ExportConfig, *, progress: Progress | None = None) -> Export
         result.files.append(str(export_parquet(store, cfg.out, progress)))
         result.n_slides = len(store.slide_ids(DONE))
         result.n_tiles = store.n_tiles
+    elif cfg.fmt == "geojson":
+        _export_geojson(store, cfg, result, progress)
     else:
         _export_slides(store, cfg, result, progress)
     for text in result.notes:

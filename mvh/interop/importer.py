@@ -49,7 +49,7 @@ def _positive(value: float | None, flag: str) -> None:
         raise UsageError(f"{flag} must be a finite number > 0, got {value}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ImportConfig:
     """`mvh import`: which folder, which store, and the geometry the files may lack."""
 
@@ -62,23 +62,8 @@ class ImportConfig:
     embedding_dtype: str | None = None  # None: mvh's fingerprint in the files, else float32
 
     def __post_init__(self) -> None:
-        self.h5_dir = Path(self.h5_dir)
-        self.store = str(self.store)
-        if not self.h5_dir.is_dir():
-            raise UsageError(
-                f"{self.h5_dir}: not a folder; point H5_DIR at a folder of TRIDENT/CLAM .h5 files"
-            )
-        if not self.files():
-            inside = sorted(
-                p.relative_to(self.h5_dir).as_posix()
-                for p in self.h5_dir.glob("**/")
-                if p != self.h5_dir and any(not f.name.endswith("_patches.h5") for f in p.glob("*.h5"))
-            )  # TRIDENT's patches/<name>_patches.h5 hold coordinates only
-            hint = f" (folders below holding .h5 files: {', '.join(inside[:4])})" if inside else ""
-            raise UsageError(
-                f"{self.h5_dir}: no .h5 files found; point at a folder of TRIDENT/CLAM feature files"
-                f"{hint}, e.g. TRIDENT's features_<encoder>/ or CLAM's h5_files/"
-            )
+        object.__setattr__(self, "h5_dir", Path(self.h5_dir))
+        object.__setattr__(self, "store", str(self.store))
         if self.model is not None and not self.model.strip():
             raise UsageError("--model is empty; name the tool/model that made the features")
         _positive(self.mpp, "--mpp")
@@ -89,8 +74,24 @@ class ImportConfig:
             raise UsageError(f"--dtype {self.embedding_dtype!r}: use float32 or float16")
 
     def files(self) -> list[Path]:
-        """The h5 files to import, sorted by name."""
-        return sorted(p for p in self.h5_dir.glob("*.h5") if p.is_file())
+        """The h5 files to import, sorted by name (UsageError when the folder is absent or holds none)."""
+        if not self.h5_dir.is_dir():
+            raise UsageError(
+                f"{self.h5_dir}: not a folder; point H5_DIR at a folder of TRIDENT/CLAM .h5 files"
+            )
+        files = sorted(p for p in self.h5_dir.glob("*.h5") if p.is_file())
+        if not files:
+            inside = sorted(
+                p.relative_to(self.h5_dir).as_posix()
+                for p in self.h5_dir.glob("**/")
+                if p != self.h5_dir and any(not f.name.endswith("_patches.h5") for f in p.glob("*.h5"))
+            )  # TRIDENT's patches/<name>_patches.h5 hold coordinates only
+            hint = f" (folders below holding .h5 files: {', '.join(inside[:4])})" if inside else ""
+            raise UsageError(
+                f"{self.h5_dir}: no .h5 files found; point at a folder of TRIDENT/CLAM feature files"
+                f"{hint}, e.g. TRIDENT's features_<encoder>/ or CLAM's h5_files/"
+            )
+        return files
 
 
 @dataclass
@@ -112,7 +113,7 @@ class FailedFile:
 
 
 @dataclass
-class ImportResult(JobResult):
+class ImportResult(JobResult, job="import"):
     """What `run_import` did: files imported, empty slides, failures, notes, the store's fingerprint."""
 
     store: str

@@ -125,7 +125,7 @@ def plot_losses(records: list[dict[str, Any]], path: Path, title: str) -> Path:
 
 
 @dataclass
-class PretrainResult(JobResult):
+class PretrainResult(JobResult, job="pretrain"):
     """What a run produced (results.json is exactly `to_dict()`)."""
 
     run_dir: Path
@@ -141,6 +141,11 @@ class PretrainResult(JobResult):
     backbone_weights: Path
     resumed_from: int | None
     rank: int = 0
+    # Provenance of the batch: the lr was scaled from `global_batch` = `batch_per_rank` x `world_size`.
+    world_size: int = 1
+    batch_per_rank: int = 0
+    global_batch: int = 0
+    parallel: str = "single"  # "single" process, "ddp" or "fsdp"
     notes: list[str] = field(default_factory=list)
 
 
@@ -647,6 +652,10 @@ def _train(
         backbone_weights=run_dir / BACKBONE_WEIGHTS,
         resumed_from=resumed_from,
         rank=env.rank,
+        world_size=env.world_size,
+        batch_per_rank=config.batch_size,
+        global_batch=global_batch,
+        parallel="fsdp" if config.fsdp else ("ddp" if env.world_size > 1 else "single"),
         notes=notes,
     )
     if env.main:

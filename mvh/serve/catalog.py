@@ -45,6 +45,8 @@ class SlideRecord:
     width: int | None
     height: int | None
     n_tiles: int
+    mpp_source: str | None = None
+    file_hash: str | None = None
 
 
 def _store_name(uri: str) -> str:
@@ -54,6 +56,18 @@ def _store_name(uri: str) -> str:
 
 def _optional_int(value: Any) -> int | None:
     return None if value is None or pd.isna(value) else int(value)
+
+
+def _optional_str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def location_of(source: str) -> dict[str, Any]:
+    """Where a served store lives: local / S3 / Google Cloud / Azure, its URI, and the tag or version."""
+    location = parse_location(source, read_only=True)
+    kind = {"s3": "S3", "s3+ddb": "S3", "gs": "Google Cloud", "az": "Azure", "abfs": "Azure",
+            "memory": "memory"}.get(location.scheme, "local")
+    return {"kind": kind, "uri": location.uri, "tag": location.tag, "pinned_version": location.version}
 
 
 class StoreEntry:
@@ -141,6 +155,8 @@ class StoreEntry:
                 width=_optional_int(row.get("width")),
                 height=_optional_int(row.get("height")),
                 n_tiles=int(row.get("n_tiles") or 0),
+                mpp_source=_optional_str(row.get("mpp_source")),
+                file_hash=_optional_str(row.get("file_hash")),
             )
         with self._lock:
             self._slides = (version, records)
@@ -181,25 +197,26 @@ class StoreEntry:
         return {
             "name": self.name,
             "uri": self.store.uri,
-            "version": info["version"],
+            "version": info.version,
             "model": fp.model,
             "weights_sha256": fp.weights_sha256,
             "embed_dim": fp.embed_dim,
             "tile_px": fp.tile_px,
             "mpp": fp.mpp,
-            "n_slides": info["n_slides"],
-            "n_tiles": info["n_tiles"],
-            "slides_by_status": info["slides_by_status"],
+            "n_slides": info.n_slides,
+            "n_tiles": info.n_tiles,
+            "slides_by_status": info.slides_by_status,
             "image_queries": ok,
             "image_queries_reason": why,
             "image_batches": self.image_batcher.stats(),
-            "fingerprint": info["fingerprint"],
-            "mvh_version": info.get("mvh_version"),
-            "created": info.get("created"),
-            "opened_as": info.get("opened_as"),
-            "tags": info.get("tags"),
-            "versions": info.get("table_versions"),
-            "card": info.get("card_fields"),
+            "fingerprint": info.fingerprint.to_dict(),
+            "mvh_version": info.mvh_version,
+            "created": info.created,
+            "opened_as": info.opened_as,
+            "tags": info.tags,
+            "versions": info.table_versions,
+            "card": info.card_fields,
+            "location": location_of(self.source),
         }
 
 

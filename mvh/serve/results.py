@@ -1,7 +1,8 @@
 """Per-tile values of `mvh eval survival` and `mvh eval st` runs (`--results` folders), for viewer overlays.
 
 All parsing of task outputs lives here, and reads them defensively: the tasks' output shapes evolve.
-A folder is recognised by its `results.json`; per-tile values are read from tidy tables beside it:
+A folder is recognised by its `results.json`, whose `job` names the job that wrote it (results of
+older releases are recognised by their keys); per-tile values are read from tidy tables beside it:
 
 - attention (survival `--heatmap`): `attention*.{csv,parquet}` or `heatmap*.{csv,parquet}` with columns
   `x`, `y` (level-0 top-left of a stored tile), `attention`, and `slide_id` (else the slide id is the
@@ -79,8 +80,12 @@ def _read_table(path: Path) -> pd.DataFrame:
 
 
 def _task(results: dict[str, Any]) -> str:
+    """The job that wrote a results.json: its `job` name; results of older releases, which have none, by
+    their keys."""
+    if isinstance(results.get("job"), str):
+        return results["job"]
     settings = results.get("settings") if isinstance(results.get("settings"), dict) else {}
-    task = results.get("task") or settings.get("task")
+    task = results.get("job") or results.get("task") or settings.get("task")
     if isinstance(task, str):
         return task
     if "abmil" in results or "cohort" in settings or "heatmap" in settings:

@@ -12,6 +12,7 @@ from typing import Any
 
 _EXPORTS = {
     "EmbeddingStore": "mvh.store.store",
+    "StoreInfo": "mvh.store.info",
     "StoreFingerprint": "mvh.store.schema",
     "DONE": "mvh.store.schema",
     "FAILED": "mvh.store.schema",

@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
-from mvh.errors import UsageError
+from mvh.errors import StoreError, UsageError
 
 Options = dict[str, str]
 
@@ -48,6 +48,8 @@ class Backend:
     # options -> a pyarrow filesystem for the files beside the tables (paths `bucket/key`); None: pyarrow's
     # own `FileSystem.from_uri`
     filesystem: Callable[[Options], pafs.FileSystem] | None = None
+    # (pattern, what it means) a bucket or container name must match; None: LanceDB's errors say it
+    container: tuple[str, str] | None = None
 
     def options(self, given: Mapping[str, str], env: Mapping[str, str]) -> Options:
         """Storage options: credential files < environment < `given` (`--storage-option`), finished."""
@@ -153,10 +155,171 @@ S3 = Backend(
     finish=_s3_finish,
     filesystem=_s3_filesystem,
 )
-# LanceDB's object store reads the GOOGLE_* variables itself; mvh passes `--storage-option`s on.
-GCS = Backend(name="Google Cloud Storage (untested: no emulator works with LanceDB here)", schemes=("gs",))
-# LanceDB's object store reads the AZURE_STORAGE_* variables itself; mvh passes `--storage-option`s on.
-AZURE = Backend(name="Azure Blob Storage", schemes=("az", "abfs"))
+# ---------------------------------------------------------------- Azure Blob Storage
+# environment variables -> option names, lowest first (the *_NAME/_KEY forms win over the az CLI's)
+_AZURE_ENV = {
+    "AZURE_STORAGE_CONNECTION_STRING": "azure_storage_connection_string",
+    "AZURE_STORAGE_ACCOUNT": "azure_storage_account_name",
+    "AZURE_STORAGE_ACCOUNT_NAME": "azure_storage_account_name",
+    "AZURE_STORAGE_KEY": "azure_storage_account_key",
+    "AZURE_STORAGE_ACCOUNT_KEY": "azure_storage_account_key",
+    "AZURE_STORAGE_SAS_TOKEN": "azure_storage_sas_token",
+    "AZURE_STORAGE_ENDPOINT": "azure_storage_endpoint",
+    "AZURE_CLIENT_ID": "azure_client_id",
+    "AZURE_CLIENT_SECRET": "azure_client_secret",
+    "AZURE_TENANT_ID": "azure_tenant_id",
+    "AZURE_STORAGE_USE_EMULATOR": "azure_storage_use_emulator",
+    "AZURITE_BLOB_STORAGE_URL": "azurite_blob_storage_url",
+}
+# object_store's other spellings of those options (only `--storage-option` brings them) -> the names used here
+_AZURE_ALIASES = {
+    alias: name
+    for name, aliases in {
+        "azure_storage_account_name": "account_name",
+        "azure_storage_account_key": "account_key access_key master_key azure_storage_access_key "
+        "azure_storage_master_key",
+        "azure_storage_sas_token": "sas_token sas_key azure_storage_sas_key",
+        "azure_storage_endpoint": "endpoint azure_endpoint",
+        "azure_storage_use_emulator": "use_emulator",
+        "azure_client_id": "client_id azure_storage_client_id",
+        "azure_client_secret": "client_secret azure_storage_client_secret",
+        "azure_tenant_id": "tenant_id azure_storage_tenant_id",
+    }.items()
+    for alias in aliases.split()
+}
+# connection-string fields -> option names (the queue, table and file endpoints are not the blob service's)
+_AZURE_CONNECTION = {
+    "accountname": "azure_storage_account_name",
+    "accountkey": "azure_storage_account_key",
+    "sharedaccesssignature": "azure_storage_sas_token",
+    "blobendpoint": "azure_storage_endpoint",
+    "usedevelopmentstorage": "azure_storage_use_emulator",
+}
+# Azurite's well-known account and key, published by Microsoft for the emulator only; LanceDB's object store
+# uses the same pair when AZURE_STORAGE_USE_EMULATOR is set without credentials.
+EMULATOR_ACCOUNT = "devstoreaccount1"
+_EMULATOR_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+_EMULATOR_URL = "http://127.0.0.1:10000"  # object_store's default for AZURITE_BLOB_STORAGE_URL
+
+
+def connection_string_options(text: str, *, strict: bool = True) -> Options:
+    """`AccountName=..;AccountKey=..;BlobEndpoint=..` (an Azure connection string) -> option names."""
+    fields: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        key, sep, value = part.partition("=")
+        if not sep and strict:
+            raise UsageError(
+                f"AZURE_STORAGE_CONNECTION_STRING: {key!r} is not KEY=VALUE; copy the string from the portal"
+            )
+        fields[key.strip().lower()] = value.strip()
+    options = {_AZURE_CONNECTION[k]: v for k, v in fields.items() if k in _AZURE_CONNECTION}
+    suffix = fields.get("endpointsuffix", "core.windows.net")
+    if "blobendpoint" not in fields and suffix != "core.windows.net" and "accountname" in fields:
+        scheme = fields.get("defaultendpointsprotocol", "https")
+        options["azure_storage_endpoint"] = f"{scheme}://{fields['accountname']}.blob.{suffix}"
+    return options
+
+
+def _azure_finish(options: Options) -> Options:
+    """Connection string < variables < `--storage-option` (aliases included); the emulator made explicit."""
+    aliased = {_AZURE_ALIASES[k]: v for k, v in options.items() if k in _AZURE_ALIASES}
+    plain = {k: v for k, v in options.items() if k not in _AZURE_ALIASES}
+    connection = connection_string_options(plain.pop("azure_storage_connection_string", ""))
+    options = {**connection, **plain, **aliased}
+    if options.get("azure_storage_sas_token", "").startswith("?"):
+        options["azure_storage_sas_token"] = options["azure_storage_sas_token"][1:]
+    url = options.pop("azurite_blob_storage_url", "") or _EMULATOR_URL
+    if options.get("azure_storage_use_emulator", "").lower() in ("true", "1", "yes"):
+        name = options.setdefault("azure_storage_account_name", EMULATOR_ACCOUNT)
+        if name == EMULATOR_ACCOUNT and not options.get("azure_storage_sas_token"):
+            options.setdefault("azure_storage_account_key", _EMULATOR_KEY)
+        options["azure_storage_endpoint"] = f"{url.rstrip('/')}/{name}"
+        # the endpoint is now explicit; LanceDB's emulator mode would read its URL from the process
+        # environment only and ignore it, so it is switched off (the pyarrow side reads the same endpoint)
+        options["azure_storage_use_emulator"] = "false"
+    if is_loopback_http(options.get("azure_storage_endpoint", "")) and "allow_http" not in options:
+        options["allow_http"] = "true"
+    return options
+def _azure_filesystem(options: Options) -> pafs.FileSystem:
+    """Arrow's Azure filesystem for these options: account key, SAS token or a service principal."""
+    account = options.get("azure_storage_account_name")
+    if not account:
+        raise StoreError(
+            "an az:// store needs its account: set AZURE_STORAGE_ACCOUNT_NAME "
+            "or --storage-option azure_storage_account_name=NAME"
+        )
+    kwargs: dict[str, str] = {}
+    if options.get("azure_storage_account_key"):
+        kwargs["account_key"] = options["azure_storage_account_key"]
+    elif options.get("azure_storage_sas_token"):
+        kwargs["sas_token"] = "?" + options["azure_storage_sas_token"]  # Arrow appends it to URLs as written
+    elif options.get("azure_client_secret"):
+        kwargs.update(
+            client_id=options.get("azure_client_id", ""),
+            client_secret=options["azure_client_secret"],
+            tenant_id=options.get("azure_tenant_id", ""),
+        )
+    endpoint = options.get("azure_storage_endpoint")
+    if endpoint:
+        parsed = urlparse(endpoint)
+        if parsed.path.strip("/") == account:  # path-style (Azurite, a proxy): the account leads the path
+            authority = parsed.netloc
+            kwargs.update(dfs_storage_authority=authority, dfs_storage_scheme=parsed.scheme)
+        elif (parsed.hostname or "").startswith(f"{account}.") and not parsed.path.strip("/"):
+            authority = parsed.netloc[len(account) :]  # Arrow puts the account in front of ".host"
+        else:
+            raise StoreError(
+                f"azure_storage_endpoint {endpoint}: write https://{account}.HOST or http(s)://HOST/{account}"
+            )
+        kwargs.update(blob_storage_authority=authority, blob_storage_scheme=parsed.scheme or "https")
+    return pafs.AzureFileSystem(account, **kwargs)
+
+
+AZURE = Backend(
+    name="Azure Blob Storage",
+    schemes=("az", "abfs"),
+    env_options=_AZURE_ENV,
+    conditional_put=True,  # Blob Storage honours If-None-Match: *, so does Azurite (test_azure_store.py)
+    finish=_azure_finish,
+    filesystem=_azure_filesystem,
+    container=(
+        r"(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]",
+        "an Azure container name (3-63 lowercase letters, digits and single hyphens); write "
+        "az://container/path.lance",
+    ),
+)
+
+
+# ---------------------------------------------------------------- Google Cloud Storage (untested end to end)
+_GOOGLE_ENV = {
+    "GOOGLE_SERVICE_ACCOUNT": "google_service_account",
+    "GOOGLE_SERVICE_ACCOUNT_PATH": "google_service_account",
+    "GOOGLE_SERVICE_ACCOUNT_KEY": "google_service_account_key",
+    "GOOGLE_APPLICATION_CREDENTIALS": "google_application_credentials",
+}
+
+
+def _gcs_filesystem(options: Options) -> pafs.FileSystem:
+    """Arrow's GCS filesystem, which takes Google's Application Default Credentials only."""
+    given = sorted(k for k in ("google_service_account", "google_service_account_key") if options.get(k))
+    if given:
+        raise StoreError(
+            f"files beside a gs:// store cannot use {', '.join(given)}: point GOOGLE_APPLICATION_CREDENTIALS "
+            "at the service-account file instead"
+        )
+    return pafs.GcsFileSystem()
+
+
+GCS = Backend(
+    name="Google Cloud Storage (untested: no emulator works with LanceDB here)",
+    schemes=("gs",),
+    env_options=_GOOGLE_ENV,
+    filesystem=_gcs_filesystem,
+    container=(
+        r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]",
+        "a GCS bucket name (lowercase letters, digits, '-', '_', '.'); write gs://bucket/path.lance",
+    ),
+)
 MEMORY = Backend(name="in-memory (tests)", schemes=("memory",))
 BACKENDS = (S3, GCS, AZURE, MEMORY)
 

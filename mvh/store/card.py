@@ -18,7 +18,7 @@ import pandas as pd
 import yaml
 
 from mvh.errors import UsageError
-from mvh.jobs import JobResult, jsonable
+from mvh.jobs import JobResult, check_out_folder, jsonable, out_folder
 from mvh.store.location import StoreLocation
 from mvh.store.schema import DONE, FAILED, RANDOM_INIT, StoreFingerprint
 from mvh.store.sidecar import SidecarFiles
@@ -179,16 +179,18 @@ CARD_FILE = "CARD.md"
 def write_card(
     store: EmbeddingStore, fields: dict[str, str] | None = None, out: Path | None = None
 ) -> tuple[DatasetCard, list[str]]:
-    """Build the card, keep it in the store (meta `card` + `_mvh/card/CARD.md`) and optionally in `out`."""
+    """Build the card, keep it in the store (meta `card` + `_mvh/card/CARD.md`) and optionally in the
+    folder `out` (`out`/CARD.md; a file name there, the old form, is a UsageError)."""
+    if out is not None:
+        out = out_folder(out, CARD_FILE)
     card = build_card(store, fields)
     text = card.to_markdown()
     store.set_meta("card", card.to_dict())
     SidecarFiles(store.location, "card").put(CARD_FILE, text.encode())
     written = [f"{store.location.describe()} (meta table and _mvh/card/{CARD_FILE})"]
     if out is not None:
-        if out.is_dir():
-            raise UsageError(f"--out {out} is a folder: give a file name such as {out / CARD_FILE}")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
-        written.append(str(out))
+        check_out_folder(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / CARD_FILE).write_text(text)
+        written.append(str(out / CARD_FILE))
     return card, written

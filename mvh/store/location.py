@@ -1,10 +1,10 @@
 """Where a store lives: a local directory or an object-store URI, how to reach it, and which snapshot.
 
-`--store` accepts a path, `s3://bucket/prefix/name.lance`, `gs://...`, `az://...` (the schemes of
-`mvh.store.backends`), optionally pinned to a tag with `URI@TAG` (or to a version with `--store-version
-N`). Credentials and the endpoint come from the standard places of the backend (AWS_* variables, an AWS
-profile) plus `--storage-option KEY=VALUE`; they are passed to LanceDB and never appear in `repr`,
-`mvh info`, results or error messages.
+`--store` accepts a path, `s3://bucket/prefix/name.lance`, `az://container/name.lance`, `gs://bucket/...`
+(the schemes of `mvh.store.backends`), optionally pinned to a tag with `URI@TAG` (or to a version with
+`--store-version N`). Credentials and the endpoint come from the standard places of the backend (AWS_*
+variables and profiles, AZURE_STORAGE_*, GOOGLE_*) plus `--storage-option KEY=VALUE`; they are passed to
+LanceDB and never appear in `repr`, `mvh info`, results, log lines or error messages.
 
 This module and `mvh.store.backends` are the location seam: no other module parses a store URI. A
 `StoreLocation` answers what the rest of mvh asks: is it local (and where), which backend serves it, its
@@ -15,18 +15,20 @@ files beside its tables, and its folder in the local cache.
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import parse_qsl, quote, urlparse
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
 from mvh.errors import StoreError, UsageError
-from mvh.store.backends import Backend, backend_for, secret_env_values
+from mvh.store.backends import Backend, backend_for, connection_string_options, secret_env_values
 
 LOCAL_SCHEME = "file"
 # Set by the CLI's --storage-option / --read-only / --store-version for the command it runs (or by a user).
@@ -34,7 +36,7 @@ ENV_OPTIONS = "MVH_STORAGE_OPTIONS"
 ENV_READ_ONLY = "MVH_READ_ONLY"
 ENV_VERSION = "MVH_STORE_VERSION"
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-_SECRET_KEYS = ("secret", "token", "password", "key", "credential", "sas", "signature")
+_SECRET_KEYS = ("secret", "token", "password", "key", "credential", "sas", "signature", "connection_string")
 
 
 def cache_root(env: Mapping[str, str] | None = None) -> Path:
@@ -55,11 +57,32 @@ def is_secret_option(key: str) -> bool:
     return any(word in k for word in _SECRET_KEYS)
 
 
+def _secret_parts(key: str, value: str) -> list[str]:
+    """The pieces of a secret that a message may quote on their own, the whole value first."""
+    parts = [value]
+    if "connection_string" in key:  # an Azure connection string holds an account key or a SAS
+        inner = connection_string_options(value, strict=False)
+        for name in ("azure_storage_account_key", "azure_storage_sas_token"):
+            parts += _secret_parts(name, inner[name]) if inner.get(name) else []
+    elif "sas" in key or "signature" in key:  # HTTP errors quote a SAS's signature in URLs, maybe encoded
+        signature = dict(parse_qsl(value.lstrip("?"))).get("sig", "")
+        parts += [signature, quote(signature, safe="")]
+    elif key == "google_service_account_key":  # a service-account JSON: its private key is the secret
+        try:
+            fields = json.loads(value)
+        except ValueError:
+            fields = {}
+        if isinstance(fields, dict):
+            parts += [str(fields.get("private_key", "")), str(fields.get("private_key_id", ""))]
+    return parts
+
+
 def redact(text: str, options: Mapping[str, str]) -> str:
     """`text` with the value of every secret option replaced by `***`."""
-    for key, value in options.items():
-        if value and is_secret_option(key) and len(value) >= 4:
-            text = text.replace(value, "***")
+    parts = {p for k, v in options.items() if v and is_secret_option(k) for p in _secret_parts(k.lower(), v)}
+    for part in sorted(parts, key=len, reverse=True):  # longest first: a secret may hold another one
+        if len(part) >= 4:
+            text = text.replace(part, "***")
     return text
 
 
@@ -72,6 +95,15 @@ def redact_environment(text: str, env: Mapping[str, str] | None = None) -> str:
         if sep and is_secret_option(key):
             secrets[key] = value
     return redact(text, secrets)
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that writes a record's message with the environment's credentials as `***`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Redact the formatted message in place; never drops a record."""
+        record.msg, record.args = redact_environment(record.getMessage()), None
+        return True
 
 
 def uri_scheme(uri: str) -> str:
@@ -171,10 +203,11 @@ class StoreLocation:
         if local is not None:
             return pafs.LocalFileSystem(), str(local.resolve())
         backend = self.backend
-        if backend is not None and backend.filesystem is not None:
-            parsed = urlparse(self.uri)
-            return backend.filesystem(self.storage_options), f"{parsed.netloc}{parsed.path}".rstrip("/")
         try:
+            if backend is not None and backend.filesystem is not None:
+                parsed = urlparse(self.uri)
+                bucket = parsed.netloc.partition("@")[0]  # abfs://container@account.host/path
+                return backend.filesystem(self.storage_options), f"{bucket}{parsed.path}".rstrip("/")
             return pafs.FileSystem.from_uri(self.uri)
         except (pa.ArrowInvalid, OSError) as exc:
             raise StoreError(f"cannot reach files beside {self.describe()}: {self.redact(str(exc))}") from exc
@@ -223,10 +256,16 @@ def parse_location(
     if version is not None and version < 1:
         raise UsageError(f"--store-version {version}: versions start at 1 (see `mvh info --store {uri}`)")
     scheme = uri_scheme(uri)
-    if scheme and scheme != LOCAL_SCHEME and backend_for(scheme) is None:
+    backend = backend_for(scheme)
+    if scheme and scheme != LOCAL_SCHEME and backend is None:
         raise UsageError(
             f"--store {uri}: scheme {scheme!r} is not supported; use a path or s3://, gs://, az://"
         )
+    if backend is not None and backend.container is not None:
+        pattern, rule = backend.container
+        bucket = urlparse(uri).netloc.partition("@")[0]
+        if not re.fullmatch(pattern, bucket):
+            raise UsageError(f"--store {uri}: {bucket!r} is not {rule}")
     if isinstance(storage_options, Mapping):
         given = {str(k).lower(): str(v) for k, v in storage_options.items()}
     else:

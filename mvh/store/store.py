@@ -19,8 +19,15 @@ import pandas as pd
 import pyarrow as pa
 
 from mvh.core.jsonio import json_round_trip
-from mvh.errors import FingerprintMismatchError, StoreError, StoreNotFoundError, StoreUnusableError
+from mvh.errors import (
+    FingerprintMismatchError,
+    StoreError,
+    StoreNotFoundError,
+    StoreUnusableError,
+    UsageError,
+)
 from mvh.store import connect
+from mvh.store.info import StoreInfo
 from mvh.store.location import StoreLocation, check_tag_name, parse_location
 from mvh.store.reader import StoreReader
 from mvh.store.schema import DONE, SLIDES, TILES, StoreFingerprint, tiles_schema
@@ -125,6 +132,11 @@ class EmbeddingStore:
         for its meta table (a few seconds at most) and opens the store it created.
         """
         location = as_location(where)
+        if location.pinned:
+            raise UsageError(
+                f"--store {location.describe()} names a past snapshot, which is read-only: writing goes to "
+                "the latest version, so drop --store-version / @TAG"
+            )
         for attempt in range(_CREATE_ATTEMPTS):
             if cls.exists(location):
                 return cls._checked(cls.open(location), fingerprint)
@@ -283,27 +295,27 @@ class EmbeddingStore:
         """Tile rows no slide row names (interrupted or lost concurrent commits): invisible, harmless."""
         return self.reader.orphan_tile_count()
 
-    def info(self) -> dict[str, Any]:
-        """A JSON-ready description: fingerprint, counts, slides by status, schemas."""
+    def info(self) -> StoreInfo:
+        """The store's description: fingerprint, counts, slides by status, schemas."""
         slides = self.slides()
         counts = slides["status"].value_counts().to_dict() if len(slides) else {}
         card = self.meta.get("card")
-        return {
-            "uri": self.uri,
-            "opened_as": self.location.describe(),
-            "read_only": self.location.read_only or self.location.pinned,
-            "storage_options": self.location.public_options(),
-            "version": self.version,
-            "table_versions": self.table_versions(),
-            "tags": self.tags(),
-            "card_fields": card.get("fields", {}) if isinstance(card, dict) else None,
-            "card": card if isinstance(card, dict) else None,
-            "fingerprint": self.fingerprint.shared().to_dict(),  # no local path in what users paste
-            "mvh_version": self.meta.get("mvh_version"),
-            "created": self.meta.get("created"),
-            "n_slides": len(slides),
-            "slides_by_status": {str(k): int(v) for k, v in counts.items()},
-            "n_tiles": int(slides.loc[slides["status"] == DONE, "n_tiles"].sum()) if len(slides) else 0,
-            "writable_layout": not self.legacy,
-            "schema": {name: [f"{f.name}: {f.type}" for f in s] for name, s in self.schema().items()},
-        }
+        return StoreInfo(
+            uri=self.uri,
+            opened_as=self.location.describe(),
+            read_only=self.location.read_only or self.location.pinned,
+            storage_options=self.location.public_options(),
+            version=self.version,
+            table_versions=self.table_versions(),
+            tags=self.tags(),
+            card_fields=card.get("fields", {}) if isinstance(card, dict) else None,
+            card=card if isinstance(card, dict) else None,
+            fingerprint=self.fingerprint.shared(),  # no local path in what users paste
+            mvh_version=self.meta.get("mvh_version"),
+            created=self.meta.get("created"),
+            n_slides=len(slides),
+            slides_by_status={str(k): int(v) for k, v in counts.items()},
+            n_tiles=int(slides.loc[slides["status"] == DONE, "n_tiles"].sum()) if len(slides) else 0,
+            writable_layout=not self.legacy,
+            schema={name: [f"{f.name}: {f.type}" for f in s] for name, s in self.schema().items()},
+        )

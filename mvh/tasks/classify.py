@@ -24,7 +24,7 @@ from mvh.errors import DataError, UsageError
 from mvh.jobs import JobResult
 from mvh.progress import FOLDS, Event, Progress, report
 from mvh.tasks.classifiers import PROBES, choose_c, predict_knn, predict_probe, uni_c
-from mvh.tasks.metrics import classification_metrics, summarize
+from mvh.tasks.metrics import MetricSummary, classification_metrics, summarize
 from mvh.tasks.splits import Fold, stratified_group_folds
 from mvh.tasks.stores import StoreSpec
 from mvh.tasks.tile_labels import (
@@ -90,10 +90,6 @@ class ClassifyConfig:
             raise UsageError("give exactly one label source: an image folder (IMAGES) or --labels CSV")
         if not self.stores:
             raise UsageError("no model given: pass --model NAME, --models a,b or --store PATH")
-        if self.images is not None and not Path(self.images).is_dir():
-            raise UsageError(f"{self.images}: image folder not found; pass a folder of class subfolders")
-        if self.labels is not None and not Path(self.labels).is_file():
-            raise UsageError(f"--labels {self.labels}: no such file; give a CSV of tile_id or path, label")
         if self.batch_size < 1:
             raise UsageError(f"--batch-size {self.batch_size}: give a positive integer")
         object.__setattr__(self, "stores", tuple(self.stores))
@@ -101,15 +97,6 @@ class ClassifyConfig:
 
 
 # ---------------------------------------------------------------------------- results
-@dataclass
-class MetricSummary:
-    """A metric over folds: mean, population std (NaN folds ignored) and the per-fold values."""
-
-    mean: float
-    std: float
-    folds: list[float]
-
-
 @dataclass
 class MethodResult:
     """One model and method: metrics over folds, confusion matrix summed over folds, C per fold."""
@@ -133,7 +120,7 @@ class FoldInfo:
 
 
 @dataclass
-class ClassifyResult(JobResult):
+class ClassifyResult(JobResult, job="classify"):
     """Results of `mvh eval classify` (results.json is exactly `to_dict()`)."""
 
     classes: list[str]
@@ -246,6 +233,10 @@ def run_classify(cfg: ClassifyConfig, *, progress: Progress | None = None) -> Cl
     from mvh.tasks.plots import plot_confusion
     from mvh.tasks.stores import open_spec
 
+    if cfg.images is not None and not Path(cfg.images).is_dir():
+        raise UsageError(f"{cfg.images}: image folder not found; pass a folder of class subfolders")
+    if cfg.labels is not None and not Path(cfg.labels).is_file():
+        raise UsageError(f"--labels {cfg.labels}: no such file; give a CSV of tile_id or path, label")
     if cfg.images is not None:
         table = read_image_folder(Path(cfg.images))
         source = str(cfg.images)

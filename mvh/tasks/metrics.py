@@ -7,6 +7,7 @@ results is `mvh.jobs.jsonable`.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -54,23 +55,65 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray, top: int = 10) ->
     }
 
 
-def summarize(values: Sequence[float]) -> dict[str, Any]:
-    """{"mean", "std", "folds"} over folds (population std, NaN folds ignored in mean/std, kept in folds)."""
+@dataclass
+class MetricSummary:
+    """A metric over folds: mean, population std (numpy's default, ddof = 0) and the per-fold values."""
+
+    mean: float
+    std: float
+    folds: list[float]
+
+
+def summarize(values: Sequence[float], *, propagate_nan: bool = False) -> dict[str, Any]:
+    """{"mean", "std", "folds"} over folds: population std (ddof = 0), NaN folds kept in "folds".
+
+    NaN folds are left out of mean and std, or with `propagate_nan` make them NaN (HEST's
+    `merge_fold_results`: `np.mean` / `np.std` of the fold values).
+    """
     arr = np.asarray(values, dtype=np.float64)
-    finite = arr[np.isfinite(arr)]
+    used = arr if propagate_nan else arr[np.isfinite(arr)]
     return {
-        "mean": float(finite.mean()) if len(finite) else float("nan"),
-        "std": float(finite.std()) if len(finite) else float("nan"),
+        "mean": float(used.mean()) if len(used) else float("nan"),
+        "std": float(used.std()) if len(used) else float("nan"),
         "folds": [float(v) for v in arr],
     }
+
+
+def metric_summary(values: Sequence[float], *, propagate_nan: bool = False) -> MetricSummary:
+    """`summarize` as a typed `MetricSummary`."""
+    return MetricSummary(**summarize(values, propagate_nan=propagate_nan))
+
+
+def ovo_auroc(y_true: np.ndarray, proba: np.ndarray) -> float:
+    """Macro one-vs-one AUROC (Hand & Till) over the classes present in `y_true`; `proba` is [N, C].
+
+    With every class present this is `roc_auc_score(y, proba, multi_class="ovo", average="macro")`, the
+    call of UNI's evaluation code (`uni/downstream/eval_patch_features/metrics.py`, `get_eval_metrics`, with
+    `roc_kwargs` from `linear_probe.py`); sklearn refuses a test set that lacks a class, so each pair of
+    present classes a, b is scored as sklearn does: the mean of AUC(a vs b by p_a) and AUC(b vs a by p_b).
+    """
+    from itertools import combinations
+
+    from sklearn.metrics import roc_auc_score
+
+    y_true = np.asarray(y_true)
+    proba = np.asarray(proba, dtype=np.float64)
+    present = np.unique(y_true)
+    pairs = []
+    for a, b in combinations(present.tolist(), 2):
+        keep = (y_true == a) | (y_true == b)
+        pairs.append((roc_auc_score(y_true[keep] == a, proba[keep, a])
+                      + roc_auc_score(y_true[keep] == b, proba[keep, b])) / 2)
+    return float(np.mean(pairs)) if pairs else float("nan")
 
 
 def classification_metrics(
     y_true: np.ndarray, y_pred: np.ndarray, proba: np.ndarray | None, n_classes: int
 ) -> dict[str, Any]:
-    """Balanced accuracy, weighted F1, macro one-vs-rest AUROC (NaN if undefined), confusion matrix.
+    """Balanced accuracy, weighted F1, AUROC as UNI computes it (NaN if undefined), confusion matrix.
 
-    Labels are integer class indices in [0, n_classes); `proba` is [N, n_classes] (rows sum to 1).
+    Labels are integer class indices in [0, n_classes); `proba` is [N, n_classes] (rows sum to 1). AUROC is
+    binary on p(class 1) for two classes, else macro one-vs-one (`ovo_auroc`), as UNI's linear probe.
     """
     from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score, roc_auc_score
 
@@ -78,15 +121,10 @@ def classification_metrics(
     y_pred = np.asarray(y_pred)
     labels = np.arange(n_classes)
     auroc = float("nan")
-    present = np.unique(y_true)
-    if proba is not None and len(present) >= 2:
+    if proba is not None and len(np.unique(y_true)) >= 2:
         proba = np.asarray(proba, dtype=np.float64)
-        if n_classes == 2:
-            auroc = float(roc_auc_score(y_true, proba[:, 1]))
-        else:
-            # Macro OvR over the classes present in this test set (a class without positives has no AUROC).
-            aucs = [roc_auc_score(y_true == c, proba[:, c]) for c in present]
-            auroc = float(np.mean(aucs))
+        auroc = (float(roc_auc_score(y_true, proba[:, 1])) if n_classes == 2
+                 else ovo_auroc(y_true, proba))
     return {
         "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
         "weighted_f1": float(f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)),

@@ -13,10 +13,12 @@ R = the number of database tiles of label y it may retrieve (itself and left-out
 - Acc@k: 1 if y is among r_1..r_k, else 0; mean over queries.
 - MV@k (k = 5): 1 if y is among the most frequent labels of r_1..r_k, ties counted as hits (a 2-2-1 vote
   is a hit for both labels with 2 votes, as Patho-Bench counts it); mean over queries.
-- mAP@k (k = 5): AP@k = sum_{i<=k} P@i * rel_i / min(k, R), with rel_i = [r_i == y] and
-  P@i = (1/i) sum_{j<=i} rel_j; mAP@k is the mean of AP@k over the queries with R > 0 (a query whose label
-  has no other tile in its database has no AP; such queries are counted in the result). One hit at rank 1
-  of five possible scores 0.2, not 1.0.
+- mAP@k (k = 5), Patho-Bench's `RetrievalMixin.map_at_k`: AP@k = sum_{i<=k} P@i * rel_i / k, with
+  rel_i = [r_i == y] and P@i = (1/i) sum_{j<=i} rel_j; mAP@k is the mean of AP@k over ALL queries (a query
+  with no relevant hit in its top k, including one whose label has no other tile in its database, scores
+  0 and stays in the mean). Two hits at ranks 1 and 2 score (1 + 1) / 5 = 0.4.
+- mAP@5 / min(5, R) (the named variant `map@5_min_r`): the same sum divided by min(k, R), averaged over the
+  queries with R > 0 only; one hit at rank 1 of one possible scores 1.0.
 
 Missing ranks (fewer than k candidates) count as wrong labels.
 """
@@ -33,11 +35,11 @@ import numpy as np
 import pandas as pd
 
 from mvh.errors import DataError, UsageError
-from mvh.index.exact import exact_search, recall_at_k
+from mvh.index.exact import exact_search, l2_normalise, recall_at_k
 from mvh.index.faiss_index import VectorIndex
 from mvh.index.index_files import index_info, load_index
 from mvh.index.row_parts import ROW_COLUMNS
-from mvh.jobs import JobResult
+from mvh.jobs import RESULTS_FILE, JobResult, check_out_folder, out_folder
 from mvh.progress import Event, Progress, report
 from mvh.store import EmbeddingStore
 from mvh.tasks.stores import read_slides, select_tiles, tile_key
@@ -49,9 +51,12 @@ DEFINITIONS = {
     "acc@k": "1 if the query's label is among its top-k retrieved labels; mean over queries",
     "mv@5": "1 if the query's label is among the most frequent labels of the top 5 (ties count as hits, "
             "Patho-Bench); mean over queries",
-    "map@5": "mean over queries with R > 0 of sum_{i<=5} P@i * rel_i / min(5, R), R = retrievable tiles "
-             "of the query's label (Patho-Bench/UNI)",
-    "recall@k": "mean over queries of |index top-k & exact top-k| / |exact top-k|",
+    "map@5": "mean over all queries of sum_{i<=5} P@i * rel_i / 5 (0 without a hit; Patho-Bench's "
+             "RetrievalMixin.map_at_k)",
+    "map@5_min_r": "named variant: mean over queries with R > 0 of sum_{i<=5} P@i * rel_i / min(5, R), "
+                   "R = retrievable tiles of the query's label",
+    "recall@k": "mean over queries of |index top-k hits| / |exact top-k|; a hit is an exact top-k row or "
+                "one whose exact cosine ties the exact k-th cosine (within 1e-6)",
 }
 
 
@@ -84,20 +89,38 @@ def mv_at_k(query_labels: Sequence[Any], retrieved: np.ndarray, k: int = 5) -> f
     return float(np.mean(hits))
 
 
-def average_precision_at_k(query_label: Any, retrieved: Sequence[Any], n_relevant: int, k: int = 5) -> float:
-    """AP@k = sum_{i<=k} P@i * rel_i / min(k, R) of one ranked list (NaN when R = `n_relevant` is 0)."""
-    if n_relevant <= 0:
-        return float("nan")
+def _precision_sum(query_label: Any, retrieved: Sequence[Any], k: int) -> float:
+    """sum_{i<=k} P@i * rel_i of one ranked list (missing ranks are misses)."""
     rel = np.array([label == query_label for label in list(retrieved)[:k]], dtype=np.float64)
     precision = np.cumsum(rel) / np.arange(1, rel.size + 1)
-    return float((precision * rel).sum() / min(k, n_relevant))
+    return float((precision * rel).sum())
 
 
-def map_at_k(
+def average_precision_at_k(query_label: Any, retrieved: Sequence[Any], k: int = 5) -> float:
+    """Patho-Bench's AP@k = sum_{i<=k} P@i * rel_i / k of one ranked list (0 without a hit)."""
+    return _precision_sum(query_label, retrieved, k) / k
+
+
+def map_at_k(query_labels: Sequence[Any], retrieved: np.ndarray, k: int = 5) -> float:
+    """Patho-Bench's mAP@k: mean of `average_precision_at_k` over every query (NaN without queries)."""
+    aps = [average_precision_at_k(y, row, k) for y, row in zip(query_labels, retrieved, strict=True)]
+    return float(np.mean(aps)) if aps else float("nan")
+
+
+def average_precision_at_k_min_r(
+    query_label: Any, retrieved: Sequence[Any], n_relevant: int, k: int = 5
+) -> float:
+    """Named variant: sum_{i<=k} P@i * rel_i / min(k, R) (NaN when R = `n_relevant` is 0)."""
+    if n_relevant <= 0:
+        return float("nan")
+    return _precision_sum(query_label, retrieved, k) / min(k, n_relevant)
+
+
+def map_at_k_min_r(
     query_labels: Sequence[Any], retrieved: np.ndarray, n_relevant: Sequence[int], k: int = 5
 ) -> float:
-    """Mean of AP@k over the queries with at least one retrievable relevant tile (NaN if none)."""
-    aps = [average_precision_at_k(y, row, int(r), k)
+    """Named variant: mean of `average_precision_at_k_min_r` over the queries with R > 0 (NaN if none)."""
+    aps = [average_precision_at_k_min_r(y, row, int(r), k)
            for y, row, r in zip(query_labels, retrieved, n_relevant, strict=True)]
     finite = [a for a in aps if a == a]
     return float(np.mean(finite)) if finite else float("nan")
@@ -107,10 +130,12 @@ def retrieval_metrics(
     query_labels: Sequence[Any], retrieved: np.ndarray, n_relevant: Sequence[int],
     ks: Sequence[int] = DEFAULT_KS,
 ) -> dict[str, float]:
-    """Acc@k for each k in `ks`, MV@5 and mAP@5 of ranked retrieved labels [Q, K]."""
+    """Acc@k for each k in `ks`, MV@5, mAP@5 (Patho-Bench) and its / min(5, R) variant, of ranked
+    retrieved labels [Q, K]."""
     out = {f"acc@{k}": acc_at_k(query_labels, retrieved, k) for k in ks}
     out["mv@5"] = mv_at_k(query_labels, retrieved, 5)
-    out["map@5"] = map_at_k(query_labels, retrieved, n_relevant, 5)
+    out["map@5"] = map_at_k(query_labels, retrieved, 5)
+    out["map@5_min_r"] = map_at_k_min_r(query_labels, retrieved, n_relevant, 5)
     return out
 
 
@@ -241,6 +266,13 @@ def index_neighbours(
     return out
 
 
+def neighbour_scores(embeddings: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Exact cosine of each row with its neighbours `ids` [N, k] (-1: -inf), one arithmetic for every list."""
+    x = l2_normalise(embeddings).astype(np.float64)
+    scores = np.einsum("nd,nkd->nk", x, x[np.maximum(ids, 0)])
+    return np.where(ids >= 0, scores, -np.inf)
+
+
 def _labels_of(ids: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return np.where(ids >= 0, labels[np.maximum(ids, 0)], None).astype(object)
 
@@ -265,12 +297,12 @@ class RetrievalConfig:
         if self.leave_out not in LEAVE_OUT:
             raise UsageError(f"--leave-out {self.leave_out!r}: use one of {', '.join(LEAVE_OUT)}")
         object.__setattr__(self, "labels", Path(self.labels))
-        if not self.labels.is_file():
-            raise UsageError(f"--labels {self.labels}: no such file; give a CSV of tile_id,label")
+        if self.out is not None:
+            object.__setattr__(self, "out", out_folder(self.out, RESULTS_FILE))
 
 
 @dataclass
-class RetrievalResult(JobResult):
+class RetrievalResult(JobResult, job="retrieval"):
     """Retrieval metrics (results.json of `mvh eval retrieval`)."""
 
     store: str
@@ -321,7 +353,7 @@ def evaluate_retrieval(
     without = int((n_relevant <= 0).sum())
     if without:
         notes.append(f"{without} queries have no retrievable tile of their label (leave-out {leave_out}): "
-                     "they count as misses in Acc@k and MV@5 and are left out of mAP@5")
+                     "they count as misses in Acc@k, MV@5 and mAP@5 (AP 0) and are left out of map@5_min_r")
     use_index = use_index or index is not None
     report(progress, Event.TOTAL, QUERIES, len(rows) * (2 if use_index else 1))
     report(progress, Event.STATUS, QUERIES, 0, "exact search")
@@ -340,7 +372,10 @@ def evaluate_retrieval(
         report(progress, Event.STATUS, QUERIES, 0, f"index {index.params.describe()}")
         approx_ids = index_neighbours(index, rows, emb, depth, groups, progress)
         metrics_index = dict(retrieval_metrics(label_arr, _labels_of(approx_ids, label_arr), n_relevant, ks))
-        metrics_index.update({f"recall@{k}": recall_at_k(approx_ids, exact_ids, k) for k in ks})
+        # Scored recall: an index neighbour that ties the exact k-th cosine is no miss.
+        approx_scores, exact_scores = neighbour_scores(emb, approx_ids), neighbour_scores(emb, exact_ids)
+        scored = {"approx_scores": approx_scores, "exact_scores": exact_scores}
+        metrics_index.update({f"recall@{k}": recall_at_k(approx_ids, exact_ids, k, **scored) for k in ks})
         metrics_index["kind"] = index.params.kind
         metrics_index["description"] = index.params.describe()
     return RetrievalResult(
@@ -363,7 +398,11 @@ def evaluate_retrieval(
 
 
 def run_retrieval(cfg: RetrievalConfig, *, progress: Progress | None = None) -> RetrievalResult:
-    """`mvh eval retrieval`: open the store, read the labels CSV, evaluate, write results.json to `out`."""
+    """`mvh eval retrieval`: open the store, read the labels CSV, evaluate, write `out`/results.json."""
+    if not cfg.labels.is_file():
+        raise UsageError(f"--labels {cfg.labels}: no such file; give a CSV of tile_id,label")
+    if cfg.out is not None:
+        check_out_folder(cfg.out)
     store = EmbeddingStore.open(cfg.store)
     labels, notes = load_labels(cfg.labels)
     result = evaluate_retrieval(store, labels, cfg.ks, cfg.leave_out, use_index=cfg.use_index,
@@ -371,7 +410,7 @@ def run_retrieval(cfg: RetrievalConfig, *, progress: Progress | None = None) -> 
     result.notes[:0] = notes
     if cfg.out is not None:
         try:
-            result.write_json(cfg.out)
+            result.write_json(cfg.out / RESULTS_FILE)
         except OSError as exc:
-            raise DataError(f"cannot write --out {cfg.out}: {exc}") from exc
+            raise DataError(f"cannot write {cfg.out / RESULTS_FILE}: {exc}") from exc
     return result

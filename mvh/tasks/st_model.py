@@ -1,16 +1,17 @@
-"""ST regressors on arrays: HEST's StandardScaler -> PCA -> intercept-free Ridge, its bit-exact variant,
-alternatives, log1p targets and highly variable genes chosen on training spots only.
+"""ST regressors on arrays: HEST-Benchmark's StandardScaler -> PCA -> intercept-free ridge (the default,
+exactly as HEST computes it), named alternatives, log1p targets and HVGs chosen on training spots only.
 
-`make_regressor(..., hest_exact=False)` is mvh's default: exact PCA (covariance eigendecomposition when spots
->> dims, else full SVD) and a direct ridge solve, with the training targets' mean added back to the
-predictions (PCC unchanged, MAE/MSE meaningful). `hest_exact=True` reproduces HEST-Benchmark's code
-(`hest/bench/benchmark.py` and `trainer.py`, mahmoodlab/HEST): StandardScaler -> PCA(n, randomized SVD,
-random_state=seed) -> features rounded to float32 (HEST's torch.Tensor), which sklearn then solves in float64
--> Ridge(solver="lsqr", max_iter=1000, random_state=seed, no intercept, alpha = 100 / (n_components *
-n_genes)) on float64 log1p targets, predictions as HEST returns them.
-HEST's code leaves PCA's solver on sklearn's "auto", which for its shapes (768-d, 256 components) was the
-randomized solver before scikit-learn 1.5; the solver is pinned here so the choice does not depend on the
-installed version.
+`ridge` (the default) is HEST-Benchmark's `predict_folds` estimator (mahmoodlab/HEST, `src/hest/bench/
+benchmark.py` `predict_single_split` and `trainer.py` `train_test_reg`): StandardScaler -> PCA(n_components,
+random_state=seed) with scikit-learn's own solver choice ("auto": covariance eigendecomposition when the
+training split has >= 10x as many spots as dims <= 1000, else randomized SVD for HEST's shapes) -> features
+rounded to float32 (HEST's torch.Tensor), which scikit-learn then solves in float64 -> Ridge(solver="lsqr",
+max_iter=1000, random_state=seed, no intercept, alpha = 100 / (n_components * n_genes)) on float64 log1p
+targets; predictions as HEST returns them (no intercept). Without PCA it is HEST's `dimreduce=None` path:
+the raw float32 features, unscaled, into the same ridge.
+`ridge-exact` is the named alternative: exact PCA (covariance eigendecomposition when spots >> dims, else
+full SVD) and a direct ridge solve, with the training targets' mean added back to the predictions (PCC
+differs from HEST's by its solvers' tolerance, ~0.01; MAE/MSE are of centred predictions).
 """
 
 from __future__ import annotations
@@ -28,22 +29,28 @@ from sklearn.preprocessing import StandardScaler
 
 from mvh.errors import DataError, UsageError
 
-REGRESSORS = ("ridge", "ridge-cv", "knn")
+HEST_REGRESSOR = "ridge"
+REGRESSORS = (HEST_REGRESSOR, "ridge-exact", "ridge-cv", "knn")
 
 
-class HestRidge(RegressorMixin, BaseEstimator):
-    """HEST-benchmark ridge: no intercept, alpha = `scale / (n_features * n_targets)` of its training data.
+def follows_hest(regressor: str) -> bool:
+    """Whether `regressor` is HEST's estimator, whose targets, predictions and NaN rules mvh then keeps."""
+    return regressor == HEST_REGRESSOR
+
+
+class ExactRidge(RegressorMixin, BaseEstimator):
+    """HEST's ridge solved directly: no intercept, alpha = `scale / (n_features * n_targets)`.
 
     The features reaching it are standardised on the training split, so their columns have mean zero and
-    the coefficients do not depend on the targets' means: they are exactly HEST's. HEST's raw predictions
-    are centred near zero, which leaves PCC unchanged but makes MAE/MSE meaningless, so `predict` adds
-    the training targets' mean back (equal to the intercept an intercept-fitting ridge would find).
+    the coefficients do not depend on the targets' means. HEST's raw predictions are centred near zero,
+    which leaves PCC unchanged but makes MAE/MSE meaningless, so `predict` adds the training targets' mean
+    back (equal to the intercept an intercept-fitting ridge would find).
     """
 
     def __init__(self, scale: float = 100.0):
         self.scale = scale
 
-    def fit(self, X: np.ndarray, y: np.ndarray) -> HestRidge:
+    def fit(self, X: np.ndarray, y: np.ndarray) -> ExactRidge:
         """Fit on X [N, F] and y [N, G]."""
         n_targets = 1 if y.ndim == 1 else y.shape[1]
         self.alpha_ = self.scale / (X.shape[1] * n_targets)
@@ -58,16 +65,16 @@ class HestRidge(RegressorMixin, BaseEstimator):
 
 
 def make_regressor(
-    kind: str = "ridge", *, pca: bool = True, n_components: int = 256, seed: int = 0, hest_exact: bool = False
+    kind: str = HEST_REGRESSOR, *, pca: bool = True, n_components: int = 256, seed: int = 1
 ) -> Pipeline:
-    """StandardScaler -> [PCA(n_components)] -> regressor, all fit on the training split only."""
-    if hest_exact:
-        if kind != "ridge" or not pca:
-            raise UsageError("--hest-exact is HEST's PCA + ridge: drop --regressor/--no-pca, or --hest-exact")
+    """The regressor `kind` with its preprocessing, all fit on the training split only."""
+    if follows_hest(kind):
+        if not pca:
+            return Pipeline([("head", HestRidge(seed, tensor_input=False))])
         return Pipeline([("scale", StandardScaler()), ("pca", HestPca(n_components, seed)),
-                         ("head", HestExactRidge(seed))])
-    if kind == "ridge":
-        head: BaseEstimator = HestRidge()
+                         ("head", HestRidge(seed))])
+    if kind == "ridge-exact":
+        head: BaseEstimator = ExactRidge()
     elif kind == "ridge-cv":
         head = RidgeCV(alphas=np.logspace(-3, 4, 15))
     elif kind == "knn":
@@ -81,10 +88,16 @@ def make_regressor(
     return Pipeline(steps)
 
 
+def pca_solver(model: Pipeline) -> str | None:
+    """The SVD solver the fitted pipeline's PCA used (scikit-learn's choice for "auto"), None without PCA."""
+    step = model.named_steps.get("pca")
+    return None if step is None else str(step.pca_._fit_svd_solver)
+
+
 class _Pca(BaseEstimator):
     """PCA capped at the rank the training split allows (fewer spots or dims than components)."""
 
-    def __init__(self, n_components: int = 256, seed: int = 0):
+    def __init__(self, n_components: int = 256, seed: int = 1):
         self.n_components = n_components
         self.seed = seed
 
@@ -138,20 +151,21 @@ def select_hvg(expr: np.ndarray | sp.spmatrix, rows: np.ndarray, k: int) -> np.n
     return np.sort(order[:k])
 
 
-
-
 class HestPca(BaseEstimator):
-    """HEST-Benchmark's PCA: randomized SVD with `random_state=seed`, output float32 (HEST's torch.Tensor)."""
+    """HEST-Benchmark's PCA: `PCA(n_components, random_state=seed)` with scikit-learn's own solver choice,
+    output float32 (HEST's torch.Tensor)."""
 
-    def __init__(self, n_components: int = 256, seed: int = 0):
+    def __init__(self, n_components: int = 256, seed: int = 1):
         self.n_components = n_components
         self.seed = seed
 
     def _pca(self, X: np.ndarray) -> PCA:
         if min(X.shape) < self.n_components:
-            raise DataError(f"--hest-exact: PCA({self.n_components}) needs at least {self.n_components} "
-                            f"training spots and dims, got {X.shape[0]} x {X.shape[1]}; drop --hest-exact")
-        return PCA(n_components=self.n_components, svd_solver="randomized", random_state=self.seed)
+            raise DataError(f"HEST's PCA({self.n_components}) needs at least {self.n_components} training "
+                            f"spots and dims, got {X.shape[0]} x {X.shape[1]}; pass --no-pca or "
+                            "--regressor ridge-exact (PCA capped at the rank)")
+        # svd_solver left on "auto", as HEST leaves it: sklearn picks by the training split's size.
+        return PCA(n_components=self.n_components, random_state=self.seed)
 
     def fit(self, X: np.ndarray, y: Any = None) -> HestPca:
         """Fit on the training split (DataError when it has fewer spots or dims than components)."""
@@ -163,37 +177,41 @@ class HestPca(BaseEstimator):
         return np.asarray(self.pca_.transform(X), dtype=np.float32)
 
     def fit_transform(self, X: np.ndarray, y: Any = None) -> np.ndarray:
-        """PCA's own `fit_transform` (U * S, not X @ V), as HEST's Pipeline.fit_transform computes it."""
+        """PCA's own `fit_transform`, as HEST's Pipeline.fit_transform computes it."""
         self.pca_ = self._pca(X)
         return np.asarray(self.pca_.fit_transform(X), dtype=np.float32)
 
 
-class HestExactRidge(RegressorMixin, BaseEstimator):
-    """HEST's `train_test_reg`: Ridge(lsqr, max_iter=1000, no intercept, alpha = 100 / (F * G))."""
+class HestRidge(RegressorMixin, BaseEstimator):
+    """HEST's `train_test_reg`: Ridge(lsqr, max_iter=1000, no intercept, alpha = 100 / (F * G)).
 
-    def __init__(self, seed: int = 0):
+    `tensor_input`: HEST hands scikit-learn the PCA output as a torch.Tensor, which scikit-learn converts to
+    float64 for fitting; without PCA it hands the float32 array itself, which scikit-learn keeps float32.
+    """
+
+    def __init__(self, seed: int = 1, tensor_input: bool = True):
         self.seed = seed
+        self.tensor_input = tensor_input
 
-    def fit(self, X: np.ndarray, y: np.ndarray) -> HestExactRidge:
+    def fit(self, X: np.ndarray, y: np.ndarray) -> HestRidge:
         """Fit on X [N, F] and y [N, G]."""
         self.alpha_ = 100 / (X.shape[1] * y.shape[1])
-        # HEST hands sklearn torch tensors, which sklearn converts to float64: float32-rounded features,
-        # solved in float64.
+        X = np.asarray(X, dtype=np.float64) if self.tensor_input else np.asarray(X, dtype=np.float32)
         self.ridge_ = Ridge(solver="lsqr", alpha=self.alpha_, random_state=self.seed, fit_intercept=False,
-                            max_iter=1000).fit(np.asarray(X, dtype=np.float64), y)
+                            max_iter=1000).fit(X, y)
         return self
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        """HEST's predictions [N, G] (no intercept: centred near zero, so MAE/MSE are HEST's, not ours)."""
-        return self.ridge_.predict(np.asarray(X, dtype=np.float64))
+        """HEST's predictions [N, G] (no intercept: centred near zero, so MAE/MSE are HEST's)."""
+        return self.ridge_.predict(np.asarray(X, dtype=np.float32))
 
 
 def targets(
     expr: np.ndarray | sp.spmatrix, counts: np.ndarray | sp.spmatrix, rows: np.ndarray, cols: np.ndarray,
-    hest_exact: bool,
+    hest: bool,
 ) -> np.ndarray:
     """log1p targets [rows, cols]: float32 rows of `expr` (log1p_counts), or HEST's float64 log1p."""
-    if not hest_exact:
+    if not hest:
         return dense_rows(expr, rows, cols)
     sub = counts[rows][:, cols]
     dense = sub.toarray() if sp.issparse(sub) else np.asarray(sub)

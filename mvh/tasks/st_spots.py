@@ -28,6 +28,7 @@ from mvh.errors import DataError, MissingMppError, UsageError
 from mvh.progress import SAMPLES, Event, Progress, report
 from mvh.store import EmbeddingStore
 from mvh.tasks.st_data import STSample, read_patches_index
+from mvh.tasks.st_result import DroppedSpot, FileIdentity, SampleSync
 from mvh.tasks.stores import read_slides
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ def _missing_mpp(sample: STSample) -> MissingMppError:
 
 def plan_spot_tiles(
     sample: STSample, spots: pd.DataFrame, mpp: float, tile_px: int, drop_bad: bool
-) -> tuple[SpotTiles, list[dict[str, Any]]]:
+) -> tuple[SpotTiles, list[DroppedSpot]]:
     """The tiles of one sample's spots at the store's geometry, and the spots with bad coordinates.
 
     A WSI spot is bad when its centre is NaN/inf or outside the slide's level-0 extent (it would become a
@@ -106,11 +107,11 @@ def plan_spot_tiles(
         tiles = None
     bad = reason != ""
     records = [
-        {"sample_id": sample.sample_id, "barcode": str(b), "x": float(x), "y": float(y), "reason": str(r)}
+        DroppedSpot(sample.sample_id, str(b), float(x), float(y), str(r))
         for b, x, y, r in zip(spots["barcode"][bad], cx[bad], cy[bad], reason[bad], strict=True)
     ]
     if records and not drop_bad:
-        shown = "; ".join(f"{r['barcode']} ({r['x']:g}, {r['y']:g}): {r['reason']}" for r in records[:3])
+        shown = "; ".join(f"{r.barcode} ({r.x:g}, {r.y:g}): {r.reason}" for r in records[:3])
         raise DataError(
             f"{sample.h5ad}: {len(records)} spot(s) with bad coordinates: {shown}"
             f"{' ...' if len(records) > 3 else ''}; fix the coordinates or pass --drop-bad-spots"
@@ -145,7 +146,7 @@ def _stored_attrs(slides: pd.DataFrame, sample_id: str) -> dict[str, Any] | None
 class SyncReport:
     """What `sync_store` did per sample: reused spots, embedded spots and why."""
 
-    samples: list[dict[str, Any]] = field(default_factory=list)
+    samples: list[SampleSync] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
@@ -279,9 +280,11 @@ def sync_store(
             status = "embedded"
         else:
             status = "updated" if len(todo) or extra > 0 else "reused"
-        result.samples.append({"sample_id": sid, "status": status, "n_spots": len(plan.barcodes),
-                               "n_reused": int(hit.sum()), "n_embedded": len(todo), "reasons": reasons,
-                               "source": plan.kind, **plan.identity})
+        result.samples.append(SampleSync(
+            sample_id=sid, status=status, n_spots=len(plan.barcodes), n_reused=int(hit.sum()),
+            n_embedded=len(todo), reasons=reasons, source=plan.kind,
+            image=FileIdentity(**plan.identity["image"]), h5ad_sha256=plan.identity["h5ad_sha256"],
+            slide_mpp=plan.identity.get("slide_mpp")))
         if reasons:
             result.notes.append(f"store {store.uri}, sample {sid}: {'; '.join(reasons)} -> "
                                 f"{len(todo)} spot(s) embedded again, {int(hit.sum())} reused")

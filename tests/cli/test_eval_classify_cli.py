@@ -53,6 +53,7 @@ def test_image_folder_grouped_by_source_slide(classified):
         assert row["balanced_accuracy"]["mean"] > 0.9
         assert (out / f"confusion_{MODEL}_{row['method']}.png").stat().st_size > 1000
     assert "sklearn, standardised" in result.stdout
+    assert "mean ± std over folds (ddof 0)" in " ".join(result.stdout.split())  # not a standard error
 
 
 def test_csv_of_tile_ids_is_grouped_by_slide_and_unknown_ids_exit_2(classified):

@@ -135,13 +135,14 @@ def test_eval_retrieval(store: str, tmp_path: Path) -> None:
     labels = tmp_path / "labels.csv"
     side = rows["x"].map(lambda x: "left" if x < 224 else "right")
     pd.DataFrame({"tile_id": rows["tile_id"], "label": side}).to_csv(labels, index=False)
-    out = tmp_path / "res" / "retrieval.json"
+    out = tmp_path / "res"
     args = ["eval", "retrieval", "--store", store, "--labels", str(labels), "--ks", "1,3", "--out", str(out)]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "acc@1" in result.stdout and "recall@3 vs exact" in result.stdout
-    saved = json.loads(out.read_text())
-    assert saved["leave_out"] == "slide" and set(saved["exact"]) == {"acc@1", "acc@3", "mv@5", "map@5"}
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["job"] == "retrieval" and saved["leave_out"] == "slide"
+    assert set(saved["exact"]) == {"acc@1", "acc@3", "mv@5", "map@5", "map@5_min_r"}
     assert saved["index"]["recall@1"] == 1.0 and saved["n_queries"] == len(rows)
     result = runner.invoke(app, [*args[:-2], "--leave-out", "none", "--json"])
     assert json.loads(result.stdout)["leave_out"] == "none"

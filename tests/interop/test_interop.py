@@ -173,10 +173,11 @@ def test_import_flags_checked_before_any_work(tmp_path, flags, flag) -> None:
     folder = trident_slide(tmp_path / "job", "s", 2).parent
     with pytest.raises(UsageError, match=flag):
         ImportConfig(folder, str(tmp_path / "s.lance"), "m", **flags)
-    with pytest.raises(UsageError, match="no .h5 files"):
-        ImportConfig(tmp_path, str(tmp_path / "s.lance"), "m")
-    with pytest.raises(UsageError, match="not a folder"):
-        ImportConfig(tmp_path / "absent", str(tmp_path / "s.lance"), "m")
+    for where, why in ((tmp_path, "no .h5 files"), (tmp_path / "absent", "not a folder")):
+        cfg = ImportConfig(where, str(tmp_path / "s.lance"), "m")  # a config reads no files
+        with pytest.raises(UsageError, match=why):
+            run_import(cfg)
+        assert not (tmp_path / "s.lance").exists()
 
 
 def test_export_out_naming_an_existing_file_is_refused(mvh_store, tmp_path) -> None:
@@ -184,7 +185,7 @@ def test_export_out_naming_an_existing_file_is_refused(mvh_store, tmp_path) -> N
     target.write_text("keep me")
     for fmt in ("h5", "clam", "parquet"):
         with pytest.raises(UsageError, match="--out .* is an existing file"):
-            ExportConfig(mvh_store.uri, target, fmt)
+            run_export(ExportConfig(mvh_store.uri, target, fmt))
     assert target.read_text() == "keep me"
     with pytest.raises(UsageError, match="--format 'csv' is unknown"):
         ExportConfig(mvh_store.uri, tmp_path / "o", "csv")
@@ -292,7 +293,7 @@ def test_absurd_tile_sizes_fail_instead_of_wrapping(tmp_path, key) -> None:
 def test_a_job_folder_points_at_its_feature_folders(tmp_path) -> None:
     trident_slide(tmp_path / "job", "s", 2)
     with pytest.raises(UsageError, match=r"20x_256px_0px_overlap/features_uni_v1") as err:
-        ImportConfig(tmp_path / "job", str(tmp_path / "s.lance"), "m")
+        ImportConfig(tmp_path / "job", str(tmp_path / "s.lance"), "m").files()
     assert "patches" not in str(err.value)  # TRIDENT's coordinate files hold no features
 
 

@@ -217,6 +217,7 @@ def test_run_reports_through_the_progress_protocol_and_writes_results(synthetic_
     saved = json.loads((result.run_dir / RESULTS).read_text())
     assert saved == result.to_dict() and saved["notes"] == notes
     assert PretrainResult.from_dict(saved).steps == 4
+    assert (saved["world_size"], saved["global_batch"], saved["parallel"]) == (1, cfg.batch_size, "single")
 
 
 def test_loss_curve_has_a_title_and_a_caption(tmp_path, monkeypatch):

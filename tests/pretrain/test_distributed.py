@@ -92,6 +92,10 @@ def setup(synthetic_tiles, tmp_path_factory):
 def test_two_ranks_equal_one_process_with_the_same_global_batch(setup) -> None:
     _, _, single, full, done = setup
     assert done.stdout.count('"steps"') == 1 and json.loads(done.stdout)["steps"] == 8  # rank 0 reports
+    saved = json.loads((full / "results.json").read_text())  # provenance of the global batch
+    per_rank = yaml.safe_load(setup[1].read_text())["batch_size"]
+    assert (saved["world_size"], saved["batch_per_rank"], saved["global_batch"], saved["parallel"]) == (
+        2, per_rank, 2 * per_rank, "ddp")
     one, two = _log(single), _log(full)
     assert [r["step"] for r in one] == [r["step"] for r in two] == list(range(8))
     for a, b in zip(one, two, strict=True):
@@ -130,6 +134,9 @@ def test_fsdp_equals_one_process_and_ddp(setup, fsdp_run) -> None:
     _, _, single, ddp, _ = setup
     fsdp, done = fsdp_run
     assert json.loads(done.stdout)["steps"] == 8 and "FSDP over 2 processes" in done.stdout
+    saved = json.loads((fsdp / "results.json").read_text())
+    assert (saved["world_size"], saved["parallel"]) == (2, "fsdp")
+    assert saved["global_batch"] == 2 * saved["batch_per_rank"]
     one, two, sharded = _log(single), _log(ddp), _log(fsdp)
     assert [r["step"] for r in sharded] == list(range(8))
     for a, b, c in zip(one, two, sharded, strict=True):

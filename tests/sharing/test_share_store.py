@@ -78,10 +78,10 @@ def test_team_a_writes_team_b_reads_searches_evaluates_and_pins_versions(
         "--set",
         "license=CC-BY-4.0",
         "--out",
-        str(tmp_path / "CARD.md"),
+        str(tmp_path / "card"),
     )
     assert card.exit_code == 0, card.output
-    assert "owner: Team A" in (tmp_path / "CARD.md").read_text()
+    assert "owner: Team A" in (tmp_path / "card" / "CARD.md").read_text()
     more = _mvh("extract", str(slides[2]), "--store", uri, *FAST)  # the store keeps growing
     assert more.exit_code == 0, more.output
 

@@ -12,8 +12,8 @@ from mvh.store.location import parse_location, redact_environment
 
 @pytest.mark.parametrize(
     "uri, backend",
-    [("s3://b/x.lance", S3), ("s3+ddb://b/x.lance", S3), ("gs://b/x.lance", GCS), ("az://c/x.lance", AZURE),
-     ("abfs://c/x.lance", AZURE)],
+    [("s3://b/x.lance", S3), ("s3+ddb://b/x.lance", S3), ("gs://bkt/x.lance", GCS),
+     ("az://box/x.lance", AZURE), ("abfs://box/x.lance", AZURE)],
 )
 def test_a_remote_uri_is_served_by_its_backend(uri: str, backend: object) -> None:
     loc = parse_location(uri, env={})

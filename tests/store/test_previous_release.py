@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mvh.store import EmbeddingStore
+from mvh.store import EmbeddingStore, StoreFingerprint, StoreInfo
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 SLIDE_COLUMNS = [
@@ -65,3 +65,19 @@ def test_the_previous_release_store_stays_writable(old_store: Path) -> None:
     again = EmbeddingStore.open(str(old_store))
     assert again.slide_attrs("e") == {"k": 1} == json.loads(again.slides()["slide_attrs"].iloc[-1])
     assert EmbeddingStore.open(f"{old_store}@first").slide_ids() == ["a", "b"]
+
+
+def test_info_is_typed_and_its_json_keeps_the_previous_release_keys(old_store: Path) -> None:
+    """`mvh info --json` of the previous release printed these keys; the typed record writes the same."""
+    info = EmbeddingStore.open(str(old_store)).info()
+    assert isinstance(info, StoreInfo) and isinstance(info.fingerprint, StoreFingerprint)
+    data = info.to_dict()
+    assert set(data) == {
+        "uri", "opened_as", "read_only", "storage_options", "version", "table_versions", "tags",
+        "card_fields", "card", "fingerprint", "mvh_version", "created", "n_slides", "slides_by_status",
+        "n_tiles", "writable_layout", "schema",
+    }
+    expected = json.loads((DATA / "store_v0_1.expected.json").read_text())["latest"]
+    assert data["fingerprint"] == expected["fingerprint"] and data["tags"] == expected["tags"]
+    assert (data["n_slides"], data["slides_by_status"], data["n_tiles"]) == (4, {"done": 3, "failed": 1}, 9)
+    assert data["card_fields"] == {"title": "v0.1 fixture"} and json.dumps(data)

@@ -234,3 +234,17 @@ def test_labelled_embeddings_one_scan_and_unknown_ids(tmp_path: Path):
     assert slides.tolist() == ["S", "S"]
     with pytest.raises(DataError, match=r"labels.csv: 1 tile_id\(s\) are not done tiles"):
         labelled_embeddings(store, ["t0", "zz"], "labels.csv")
+
+
+def test_the_config_reads_no_files_and_the_job_checks_them_first(tmp_path: Path) -> None:
+    from mvh.tasks.classify import ClassifyConfig, run_classify
+    from mvh.tasks.stores import StoreSpec
+
+    spec = (StoreSpec(str(tmp_path / "absent.lance")),)
+    absent_labels = ClassifyConfig(stores=spec, out=tmp_path / "o", labels=tmp_path / "absent.csv")
+    absent_images = ClassifyConfig(stores=spec, out=tmp_path / "o", images=tmp_path / "absent")
+    with pytest.raises(UsageError, match="--labels .*absent.csv: no such file"):
+        run_classify(absent_labels)
+    with pytest.raises(UsageError, match="absent: image folder not found"):
+        run_classify(absent_images)
+    assert not (tmp_path / "o").exists()

@@ -99,7 +99,7 @@ def _hest_split(X_by_sample, expr_by_sample, train, test, seed, n_components):
     y_train = np.log1p(np.concatenate([expr_by_sample[s] for s in train]).astype(np.float64))
     y_test = np.log1p(np.concatenate([expr_by_sample[s] for s in test]).astype(np.float64))
     pipe = Pipeline([("scaler", StandardScaler()),
-                     ("PCA", PCA(n_components=n_components, random_state=seed, svd_solver="randomized"))])
+                     ("PCA", PCA(n_components=n_components, random_state=seed))])
     X_train, X_test = torch.Tensor(pipe.fit_transform(X_train)), torch.Tensor(pipe.transform(X_test))
     reg = Ridge(solver="lsqr", alpha=100 / (X_train.shape[1] * y_train.shape[1]), random_state=seed,
                 fit_intercept=False, max_iter=1000).fit(X_train, y_train)
@@ -111,18 +111,18 @@ def test_runs_the_fixed_splits_and_gene_list_as_hest(task, tmp_path):
     from mvh.store import EmbeddingStore
 
     uri = str(tmp_path / "store.lance")
-    cfg = STConfig(inputs=[task], stores=[StoreSpec(uri, model=MODEL, random_init=True)],
-                   out_dir=tmp_path / "o", hest_exact=True, n_components=16, seed=1, device="cpu")
+    cfg = STConfig(inputs=(task,), stores=(StoreSpec(uri, model=MODEL, random_init=True),),
+                   out_dir=tmp_path / "o", n_components=16, device="cpu")  # HEST's regressor and seed 1
     recorder = Recorder()
     result = run_st(cfg, progress=recorder)
-    assert result.settings["splits"] == ["hest-bench"]
+    assert result.settings.splits == ["hest-bench"] and result.settings.seed == 1
     assert recorder.count(Event.TOTAL, SAMPLES) == recorder.count(Event.ADVANCE, SAMPLES) == 4
     assert recorder.count(Event.TOTAL, FOLDS) == recorder.count(Event.ADVANCE, FOLDS) == 2
     assert [d for e, _, _, d in recorder.calls if e is Event.NOTE] == result.notes
-    folds = result.settings["folds_by_split"]["hest-bench"]
-    assert [f["test_samples"] for f in folds] == [["S2", "S3"], ["S0", "S1"]]
-    assert all(f["genes"] == GENES for f in folds)
-    assert [(f["n_train"], f["n_test"]) for f in folds] == [(40, 40), (40, 40)]  # every patch, none filtered
+    folds = result.settings.folds_by_split["hest-bench"]
+    assert [f.test_samples for f in folds] == [["S2", "S3"], ["S0", "S1"]]
+    assert all(f.genes == GENES for f in folds)
+    assert [(f.n_train, f.n_test) for f in folds] == [(40, 40), (40, 40)]  # every patch, none filtered
     assert any("HEST-Benchmark task TOY" in n for n in result.notes)
     # Independent reference: HEST's own pipeline on the stored embeddings (patches order) and the
     # h5ad rows looked up by the patches' barcodes.
@@ -137,9 +137,10 @@ def test_runs_the_fixed_splits_and_gene_list_as_hest(task, tmp_path):
         ad = anndata.read_h5ad(task / "adata" / f"{s}.h5ad")
         expr_by[s] = ad[barcodes][:, GENES].X.toarray()
     expected = [_hest_split(X_by, expr_by, train, test, seed=1, n_components=16) for train, test in SPLITS]
-    assert result.models[MODEL]["hest-bench"]["pcc"]["folds"] == expected
+    assert result.models[MODEL].splits["hest-bench"].pcc.folds == expected
     saved = json.loads((tmp_path / "o" / "results.json").read_text())
-    assert saved == result.to_dict()
+    assert saved == result.to_dict() and saved["job"] == "st"
+    assert type(result).from_dict(saved).models[MODEL].splits["hest-bench"].pcc.folds == expected
 
 
 def test_task_errors(task, tmp_path):
@@ -157,10 +158,13 @@ def test_task_errors(task, tmp_path):
     (tmp_path / "g.json").write_text(json.dumps({"genes": ["A", "A"]}))
     with pytest.raises(DataError, match="twice"):
         read_gene_list(tmp_path / "g.json")
+    from mvh.tasks.st import read_inputs
+
+    spec = StoreSpec(str(tmp_path / "s.lance"))
     with pytest.raises(UsageError, match="fixed splits"):
-        STConfig(inputs=[task], split="random")
+        read_inputs(STConfig(inputs=(task,), stores=(spec,), split="random"))
     with pytest.raises(UsageError, match="drop --folds"):
-        STConfig(inputs=[task], folds=3)
+        read_inputs(STConfig(inputs=(task,), stores=(spec,), folds=3))
 
 
 def test_cli_runs_a_task_folder(task, tmp_path):
@@ -168,7 +172,7 @@ def test_cli_runs_a_task_folder(task, tmp_path):
 
     out = tmp_path / "cli"
     result = CliRunner().invoke(app, ["eval", "st", str(task), "--model", MODEL, "--random-init", "--device",
-                                      "cpu", "--out", str(out)], env={"COLUMNS": "200"})
+                                      "cpu", "--no-pca", "--out", str(out)], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "hest-bench" in result.output and "note:" in result.output
     res = json.loads((out / "results.json").read_text())

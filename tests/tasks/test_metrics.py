@@ -71,7 +71,36 @@ def test_classification_metrics_match_sklearn(n_classes):
     m = classification_metrics(y, pred, proba, n_classes)
     assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, pred))
     assert m["weighted_f1"] == pytest.approx(f1_score(y, pred, average="weighted"))
+    # UNI's call (uni/downstream/eval_patch_features/linear_probe.py + metrics.py get_eval_metrics):
+    # binary on p(class 1), else roc_auc_score(..., multi_class="ovo", average="macro").
     ref_auc = roc_auc_score(y, proba[:, 1]) if n_classes == 2 else roc_auc_score(
-        y, proba, multi_class="ovr", average="macro")
-    assert m["auroc"] == pytest.approx(ref_auc)
+        y, proba, multi_class="ovo", average="macro")
+    assert m["auroc"] == pytest.approx(ref_auc, abs=1e-12)
     assert m["confusion"] == confusion_matrix(y, pred).tolist()
+
+
+def test_auroc_is_one_vs_one_not_one_vs_rest():
+    """Probabilities where OvO and OvR disagree: mvh reports UNI's OvO."""
+    rng = np.random.default_rng(7)
+    y = np.repeat(np.arange(3), [80, 30, 10])
+    logits = rng.normal(size=(120, 3)) + np.array([[2.0, 0, 0], [0, 0.3, 0], [0, 0, 1.0]])[y]
+    proba = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    ovo = roc_auc_score(y, proba, multi_class="ovo", average="macro")
+    ovr = roc_auc_score(y, proba, multi_class="ovr", average="macro")
+    assert abs(ovo - ovr) > 1e-4
+    assert classification_metrics(y, proba.argmax(1), proba, 3)["auroc"] == pytest.approx(ovo, abs=1e-12)
+
+
+def test_auroc_with_a_class_missing_from_the_test_fold():
+    """Hand & Till's pairwise mean over the present classes, each pair written out with binary AUCs."""
+    rng = np.random.default_rng(3)
+    y = np.array([0] * 50 + [2] * 25 + [3] * 15)
+    proba = rng.dirichlet(np.ones(4), size=90)
+    proba[y == 0, 0] += 0.5
+    proba /= proba.sum(1, keepdims=True)
+    pairs = []
+    for a, b in [(0, 2), (0, 3), (2, 3)]:
+        keep = (y == a) | (y == b)
+        pairs.append((roc_auc_score(y[keep] == a, proba[keep, a])
+                      + roc_auc_score(y[keep] == b, proba[keep, b])) / 2)
+    assert classification_metrics(y, proba.argmax(1), proba, 4)["auroc"] == pytest.approx(np.mean(pairs))

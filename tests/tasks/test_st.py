@@ -12,8 +12,35 @@ from sklearn.preprocessing import StandardScaler
 
 from mvh.errors import DataError, UsageError
 from mvh.tasks.st import STConfig
-from mvh.tasks.st_eval import evaluate_fold, evaluate_st, robustness_drop, table_rows
+from mvh.tasks.st_eval import STEvaluation, STProtocol, robustness_drop, table_rows
+from mvh.tasks.st_eval import evaluate_st as _evaluate_st
 from mvh.tasks.st_model import gene_variances, log1p_counts, make_regressor, select_hvg
+from mvh.tasks.stores import StoreSpec
+
+
+def _exact(**kw) -> STProtocol:
+    """The exact-solve alternative (mvh's former default), which these array-level tests exercise."""
+    return STProtocol(regressor="ridge-exact", **kw)
+
+
+def _as_dict(evaluation: STEvaluation) -> dict:
+    """The evaluation as nested dicts (results.json's layout before typing, NaN kept) for older asserts."""
+    from dataclasses import asdict
+
+    models = {m: {**{s: asdict(v) for s, v in r.splits.items()}, "drop": r.drop}
+              for m, r in evaluation.models.items()}
+    return {"settings": asdict(evaluation.settings), "models": models, "notes": evaluation.notes,
+            "typed": evaluation.models}
+
+
+def evaluate_st(embeddings, counts, genes, spots, protocol, splits=None, **kw):
+    """`evaluate_st` with the dict view above; `splits` overrides the protocol's."""
+    if splits is not None:
+        from dataclasses import replace
+
+        protocol = replace(protocol, splits=tuple(splits))
+    evaluation, held = _evaluate_st(embeddings, counts, genes, spots, protocol, **kw)
+    return _as_dict(evaluation), held
 
 
 def _spots(n_per=40, studies=("A", "B", "C"), samples_per_study=2):
@@ -33,7 +60,7 @@ def test_linear_genes_are_recovered_exactly():
     W = rng.normal(size=(24, 6))
     counts = np.expm1(X @ W * 0.3 + 3.0)  # log1p(counts) is linear in the embedding
     genes = [f"g{i}" for i in range(6)]
-    cfg = STConfig(split="random", folds=4, genes=genes, pca=False)
+    cfg = _exact(splits=("random",), folds=4, genes=genes, pca=False)
     res, held = evaluate_st({"lin": X}, counts, genes, spots, cfg)
     r = res["models"]["lin"]["random"]
     assert r["pcc"]["mean"] > 0.999
@@ -49,15 +76,15 @@ def test_noise_embedding_gives_no_signal():
     X = rng.normal(size=(len(spots), 16)).astype(np.float32)
     counts = rng.poisson(5.0, size=(len(spots), 10))
     genes = [f"g{i}" for i in range(10)]
-    res, _ = evaluate_st({"noise": X}, counts, genes, spots, STConfig(split="random", folds=3, genes=genes))
+    res, _ = evaluate_st({"noise": X}, counts, genes, spots, _exact(splits=("random",), folds=3, genes=genes))
     assert abs(res["models"]["noise"]["random"]["pcc"]["mean"]) < 0.15
 
 
-def test_hest_pipeline_matches_reference_composition():
+def test_ridge_exact_matches_reference_composition():
     rng = np.random.default_rng(2)
     Xtr, Xte = rng.normal(size=(300, 40)), rng.normal(size=(50, 40))
     ytr = rng.normal(size=(300, 7))
-    model = make_regressor("ridge", n_components=16).fit(Xtr, ytr)
+    model = make_regressor("ridge-exact", n_components=16).fit(Xtr, ytr)
     sc = StandardScaler().fit(Xtr)
     pca = PCA(16).fit(sc.transform(Xtr))
     ridge = Ridge(alpha=100 / (16 * 7), fit_intercept=False).fit(pca.transform(sc.transform(Xtr)), ytr)
@@ -95,7 +122,7 @@ def test_hvg_selection_never_sees_test_spots():
     counts = sp.csr_matrix(np.hstack([counts, leak]))
     genes = [f"g{i}" for i in range(8)] + ["only_A", "only_B", "only_C"]
     X = rng.normal(size=(n, 6)).astype(np.float32)
-    res, _ = evaluate_st({"m": X}, counts, genes, spots, STConfig(split="loso", top_genes=3, seed=0))
+    res, _ = evaluate_st({"m": X}, counts, genes, spots, _exact(splits=("loso",), top_genes=3, seed=0))
     for fold in res["settings"]["folds_by_split"]["loso"]:
         held_out = fold["name"].split("=")[1]
         assert f"only_{held_out}" not in fold["genes"]
@@ -112,7 +139,7 @@ def test_compare_reports_drop_and_results_structure():
     X = rng.normal(size=(len(spots), 12)).astype(np.float32)
     counts = np.expm1(np.clip(X[:, :4] + 2 + 0.3 * rng.normal(size=(len(spots), 4)), 0, None))
     genes = ["a", "b", "c", "d"]
-    cfg = STConfig(folds=3, genes=genes)
+    cfg = _exact(folds=3, genes=genes)
     models = {"m1": X, "m2": X[:, ::-1].copy()}
     res, held = evaluate_st(models, counts, genes, spots, cfg, splits=["random", "loso"])
     for m in ("m1", "m2"):
@@ -122,8 +149,8 @@ def test_compare_reports_drop_and_results_structure():
             assert set(entry[split]["pcc"]) == {"mean", "std", "folds"}
         ratio = entry["loso"]["pcc"]["mean"] / entry["random"]["pcc"]["mean"]
         assert entry["drop"] == pytest.approx(1 - ratio)
-    assert res["settings"]["seed"] == 0 and res["settings"]["genes"] == genes
-    assert len(table_rows(res["models"])) == 2
+    assert res["settings"]["seed"] == 1 and res["settings"]["genes"] == genes
+    assert len(table_rows(res["typed"])) == 2
     assert len(held) == 4
 
 
@@ -133,9 +160,9 @@ def test_drop_and_errors():
     spots = _spots(n_per=5)
     with pytest.raises(DataError, match="genes not in"):
         evaluate_st({"m": np.zeros((len(spots), 3))}, np.ones((len(spots), 2)), ["a", "b"], spots,
-                    STConfig(genes=["zz"], folds=2))
+                    _exact(genes=["zz"], folds=2))
     with pytest.raises(DataError, match="embeddings"):
-        evaluate_st({"m": np.zeros((3, 3))}, np.ones((len(spots), 2)), ["a", "b"], spots, STConfig(folds=2))
+        evaluate_st({"m": np.zeros((3, 3))}, np.ones((len(spots), 2)), ["a", "b"], spots, _exact(folds=2))
 
 
 def test_gene_constant_in_a_test_fold_is_nan_and_named():
@@ -144,14 +171,14 @@ def test_gene_constant_in_a_test_fold_is_nan_and_named():
     X = rng.normal(size=(len(spots), 10)).astype(np.float32)
     counts = np.expm1(np.clip(X[:, :2] + 2, 0, None))
     counts[spots["study"].to_numpy() == "A", 1] = 0.0  # gene "b" is flat in study A
-    res, _ = evaluate_st({"m": X}, counts, ["a", "b"], spots, STConfig(split="loso", genes=["a", "b"]))
+    res, _ = evaluate_st({"m": X}, counts, ["a", "b"], spots, _exact(splits=("loso",), genes=["a", "b"]))
     r = res["models"]["m"]["loso"]
     assert r["nan_genes_per_fold"] == [["b"], [], []] and r["n_nan_genes"] == 1
     assert np.isnan(r["genes_per_fold"][0]["b"]) and np.isfinite(r["genes_per_fold"][1]["b"])
     assert r["pcc"]["folds"][0] == pytest.approx(r["genes_per_fold"][0]["a"])
     assert np.isfinite(r["genes"]["b"])  # averaged over the folds where it is defined
     assert any("b (study=A)" in n for n in res["notes"])  # named in a printed note too
-    assert table_rows(res["models"])[0]["loso"]["n_nan_genes"] == 1
+    assert table_rows(res["typed"])[0]["loso"]["n_nan_genes"] == 1
 
 
 def test_gene_variances_sparse_equals_dense_numpy():
@@ -163,6 +190,9 @@ def test_gene_variances_sparse_equals_dense_numpy():
     np.testing.assert_allclose(gene_variances(log1p_counts(sp.csr_matrix(counts)), rows), ref, rtol=1e-5)
 
 
+SPEC = StoreSpec(uri="s.lance")
+
+
 @pytest.mark.parametrize(
     ("kwargs", "flag"),
     [
@@ -171,34 +201,65 @@ def test_gene_variances_sparse_equals_dense_numpy():
         ({"folds": 1}, "--folds"),
         ({"top_genes": 0}, "--top-genes"),
         ({"regressor": "svm"}, "--regressor"),
-        ({"hest_exact": True, "regressor": "knn"}, "--hest-exact"),
-        ({"hest_exact": True, "pca": False}, "--hest-exact"),
         ({"batch_size": 0}, "--batch-size"),
         ({"workers": -1}, "--workers"),
-        ({"genes": ["a", "a"]}, "twice"),
-        ({"inputs": ["/nonexistent/cohort"]}, "/nonexistent/cohort"),
-        ({"meta": "/nonexistent/meta.csv"}, "--meta"),
     ],
 )
 def test_config_validates_on_construction(kwargs, flag):
     with pytest.raises(UsageError, match=flag):
-        STConfig(**kwargs)
+        STConfig(stores=(SPEC,), **kwargs)
 
 
-def test_config_needs_a_model_for_inputs(tmp_path):
+@pytest.mark.parametrize(
+    ("kwargs", "flag"),
+    [({"genes": ["a", "a"]}, "twice"), ({"splits": ("loso", "loso")}, "--compare"), ({"folds": 1}, "--folds"),
+     ({"regressor": "svm"}, "--regressor")],
+)
+def test_protocol_validates_on_construction(kwargs, flag):
+    with pytest.raises(UsageError, match=flag):
+        STProtocol(**kwargs)
+
+
+def test_config_is_frozen_and_reads_no_file(tmp_path, monkeypatch):
+    """Issue 21: building the config touches no file; `read_inputs` (run_st's first step) checks them."""
+    from dataclasses import FrozenInstanceError
+
+    from mvh.tasks.st import read_inputs
+
+    missing_meta = tmp_path / "meta.csv"
+    genes = tmp_path / "genes.txt"
+    genes.write_text("a\nb\n")
+    monkeypatch.chdir(tmp_path)
+    cfg = STConfig(inputs=(tmp_path / "nonexistent",), stores=(SPEC,), meta=missing_meta, genes_file=genes)
+    with pytest.raises(FrozenInstanceError):
+        cfg.seed = 3  # type: ignore[misc]
+    with pytest.raises(UsageError, match="nonexistent: no such file"):
+        read_inputs(cfg)
+    cohort = tmp_path / "cohort"
+    cohort.mkdir()
+    with pytest.raises(UsageError, match="--meta"):
+        read_inputs(STConfig(inputs=(cohort,), stores=(SPEC,), meta=missing_meta))
+    protocol = read_inputs(STConfig(inputs=(cohort,), stores=(SPEC,), genes_file=genes, seed=5)).protocol
+    assert protocol.genes == ("a", "b") and protocol.seed == 5 and protocol.splits == ("patient",)
+    with pytest.raises(UsageError, match="hest-bench needs a HEST-Benchmark task"):
+        read_inputs(STConfig(inputs=(cohort,), stores=(SPEC,), split="hest-bench"))
+
+
+def test_config_needs_a_model(tmp_path):
     with pytest.raises(UsageError, match="no model given"):
-        STConfig(inputs=[tmp_path])
+        STConfig(inputs=(tmp_path,))
 
 
 def test_default_split_is_patient_kfold_grouped_by_patient():
-    assert STConfig().splits == ["patient"]
+    assert STConfig(stores=(SPEC,)).splits == ("patient",) and STConfig(stores=(SPEC,)).seed == 1
+    assert STProtocol().seed == 1 and STProtocol().regressor == "ridge"  # HEST's defaults
     rng = np.random.default_rng(8)
     spots = _spots(n_per=10, studies=("A", "B", "C", "D"), samples_per_study=2)
     # 8 samples of 7 patients (two samples share a patient): 5 folds by default.
     spots["patient"] = spots["sample_id"].replace({"B1": "B0"})
     X = rng.normal(size=(len(spots), 6)).astype(np.float32)
     counts = rng.poisson(3.0, size=(len(spots), 5))
-    res, _ = evaluate_st({"m": X}, counts, list("abcde"), spots, STConfig(genes=list("abcde")))
+    res, _ = evaluate_st({"m": X}, counts, list("abcde"), spots, _exact(genes=list("abcde")))
     folds = res["settings"]["folds_by_split"]["patient"]
     how = res["settings"]["how_by_split"]["patient"]
     assert len(folds) == 5 and "5-fold grouped by patient over 7 patients" in how
@@ -211,7 +272,7 @@ def test_default_split_is_patient_kfold_grouped_by_patient():
     few = spots[spots["study"].isin(["A", "B"])].reset_index(drop=True)
     few["patient"] = few["sample_id"].replace({"B1": "B0"})
     res3, _ = evaluate_st({"m": X[: len(few)]}, counts[: len(few)], list("abcde"), few,
-                          STConfig(genes=list("abcde")))
+                          _exact(genes=list("abcde")))
     assert "leave-one-patient-out" in res3["settings"]["how_by_split"]["patient"]
     patient_of = dict(zip(few["sample_id"], few["patient"], strict=True))
     folds3 = res3["settings"]["folds_by_split"]["patient"]
@@ -224,63 +285,9 @@ def test_random_split_is_labelled_spot_level():
     spots = _spots(n_per=12)
     X = rng.normal(size=(len(spots), 6)).astype(np.float32)
     counts = rng.poisson(3.0, size=(len(spots), 3))
-    res, _ = evaluate_st({"m": X}, counts, list("abc"), spots, STConfig(split="random", genes=list("abc")))
+    res, _ = evaluate_st({"m": X}, counts, list("abc"), spots, _exact(splits=("random",), genes=list("abc")))
     assert res["models"]["m"]["random"]["level"].startswith("spot-level")
     assert res["settings"]["levels"]["random"].startswith("spot-level")
     assert "spot-level" in res["settings"]["how_by_split"]["random"]
 
 
-def _hest_reference(X_train, X_test, counts_train, counts_test, seed, n_components):
-    """HEST-Benchmark's `predict_single_split` + `train_test_reg` lines (mahmoodlab/HEST, src/hest/bench/
-    benchmark.py and trainer.py), re-typed: log1p float64 targets, StandardScaler -> PCA(random_state=seed)
-    -> torch.Tensor -> Ridge(lsqr) without intercept; scipy pearsonr per gene; np.mean over genes."""
-    import torch
-    from scipy.stats import pearsonr
-    from sklearn.pipeline import Pipeline
-
-    y_train = np.log1p(counts_train.astype(np.float64))
-    y_test = np.log1p(counts_test.astype(np.float64))
-    pipe = Pipeline([("scaler", StandardScaler()),
-                     ("PCA", PCA(n_components=n_components, random_state=seed, svd_solver="randomized"))])
-    X_train, X_test = torch.Tensor(pipe.fit_transform(X_train)), torch.Tensor(pipe.transform(X_test))
-    alpha = 100 / (X_train.shape[1] * y_train.shape[1])
-    reg = Ridge(solver="lsqr", alpha=alpha, random_state=seed, fit_intercept=False, max_iter=1000)
-    reg.fit(X_train, y_train)
-    preds = reg.predict(X_test)
-    r = [pearsonr(y_test[:, g], preds[:, g])[0] for g in range(y_test.shape[1])]
-    return preds, np.array(r), float(np.mean(r))
-
-
-def test_hest_exact_reproduces_hest_bit_for_bit():
-    from mvh.tasks.splits import Fold
-
-    rng = np.random.default_rng(10)
-    n, d, g = 700, 300, 6
-    latent = rng.normal(size=(n, 4))
-    X = (latent @ rng.normal(size=(4, d)) + rng.normal(size=(n, d))).astype(np.float32)
-    rate = np.exp(np.clip(0.8 + 0.5 * latent @ rng.normal(size=(4, g)), -3, 3))
-    counts = rng.poisson(rate).astype(np.float32)
-    train, test = np.arange(0, 450), np.arange(450, n)
-    cfg = STConfig(genes=[f"g{i}" for i in range(g)], hest_exact=True, seed=1)
-    fold = Fold(0, "split0", train, test)
-    metrics, _, y_pred = evaluate_fold(X, log1p_counts(counts), counts, np.arange(g), fold, cfg)
-    preds, r, mean = _hest_reference(X[train], X[test], counts[train], counts[test], seed=1, n_components=256)
-    assert np.array_equal(y_pred, preds)
-    assert np.array_equal(metrics["per_gene"], r) and metrics["pcc"] == mean
-    # The default (exact PCA, direct solver, mean added back) is close to HEST, not identical.
-    default, _, _ = evaluate_fold(X, log1p_counts(counts), counts, np.arange(g), fold,
-                                  STConfig(genes=cfg.genes, seed=1))
-    assert default["pcc"] == pytest.approx(mean, abs=0.02) and default["pcc"] != mean
-
-
-def test_hest_exact_fold_with_a_constant_gene_is_nan_as_hest():
-    rng = np.random.default_rng(11)
-    spots = _spots(n_per=120)
-    X = rng.normal(size=(len(spots), 20)).astype(np.float32)
-    counts = np.expm1(np.clip(X[:, :2] + 2, 0, None))
-    counts[spots["study"].to_numpy() == "A", 1] = 0.0
-    cfg = STConfig(split="loso", genes=["a", "b"], hest_exact=True, n_components=8)
-    res, _ = evaluate_st({"m": X}, counts, ["a", "b"], spots, cfg)
-    r = res["models"]["m"]["loso"]
-    assert np.isnan(r["pcc"]["folds"][0]) and np.isfinite(r["pcc"]["folds"][1])
-    assert np.isnan(r["genes"]["b"]) and r["nan_genes_per_fold"][0] == ["b"]

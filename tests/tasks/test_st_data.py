@@ -39,7 +39,7 @@ def _sync(samples, expr, store, factory, drop_bad=False):
     plans = [plan_spot_tiles(s, expr.spots.iloc[groups[s.sample_id]], store.fingerprint.mpp,
                              store.fingerprint.tile_px, drop_bad)[0] for s in samples]
     _, report = sync_store(plans, store, factory)
-    return [entry["status"] for entry in report.samples]
+    return [entry.status for entry in report.samples]
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +237,7 @@ def test_bad_spot_coordinates_refused_or_dropped(cohort, tmp_path):
         plan_spot_tiles(samples[0], spots, 0.5, 224, drop_bad=False)
     assert spots["barcode"][0] in str(err.value) and spots["barcode"][1] in str(err.value)
     tiles, dropped = plan_spot_tiles(samples[0], spots, 0.5, 224, drop_bad=True)
-    assert [(d["barcode"], d["reason"]) for d in dropped] == [
+    assert [(d.barcode, d.reason) for d in dropped] == [
         (spots["barcode"][0], "non-finite coordinate"),
         (spots["barcode"][1], "outside the slide (672 x 448 px)"),
     ]
@@ -263,13 +263,13 @@ def test_moved_spots_are_embedded_again_and_said_so(cohort, embedder, tmp_path):
     plans = [plan_spot_tiles(s, moved_expr.spots.iloc[groups[s.sample_id]], 0.5, 224, False)[0]
              for s in moved]
     embeddings, report = sync_store(plans, store, lambda: embedder)
-    by_id = {e["sample_id"]: e for e in report.samples}
-    assert by_id["A0"]["status"] == "updated"
-    assert by_id["A0"]["n_embedded"] == 3 and by_id["A0"]["n_reused"] == 3
-    assert "3 spot(s) moved" in " ".join(by_id["A0"]["reasons"])
-    assert by_id["B0"]["status"] == "reused" and by_id["B0"]["n_embedded"] == 0
+    by_id = {e.sample_id: e for e in report.samples}
+    assert by_id["A0"].status == "updated"
+    assert by_id["A0"].n_embedded == 3 and by_id["A0"].n_reused == 3
+    assert "3 spot(s) moved" in " ".join(by_id["A0"].reasons)
+    assert by_id["B0"].status == "reused" and by_id["B0"].n_embedded == 0
     assert any("A0" in n and "3 spot(s) embedded again" in n for n in report.notes)
-    assert by_id["A0"]["h5ad_sha256"] != sha256_of(cohort.root / "st" / "A0.h5ad")
+    assert by_id["A0"].h5ad_sha256 != sha256_of(cohort.root / "st" / "A0.h5ad")
     # Independent reference: a fresh store embedding the moved cohort from scratch.
     fresh = EmbeddingStore.create(tmp_path / "fresh.lance", embedder.fingerprint(mpp=0.5, tile_px=224))
     ref, _ = sync_store(plans, fresh, lambda: embedder)
@@ -334,9 +334,9 @@ def test_recorded_image_or_h5ad_change_is_detected_through_slide_attrs(cohort, e
     store.slides = lambda status=None: slides
     _, report = sync_store(plans, store, lambda: embedder)
     a, b = report.samples
-    assert a["n_embedded"] == 6 and "differs from the one embedded" in a["reasons"][0]
-    assert b["n_embedded"] == 0 and b["n_reused"] == 6 and "A0" not in b["reasons"][0]
-    assert "B0.h5ad changed since it was embedded" in b["reasons"][0]
+    assert a.n_embedded == 6 and "differs from the one embedded" in a.reasons[0]
+    assert b.n_embedded == 0 and b.n_reused == 6 and "A0" not in b.reasons[0]
+    assert "B0.h5ad changed since it was embedded" in b.reasons[0]
 
 
 def test_sample_ids_are_checked_as_slide_ids(tmp_path):

@@ -55,12 +55,16 @@ def cohort_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, 
 
 
 def test_config_validates_on_construction(cohort_store, tmp_path: Path) -> None:
+    """Settings are checked when the config is built (no file read); the files when the job starts."""
     cohort, store, _ = cohort_store
     with pytest.raises(CohortError, match=r"--cohort .*nope.csv: no such cohort file"):
-        SurvivalConfig(tmp_path / "nope.csv", str(store))
+        run_survival(SurvivalConfig(tmp_path / "nope.csv", str(store), tmp_path / "o1"))
     (tmp_path / "file").write_text("x")
     with pytest.raises(UsageError, match="--out .*file is a file"):
-        SurvivalConfig(cohort, str(store), tmp_path / "file")
+        run_survival(SurvivalConfig(cohort, str(store), tmp_path / "file"))
+    with pytest.raises(UsageError, match=r"--out .*results\.json names a file, but --out is a folder"):
+        SurvivalConfig(cohort, str(store), tmp_path / "results.json")
+    assert not (tmp_path / "o1").exists()
     with pytest.raises(UsageError, match="--heatmap: slide id '../x' contains a path separator"):
         SurvivalConfig(cohort, str(store), heatmap="../x")
     with pytest.raises(UsageError, match="--coxph-folds 1 is out of range"):

@@ -54,3 +54,18 @@ def test_uno_c_equals_harrell_without_censoring() -> None:
     e_test = np.ones(30, bool)
     got = uno_c(np.ones(200, bool), t_train, e_test, t_test, risk)
     assert got == pytest.approx(harrell_c(e_test, t_test, risk), abs=1e-12)
+
+
+def test_risks_within_1e8_are_tied_as_in_sksurv_not_lifelines() -> None:
+    """The documented reference: sksurv's concordance_index_censored (tied_tol=1e-8); lifelines ties only
+    exactly equal risks, so the two differ here, and results.json says which one mvh follows."""
+    from mvh.tasks.survival.job import DEFINITIONS
+
+    event = np.array([True, True, False])
+    time = np.array([1.0, 2.0, 3.0])
+    risk = np.array([0.5, 0.5 + 5e-9, 0.1])  # the first pair is discordant by 5e-9: a tie within 1e-8
+    sk = concordance_index_censored(event, time, risk)[0]
+    assert harrell_c(event, time, risk) == pytest.approx(sk, abs=1e-15)
+    assert sk != pytest.approx(concordance_index(time, -risk, event), abs=1e-6)
+    assert "concordance_index_censored" in DEFINITIONS["c_index"] and "1e-8" in DEFINITIONS["c_index"]
+    assert "not the standard error" in DEFINITIONS["c_index"]

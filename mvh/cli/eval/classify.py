@@ -27,9 +27,10 @@ if TYPE_CHECKING:
 def _classify_table(result: ClassifyResult) -> Table:
     probe = "UNI objective" if result.probe == "uni" else "sklearn, standardised"
     title = (f"Tile classification: {result.n_tiles} tiles, {len(result.classes)} classes, split "
-             f"{result.split} by {result.grouping}, seed {result.seed}; probe: {probe}, C {result.probe_c}")
+             f"{result.split} by {result.grouping}, seed {result.seed}; probe: {probe}, C {result.probe_c}; "
+             "mean ± std over folds (ddof 0)")
     table = Table(title=Text(title))
-    for name in ("model", "method", "balanced acc", "weighted F1", "AUROC (macro OvR)"):
+    for name in ("model", "method", "balanced acc", "weighted F1", "AUROC (macro OvO)"):
         table.add_column(name, justify="left" if name in ("model", "method") else "right")
     for row in result.results:
         table.add_row(Text(row.model), row.method,

@@ -42,7 +42,9 @@ def eval_retrieval_cmd(
                  "column) or none (only the query tile itself is left out).",
         ),
     ] = "slide",
-    out: Annotated[Path | None, typer.Option("--out", help="Also write results.json here.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Also write results.json into this folder.")] = (
+        None
+    ),
     as_json: JsonOption = False,
 ) -> None:
     """Patch retrieval: Acc@k, MV@5, mAP@5 by exact search, and the index's recall@k against it."""
@@ -74,4 +76,4 @@ def eval_retrieval_cmd(
     console.print(table)
     print_notes(result.notes)
     if out is not None:
-        console.print(Text(f"written: {out}"))
+        console.print(Text(f"written: {cfg.out / 'results.json'}"))

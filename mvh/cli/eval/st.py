@@ -27,10 +27,11 @@ def _st_table(result: STResult) -> Table:
     from mvh.tasks.st_eval import table_rows
 
     s = result.settings
-    splits = s["splits"]
-    solver = "HEST-exact" if s["hest_exact"] else s["regressor"] + ("" if s["pca"] else " (no PCA)")
-    table = Table(title=f"ST regression: {s['n_spots']} spots, {s['n_samples']} samples, {s['n_patients']} "
-                        f"patients, {solver}, seed {s['seed']}")
+    splits = s.splits
+    solver = "HEST's PCA + ridge" if s.regressor == "ridge" else s.regressor
+    solver += "" if s.pca else " (no PCA)"
+    table = Table(title=f"ST regression: {s.n_spots} spots, {s.n_samples} samples, {s.n_patients} "
+                        f"patients, {solver}, seed {s.seed}; mean ± std over folds (ddof 0)")
     table.add_column("model")
     for split in splits:
         name = "random (spot-level)" if split == "random" else split
@@ -84,11 +85,13 @@ def st_cmd(
     top_genes: Annotated[
         int, typer.Option("--top-genes", help="Else the top-k HVGs of each fold's training spots.")
     ] = 50,
-    regressor: Annotated[str, typer.Option("--regressor", help="ridge (HEST) | ridge-cv | knn")] = "ridge",
+    regressor: Annotated[
+        str,
+        typer.Option("--regressor", help="ridge: HEST-Benchmark's predict_folds exactly (its PCA, lsqr "
+                                          "ridge, seed, NaN rule) | ridge-exact: exact PCA and ridge solve "
+                                          "| ridge-cv | knn"),
+    ] = "ridge",
     no_pca: Annotated[bool, typer.Option("--no-pca", help="Skip PCA(256) before the regressor.")] = False,
-    hest_exact: Annotated[
-        bool, typer.Option("--hest-exact", help="HEST's own solvers: randomized PCA, lsqr ridge, float32.")
-    ] = False,
     split: Annotated[
         str | None,
         typer.Option("--split", help="patient (default, HEST) | random (spot-level) | loso (study)."),
@@ -106,7 +109,7 @@ def st_cmd(
     drop_bad_spots: Annotated[
         bool, typer.Option("--drop-bad-spots", help="Drop spots with NaN/off-slide centres (recorded).")
     ] = False,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the folds and PCA (HEST's default is 1).")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the folds and PCA (HEST's default).")] = 1,
     out: Annotated[Path, typer.Option("--out", help="Folder for results.json and the PNG figures.")] = Path(
         "st_results"
     ),
@@ -120,9 +123,9 @@ def st_cmd(
 
     specs = _specs(model or [], store or [], weights or [], random_init, store_dir or out / "stores")
     config = STConfig(
-        inputs=list(samples), stores=specs, out_dir=out, meta=meta, split=split, folds=folds, seed=seed,
-        compare=[s.strip() for s in compare.split(",") if s.strip()] if compare else None,
-        genes_file=genes, top_genes=top_genes, regressor=regressor, pca=not no_pca, hest_exact=hest_exact,
+        inputs=tuple(samples), stores=tuple(specs), out_dir=out, meta=meta, split=split, folds=folds,
+        seed=seed, compare=tuple(s.strip() for s in compare.split(",") if s.strip()) if compare else None,
+        genes_file=genes, top_genes=top_genes, regressor=regressor, pca=not no_pca,
         group_by_sample=group_by_sample, drop_bad_spots=drop_bad_spots, device=device,
         batch_size=batch_size, workers=workers,
     )

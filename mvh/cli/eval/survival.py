@@ -22,7 +22,8 @@ def _results_table(result: SurvivalResult) -> Table:
 
     cohort = result.cohort
     table = Table(title=f"Survival: {cohort.n_patients} patients, {cohort.n_events} events, "
-                        f"{result.settings.folds}-fold CV")
+                        f"{result.settings.folds}-fold CV; mean ± std over folds (ddof 0, not the standard "
+                        "error)")
     table.add_column("model")
     table.add_column("C-index (mean ± std)", justify="right")
     table.add_column("Uno's C", justify="right")

@@ -19,7 +19,7 @@ import pandas as pd
 from mvh.core.device import resolve_device
 from mvh.errors import CohortError, MvhError, SlideError, UsageError
 from mvh.extractor.slide import open_slide
-from mvh.jobs import JobResult
+from mvh.jobs import JobResult, check_out_folder, out_folder
 from mvh.progress import FOLDS, Event, Progress, report
 from mvh.store import EmbeddingStore
 from mvh.store.slide_ids import check_slide_id, path_inside
@@ -32,9 +32,11 @@ from mvh.tasks.survival.settings import MODELS, SurvivalSettings
 
 RESULTS_NAME = "results.json"
 DEFINITIONS = {
-    "c_index": "Harrell's C per test fold with sksurv's rules (concordance_index_censored: tied risks count "
-               "1/2; a pair tied in time is comparable when one is an event and the other censored); "
-               "mean +- std over folds, std with ddof=0",
+    "c_index": "Harrell's C per test fold, equal to sksurv.metrics.concordance_index_censored(event, time, "
+               "risk) with its tie tolerance 1e-8 (risks within 1e-8 are tied and count 1/2; lifelines ties "
+               "only exactly equal risks; a pair tied in time is comparable when one is an event and the "
+               "other censored); mean +- std over folds, std with ddof=0 (not the standard error that "
+               "Patho-Bench reports)",
     "uno_c": "Uno's IPCW C per test fold (sksurv concordance_index_ipcw), censoring estimated on the fold's "
              "training patients, tau = their largest time",
     "km_split": "each fold's test patients are high risk when their risk is above the median risk that the "
@@ -63,14 +65,7 @@ class SurvivalConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "cohort", Path(self.cohort))
         object.__setattr__(self, "store", str(self.store))
-        object.__setattr__(self, "out", Path(self.out))
-        if not self.cohort.is_file():
-            raise CohortError(
-                f"--cohort {self.cohort}: no such cohort file; pass a CSV with columns "
-                f"{', '.join(REQUIRED_COLUMNS)}"
-            )
-        if self.out.exists() and not self.out.is_dir():
-            raise UsageError(f"--out {self.out} is a file; give a folder for results.json and the figures")
+        object.__setattr__(self, "out", out_folder(self.out, RESULTS_NAME))
         if self.heatmap is not None:
             check_slide_id(self.heatmap, "--heatmap")
 
@@ -116,7 +111,7 @@ class CohortSummary:
 
 
 @dataclass
-class SurvivalResult(JobResult):
+class SurvivalResult(JobResult, job="survival"):
     """results.json of `mvh eval survival` (exactly `to_dict()`)."""
 
     settings: SurvivalSettings
@@ -234,6 +229,12 @@ def run_survival(config: SurvivalConfig, *, progress: Progress | None = None) ->
         notes.append(text)
         report(progress, Event.NOTE, FOLDS, detail=text)
 
+    if not config.cohort.is_file():
+        raise CohortError(
+            f"--cohort {config.cohort}: no such cohort file; pass a CSV with columns "
+            f"{', '.join(REQUIRED_COLUMNS)}"
+        )
+    check_out_folder(config.out)
     store = EmbeddingStore.open(config.store)
     cohort = read_cohort(config.cohort, store.slide_ids(), skip_missing=config.skip_missing)
     if cohort.skipped_slides:
