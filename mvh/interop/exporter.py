@@ -25,9 +25,10 @@ import pyarrow.parquet as pq
 
 from mvh.errors import DataError, StoreError, UsageError
 from mvh.interop.geojson import feature_collection, tile_features, write_collection
+from mvh.interop.geometry import Geometry, trident_coords_attrs
 from mvh.interop.kept_attrs import saved_attrs, to_file_order
 from mvh.interop.provenance import parquet_metadata
-from mvh.interop.trident import Geometry, decode_attrs, trident_coords_attrs, write_h5
+from mvh.interop.trident import decode_attrs, write_h5
 from mvh.interop.whole_file import write_whole
 from mvh.jobs import JobResult
 from mvh.progress import SLIDES, Event, Progress, report

@@ -2,7 +2,7 @@
 
 The store's model is the one the files name (`mvh.interop.provenance`): `external:<name>`, or the
 whole fingerprint of mvh's own export. Each file's geometry comes from its attributes
-(`mvh.interop.trident`) or the flags that supply what is missing; every attribute, both dataset dtypes and
+(`mvh.interop.geometry`) or the flags that supply what is missing; every attribute, both dataset dtypes and
 the file's tile order are kept in the slide row's `attrs` column, so an export writes them back exactly.
 A broken file fails alone (recorded, exit 1); an empty slide (TRIDENT's `features` of shape (0,)) is done
 with 0 tiles. Slide ids are checked before anything is written.
@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from mvh.errors import DataError, UsageError
+from mvh.interop.geometry import Geometry, resolve_geometry
 from mvh.interop.kept_attrs import file_order, kept_attrs
 from mvh.interop.provenance import (
     FileModel,
@@ -29,14 +30,7 @@ from mvh.interop.provenance import (
     imported_hashes,
     read_file_model,
 )
-from mvh.interop.trident import (
-    Geometry,
-    H5Slide,
-    files_that_crash_hdf5,
-    read_h5,
-    read_h5_header,
-    resolve_geometry,
-)
+from mvh.interop.trident import H5Slide, files_that_crash_hdf5, read_h5, read_h5_header
 from mvh.jobs import JobResult
 from mvh.progress import FILES, Event, Progress, report
 from mvh.store import DONE, EmbeddingStore, StoreFingerprint

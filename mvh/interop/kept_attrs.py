@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 
 from mvh.errors import StoreError
-from mvh.interop.trident import Geometry, H5Slide, encode_attrs
+from mvh.interop.geometry import Geometry
+from mvh.interop.trident import H5Slide, encode_attrs
 from mvh.store.schema import SLIDE_ATTRS as ATTRS
 
 
