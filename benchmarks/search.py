@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from mvh.core.synthetic_embeddings import clustered_embeddings
+from mvh.index.row_parts import FrameRows
 from mvh.index.vector import VectorIndex, auto_params, build_faiss_index, recall_at_k
 
 K = 10
@@ -71,7 +72,8 @@ def bench_size(n: int, args: argparse.Namespace) -> list[dict]:
         params = auto_params(n, args.dim, kind)
         before = rss_bytes()
         start = time.perf_counter()
-        index = VectorIndex(build_faiss_index(db, params, seed=args.seed), rows=pd.DataFrame(), params=params)
+        rows = FrameRows(pd.DataFrame(), db)  # the re-rank reads the stored vectors from here
+        index = VectorIndex(build_faiss_index(db, params, seed=args.seed), rows=rows, params=params)
         build_s = time.perf_counter() - start
         memory = rss_bytes() - before
         _, ids = index.search_ids(queries, K)

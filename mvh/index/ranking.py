@@ -13,7 +13,8 @@ from mvh.index.faiss_index import VectorIndex, check_queries
 from mvh.index.index_files import load_index
 from mvh.store import EmbeddingStore
 
-MOSAIC_TILES = 256  # query tiles kept of a large query slide (`representative_tiles`)
+MOSAIC_TILES = 128  # query tiles kept of a large query slide (`representative_tiles`)
+MOSAIC_TRAIN_PER_CENTRE = 32  # k-means points per centre: the mosaic of a 15,000-tile slide costs ~1 s
 SLIDE_COLUMNS = (
     "rank", "slide_id", "score", "n_hits", "n_query_tiles", "tile_id", "x", "y", "mpp", "tile_score",
 )
@@ -96,15 +97,17 @@ def search_slides(
 def representative_tiles(embeddings: np.ndarray, max_tiles: int = MOSAIC_TILES, seed: int = 0) -> np.ndarray:
     """Sorted row numbers of at most `max_tiles` tiles that stand for a slide's `embeddings` [N, dim].
 
-    Up to `max_tiles` tiles: all of them. Above: spherical k-means with `max_tiles` centres (10
-    iterations, seeded) and, for each centre, its nearest tile, as Yottixel's mosaic keeps a few tiles
-    per cluster: a 15,000-tile query slide costs the search of a few hundred tiles.
+    Up to `max_tiles` tiles: all of them. Above: spherical k-means with `max_tiles` centres (8
+    iterations, seeded, on at most 32 tiles per centre drawn at random) and, for each centre, its
+    nearest tile, as Yottixel's mosaic keeps a few tiles per cluster: a 15,000-tile query slide costs
+    the search of at most `max_tiles` tiles.
     """
     n = len(embeddings)
     if n <= max_tiles:
         return np.arange(n)
     unit = l2_normalise(embeddings)
-    kmeans = faiss.Kmeans(unit.shape[1], max_tiles, niter=10, seed=seed, spherical=True, verbose=False)
+    kmeans = faiss.Kmeans(unit.shape[1], max_tiles, niter=8, seed=seed, spherical=True, verbose=False,
+                          max_points_per_centroid=MOSAIC_TRAIN_PER_CENTRE)
     kmeans.train(unit)
     tiles = faiss.IndexFlatIP(unit.shape[1])
     tiles.add(unit)

@@ -205,7 +205,8 @@ class PartSet:
         frames: list[pd.DataFrame] = []
         order = []
         for p, where, local in self._split(ids):
-            frames.append(self._parts[p].rows.select(list(ROW_COLUMNS)).take(pa.array(local)).to_pandas())
+            hits = self._parts[p].rows.select(list(ROW_COLUMNS)).take(pa.array(local))
+            frames.append(hits.to_pandas())  # only the rows asked for (a search's hits)
             order.append(where)
         if not frames:
             return pd.DataFrame({c: [] for c in ROW_COLUMNS})

@@ -87,7 +87,7 @@ class StoreRows:
 
     def take(self, ids: np.ndarray) -> pd.DataFrame:
         """Tile rows of row ids `ids` (one pass over the store)."""
-        return self._pick(ids, ROW_COLUMNS).to_pandas()
+        return self._pick(ids, ROW_COLUMNS).to_pandas()  # only the rows asked for (a search's hits)
 
     def vectors(self, ids: np.ndarray) -> np.ndarray:
         """Stored vectors of `ids` as float32 (one pass over the store)."""

@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from mvh import __version__
 from mvh.errors import StoreDamagedError, StoreError, StoreUnusableError
+from mvh.store.card import card_of
 from mvh.store.location import StoreLocation
 from mvh.store.remote_errors import remote_failure
 from mvh.store.schema import META, META_SCHEMA, SLIDES, SLIDES_SCHEMA, TILES, StoreFingerprint, tiles_schema
@@ -176,7 +177,7 @@ def create_tables(
         cleaned = None if racing else check_no_stray_tables(location, db)
         schema = tiles_schema(fingerprint.embed_dim, fingerprint.embedding_dtype)
         db.create_table(TILES, data=schema.empty_table(), exist_ok=True)
-        db.create_table(SLIDES, data=SLIDES_SCHEMA.empty_table(), exist_ok=True)
+        slides = db.create_table(SLIDES, data=SLIDES_SCHEMA.empty_table(), exist_ok=True)
     except LANCE_ERRORS as exc:
         if racing:
             raise CreationRace(uri) from exc
@@ -184,6 +185,9 @@ def create_tables(
             f"cannot create the store at {uri} ({reason(exc)}): choose a writable --store path"
         ) from exc
     meta = {"fingerprint": fingerprint.to_dict(), "mvh_version": __version__, "created": now().isoformat()}
+    # The dataset card exists from the start (`mvh card` edits it), written with the meta table at once.
+    empty = SLIDES_SCHEMA.empty_table().to_pandas()
+    meta["card"] = card_of(location, slides.version, fingerprint, empty, meta).to_dict()
     rows = pa.table({"key": list(meta), "value": [json.dumps(v) for v in meta.values()]}, schema=META_SCHEMA)
     try:
         db.create_table(META, data=rows)

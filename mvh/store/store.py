@@ -310,7 +310,7 @@ class EmbeddingStore:
             tags=self.tags(),
             card_fields=card.get("fields", {}) if isinstance(card, dict) else None,
             card=card if isinstance(card, dict) else None,
-            fingerprint=self.fingerprint,
+            fingerprint=self.fingerprint.shared(),  # no local path in what users paste
             mvh_version=self.meta.get("mvh_version"),
             created=self.meta.get("created"),
             n_slides=len(slides),

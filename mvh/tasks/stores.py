@@ -129,7 +129,7 @@ def read_slides(
         if filled + batch.num_rows > n:
             break
         emb[filled : filled + batch.num_rows] = raw_embeddings(store, batch)
-        parts.append(batch.select(list(columns)).to_pandas())
+        parts.append(batch.select(list(columns)).to_pandas())  # one batch of the selected slides' rows
         filled += batch.num_rows
     if filled != n:
         raise StoreDamagedError(

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from mvh.core.synthetic_slides import write_synthetic_slide
 from mvh.errors import StoreUnreachableError
 from mvh.extractor.extract import ExtractConfig, run_extract
-from mvh.extractor.synthetic import write_synthetic_slide
 from mvh.progress import SLIDES, Event
 from mvh.store import EmbeddingStore, verify_store
 from tests.reliability._faults import distinct, store_with

@@ -64,7 +64,7 @@ def test_the_readme_two_ray_start_recipe_works_after_a_local_run(tmp_path: Path)
     demands that token of worker nodes that never saw it. mvh's local instance must leave no such file."""
     import json
 
-    from mvh.extractor.synthetic import write_synthetic_slide
+    from mvh.core.synthetic_slides import write_synthetic_slide
 
     slide = write_synthetic_slide(tmp_path / "s1.tiff", 448, 448, 0.5, tissue_rects=[(0, 0, 448, 448)])
     Path("/tmp/ray").mkdir(exist_ok=True)  # the mount point of the namespace's own Ray folder
