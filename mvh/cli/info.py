@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from mvh.cli._app import app, console, guarded, print_json
 from mvh.cli._render import StoreOption, store_access, weights_line
@@ -26,7 +27,10 @@ def info_cmd(
         print_json(info.to_dict())
         return
     fp = info.fingerprint.to_dict()
-    head = Table(title=f"store {info.opened_as} (version {info.version})", show_header=False)
+    version = f"(version {info.version})"
+    opened = info.opened_as  # `URI (version N)` when opened with --store-version: said once
+    title = opened if opened.endswith(version) else f"{opened} {version}"
+    head = Table(title=Text(f"store {title}"), show_header=False)
     head.add_column("key", style="bold")
     head.add_column("value")
     rows = [
@@ -56,8 +60,6 @@ def info_cmd(
     for name, fields in info.schema.items():
         console.print(f"[bold]{name}[/]: " + ", ".join(fields), highlight=False)
     if info.card is not None:
-        from rich.text import Text
-
         from mvh.store.card import DatasetCard
 
         console.print(Text(DatasetCard.from_dict(info.card).to_markdown()))

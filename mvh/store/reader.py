@@ -18,9 +18,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mvh.errors import StoreDamagedError, StoreError
+from mvh.store.checksums import StreamedSums, check_whole_slides
 from mvh.store.location import StoreLocation
 from mvh.store.remote_errors import remote_failure
-from mvh.store.schema import DONE, OLD_SLIDE_ATTRS, SLIDE_ATTRS, embedding_checksum, embeddings_to_numpy
+from mvh.store.schema import DONE, OLD_SLIDE_ATTRS, SLIDE_ATTRS, embeddings_to_numpy
 from mvh.store.slide_rows import SlideRows
 from mvh.store.tables import StoreTables, is_damage, quote, reason
 from mvh.store.visibility import Visibility
@@ -212,36 +213,8 @@ class StoreReader:
         """A done slide's embeddings [N, dim] float32 and level-0 coords [N, 2] int64 (x, y), by (y, x)."""
         table = self.slide_table(slide_id, ["embedding"])
         emb, coords = self.split(table)  # NaN/inf first: the more telling message
-        self.checked(table, self.slides(DONE))
+        check_whole_slides(table, self.slides(DONE), self.uri)
         return emb, coords
-
-    def checked(self, table: pa.Table, done: pd.DataFrame) -> pa.Table:
-        """`table` (every tile of some done slides), or StoreDamagedError naming the slides whose embedding
-        bytes differ from the checksum their commit recorded: bit rot that leaves the values finite.
-
-        Costs one sha256 over the bytes read (the read itself dominates); older stores have no checksums.
-        """
-        recorded = dict(zip(done["slide_id"], done["checksum"], strict=True)) if "checksum" in done else {}
-        if not recorded or not table.num_rows:
-            return table
-        slide = table.column("slide_id").to_numpy(zero_copy_only=False)
-        order = np.argsort(slide, kind="stable")
-        names, starts = np.unique(slide[order], return_index=True)
-        bad = []
-        for name, rows in zip(names, np.split(order, starts[1:]), strict=True):
-            want = recorded.get(name)
-            if not isinstance(want, str):
-                continue
-            take = pa.array(rows)
-            got = embedding_checksum(table.column("tile_id").take(take), table.column("embedding").take(take))
-            if got != want:
-                bad.append(str(name))
-        if bad:
-            raise StoreDamagedError(
-                f"store {self.uri}: the embeddings of slide(s) {bad[:5]} differ from those committed (bit "
-                f"rot); run `mvh verify --store {self.uri}`, then re-extract them with --overwrite"
-            )
-        return table
 
     # ---------------------------------------------------------------- many slides
     def counts_match(self, table: pa.Table, done: pd.DataFrame) -> bool:
@@ -276,12 +249,17 @@ class StoreReader:
         query = self.tables.tiles.search().select(list(dict.fromkeys(["slide_id", key, *columns])))
         if order and 2 * len(order) < len(rows):  # a small part of the store: let Lance filter
             query = query.where(f"slide_id IN ({', '.join(quote(s) for s in order)})")
+        whole = {"tile_id", "embedding"} <= set(columns)  # the caller reads every vector: check them
+        sums = StreamedSums(order, rows.loc[order].reset_index(), self.uri) if whole else None
         for batch in query.to_batches(batch_rows) if order else []:
             index = pc.fill_null(pc.index_in(batch.column(key), value_set=value_set), -1)
             index = index.to_numpy(zero_copy_only=False).astype(np.int64)
             keep = np.flatnonzero(index >= 0)
             if len(keep):
-                yield index[keep], batch if len(keep) == batch.num_rows else batch.take(pa.array(keep))
+                kept = batch if len(keep) == batch.num_rows else batch.take(pa.array(keep))
+                if sums is not None:
+                    sums.add(index[keep], kept)
+                yield index[keep], kept
 
     def all_embeddings(
         self, columns: Sequence[str], slide_ids: Sequence[str] | None = None
@@ -309,7 +287,7 @@ class StoreReader:
         else:
             raise self.mismatch(list(done["slide_id"]))
         emb = self.finite(embeddings_to_numpy(table.column("embedding"), self.dim), table.column("slide_id"))
-        self.checked(table, done)
+        check_whole_slides(table, done, self.uri)
         return table.select(list(columns)).to_pandas(), emb
 
     def rows_by_tile_ids(self, tile_ids: Sequence[str], with_embeddings: bool = False) -> pd.DataFrame:

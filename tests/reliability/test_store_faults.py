@@ -374,3 +374,9 @@ def test_a_tag_creation_killed_midway_is_repaired_by_the_next_create_or_delete(t
         assert store.tags() == {"v1": store.table_versions()}
     else:
         assert not any("v1" in t.tags.list() for t in store.tables.by_name().values())
+
+
+def test_info_of_a_version_names_it_once(tagged) -> None:
+    result = runner.invoke(app, ["info", "--store", tagged.uri, "--store-version", "2"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count("(version 2)") == 1
