@@ -1,6 +1,7 @@
 """Wall time of the task evaluations on synthetic data of the paper's scale.
 
-- ST: `evaluate_st` (StandardScaler -> PCA(256) -> Ridge per fold, HVGs per fold) on N spots x D dims with
+- ST: `evaluate_st` (StandardScaler -> PCA(256) -> Ridge per fold, HVGs per fold; `--regressor ridge` is
+  HEST's predict_folds, `ridge-exact` the direct solve) on N spots x D dims with
   G target genes out of 5*G measured, random k-fold and leave-one-study-out; plus reading those spot
   embeddings back from a LanceDB store (`spot_embeddings`), which is what `mvh eval st` adds on a rerun.
 - Classification: UNI's linear probe (its objective, L-BFGS, C = D * classes / 100), the sklearn variant,
@@ -25,7 +26,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from mvh.tasks.classify import ClassifierSettings, evaluate_classification
-from mvh.tasks.st import STConfig, evaluate_st
+from mvh.tasks.st_eval import STProtocol, evaluate_st
 
 
 def st_cohort(n: int, dim: int, n_genes: int, n_studies: int, seed: int = 0):
@@ -44,21 +45,24 @@ def st_cohort(n: int, dim: int, n_genes: int, n_studies: int, seed: int = 0):
 
 def bench_st(args: argparse.Namespace) -> None:
     X, counts, genes, spots = st_cohort(args.spots, args.dim, 5 * args.genes, args.studies)
-    cfg = STConfig(folds=args.folds, top_genes=args.genes, seed=0)
+    cfg = STProtocol(splits=("random", "loso"), folds=args.folds, top_genes=args.genes, seed=0,
+                     regressor=args.regressor)
     times, cpu, res = [], [], None
     for _ in range(args.repeats):
         t, c = time.perf_counter(), time.process_time()
-        res, _ = evaluate_st({"m": X}, counts, genes, spots, cfg, splits=["random", "loso"])
+        res, _ = evaluate_st({"m": X}, counts, genes, spots, cfg)
         times.append(time.perf_counter() - t)
         cpu.append(time.process_time() - c)
     n_fits = args.folds + args.studies
-    m = res["models"]["m"]
+    m = res.models["m"].splits
     print(f"ST {args.spots} spots x {args.dim}-d, top {args.genes} of {5 * args.genes} genes, "
-          f"{args.folds}-fold random + {args.studies}-study LOSO = {n_fits} PCA+Ridge fits")
+          f"{args.folds}-fold random + {args.studies}-study LOSO = {n_fits} PCA+Ridge fits, "
+          f"--regressor {args.regressor} (PCA solvers {sorted(set(m['random'].pca_solver_per_fold))})")
     med = statistics.median(times)
     print(f"  evaluate_st: median {med:.2f} s wall ({med / n_fits:.2f} s/fold), "
           f"{statistics.median(cpu):.2f} s CPU (all threads)"
-          f"\n  PCC random {m['random']['pcc']['mean']:.3f}, loso {m['loso']['pcc']['mean']:.3f}")
+          f"\n  PCC random {m['random'].pcc.mean:.4f} +- {m['random'].pcc.std:.4f}, "
+          f"loso {m['loso'].pcc.mean:.4f} +- {m['loso'].pcc.std:.4f}")
     if args.store:
         from mvh.store import EmbeddingStore, StoreFingerprint
         from mvh.tasks.st_data import spot_embeddings
@@ -109,6 +113,7 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=768)
     p.add_argument("--genes", type=int, default=200)
     p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--regressor", default="ridge", help="ridge (HEST's predict_folds) | ridge-exact | ...")
     p.add_argument("--studies", type=int, default=4)
     p.add_argument("--tiles", type=int, default=100_000)
     p.add_argument("--classes", type=int, default=9)

@@ -66,6 +66,10 @@ class StoreWriteError(StoreError):
     """Writing to a store failed (disk full, I/O error); committed slides are kept."""
 
 
+class StoreUnreachableError(StoreWriteError):
+    """An object store that does not answer (a dead or stopped endpoint): exit 1; a rerun resumes."""
+
+
 class StaleIndexError(StoreError, UsageError):
     """The vector index was built from an older version of the store."""
 

@@ -12,7 +12,7 @@ CORE = {"errors", "progress", "jobs", "__init__"}
 # layer -> layers it may import (besides itself and the core modules); system.md's "import directions"
 ALLOWED = {
     "cli": {"extractor", "store", "index", "interop", "overlap", "tasks", "pretrain", "serve"},
-    "serve": {"tasks", "index", "store", "extractor"},
+    "serve": {"tasks", "index", "store", "interop", "extractor"},
     "tasks": {"index", "store", "extractor"},
     "pretrain": {"extractor"},
     "extractor": {"store"},

@@ -27,9 +27,13 @@ def card_cmd(
     as_json: JsonOption = False,
 ) -> None:
     """Describe a store for people and machines: model, weights, geometry, slides, tools, owner, licence."""
-    from mvh.store.card import parse_card_fields, write_card
+    from mvh.store.card import build_card, parse_card_fields, write_card
 
-    card, written = write_card(open_store(store), parse_card_fields(set_fields), out)
+    fields = parse_card_fields(set_fields)
+    if as_json and not fields and out is None:  # a read: the card as it stands now, the store untouched
+        print_json(build_card(open_store(store)).to_dict())
+        return
+    card, written = write_card(open_store(store), fields, out)
     if as_json:
         print_json(card.to_dict())
         return

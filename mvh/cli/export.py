@@ -24,7 +24,8 @@ def export_cmd(
         str,
         typer.Option(
             "--format",
-            help="h5 (one TRIDENT-complete file per slide) | clam (h5_files/, pt_files/) | parquet.",
+            help="h5 (one TRIDENT-complete file per slide) | clam (h5_files/, pt_files/) | parquet | "
+                 "geojson (each slide's tile grid for QuPath, SLIDE_ID.geojson).",
         ),
     ] = "h5",
     verify: Annotated[
@@ -35,7 +36,7 @@ def export_cmd(
     ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Export a store's done slides for TRIDENT, CLAM, Patho-Bench or Parquet readers."""
+    """Export a store's done slides for TRIDENT, CLAM, Patho-Bench, Parquet readers or QuPath (GeoJSON)."""
     from mvh.interop import ExportConfig, run_export
 
     cfg = ExportConfig(store=store, out=out, fmt=fmt, verify=verify)

@@ -78,6 +78,14 @@ def search_cmd(
             "--index-cache", help="Also use private indexes built here (`mvh index build --index-cache`)."
         ),
     ] = None,
+    geojson: Annotated[
+        Path | None,
+        typer.Option(
+            "--geojson",
+            help="Write the hits for QuPath (File > Import objects): one annotation per hit in level-0 px; "
+                 "hits on several slides go to NAME.SLIDE_ID.geojson, one file per slide.",
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Find the tiles (or slides) of the store most similar to a query image, tile or slide."""
@@ -93,6 +101,10 @@ def search_cmd(
         raise UsageError(f"{query}: no such query image; pass a PNG/JPEG/TIFF file")
     with progress_reporter(enabled=not as_json) as progress:
         result = run_search(cfg, progress=progress)
+    if geojson is not None:
+        from mvh.interop.geojson import write_search_hits
+
+        written = write_search_hits(geojson, result.to_dict()["hits"], store)
     if as_json:
         print_json(result.to_dict())
         return
@@ -100,3 +112,5 @@ def search_cmd(
     print_notes(result.notes)
     if result.montage is not None:
         console.print(Text(f"montage: {result.montage}"))
+    if geojson is not None:
+        console.print(Text("QuPath GeoJSON: " + ", ".join(str(p) for p in written)))

@@ -21,6 +21,7 @@ from mvh.core.jsonio import json_round_trip
 from mvh.core.precision import autocast_dtype, resolve_precision
 from mvh.errors import CheckpointError, FingerprintMismatchError, UsageError
 from mvh.extractor.models import create_model, get_model_info, load_weights, require_weights
+from mvh.extractor.weights_places import local_weights, remember
 from mvh.store import RANDOM_INIT, StoreFingerprint
 
 
@@ -51,7 +52,9 @@ class Embedder:
         if weights is not None:
             loaded = load_weights(model, weights)
             self.weights_sha256 = loaded.sha256
-            self.weights_path: str | None = str(loaded.path)
+            # The fingerprint keeps the file's name (stores are shared); this machine records its place.
+            self.weights_path: str | None = Path(loaded.path).name
+            remember(loaded.sha256, Path(loaded.path))
         else:
             self.weights_sha256 = RANDOM_INIT
             self.weights_path = None
@@ -77,11 +80,12 @@ class Embedder:
                 raise UsageError(f"{weights}: the store was made with random-init weights; give no --weights")
             overrides = cls._overrides_for(fp)
             return cls(fp.model, None, True, overrides, device, precision, seed=fp.seed)
-        path = weights if weights is not None else fp.weights_path
+        path = weights if weights is not None else local_weights(fp.weights_sha256, fp.weights_path)
         if path is None or not Path(path).exists():
+            named = fp.weights_path or "a checkpoint"
             raise CheckpointError(
-                f"{path}: the weights the store was made with (sha256 {fp.weights_sha256[:12]}...) are not "
-                "there; pass --weights FILE"
+                f"{path or named}: the weights the store was made with ({named}, sha256 "
+                f"{fp.weights_sha256[:12]}...) are not there on this machine; pass --weights FILE"
             )
         embedder = cls(fp.model, path, False, cls._overrides_for(fp), device, precision, seed=fp.seed)
         if embedder.weights_sha256 != fp.weights_sha256:

@@ -5,11 +5,10 @@ dealt out whole, round-robin, while every worker has one; the last `len(slides) 
 slide of a one-slide job) are split: each worker plans them (tissue detection on a low level) and
 decodes its own contiguous share of their tiles, so `--workers n` speeds up one slide as well. Batches
 fill up across slide boundaries, so the device does not wait between slides and planning overlaps
-embedding. Batches
-arrive pinned on CUDA and are copied non-blocking as uint8 (normalised on the device). Embeddings land
-in per-slide buffers; a slide is committed to the store as soon as its last tile is embedded (see
-`mvh.store.store` for the atomic commit protocol). A slide that cannot be opened, has no mpp, no
-tissue or an unreadable tile is recorded as failed and the run goes on.
+embedding. Batches arrive pinned on CUDA and are copied non-blocking as uint8 (normalised on the
+device). Embeddings land in per-slide buffers; a slide is committed to the store as soon as its last
+tile is embedded (see `mvh.store.store` for the atomic commit protocol). A slide that cannot be
+opened, has no mpp, no tissue or an unreadable tile is recorded as failed and the run goes on.
 
 Several devices or machines (`--devices 0,1`, `--ray-address`): Ray (`mvh.extractor.ray_extract`), one
 embedding actor per device, slides scheduled dynamically, this process the one committer. Done slides are
@@ -193,6 +192,7 @@ class SlideResult:
     seconds: float = 0.0
     error: str = ""
     device: str = ""
+    retries: int = 0  # times the slide was started again after its Ray worker died
 
 
 @dataclass
@@ -211,8 +211,10 @@ class ExtractResult(JobResult, job="extract"):
     slides_failed: int = 0
     tiles: int = 0
     tiles_per_s: float = 0.0
+    retries: int = 0
 
     def __post_init__(self) -> None:
+        self.retries = sum(r.retries for r in self.slides)
         self.slides_done = self.count(DONE)
         self.slides_skipped = self.count("skipped")
         self.slides_failed = self.count("failed")
@@ -619,10 +621,8 @@ def run_extract(cfg: ExtractConfig, *, progress: Progress | None = None) -> Extr
 
         del embedder
         options = RayOptions(
-            address=cfg.ray_address or "local",
-            cpus_per_worker=cfg.ray_cpus_per_worker,
-            max_retries=cfg.ray_max_retries,
-            workers=cfg.ray_workers or (len(devices) or None),
+            address=cfg.ray_address or "local", cpus_per_worker=cfg.ray_cpus_per_worker,
+            max_retries=cfg.ray_max_retries, workers=cfg.ray_workers or (len(devices) or None),
         )
         results += run_on_ray(cfg, store, todo, options, devices=devices, progress=progress)
         used = sorted({r.device for r in results if r.device}) or devices

@@ -8,7 +8,7 @@ it arrives, so no worker ever leaves half a slide visible. An actor process (or 
 mid-slide is replaced and the slide retried on a live actor, at most `max_retries` times, after which the
 slide is recorded as failed with the cause; a slide that fails on its own (a corrupt file) fails once.
 
-Ray is an optional extra (`pip install -e ".[ray]"`), imported only here and only when asked for.
+Ray is an optional extra (`pip install -e ".[ray]"`), imported only when asked for (`ray_connect`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 
 from mvh.errors import (
-    DependencyError,
     MvhError,
     StoreError,
     StoreWriteError,
@@ -34,10 +33,10 @@ from mvh.errors import (
     WorkerStartError,
 )
 from mvh.extractor.extract import ExtractConfig, SlideInput, SlideResult, _failure, _plan, embed_grid
+from mvh.extractor.ray_connect import ray_session
 from mvh.progress import SLIDES, TILES, Event, Progress, report
 from mvh.store import DONE, EmbeddingStore
 
-LOCAL = "local"
 BROKEN = "broken"  # an actor that could not build its model: the run stops (every slide would fail alike)
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -60,35 +59,6 @@ class RayOptions:
             raise UsageError(f"--ray-max-retries {self.max_retries} must be 0 or more")
         if self.workers is not None and self.workers < 1:
             raise UsageError(f"--ray-workers {self.workers} must be at least 1")
-
-
-def _ray() -> Any:
-    try:
-        import ray
-    except ImportError as exc:
-        raise DependencyError('Ray is not installed: pip install -e ".[ray]" (or pip install ray)') from exc
-    return ray
-
-
-def connect(options: RayOptions, gpus: Sequence[int] = ()) -> Any:
-    """`ray.init` for `options.address` (`local`: a Ray instance on this machine, on `gpus` if given)."""
-    ray = _ray()
-    if ray.is_initialized():
-        return ray
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "ERROR", "log_to_driver": False}
-    address = None if options.address == LOCAL else options.address
-    if address is None and gpus:
-        kwargs["num_gpus"] = len(gpus)
-        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))  # the local instance sees these only
-    try:
-        ray.init(address=address, **kwargs)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise UsageError(
-            f"--ray-address {options.address}: cannot connect ({' '.join(str(exc).split())}); start a "
-            "cluster with `ray start --head` or use --ray-address local"
-        ) from exc
-    return ray
 
 
 class SlideEmbedder:
@@ -247,7 +217,20 @@ def run_on_ray(
     workers. Without them, workers use the cluster's GPUs unless `cfg.device` is `cpu`.
     """
     gpus = [int(d.split(":")[1]) for d in devices if d.startswith("cuda:")]
-    ray = connect(options, gpus)
+    with ray_session(options.address, gpus) as ray:
+        return _run(ray, cfg, store, slides, options, devices, progress)
+
+
+def _run(
+    ray: Any,
+    cfg: ExtractConfig,
+    store: EmbeddingStore,
+    slides: Sequence[SlideInput],
+    options: RayOptions,
+    devices: Sequence[str],
+    progress: Progress | None,
+) -> list[SlideResult]:
+    """Start the embedding actors on the connected cluster, drive them, and free them again."""
     if devices:
         gpu = all(d.startswith("cuda") for d in devices)
     else:
@@ -303,7 +286,10 @@ def _drive(
         failed = record or {"slide_id": source.slide_id, "path": str(source.path), "size": _size(source)}
         if not store.add_failed_slide(failed, error):
             error += " (the tiles committed before are kept)"
-        results.append(SlideResult(source.slide_id, str(source.path), "failed", 0, 0.0, error, device))
+        retries = attempts[k] - 1
+        results.append(
+            SlideResult(source.slide_id, str(source.path), "failed", 0, 0.0, error, device, retries)
+        )
         report(progress, Event.ADVANCE, SLIDES)
 
     for actor in actors:
@@ -361,6 +347,7 @@ def _drive(
                         float(record["seconds"]),
                         "",
                         out["device"],
+                        attempts[k] - 1,
                     )
                 )
                 report(progress, Event.ADVANCE, TILES, len(tiles))

@@ -24,6 +24,7 @@ from mvh.errors import UsageError
 from mvh.index.faiss_index import empty_index, train_index, training_rows, want_gpu
 from mvh.index.index_files import (
     IndexFolder,
+    build_writes,
     find_build,
     read_index,
     save_build,
@@ -157,15 +158,18 @@ def build_index(
     shards = plan_shards(state, shard_tiles)
     report(progress, Event.TOTAL, VECTORS, n)
     report(progress, Event.STATUS, VECTORS, 0, f"adding {n} tiles in {len(shards)} shard(s)")
-    if ray_address is not None:
-        from mvh.index.ray_build import add_shards_on_ray
+    with build_writes(folder):
+        if ray_address is not None:
+            from mvh.index.ray_build import add_shards_on_ray
 
-        parts = add_shards_on_ray(ray_address, store, index, shards, folder, progress)
-    else:
-        parts = [add_shard(store, index, shard, folder, lambda b: report(progress, Event.ADVANCE, VECTORS, b))
-                 for shard in shards]
+            parts = add_shards_on_ray(ray_address, store, index, shards, folder, progress)
+        else:
+            advance = lambda b: report(progress, Event.ADVANCE, VECTORS, b)  # noqa: E731
+            parts = [add_shard(store, index, shard, folder, advance) for shard in shards]
+        saved = save_build(
+            store, folder, index, parts, params, state, version, trained_on, private=index_cache
+        )
     device = "gpu" if want_gpu(use_gpu) and params.kind == "ivfpq" else "cpu"
-    saved = save_build(store, folder, index, parts, params, state, version, trained_on, private=index_cache)
     return BuildResult(
         params=params, description=params.describe(), n_tiles=n, n_added=n, store_version=version,
         seconds=time.perf_counter() - start, incremental=False, device=device, path=str(folder),
@@ -212,17 +216,19 @@ def _extend(
         for name in meta["files"]:  # the shared parts travel with the new build
             if not (folder / name).exists():
                 (folder / name).hardlink_to(source.local_folder(meta) / name)
-    for shard in shards:
-        report(progress, Event.STATUS, VECTORS, 0, f"adding {len(shard.slides)} new slide(s)")
-        advance = lambda b: report(progress, Event.ADVANCE, VECTORS, b)  # noqa: E731
-        parts.append(add_shard(store, index, shard, folder, advance))
+    with build_writes(folder):
+        for shard in shards:
+            report(progress, Event.STATUS, VECTORS, 0, f"adding {len(shard.slides)} new slide(s)")
+            advance = lambda b: report(progress, Event.ADVANCE, VECTORS, b)  # noqa: E731
+            parts.append(add_shard(store, index, shard, folder, advance))
     added = int(index.ntotal) - int(meta["n_tiles"])
     notes = [f"added {added} tiles of {len(new_slides)} new slide(s)"]
     params = IndexParams.from_dict(meta["params"])
     trained_on = int(meta.get("trained_on", meta["n_tiles"]))
     if params.kind == "ivfpq" and index.ntotal > 4 * trained_on:
         notes.append("the index now holds over 4x the tiles it was trained on: consider `mvh index build`")
-    save_build(store, folder, index, parts, params, state, version, trained_on, private=index_cache)
+    with build_writes(folder):
+        save_build(store, folder, index, parts, params, state, version, trained_on, private=index_cache)
     return BuildResult(
         params=params, description=params.describe(), n_tiles=int(index.ntotal), n_added=added,
         store_version=version, seconds=time.perf_counter() - start, incremental=True, device="cpu",

@@ -21,12 +21,13 @@ import shutil
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import faiss
 
-from mvh.errors import IndexNotFoundError, StaleIndexError, StoreError
+from mvh.errors import IndexNotFoundError, StaleIndexError, StoreError, StoreWriteError
 from mvh.index.faiss_index import VectorIndex, to_gpu, want_gpu
 from mvh.index.index_cache import (
     META_FILE,
@@ -88,8 +89,11 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 class IndexFolder:
@@ -170,6 +174,24 @@ def _kept_builds(folder: IndexFolder, store: EmbeddingStore) -> list[dict[str, A
         if int(meta["store_version"]) in tagged_versions:
             kept[meta["build"]] = meta
     return list(kept.values())
+
+
+@contextmanager
+def build_writes(folder: Path) -> Iterator[None]:
+    """Around a build's writes into `folder`: a failed write (a full disk) leaves none of the files it
+    made and is one StoreWriteError line; the current index stays as it was."""
+    before = {p.name for p in folder.iterdir()}
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:  # faiss reports a failed write as RuntimeError
+        for path in folder.iterdir():
+            if path.name not in before:  # this build's parts, FAISS file or json (a build beside it
+                path.unlink(missing_ok=True)  # in the same folder at that moment fails alike)
+        cause = " ".join(str(exc).split())[-200:]
+        raise StoreWriteError(
+            f"cannot write the index into {folder} ({cause}): free space there and run `mvh index build` "
+            "again; the current index, if any, is unchanged"
+        ) from exc
 
 
 def save_build(

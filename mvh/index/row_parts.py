@@ -15,6 +15,7 @@ array (tests, benchmarks of the index alone).
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -113,6 +114,8 @@ class PartWriter:
         self._vectors = np.lib.format.open_memmap(
             folder / vec_name, mode="w+", dtype=np.dtype(dtype), shape=(self.n, dim)
         )
+        with open(folder / vec_name, "r+b") as fh:  # blocks reserved now: a full disk is an OSError
+            os.posix_fallocate(fh.fileno(), 0, os.fstat(fh.fileno()).st_size)  # here, not a later SIGBUS
         schema = pa.schema(
             [
                 pa.field("slide_id", pa.string()),

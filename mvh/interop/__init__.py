@@ -1,7 +1,8 @@
 """Exchange embeddings with TRIDENT, CLAM and Patho-Bench (per-slide h5 files) and Parquet users.
 
 Import: `interop_import` (ImportConfig -> run_import -> ImportResult). Export: `interop_export`
-(ExportConfig -> run_export -> ExportResult). The peers' h5 conventions: `trident`.
+(ExportConfig -> run_export -> ExportResult). The peers' h5 conventions: `trident`. QuPath GeoJSON of
+tiles and search hits (level-0 px): `geojson`.
 """
 
 from mvh.interop.exporter import (

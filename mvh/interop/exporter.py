@@ -3,15 +3,16 @@
 `h5`: one `<slide_id>.h5` per done slide; slides imported from h5 files get their attributes, dtypes and
 row order back exactly, slides mvh tiled get every coords attribute TRIDENT writes (`mvh.interop.trident`).
 `clam`: CLAM's `h5_files/<slide_id>.h5` and `pt_files/<slide_id>.pt` (a float32 tensor [N, D]).
-`parquet`: the tiles table of done slides, the store fingerprint as JSON in the schema metadata key
-`mvh.fingerprint`. Every file is resolved inside the output folder.
+`parquet`: the tiles table of done slides; its schema metadata (JSON) carries the fingerprint
+(`mvh.fingerprint`), mvh's version, the store's version and tag, the dataset card and every slide with its
+level-0 size and um/px, slides without tissue included (`mvh.interop.provenance.parquet_metadata`).
+Every file is resolved inside the output folder.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
@@ -23,8 +24,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mvh.errors import DataError, StoreError, UsageError
-from mvh.interop.importer import ATTRS
-from mvh.interop.provenance import shareable
+from mvh.interop.geojson import feature_collection, tile_features, write_collection
+from mvh.interop.kept_attrs import saved_attrs, to_file_order
+from mvh.interop.provenance import parquet_metadata
 from mvh.interop.trident import Geometry, decode_attrs, trident_coords_attrs, write_h5
 from mvh.interop.whole_file import write_whole
 from mvh.jobs import JobResult
@@ -32,7 +34,7 @@ from mvh.progress import SLIDES, Event, Progress, report
 from mvh.store import DONE, EmbeddingStore, StoreFingerprint, embeddings_to_arrow
 from mvh.store.slide_ids import path_inside
 
-FORMATS = ("h5", "clam", "parquet")
+FORMATS = ("h5", "clam", "parquet", "geojson")
 INTERNAL_COLUMNS = ("commit",)  # store bookkeeping, not exported
 MVH_ONLY = ("mpp", "slide_mpp")  # mvh's own coords attributes, not added to files imported without them
 
@@ -69,26 +71,6 @@ class ExportResult(JobResult, job="export"):
     notes: list[str] = field(default_factory=list)
 
 
-def _saved_attrs(rec: pd.Series) -> dict[str, Any] | None:
-    raw = rec.get(ATTRS)
-    if raw is None or (isinstance(raw, float) and math.isnan(raw)) or raw == "":
-        return None
-    try:
-        saved = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise StoreError(f"slide {rec.name}: its `{ATTRS}` column is not JSON ({exc}); re-import it") from exc
-    return saved if isinstance(saved, dict) and saved.get("format") == "h5" else None
-
-
-def _to_file_order(order: Any, tiles: pd.DataFrame) -> np.ndarray | None:
-    if order is None:
-        return None
-    if order == "col-major":
-        ids = tiles["tile_id"].to_numpy(dtype=object).astype(str)
-        return np.lexsort((ids, tiles["y"].to_numpy(), tiles["x"].to_numpy()))
-    return np.argsort(np.asarray(order, dtype=np.int64), kind="stable")
-
-
 def _size_l0(tiles: pd.DataFrame, fp: StoreFingerprint, slide_mpp: float | None, slide_id: str) -> int:
     sizes = {t.rsplit(":", 1)[-1] for t in tiles["tile_id"]}
     if len(sizes) == 1 and next(iter(sizes)).isdigit():
@@ -99,7 +81,7 @@ def _size_l0(tiles: pd.DataFrame, fp: StoreFingerprint, slide_mpp: float | None,
 
 
 def _mvh_file_attrs(store: EmbeddingStore, rec: pd.Series) -> dict[str, Any]:
-    fp = shareable(store.fingerprint)
+    fp = store.fingerprint.shared()
     attrs: dict[str, Any] = {
         "slide_path": "" if pd.isna(rec["path"]) else PurePath(str(rec["path"])).name,  # no local path
         "mpp_source": "" if pd.isna(rec["mpp_source"]) else str(rec["mpp_source"]),
@@ -140,7 +122,7 @@ def _geometry(
 def _slide_file(store: EmbeddingStore, slide_id: str, rec: pd.Series, savetodir: str) -> _SlideFile:
     emb, coords = store.slide_embeddings(slide_id)
     tiles = store.slide_tiles(slide_id)
-    saved = _saved_attrs(rec)
+    saved = saved_attrs(rec)
     extras = {
         "tile_ids": tiles["tile_id"].to_numpy(dtype=object),
         "tissue_fraction": tiles["tissue_fraction"].to_numpy(np.float32),
@@ -161,7 +143,7 @@ def _slide_file(store: EmbeddingStore, slide_id: str, rec: pd.Series, savetodir:
             added=[],
             no_level0=geometry.slide_mpp is None,
         )
-    order = _to_file_order(saved.get("order"), tiles)
+    order = to_file_order(saved.get("order"), tiles)
     if order is not None:
         emb, coords = emb[order], coords[order]
         extras = {k: v[order] for k, v in extras.items()}
@@ -209,7 +191,7 @@ def _export_slides(
         sid = str(slide_id)
         target = path_inside(h5_dir, f"{sid}.h5")
         data = _slide_file(store, sid, rec, h5_dir.name)  # TRIDENT's savetodir, without the local path
-        native = native or _saved_attrs(rec) is None
+        native = native or saved_attrs(rec) is None
         added.update(data.added)
         if data.no_level0:
             no_level0.append(sid)
@@ -259,7 +241,7 @@ def export_parquet(store: EmbeddingStore, out: Path | str, progress: Progress | 
     internal = [tiles_schema.get_field_index(n) for n in INTERNAL_COLUMNS if n in tiles_schema.names]
     for index in sorted(internal, reverse=True):
         tiles_schema = tiles_schema.remove(index)
-    schema = tiles_schema.with_metadata({b"mvh.fingerprint": json.dumps(shareable(fp).to_dict()).encode()})
+    schema = tiles_schema.with_metadata(parquet_metadata(store))
     slide_ids = store.slide_ids(DONE)
     report(progress, Event.TOTAL, SLIDES, len(slide_ids))
 
@@ -290,8 +272,29 @@ def _verify(store: EmbeddingStore, result: ExportResult) -> None:
     result.verified = True
 
 
+def _export_geojson(
+    store: EmbeddingStore, cfg: ExportConfig, result: ExportResult, progress: Progress | None
+) -> None:
+    """`<slide_id>.geojson` per done slide: its tile grid as QuPath detections, each tile's level-0
+    footprint as the h5 export's `patch_size_level0` (`mvh.interop.geojson`)."""
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    slides = store.slides(status=DONE).set_index("slide_id")
+    report(progress, Event.TOTAL, SLIDES, len(slides))
+    for slide_id, rec in slides.iterrows():
+        sid = str(slide_id)
+        tiles = store.slide_tiles(sid)
+        size = _geometry(saved_attrs(rec), tiles, store, rec).size_l0
+        features = tile_features(tiles["x"].tolist(), tiles["y"].tolist(), size,
+                                 tiles["tissue_fraction"].tolist())
+        target = write_collection(path_inside(cfg.out, f"{sid}.geojson"), feature_collection(features))
+        result.files.append(str(target))
+        result.n_slides += 1
+        result.n_tiles += len(tiles)
+        report(progress, Event.ADVANCE, SLIDES, 1)
+
+
 def run_export(cfg: ExportConfig, *, progress: Progress | None = None) -> ExportResult:
-    """Export a store's done slides as TRIDENT-complete h5, CLAM's h5_files/pt_files, or Parquet."""
+    """Export a store's done slides as TRIDENT-complete h5, CLAM's h5_files/pt_files, Parquet, or GeoJSON."""
     if cfg.out.exists() and not cfg.out.is_dir():
         raise UsageError(f"--out {cfg.out} is an existing file; remove it or name a new folder")
     store = EmbeddingStore.open(cfg.store)
@@ -302,6 +305,8 @@ def run_export(cfg: ExportConfig, *, progress: Progress | None = None) -> Export
         result.files.append(str(export_parquet(store, cfg.out, progress)))
         result.n_slides = len(store.slide_ids(DONE))
         result.n_tiles = store.n_tiles
+    elif cfg.fmt == "geojson":
+        _export_geojson(store, cfg, result, progress)
     else:
         _export_slides(store, cfg, result, progress)
     for text in result.notes:

@@ -20,16 +20,18 @@ import numpy as np
 import pandas as pd
 
 from mvh.errors import DataError, UsageError
+from mvh.interop.kept_attrs import file_order, kept_attrs
 from mvh.interop.provenance import (
     FileModel,
     choose_model,
+    file_sha256,
     imported_fingerprint,
+    imported_hashes,
     read_file_model,
 )
 from mvh.interop.trident import (
     Geometry,
     H5Slide,
-    encode_attrs,
     files_that_crash_hdf5,
     read_h5,
     read_h5_header,
@@ -38,6 +40,7 @@ from mvh.interop.trident import (
 from mvh.jobs import JobResult
 from mvh.progress import FILES, Event, Progress, report
 from mvh.store import DONE, EmbeddingStore, StoreFingerprint
+from mvh.store.card import write_card
 from mvh.store.schema import OLD_SLIDE_ATTRS, SLIDE_ATTRS
 from mvh.store.slide_ids import check_slide_id
 
@@ -125,6 +128,7 @@ class ImportResult(JobResult, job="import"):
     imported: list[ImportedFile] = field(default_factory=list)
     empty: list[str] = field(default_factory=list)
     failed: list[FailedFile] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # slides whose file is unchanged since its import
     notes: list[str] = field(default_factory=list)
     fingerprint: dict[str, Any] | None = None
 
@@ -217,47 +221,6 @@ def _open_store(
     return None
 
 
-def _file_order(x: np.ndarray, y: np.ndarray, tile_ids: list[str]) -> str | list[int] | None:
-    """How the file's rows map onto the store's (y, x, tile_id) order: None (same), col-major, or a list."""
-    ids = np.asarray(tile_ids, dtype=object).astype(str)
-    by_row = np.lexsort((ids, x, y))
-    if np.array_equal(by_row, np.arange(len(x))):
-        return None
-    if np.array_equal(np.lexsort((ids, y, x)), np.arange(len(x))):
-        return "col-major"
-    return by_row.tolist()
-
-
-def _slide_attrs(slide: H5Slide, geometry: Geometry, order: Any, note: _Notes) -> dict[str, Any]:
-    encoded: dict[str, Any] = {}
-    for where, attrs in (
-        ("coords", slide.coords_attrs),
-        ("features", slide.features_attrs),
-        ("file", slide.file_attrs),
-    ):
-        encoded[where], skipped = encode_attrs(attrs)
-        if skipped:
-            note(f"{slide.path}: {where} attributes {skipped} have types mvh cannot keep (not exported)")
-    out = {
-        "format": "h5",
-        "file": slide.path.name,
-        "h5": encoded,
-        "dtypes": slide.dtypes,
-        "order": order,
-        "geometry": {
-            "patch_size": geometry.tile_px,
-            "patch_size_level0": geometry.size_l0,
-            "mpp": geometry.mpp,
-            "slide_mpp": geometry.slide_mpp,
-            "overlap": geometry.overlap,
-            "sources": geometry.sources,
-        },
-    }
-    if slide.empty:
-        out["features_shape"] = list(slide.features_shape)
-    return out
-
-
 def _int_attr(attrs: dict[str, Any], key: str) -> int | None:
     value = attrs.get(key)
     if isinstance(value, (np.integer, int)) and not isinstance(value, bool) and int(value) >= 0:
@@ -272,7 +235,9 @@ def _text_attr(attrs: dict[str, Any], key: str) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _commit(store: EmbeddingStore, slide_id: str, slide: H5Slide, geometry: Geometry, note: _Notes) -> int:
+def _commit(
+    store: EmbeddingStore, slide_id: str, slide: H5Slide, geometry: Geometry, sha256: str, note: _Notes
+) -> int:
     fp = store.fingerprint
     x, y = slide.coords[:, 0], slide.coords[:, 1]
     n = len(slide.coords)
@@ -309,8 +274,8 @@ def _commit(store: EmbeddingStore, slide_id: str, slide: H5Slide, geometry: Geom
         "seconds": 0.0,
     }
     if {ATTRS, OLD_SLIDE_ATTRS} & set(store.schema()["slides"].names):  # under either name (before 0.2)
-        order = _file_order(x, y, tile_ids)
-        record[ATTRS] = json.dumps(_slide_attrs(slide, geometry, order, note))
+        order = file_order(x, y, tile_ids)
+        record[ATTRS] = json.dumps({**kept_attrs(slide, geometry, order, note), "sha256": sha256})
     else:
         note(f"store {store.uri} has no `{ATTRS}` column: the files' attributes are not kept for export")
     dim = slide.features.shape[1] if slide.features.ndim == 2 and slide.features.shape[1] else store.dim
@@ -336,9 +301,15 @@ def run_import(cfg: ImportConfig, *, progress: Progress | None = None) -> Import
         store.check_writable()
     if any("10/mag" in v for _, _, g in scanned for v in g.sources.values()):
         note(CONVENTION_NOTE)
+    imported = imported_hashes(store)
     for slide_id, header, geometry in scanned:
         report(progress, Event.STATUS, FILES, 0, header.path.name)
         try:
+            sha256 = file_sha256(header.path)
+            if imported.get(slide_id) == sha256:  # as extract skips done slides: no commit, index stays fresh
+                result.skipped.append(slide_id)
+                report(progress, Event.ADVANCE, FILES, 1)
+                continue
             fp = store.fingerprint  # type: ignore[union-attr]
             if (geometry.tile_px, round(geometry.mpp, 6)) != (fp.tile_px, round(fp.mpp, 6)):
                 raise DataError(
@@ -349,7 +320,11 @@ def run_import(cfg: ImportConfig, *, progress: Progress | None = None) -> Import
                 raise DataError(
                     f"{header.path}: features have dim {header.dim}, the store {cfg.store} has {fp.embed_dim}"
                 )
-            n = _commit(store, slide_id, read_h5(header.path), geometry, note)  # type: ignore[arg-type]
+            n = _commit(store, slide_id, read_h5(header.path), geometry, sha256, note)  # type: ignore[arg-type]
+        except OSError as exc:
+            result.failed.append(
+                FailedFile(str(header.path), slide_id, f"{header.path}: cannot read ({exc})")
+            )
         except DataError as exc:
             result.failed.append(FailedFile(str(header.path), slide_id, " ".join(str(exc).split())))
         else:
@@ -359,6 +334,10 @@ def run_import(cfg: ImportConfig, *, progress: Progress | None = None) -> Import
                 note(f"{header.path}: slide {slide_id} has no tiles; recorded as done with 0 tiles")
         report(progress, Event.ADVANCE, FILES, 1)
     _record_failures(store, result, note)
+    if result.skipped:
+        note(f"{len(result.skipped)} file(s) unchanged since their import (same sha256): skipped")
+    if store is not None and (result.imported or result.failed):
+        write_card(store)  # the card's slide list follows the import; owner fields are kept
     result.notes = note.items
     result.fingerprint = None if store is None else store.fingerprint.to_dict()
     return result

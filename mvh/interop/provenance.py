@@ -1,4 +1,5 @@
-"""What made a folder of h5 files, and the fingerprint a store of them gets; shareable fingerprints.
+"""Provenance across import and export: what made a folder of h5 files and the fingerprint a store of
+them gets; what an export carries so that a second team knows what it holds, with no local path.
 
 TRIDENT names the patch encoder in `features.attrs["encoder"]` (mahmoodlab/TRIDENT
 `trident/wsi_objects/WSI.py` `extract_patch_features`; a missing name is saved as the string "None").
@@ -7,23 +8,32 @@ JSON), so a re-import gets back the model, config, weights sha256 and mean/std i
 writes no name, so `--model` is needed there. A `--model` that contradicts the files, and files that
 disagree, are refused (exit 2): a store never says one model while its files say another.
 
-Nothing meant for sharing carries an absolute local path: `shareable` keeps a weights file's name (its
-sha256 is the identity) and the name of the folder features were imported from.
+Nothing meant for sharing carries an absolute local path: `StoreFingerprint.shared` keeps a weights
+file's name (its sha256 is the identity) and the name of the folder features were imported from. A
+Parquet export carries in its schema metadata the fingerprint, mvh's version, the store's version and
+tag, the dataset card and every slide, those without tissue (done with 0 tiles) and failed ones included
+(`parquet_metadata`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
+from mvh import __version__
 from mvh.errors import DataError, StoreError, UsageError
 from mvh.interop.trident import H5Slide
-from mvh.store import StoreFingerprint
+from mvh.store import DONE, EmbeddingStore, StoreFingerprint
+from mvh.store.card import build_card
+from mvh.store.schema import SLIDE_ATTRS
 
 EXTERNAL = "external:"  # prefix of the model name of features made by another tool
 EXTERNAL_WEIGHTS = "external"  # their weights_sha256: the weights are not known to mvh
@@ -134,19 +144,6 @@ def choose_model(
     return str(named[0].name), fingerprint
 
 
-def _file_name(path: str | None) -> str | None:
-    return None if path is None else PurePath(path).name
-
-
-def shareable(fp: StoreFingerprint) -> StoreFingerprint:
-    """`fp` without local paths: the weights file's name (its sha256 names the weights) and the name of
-    the folder features were imported from."""
-    extra = dict(fp.extra)
-    if isinstance(extra.get(IMPORTED_FROM), str):
-        extra[IMPORTED_FROM] = _file_name(extra[IMPORTED_FROM])
-    return dataclasses.replace(fp, weights_path=_file_name(fp.weights_path), extra=extra)
-
-
 def imported_fingerprint(
     name: str,
     carried: StoreFingerprint | None,
@@ -160,9 +157,9 @@ def imported_fingerprint(
     else `external:<name>` with unknown weights. The geometry is the files'."""
     if carried is not None:
         extra = {**carried.extra, IMPORTED_FROM: folder.name}
-        return shareable(
-            dataclasses.replace(carried, embedding_dtype=dtype or carried.embedding_dtype, extra=extra)
-        )
+        return dataclasses.replace(
+            carried, embedding_dtype=dtype or carried.embedding_dtype, extra=extra
+        ).shared()
     return StoreFingerprint(
         model=f"{EXTERNAL}{name}",
         model_config={},
@@ -176,3 +173,76 @@ def imported_fingerprint(
         embedding_dtype=dtype or "float32",
         extra={IMPORTED_FROM: folder.name},
     )
+
+
+def _plain(value: Any) -> Any:
+    """A slides-table value as strict JSON has it (NaN and NA -> None, numpy scalars -> Python)."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)) or value is pd.NA:
+        return None
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def slide_table(store: EmbeddingStore) -> list[dict[str, Any]]:
+    """Every slide of `store` (done, failed, done with 0 tiles: no tissue) with its level-0 size and um/px
+    and the file's name and hash, for a reader who has the tiles but not the store."""
+    out = []
+    for row in store.slides().to_dict("records"):
+        item = {key: _plain(row.get(key)) for key in SLIDE_COLUMNS}
+        path = row.get("path")
+        item["file"] = PurePath(str(path)).name if isinstance(path, str) and path else None
+        out.append(item)
+    return out
+
+
+SLIDE_COLUMNS = (
+    "slide_id",
+    "status",
+    "n_tiles",
+    "error",
+    "width",
+    "height",
+    "mpp",
+    "mpp_source",
+    "file_hash",
+    "size",
+)
+
+
+def parquet_metadata(store: EmbeddingStore) -> dict[bytes, bytes]:
+    """What a Parquet export carries beside its tiles (schema metadata, JSON values): the fingerprint, mvh's
+    version, the store's version and tag, its dataset card and every slide (`slide_table`)."""
+    snapshot = {
+        "version": store.version,
+        "tag": store.location.tag,
+        "table_versions": store.table_versions(),
+    }
+    values = {
+        "mvh.fingerprint": store.fingerprint.shared().to_dict(),
+        "mvh.version": __version__,
+        "mvh.store": snapshot,
+        "mvh.card": build_card(store).to_dict(),
+        "mvh.slides": slide_table(store),
+    }
+    return {key.encode(): json.dumps(value, allow_nan=False).encode() for key, value in values.items()}
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes (1 MiB blocks): what an unchanged re-import is recognised by."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def imported_hashes(store: EmbeddingStore | None) -> dict[str, str]:
+    """slide id -> sha256 of the file each done slide was imported from (slides that recorded one)."""
+    if store is None:
+        return {}
+    out = {}
+    for row in store.slides(DONE).to_dict("records"):
+        text = row.get(SLIDE_ATTRS)
+        saved = json.loads(text) if isinstance(text, str) and text else {}
+        if isinstance(saved, dict) and isinstance(saved.get("sha256"), str):
+            out[str(row["slide_id"])] = saved["sha256"]
+    return out

@@ -25,9 +25,12 @@ from mvh.serve.auth import COOKIE, OPEN_PATHS, authorized, cookie_value, token_o
 from mvh.serve.catalog import Catalog, NotFound
 from mvh.serve.config import ServeConfig
 from mvh.serve.form import parse_form, read_body
+from mvh.serve.responses import JPEG, tile_response
+from mvh.serve.responses import error as _error
 from mvh.serve.results import figures_for, layers_for, read_results_folder
 from mvh.serve.search import SearchService
-from mvh.serve.tiles import Tile, TileServer
+from mvh.serve.slide_routes import slide_router
+from mvh.serve.tiles import TileServer
 from mvh.serve.uploads import NotAnImage, UploadTooLarge
 
 log = logging.getLogger(__name__)
@@ -35,9 +38,6 @@ HERE = Path(__file__).resolve().parent
 STATIC = HERE / "static"
 OPENSEADRAGON = HERE / "node_modules" / "openseadragon" / "build" / "openseadragon"
 MAX_K = 1000
-JPEG = "image/jpeg"
-# Tiles are content-addressed by their ETag: the browser keeps them an hour, then revalidates (304).
-TILE_CACHE_CONTROL = "private, max-age=3600"
 
 
 def status_for(exc: MvhError) -> int:
@@ -122,21 +122,8 @@ class _ImageForm(BaseModel):
     query_mpp: float | None = Field(None, gt=0, allow_inf_nan=False)
 
 
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"detail": message}, status_code=status, headers=headers)
-
-
 def _page(name: str) -> FileResponse:
     return FileResponse(STATIC / name, media_type="text/html")
-
-
-def tile_response(request: Request, tile: Tile) -> Response:
-    """A JPEG tile with its ETag and cache lifetime; 304 without a body when the browser has it."""
-    headers = {"ETag": tile.etag, "Cache-Control": TILE_CACHE_CONTROL}
-    given = {tag.strip().removeprefix("W/") for tag in request.headers.get("if-none-match", "").split(",")}
-    if tile.etag in given or "*" in given:
-        return Response(status_code=304, headers=headers)
-    return Response(tile.data, media_type=JPEG, headers=headers)
 
 
 class Gate:
@@ -233,6 +220,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         response.set_cookie(COOKIE, cookie_value(config.token), httponly=True, samesite="strict")
         return response
 
+    app.include_router(slide_router(catalog, tiles))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     if OPENSEADRAGON.is_dir():
         app.mount("/vendor/openseadragon", StaticFiles(directory=OPENSEADRAGON), name="openseadragon")
@@ -253,7 +241,8 @@ def create_app(config: ServeConfig) -> FastAPI:
     def slides(store: str) -> list[dict[str, Any]]:
         """Every slide row of a store (done and failed), without file paths."""
         frame = catalog.get(store).store.slides()
-        keep = ["slide_id", "status", "error", "n_tiles", "width", "height", "mpp", "mpp_source", "seconds"]
+        keep = ["slide_id", "status", "error", "n_tiles", "width", "height", "mpp", "mpp_source", "seconds",
+                "file_hash"]
         frame = frame[[c for c in keep if c in frame.columns]]
         return [{k: (None if v != v else v) for k, v in row.items()}  # NaN -> null
                 for row in frame.astype(object).to_dict(orient="records")]

@@ -17,6 +17,7 @@ import torch
 
 from mvh.errors import UsageError
 from mvh.extractor.embedder import Embedder
+from mvh.extractor.weights_places import local_weights
 from mvh.index.faiss_index import VectorIndex
 from mvh.index.index_files import load_index
 from mvh.serve.batcher import MicroBatcher
@@ -44,6 +45,8 @@ class SlideRecord:
     width: int | None
     height: int | None
     n_tiles: int
+    mpp_source: str | None = None
+    file_hash: str | None = None
 
 
 def _store_name(uri: str) -> str:
@@ -53,6 +56,18 @@ def _store_name(uri: str) -> str:
 
 def _optional_int(value: Any) -> int | None:
     return None if value is None or pd.isna(value) else int(value)
+
+
+def _optional_str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def location_of(source: str) -> dict[str, Any]:
+    """Where a served store lives: local / S3 / Google Cloud / Azure, its URI, and the tag or version."""
+    location = parse_location(source, read_only=True)
+    kind = {"s3": "S3", "s3+ddb": "S3", "gs": "Google Cloud", "az": "Azure", "abfs": "Azure",
+            "memory": "memory"}.get(location.scheme, "local")
+    return {"kind": kind, "uri": location.uri, "tag": location.tag, "pinned_version": location.version}
 
 
 class StoreEntry:
@@ -84,7 +99,7 @@ class StoreEntry:
             return False, f"model {fp.model} was imported from another tool and cannot embed images here"
         if fp.weights_sha256 == RANDOM_INIT:
             return True, ""
-        if fp.weights_path is None or not Path(fp.weights_path).is_file():
+        if local_weights(fp.weights_sha256, fp.weights_path) is None:
             return False, (
                 f"the weights file this store was made with ({fp.weights_path}, sha256 "
                 f"{fp.weights_sha256[:12]}...) is not on this machine: query by stored tile (SLIDE:X:Y) only"
@@ -140,6 +155,8 @@ class StoreEntry:
                 width=_optional_int(row.get("width")),
                 height=_optional_int(row.get("height")),
                 n_tiles=int(row.get("n_tiles") or 0),
+                mpp_source=_optional_str(row.get("mpp_source")),
+                file_hash=_optional_str(row.get("file_hash")),
             )
         with self._lock:
             self._slides = (version, records)
@@ -199,6 +216,7 @@ class StoreEntry:
             "tags": info.tags,
             "versions": info.table_versions,
             "card": info.card_fields,
+            "location": location_of(self.source),
         }
 
 

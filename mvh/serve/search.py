@@ -29,6 +29,9 @@ from mvh.tasks.query import (
     run_search,
 )
 
+# The search page's um/px field, named in notes about the query's scale (the CLI names --query-mpp).
+MPP_FIELD = "'um/px of the image'"
+
 
 def tile_url(store: str, slide_id: str, x: int, y: int) -> str:
     """URL of a stored tile's JPEG."""
@@ -50,9 +53,12 @@ class SearchService:
 
     def _response(self, entry: StoreEntry, result: QueryResult, query: dict[str, Any]) -> dict[str, Any]:
         tile_px = entry.store.fingerprint.tile_px
+        records = entry.slide_records()  # cached per store version: the file hash is looked up, not computed
         hits = []
         for row in jsonable(result.hits.to_dict(orient="records")):
             row["tile_px"] = tile_px
+            record = records.get(row["slide_id"])
+            row["file_hash"] = None if record is None else record.file_hash
             row["thumbnail_url"] = tile_url(entry.name, row["slide_id"], row["x"], row["y"])
             row["viewer_url"] = viewer_url(entry.name, row["slide_id"], row["x"], row["y"])
             hits.append(row)
@@ -72,7 +78,7 @@ class SearchService:
             raise UsageError(f"k must be at least 1, got {k}: it is the number of hits")
         pixels = decode_upload(data, self.config.max_upload_bytes, self.config.max_pixels)
         fp = entry.store.fingerprint
-        fed, notes = prepare_query_image(pixels, fp.tile_px, fp.mpp, query_mpp)
+        fed, notes = prepare_query_image(pixels, fp.tile_px, fp.mpp, query_mpp, mpp_field=MPP_FIELD)
         name = Path(filename).name
         result = entry.search_image(fed, ImageQuery(name, k, slide_level, notes=tuple(notes)))
         query = {**jsonable(result.query), "source": name, "query_mpp": query_mpp,

@@ -28,6 +28,7 @@ from mvh.serve.lru import LruCache
 DZ_TILE = 254
 DZ_OVERLAP = 1
 JPEG_QUALITY = 85
+THUMBNAIL_PX = 256
 
 @dataclass(frozen=True)
 class Tile:
@@ -85,19 +86,47 @@ class TileServer:
         """A stored tile already read (None when it is not in memory)."""
         return self.cache.get(("stored", store, slide_id, x, y))
 
-    def _generator(self, entry: StoreEntry, slide_id: str) -> DeepZoomGenerator:
+    def _opened(self, entry: StoreEntry, slide_id: str) -> tuple[Any, DeepZoomGenerator]:
         key = (entry.name, slide_id)
         cached = self._generators.get(key)
         if cached is not None:
-            return cached[1]
+            return cached
         with self._open_lock:
             cached = self._generators.get(key)
             if cached is not None:
-                return cached[1]
+                return cached
             source = _open_deepzoom_source(entry.slide(slide_id))
             # limit_bounds=False: DeepZoom pixel coordinates are level-0 pixels, as the store's x, y
             generator = DeepZoomGenerator(source, tile_size=DZ_TILE, overlap=DZ_OVERLAP, limit_bounds=False)
-            return self._generators.put(key, (source, generator))[1]
+            return self._generators.put(key, (source, generator))
+
+    def _generator(self, entry: StoreEntry, slide_id: str) -> DeepZoomGenerator:
+        return self._opened(entry, slide_id)[1]
+
+    def properties(self, entry: StoreEntry, slide_id: str) -> tuple[dict[str, str], list[str]]:
+        """The slide file's OpenSlide properties and the names of its associated images."""
+        source = self._opened(entry, slide_id)[0]
+        return dict(source.properties), list(source.associated_images)
+
+    def associated(self, entry: StoreEntry, slide_id: str, name: str) -> Tile:
+        """An associated image of the slide file (label, macro, ...) as JPEG (NotFound when absent)."""
+        key = ("associated", entry.name, slide_id, name)
+        cached = self.cache.get(key)
+        if cached is not None:
+            return cached
+        images = self._opened(entry, slide_id)[0].associated_images
+        if name not in images:
+            raise NotFound(f"slide {slide_id!r} has no {name} image in its file")
+        return self.cache.put(key, Tile.of(_jpeg(images[name])))
+
+    def thumbnail(self, entry: StoreEntry, slide_id: str) -> Tile:
+        """The whole slide at most THUMBNAIL_PX on a side, as JPEG."""
+        key = ("thumbnail", entry.name, slide_id)
+        cached = self.cache.get(key)
+        if cached is not None:
+            return cached
+        image = self._opened(entry, slide_id)[0].get_thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+        return self.cache.put(key, Tile.of(_jpeg(image)))
 
     def descriptor(self, entry: StoreEntry, slide_id: str, files_url: str) -> dict[str, Any]:
         """The DZI descriptor as OpenSeadragon's JSON form, its tiles under `files_url`."""

@@ -12,15 +12,19 @@ import importlib.metadata
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import pandas as pd
 import yaml
 
 from mvh.errors import UsageError
 from mvh.jobs import JobResult, check_out_folder, jsonable, out_folder
-from mvh.store.schema import DONE, FAILED, RANDOM_INIT
+from mvh.store.location import StoreLocation
+from mvh.store.schema import DONE, FAILED, RANDOM_INIT, StoreFingerprint
 from mvh.store.sidecar import SidecarFiles
-from mvh.store.store import EmbeddingStore
+
+if TYPE_CHECKING:  # the store writes its first card at creation (`connect`): no import of it at run time
+    from mvh.store.store import EmbeddingStore
 
 USER_FIELDS = ("owner", "license", "contact", "description", "cohort", "citation")
 _TOOLS = ("mvh", "lancedb", "pyarrow", "torch", "timm", "openslide-python")
@@ -121,11 +125,24 @@ def _float_or_none(value: Any) -> float | None:
     return None if value is None or value != value else float(value)
 
 
-def build_card(store: EmbeddingStore, fields: dict[str, str] | None = None) -> DatasetCard:
-    """The card of `store` now; `fields` (owner, license, ...) override those of a previous card."""
-    fp = store.fingerprint
-    slides = store.slides()
-    card = store.meta.get("card")
+def _shared_name(location: StoreLocation) -> str:
+    """The store as a card names it: a remote URI as it is, a local store by its folder's name (a card is
+    shared; the local path is not)."""
+    local = location.local_path
+    return location.uri if local is None else local.name
+
+
+def card_of(
+    location: StoreLocation,
+    version: int,
+    fp: StoreFingerprint,
+    slides: pd.DataFrame,
+    meta: dict[str, Any],
+    fields: dict[str, str] | None = None,
+) -> DatasetCard:
+    """The card of a store at `location` and `version` holding `slides`; `fields` (owner, license, ...)
+    override those of the card in `meta`."""
+    card = meta.get("card")
     previous = card.get("fields", {}) if isinstance(card, dict) else {}
     rows = [
         CardSlide(
@@ -137,17 +154,23 @@ def build_card(store: EmbeddingStore, fields: dict[str, str] | None = None) -> D
     ]
     done = [r for r in rows if r.status == DONE]
     return DatasetCard(
-        store=store.uri, store_version=store.version, model=fp.model, model_config=jsonable(fp.model_config),
+        store=_shared_name(location), store_version=version, model=fp.model,
+        model_config=jsonable(fp.model_config),
         weights_sha256=fp.weights_sha256, trained_weights=fp.weights_sha256 != RANDOM_INIT,
         embedding_dim=fp.embed_dim, embedding_dtype=fp.embedding_dtype, tile_px=fp.tile_px, mpp=fp.mpp,
         mean=None if fp.mean is None else list(fp.mean), std=None if fp.std is None else list(fp.std),
         n_slides_done=len(done), n_slides_failed=sum(r.status == FAILED for r in rows),
-        n_tiles=sum(r.n_tiles for r in done), slides=rows, created=store.meta.get("created"),
-        created_with_mvh=store.meta.get("mvh_version"),
+        n_tiles=sum(r.n_tiles for r in done), slides=rows, created=meta.get("created"),
+        created_with_mvh=meta.get("mvh_version"),
         card_written=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         tool_versions={name: _version(name) for name in _TOOLS},
         fields={**previous, **(fields or {})},
     )
+
+
+def build_card(store: EmbeddingStore, fields: dict[str, str] | None = None) -> DatasetCard:
+    """The card of `store` now; `fields` (owner, license, ...) override those of a previous card."""
+    return card_of(store.location, store.version, store.fingerprint, store.slides(), store.meta, fields)
 
 
 CARD_FILE = "CARD.md"

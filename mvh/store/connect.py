@@ -21,10 +21,12 @@ import pyarrow as pa
 
 from mvh import __version__
 from mvh.errors import StoreDamagedError, StoreError, StoreUnusableError
+from mvh.store.card import card_of
 from mvh.store.location import StoreLocation
+from mvh.store.remote_errors import remote_failure
 from mvh.store.schema import META, META_SCHEMA, SLIDES, SLIDES_SCHEMA, TILES, StoreFingerprint, tiles_schema
 from mvh.store.sidecar import SidecarFiles
-from mvh.store.tables import DAMAGED_READ_ERRORS, LANCE_ERRORS, StoreTables, reason
+from mvh.store.tables import LANCE_ERRORS, StoreTables, is_damage, reason
 from mvh.store.versions import snapshot_versions
 from mvh.store.visibility import Visibility
 from mvh.store.writer import now
@@ -46,9 +48,12 @@ def connect(location: StoreLocation) -> Any:
     # other processes. A frozen handle reads one version: no re-check per read (on object storage each
     # re-check is a round trip).
     interval = None if location.read_only or location.pinned else timedelta(0)
-    return lancedb.connect(
-        location.uri, storage_options=location.storage_options or None, read_consistency_interval=interval
-    )
+    try:
+        return lancedb.connect(
+            location.uri, storage_options=location.storage_options or None, read_consistency_interval=interval
+        )
+    except LANCE_ERRORS as exc:  # LanceDB lists the store's namespace on connect: S3 answers here first
+        raise remote_failure(exc, location) or exc from exc
 
 
 def table_names(db: Any, location: StoreLocation) -> set[str]:
@@ -59,6 +64,9 @@ def table_names(db: Any, location: StoreLocation) -> set[str]:
         try:
             page = db.list_tables(page_token=token)
         except LANCE_ERRORS as exc:
+            remote = remote_failure(exc, location)
+            if remote is not None:
+                raise remote from exc
             raise StoreUnusableError(
                 f"cannot list the tables of {location.describe()} ({location.redact(reason(exc))}): check "
                 "the URI, the credentials (AWS_* variables or --storage-option) and the endpoint"
@@ -115,8 +123,10 @@ def read_meta(db: Any, location: StoreLocation) -> dict[str, Any]:
                 snapshot_versions(tables, tag=location.tag, version=location.version, where=uri)[META]
             )
         meta = {row["key"]: json.loads(row["value"]) for row in table.to_arrow().to_pylist()}
-    except DAMAGED_READ_ERRORS as exc:
-        raise StoreDamagedError(
+    except Exception as exc:  # noqa: BLE001 (is_damage lets through all but damage)
+        if not is_damage(exc):
+            raise
+        raise remote_failure(exc, location) or StoreDamagedError(
             f"store {uri} is damaged: its meta table cannot be read ({reason(exc)}); restore "
             f"{uri}/meta.lance from a copy of the store, or re-extract into a new --store"
         ) from exc
@@ -141,8 +151,10 @@ def open_tables(db: Any, location: StoreLocation) -> tuple[StoreTables, Visibili
             for name, table in by_name.items():
                 table.checkout(pinned[name])
         rule = Visibility.choose(tables, location)  # reads both schemas: a damaged table fails here
-    except DAMAGED_READ_ERRORS as exc:
-        raise StoreDamagedError(
+    except Exception as exc:  # noqa: BLE001 (is_damage lets through all but damage)
+        if not is_damage(exc):
+            raise
+        raise remote_failure(exc, location) or StoreDamagedError(
             f"store {location.uri} is damaged: its tiles/slides tables cannot be read ({reason(exc)}); "
             "restore the store from a copy, or re-extract into a new --store"
         ) from exc
@@ -165,7 +177,7 @@ def create_tables(
         cleaned = None if racing else check_no_stray_tables(location, db)
         schema = tiles_schema(fingerprint.embed_dim, fingerprint.embedding_dtype)
         db.create_table(TILES, data=schema.empty_table(), exist_ok=True)
-        db.create_table(SLIDES, data=SLIDES_SCHEMA.empty_table(), exist_ok=True)
+        slides = db.create_table(SLIDES, data=SLIDES_SCHEMA.empty_table(), exist_ok=True)
     except LANCE_ERRORS as exc:
         if racing:
             raise CreationRace(uri) from exc
@@ -173,6 +185,9 @@ def create_tables(
             f"cannot create the store at {uri} ({reason(exc)}): choose a writable --store path"
         ) from exc
     meta = {"fingerprint": fingerprint.to_dict(), "mvh_version": __version__, "created": now().isoformat()}
+    # The dataset card exists from the start (`mvh card` edits it), written with the meta table at once.
+    empty = SLIDES_SCHEMA.empty_table().to_pandas()
+    meta["card"] = card_of(location, slides.version, fingerprint, empty, meta).to_dict()
     rows = pa.table({"key": list(meta), "value": [json.dumps(v) for v in meta.values()]}, schema=META_SCHEMA)
     try:
         db.create_table(META, data=rows)

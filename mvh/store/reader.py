@@ -19,9 +19,10 @@ import pyarrow.compute as pc
 
 from mvh.errors import StoreDamagedError, StoreError
 from mvh.store.location import StoreLocation
-from mvh.store.schema import DONE, OLD_SLIDE_ATTRS, SLIDE_ATTRS, embeddings_to_numpy
+from mvh.store.remote_errors import remote_failure
+from mvh.store.schema import DONE, OLD_SLIDE_ATTRS, SLIDE_ATTRS, embedding_checksum, embeddings_to_numpy
 from mvh.store.slide_rows import SlideRows
-from mvh.store.tables import DAMAGED_READ_ERRORS, StoreTables, quote, reason
+from mvh.store.tables import StoreTables, is_damage, quote, reason
 from mvh.store.visibility import Visibility
 
 READ_RETRIES = 5
@@ -61,13 +62,15 @@ class StoreReader:
         return self._query_slide_rows(where)
 
     def _query_slide_rows(self, where: str | None) -> pd.DataFrame:
-        query = self.tables.slides.search()
-        if where is not None:
-            query = query.where(where)
-        try:
+        try:  # search() itself asks for the latest version: on an object store, a request
+            query = self.tables.slides.search()
+            if where is not None:
+                query = query.where(where)
             frame = query.to_arrow().to_pandas()
-        except DAMAGED_READ_ERRORS as exc:
-            raise StoreDamagedError(
+        except Exception as exc:  # noqa: BLE001 (is_damage lets through all but damage)
+            if not is_damage(exc):
+                raise
+            raise remote_failure(exc, self.location) or StoreDamagedError(
                 f"store {self.uri} is damaged: its slides table cannot be read ({reason(exc)}); restore it "
                 "from a copy"
             ) from exc
@@ -113,22 +116,24 @@ class StoreReader:
         return {} if text is None or (isinstance(text, float) and math.isnan(text)) else json.loads(text)
 
     # ---------------------------------------------------------------- one slide's tiles
-    def unreadable_tiles(self, exc: BaseException) -> StoreDamagedError:
-        """The error for a tiles table that cannot be read."""
-        return StoreDamagedError(
+    def unreadable_tiles(self, exc: BaseException) -> StoreError:
+        """The error for a tiles table that cannot be read (an object store's silence is not damage)."""
+        return remote_failure(exc, self.location) or StoreDamagedError(
             f"store {self.uri} is damaged: its tiles cannot be read ({reason(exc)}); run "
             f"`mvh verify --store {self.uri}` and restore the store from a copy"
         )
 
     def read_tiles(self, where: str | None, columns: Sequence[str]) -> pa.Table:
         """Tile rows matching `where` (all rows when None) with `columns` and the keys, in tile order."""
-        query = self.tables.tiles.search()
-        if where is not None:
-            query = query.where(where)
         wanted = list(dict.fromkeys([*columns, *_TILE_KEYS, *self.rule.read_columns()]))
         try:
+            query = self.tables.tiles.search()
+            if where is not None:
+                query = query.where(where)
             table = query.select(wanted).to_arrow()
-        except DAMAGED_READ_ERRORS as exc:
+        except Exception as exc:  # noqa: BLE001 (is_damage lets through all but damage)
+            if not is_damage(exc):
+                raise
             raise self.unreadable_tiles(exc) from exc
         return in_order(table)
 
@@ -154,7 +159,9 @@ class StoreReader:
                 table = tiles.take_row_ids(ids.tolist()).select(fetch).to_arrow()
             else:
                 table = tiles.schema.empty_table().select(fetch)
-        except DAMAGED_READ_ERRORS as exc:
+        except Exception as exc:  # noqa: BLE001 (is_damage lets through all but damage)
+            if not is_damage(exc):
+                raise
             raise self.unreadable_tiles(exc) from exc
         for name, value in zip(keys, values, strict=True):
             field = tiles.schema.field(name)  # the map matched these values on every row it holds
@@ -203,7 +210,38 @@ class StoreReader:
 
     def slide_embeddings(self, slide_id: str) -> tuple[np.ndarray, np.ndarray]:
         """A done slide's embeddings [N, dim] float32 and level-0 coords [N, 2] int64 (x, y), by (y, x)."""
-        return self.split(self.slide_table(slide_id, ["embedding"]))
+        table = self.slide_table(slide_id, ["embedding"])
+        emb, coords = self.split(table)  # NaN/inf first: the more telling message
+        self.checked(table, self.slides(DONE))
+        return emb, coords
+
+    def checked(self, table: pa.Table, done: pd.DataFrame) -> pa.Table:
+        """`table` (every tile of some done slides), or StoreDamagedError naming the slides whose embedding
+        bytes differ from the checksum their commit recorded: bit rot that leaves the values finite.
+
+        Costs one sha256 over the bytes read (the read itself dominates); older stores have no checksums.
+        """
+        recorded = dict(zip(done["slide_id"], done["checksum"], strict=True)) if "checksum" in done else {}
+        if not recorded or not table.num_rows:
+            return table
+        slide = table.column("slide_id").to_numpy(zero_copy_only=False)
+        order = np.argsort(slide, kind="stable")
+        names, starts = np.unique(slide[order], return_index=True)
+        bad = []
+        for name, rows in zip(names, np.split(order, starts[1:]), strict=True):
+            want = recorded.get(name)
+            if not isinstance(want, str):
+                continue
+            take = pa.array(rows)
+            got = embedding_checksum(table.column("tile_id").take(take), table.column("embedding").take(take))
+            if got != want:
+                bad.append(str(name))
+        if bad:
+            raise StoreDamagedError(
+                f"store {self.uri}: the embeddings of slide(s) {bad[:5]} differ from those committed (bit "
+                f"rot); run `mvh verify --store {self.uri}`, then re-extract them with --overwrite"
+            )
+        return table
 
     # ---------------------------------------------------------------- many slides
     def counts_match(self, table: pa.Table, done: pd.DataFrame) -> bool:
@@ -271,6 +309,7 @@ class StoreReader:
         else:
             raise self.mismatch(list(done["slide_id"]))
         emb = self.finite(embeddings_to_numpy(table.column("embedding"), self.dim), table.column("slide_id"))
+        self.checked(table, done)
         return table.select(list(columns)).to_pandas(), emb
 
     def rows_by_tile_ids(self, tile_ids: Sequence[str], with_embeddings: bool = False) -> pd.DataFrame:
@@ -306,7 +345,12 @@ class StoreReader:
         """Tile rows no slide row names (interrupted or lost concurrent commits): invisible, harmless."""
         if self.rule.legacy:
             return 0
-        commits = self.tables.tiles.search().select(["commit"]).to_arrow().column("commit")
+        try:
+            commits = self.tables.tiles.search().select(["commit"]).to_arrow().column("commit")
+        except Exception as exc:  # noqa: BLE001 (is_damage lets through all but damage)
+            if not is_damage(exc):
+                raise
+            raise self.unreadable_tiles(exc) from exc
         named = pa.array([c for c in self.slides(DONE)["commit"] if c is not None], pa.string())
         if not len(commits):
             return 0

@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Any
 
 import numpy as np
@@ -89,6 +90,15 @@ class StoreFingerprint:
             f"{self.embedding_dtype} dim={self.embed_dim}"
         )
 
+    def shared(self) -> StoreFingerprint:
+        """This fingerprint without local paths, as `mvh info`, cards and exports show it: the weights
+        file's name (its sha256 names the weights) and the name of the folder features were imported from."""
+        extra = dict(self.extra)
+        if isinstance(extra.get("imported_from"), str):
+            extra["imported_from"] = PurePath(extra["imported_from"]).name
+        weights = None if self.weights_path is None else PurePath(self.weights_path).name
+        return dataclasses.replace(self, weights_path=weights, extra=extra)
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict (inverse of `from_dict`)."""
         out = dataclasses.asdict(self)
@@ -162,6 +172,7 @@ def slides_schema(stored_names: list[str]) -> pa.Schema:
         index = SLIDES_SCHEMA.get_field_index(SLIDE_ATTRS)
         return SLIDES_SCHEMA.set(index, pa.field(OLD_SLIDE_ATTRS, pa.string()))
     return SLIDES_SCHEMA
+
 
 META_SCHEMA = pa.schema([pa.field("key", pa.string(), nullable=False), pa.field("value", pa.string())])
 

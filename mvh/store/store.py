@@ -19,7 +19,13 @@ import pandas as pd
 import pyarrow as pa
 
 from mvh.core.jsonio import json_round_trip
-from mvh.errors import FingerprintMismatchError, StoreError, StoreNotFoundError, StoreUnusableError
+from mvh.errors import (
+    FingerprintMismatchError,
+    StoreError,
+    StoreNotFoundError,
+    StoreUnusableError,
+    UsageError,
+)
 from mvh.store import connect
 from mvh.store.info import StoreInfo
 from mvh.store.location import StoreLocation, check_tag_name, parse_location
@@ -126,6 +132,11 @@ class EmbeddingStore:
         for its meta table (a few seconds at most) and opens the store it created.
         """
         location = as_location(where)
+        if location.pinned:
+            raise UsageError(
+                f"--store {location.describe()} names a past snapshot, which is read-only: writing goes to "
+                "the latest version, so drop --store-version / @TAG"
+            )
         for attempt in range(_CREATE_ATTEMPTS):
             if cls.exists(location):
                 return cls._checked(cls.open(location), fingerprint)
@@ -299,7 +310,7 @@ class EmbeddingStore:
             tags=self.tags(),
             card_fields=card.get("fields", {}) if isinstance(card, dict) else None,
             card=card if isinstance(card, dict) else None,
-            fingerprint=self.fingerprint,
+            fingerprint=self.fingerprint.shared(),  # no local path in what users paste
             mvh_version=self.meta.get("mvh_version"),
             created=self.meta.get("created"),
             n_slides=len(slides),

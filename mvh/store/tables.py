@@ -15,8 +15,6 @@ log = logging.getLogger(__name__)
 
 COMMIT_RETRIES = 8
 LANCE_ERRORS = (OSError, RuntimeError, ValueError)
-# Reading a damaged Lance file can also panic in Rust, surfacing as a bare `Exception` subclass (RustPanic).
-DAMAGED_READ_ERRORS = (Exception,)
 T = TypeVar("T")
 
 
@@ -31,6 +29,12 @@ class StoreTables:
     def by_name(self) -> dict[str, Any]:
         """name -> table, in the order tiles, slides, meta."""
         return {TILES: self.tiles, SLIDES: self.slides, META: self.meta}
+
+
+def is_damage(exc: Exception) -> bool:
+    """Whether a LanceDB read error means damaged files: Lance's IO and format errors, or a panic of its
+    Rust reader (`RustPanic`, a class pyo3 does not export). Never a UsageError (an unknown tag)."""
+    return isinstance(exc, LANCE_ERRORS) or type(exc).__name__ == "RustPanic"
 
 
 def quote(value: str) -> str:

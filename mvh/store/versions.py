@@ -32,9 +32,16 @@ def list_tags(tables: Mapping[str, Any]) -> dict[str, dict[str, int]]:
 
 
 def create_tag(tables: Mapping[str, Any], name: str, where: str) -> dict[str, int]:
-    """Tag every table at its current version as `name` (UsageError if the tag exists)."""
-    if name in set().union(*(set(t.tags.list()) for t in tables.values())):
+    """Tag every table at its current version as `name` (UsageError if the tag exists).
+
+    Lance tags one table at a time: a creation killed midway leaves the tag on some tables only, which
+    `list_tags` does not show. Creating the tag again removes those parts first, then tags every table.
+    """
+    holders = [t for t in tables.values() if name in t.tags.list()]
+    if len(holders) == len(tables):
         raise UsageError(f"tag {name!r} already exists in {where}: choose another name (see `mvh tag list`)")
+    for table in holders:
+        table.tags.delete(name)
     versions = table_versions(tables)
     for table_name, table in tables.items():
         table.tags.create(name, versions[table_name])
@@ -61,17 +68,17 @@ def snapshot_versions(tables: Mapping[str, Any], *, tag: str | None, version: in
         return tags[tag]
     if version is None:
         return table_versions(tables)
-    slides_versions = {int(v["version"]): v["timestamp"] for v in tables[SLIDES_TABLE].list_versions()}
-    if version not in slides_versions:
-        latest = max(slides_versions)
-        raise UsageError(f"{where} has no version {version} (versions 1..{latest}; see `mvh info`)")
+    history = {name: table.list_versions() for name, table in tables.items()}
+    slides_versions = {int(v["version"]): v["timestamp"] for v in history[SLIDES_TABLE]}
+    # The slides table's first versions predate the meta table (written last on creation): not a store yet
+    born = max(min(v["timestamp"] for v in versions) for versions in history.values())
+    usable = sorted(v for v, moment in slides_versions.items() if moment >= born)
+    if version not in usable:
+        known = f"versions {usable[0]}..{usable[-1]}" if usable else "none yet: no slide was committed"
+        raise UsageError(f"{where} has no version {version} to open ({known}; see `mvh info`)")
     moment = slides_versions[version]
     chosen = {SLIDES_TABLE: version}
-    for name, table in tables.items():
-        if name == SLIDES_TABLE:
-            continue
-        earlier = [int(v["version"]) for v in table.list_versions() if v["timestamp"] <= moment]
-        if not earlier:
-            raise UsageError(f"{where}: table {name} has no version as old as slides version {version}")
-        chosen[name] = max(earlier)
+    for name, versions in history.items():
+        if name != SLIDES_TABLE:
+            chosen[name] = max(int(v["version"]) for v in versions if v["timestamp"] <= moment)
     return chosen

@@ -29,6 +29,7 @@ from lancedb.index import BTree
 from mvh import __version__
 from mvh.errors import StoreError, StoreWriteError
 from mvh.store.reader import StoreReader
+from mvh.store.remote_errors import remote_failure
 from mvh.store.schema import (
     DONE,
     FAILED,
@@ -108,6 +109,9 @@ class StoreWriter:
         try:
             return retry(op, what)
         except LANCE_ERRORS as exc:
+            remote = remote_failure(exc, self.reader.location)
+            if remote is not None:
+                raise remote from exc
             raise StoreWriteError(
                 f"cannot write {what} to store {self.uri} ({reason(exc)}): free space or fix the storage "
                 "and rerun; slides committed before stay intact"

@@ -84,9 +84,11 @@ def _centre_crop(image: Image.Image, side: int) -> Image.Image:
 
 
 def prepare_query_image(
-    image: Image.Image, tile_px: int, mpp: float, query_mpp: float | None = None
+    image: Image.Image, tile_px: int, mpp: float, query_mpp: float | None = None,
+    mpp_field: str = "--query-mpp",
 ) -> tuple[np.ndarray, list[str]]:
-    """Bring an RGB image to the store's tile (tile_px at mpp): the tile [tile_px, tile_px, 3] and notes.
+    """Bring an RGB image to the store's tile (tile_px at mpp): the tile [tile_px, tile_px, 3] and notes
+    (which name the query's um/px as `mpp_field`: the CLI option, or the web page's field).
 
     Cropping and resizing stay in Pillow: a 1000 px upload is never unpacked to an array and packed back.
     """
@@ -94,7 +96,7 @@ def prepare_query_image(
     notes: list[str] = []
     if query_mpp is not None:
         if not query_mpp > 0:
-            raise UsageError(f"--query-mpp must be positive, got {query_mpp}")
+            raise UsageError(f"{mpp_field} must be positive, got {query_mpp}")
         side = tile_px * mpp / query_mpp  # the store's physical tile, in query pixels
         if min(h, w) >= side:
             crop = max(1, int(round(side)))
@@ -116,8 +118,8 @@ def prepare_query_image(
         region = _centre_crop(image, crop)
         if (h, w) != (tile_px, tile_px):
             notes.append(
-                f"query image {w}x{h} px has no --query-mpp: its centre {crop} px square was resized to "
-                f"{tile_px} px; pass --query-mpp to match the store's {mpp:g} um/px"
+                f"query image {w}x{h} px has no {mpp_field}: its centre {crop} px square was resized to "
+                f"{tile_px} px; give {mpp_field} to match the store's {mpp:g} um/px"
             )
     if region.size != (tile_px, tile_px):
         region = region.resize((tile_px, tile_px), Image.Resampling.BILINEAR)

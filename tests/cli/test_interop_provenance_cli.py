@@ -125,3 +125,19 @@ def test_image_search_on_imported_features_says_why_and_what_works(features, tmp
     assert "--query-tile" in line and "--query-slide" in line and "--weights" not in line
     tile = runner.invoke(app, ["search", "--store", str(store), "--query-slide", "s1", "--json"])
     assert tile.exit_code == 0, tile.output
+
+
+def test_info_shows_no_local_path(tmp_path) -> None:
+    from tests.reliability._faults import fingerprint
+
+    fp = fingerprint(
+        weights_sha256="ab" * 32,
+        weights_path=str(tmp_path / "ckpt" / "uni.pt"),
+        extra={"imported_from": str(tmp_path / "feats")},
+    )
+    EmbeddingStore.create(tmp_path / "s.lance", fp)
+    result = runner.invoke(app, ["info", "--store", str(tmp_path / "s.lance"), "--json"])
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.stdout)["fingerprint"]
+    assert (shown["weights_path"], shown["extra"]["imported_from"]) == ("uni.pt", "feats")
+    assert str(tmp_path / "ckpt") not in result.stdout and str(tmp_path / "feats") not in result.stdout

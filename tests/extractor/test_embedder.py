@@ -130,3 +130,24 @@ def test_normalise_is_the_channel_broadcast_bit_for_bit(size: int) -> None:
     want = (x - mean) / std
     got = embedder.normalise(images)
     assert torch.equal(got, want) and got.stride() == want.stride()  # values and channels-last layout
+
+
+def test_weights_are_named_by_file_name_and_found_on_this_machine(embedder, tiles, tmp_path, monkeypatch):
+    # Before: the fingerprint kept the absolute path, which every shared store, info and export showed.
+    import dataclasses
+    import json
+
+    monkeypatch.setenv("MVH_CACHE_DIR", str(tmp_path / "cache"))
+    path = tmp_path / "private" / "teacher.pth"
+    path.parent.mkdir()
+    torch.save(embedder.model.state_dict(), path)
+    fp = Embedder(MODEL, weights=path, device="cpu").fingerprint(0.5, 224)
+    assert fp.weights_path == "teacher.pth" and str(tmp_path) not in json.dumps(fp.to_dict())
+    rebuilt = Embedder.from_fingerprint(fp, device="cpu")  # this machine recorded where the file is
+    np.testing.assert_array_equal(rebuilt.embed_images(tiles[:1]), embedder.embed_images(tiles[:1]))
+    monkeypatch.setenv("MVH_CACHE_DIR", str(tmp_path / "another_machine"))
+    with pytest.raises(CheckpointError, match=r"^teacher.pth: .*\(teacher.pth, sha256 .*--weights FILE$"):
+        Embedder.from_fingerprint(fp, device="cpu")
+    assert Embedder.from_fingerprint(fp, weights=path, device="cpu").weights_sha256 == fp.weights_sha256
+    older = dataclasses.replace(fp, weights_path=str(path))  # a store made before keeps finding its file
+    assert Embedder.from_fingerprint(older, device="cpu").weights_sha256 == fp.weights_sha256

@@ -293,7 +293,7 @@ def test_absurd_tile_sizes_fail_instead_of_wrapping(tmp_path, key) -> None:
 def test_a_job_folder_points_at_its_feature_folders(tmp_path) -> None:
     trident_slide(tmp_path / "job", "s", 2)
     with pytest.raises(UsageError, match=r"20x_256px_0px_overlap/features_uni_v1") as err:
-        ImportConfig(tmp_path / "job", str(tmp_path / "s.lance"), "m")
+        ImportConfig(tmp_path / "job", str(tmp_path / "s.lance"), "m").files()
     assert "patches" not in str(err.value)  # TRIDENT's coordinate files hold no features
 
 
@@ -363,3 +363,59 @@ def test_no_local_path_in_exported_files(tmp_path) -> None:
     out = export_parquet(store, tmp_path / "t.parquet")
     meta = pq.read_schema(out).metadata
     assert not [s for v in meta.values() for s in _strings(v) if "/home/me" in s]
+
+
+def test_parquet_export_carries_what_a_second_team_needs(mvh_store, tmp_path) -> None:
+    # Before: only the fingerprint; slides without tissue, um/px, level-0 size, versions and card were lost.
+    from mvh import __version__
+
+    empty = {"slide_id": "d", "path": "/data/d.svs", "width": 800, "height": 600, "mpp": 0.2527}
+    mvh_store.add_slide(
+        {**empty, "mpp_source": "openslide"},
+        mvh_store.slide_tiles("a").iloc[:0],
+        np.empty((0, DIM), np.float32),
+    )
+    mvh_store.create_tag("v1")
+    tagged = EmbeddingStore.open(f"{mvh_store.uri}@v1")
+    meta = pq.read_schema(export_parquet(tagged, tmp_path / "pq")).metadata
+    values = {k.decode(): json.loads(v) for k, v in meta.items()}
+    assert values["mvh.version"] == __version__
+    assert values["mvh.store"]["tag"] == "v1" and values["mvh.store"]["version"] == tagged.version
+    card = values["mvh.card"]
+    assert (card["model"], card["n_slides_done"], card["n_slides_failed"], card["n_tiles"]) == (
+        "tiny",
+        3,
+        1,
+        11,
+    )
+    slides = {s["slide_id"]: s for s in values["mvh.slides"]}
+    assert sorted(slides) == ["a", "b", "c", "d"]
+    assert (slides["d"]["status"], slides["d"]["n_tiles"]) == ("done", 0)  # no tissue: no rows, listed here
+    assert (slides["d"]["width"], slides["d"]["height"], slides["d"]["mpp"]) == (800, 600, 0.2527)
+    assert (slides["a"]["width"], slides["a"]["mpp"], slides["a"]["file"]) == (4000, 0.25, "a.svs")
+    assert (slides["c"]["status"], slides["c"]["error"]) == ("failed", "no tissue")
+
+
+def test_unchanged_files_are_not_imported_again(tmp_path) -> None:
+    # Before: every re-import re-committed every slide, so the store's index went stale each time.
+    from mvh.index.build import IndexBuildConfig, run_index_build
+    from mvh.index.index_files import load_index
+
+    folder = trident_slide(tmp_path / "job", "s", 4).parent
+    trident_slide(tmp_path / "job", "t", 3, seed=2)
+    do_import(folder, tmp_path / "s.lance")
+    store = EmbeddingStore.open(tmp_path / "s.lance")
+    run_index_build(IndexBuildConfig(store=str(store.uri)))
+    versions = store.table_versions()
+    again = do_import(folder, tmp_path / "s.lance")
+    assert again.exit_code == 0 and again.skipped == ["s", "t"] and again.imported == []
+    store = EmbeddingStore.open(tmp_path / "s.lance")
+    assert store.table_versions() == versions
+    load_index(store)  # not stale
+    with h5py.File(folder / "t.h5", "a") as f:
+        f["features"][0, 0] += 1.0
+        changed_value = float(f["features"][0, 0])
+    changed = do_import(folder, tmp_path / "s.lance")
+    assert changed.skipped == ["s"] and [f.slide_id for f in changed.imported] == ["t"]
+    emb, coords = EmbeddingStore.open(tmp_path / "s.lance").slide_embeddings("t")
+    assert emb[(coords == [0, 0]).all(axis=1)][0, 0] == np.float32(changed_value)

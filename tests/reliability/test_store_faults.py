@@ -16,9 +16,9 @@ import pytest
 from typer.testing import CliRunner
 
 from mvh.cli import app
-from mvh.errors import StoreDamagedError, StoreError, StoreUnusableError, StoreWriteError
+from mvh.errors import StoreDamagedError, StoreError, StoreUnusableError, StoreWriteError, UsageError
 from mvh.store import EmbeddingStore, tiles_schema
-from mvh.store.integrity import CHECKSUM, NON_FINITE, verify_store
+from mvh.store.integrity import CHECKSUM, LOST, NON_FINITE, verify_store
 from mvh.store.schema import SLIDES_SCHEMA
 from mvh.store.writer import StoreWriter
 from tests.reliability._faults import DIM, distinct, fingerprint, rot_bytes, store_with, tiles
@@ -236,3 +236,141 @@ def test_commands_that_read_embeddings_stop_at_bit_rot_with_exit_1(rotted, tmp_p
     assert result.exit_code == 1, result.output
     assert "non-finite embedding values in slide(s) ['a']" in " ".join(result.output.split())
     assert "Traceback" not in result.output
+
+
+@pytest.fixture()
+def tagged(tmp_path) -> EmbeddingStore:
+    """Two slides committed (slides versions 2 and 3 can be opened) and a tag `v1`."""
+    store = store_with(tmp_path / "t.lance", {"a": distinct(3, 1), "b": distinct(2, 2)})
+    store.create_tag("v1")
+    return store
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["info", "--store", "{uri}@nosuchtag"], "{uri} has no tag 'nosuchtag' (tags: v1)"),
+        (["info", "--store", "{uri}", "--store-version", "99999"], "no version 99999 to open (versions 2..3"),
+        (["info", "--store", "{uri}", "--store-version", "1"], "has no version 1 to open (versions 2..3"),
+        (["verify", "--store", "{uri}", "--slide", "NOSUCH"], "--slide NOSUCH: not a done slide of {uri} "
+                                                              "(done slides: a, b)"),
+        (["tag", "delete", "nosuchtag", "--store", "{uri}"], "no tag 'nosuchtag' in {uri}"),
+    ],
+)  # fmt: skip
+def test_unknown_tags_versions_and_slides_are_usage_errors_naming_what_exists(tagged, args, message) -> None:
+    uri = tagged.uri
+    result = runner.invoke(app, [a.format(uri=uri) for a in args])
+    assert result.exit_code == 2, result.output
+    assert message.format(uri=uri) in result.stderr and "damaged" not in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+def test_extract_into_a_snapshot_is_a_usage_error(tagged) -> None:
+    with pytest.raises(UsageError, match=r"names a past snapshot, which is read-only.*drop --store-version"):
+        EmbeddingStore.open_or_create(f"{tagged.uri}@v1", fingerprint())
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing"])
+def test_verify_reports_a_damaged_tiles_data_file_and_exits_1(tmp_path, damage) -> None:
+    store = store_with(tmp_path / "d.lance", {"a": distinct(3, 1), "b": distinct(2, 2)})
+    data = sorted((tmp_path / "d.lance" / "tiles.lance" / "data").iterdir())
+    if damage == "truncated":
+        with data[0].open("r+b") as fh:
+            fh.truncate(100)
+    else:
+        data[0].unlink()
+    result = runner.invoke(app, ["verify", "--store", store.uri, "--json"])
+    assert result.exit_code == 1, result.output
+    kinds = {(p["slide_id"], p["kind"]) for p in json.loads(result.stdout)["problems"]}
+    unreadable = {s for s, k in kinds if k == "unreadable"}
+    assert "(tiles table)" in unreadable and {"a", "b"} & unreadable
+
+
+@pytest.mark.parametrize("table", ["slides", "tiles"])
+def test_verify_reports_a_deleted_manifest(tmp_path, table) -> None:
+    """Lance opens the version before a deleted manifest without a word: the store loses its newest slides."""
+    store = store_with(tmp_path / "m.lance", {"a": distinct(3, 1), "b": distinct(2, 2)})
+    assert verify_store(store).ok
+    versions = tmp_path / "m.lance" / f"{table}.lance" / "_versions"
+    newest = min(versions.glob("*.manifest"))  # Lance names manifests u64::MAX - version
+    newest.unlink()
+    report = verify_store(EmbeddingStore.open(store.uri))
+    lost = [p for p in report.problems if p.kind == LOST]
+    assert [p.slide_id for p in lost] == [f"({table} table)"] and report.exit_code == 1
+    assert "Lance committed version 3 but the newest readable one is 2" in lost[0].detail
+
+
+@pytest.fixture()
+def finite_rot(tmp_path) -> EmbeddingStore:
+    """Slide b's bytes changed on disk to other finite values: only its commit checksum can tell."""
+    a, b = distinct(5, 1), distinct(4, 2)
+    store = store_with(tmp_path / "f.lance", {"a": a, "b": b})
+    rot_bytes(tmp_path / "f.lance", b, 1, value=5.0)
+    return EmbeddingStore.open(store.uri)
+
+
+@pytest.mark.parametrize(
+    "read",
+    [lambda s: s.slide_embeddings("b"), lambda s: s.all_embeddings(), lambda s: list(s.iter_slides())],
+    ids=["slide_embeddings", "all_embeddings", "iter_slides"],
+)
+def test_reads_of_whole_slides_check_the_commit_checksum(finite_rot, read) -> None:
+    with pytest.raises(StoreDamagedError, match=r"slide\(s\) \['b'\] differ from those committed"):
+        read(finite_rot)
+    np.testing.assert_array_equal(finite_rot.slide_embeddings("a")[0], distinct(5, 1))  # other slides read
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["index", "build"], ["export", "--out", "{tmp}/out"], ["overlap", "--store", "{uri}"]],
+    ids=["index", "export", "overlap"],
+)
+def test_commands_that_read_every_vector_stop_at_finite_bit_rot_naming_the_slide(
+    finite_rot, tmp_path, command
+) -> None:
+    args = [a.format(tmp=tmp_path, uri=finite_rot.uri) for a in command]
+    result = runner.invoke(app, [*args, "--store", finite_rot.uri])
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.output
+    assert "the embeddings of slide(s) ['b'] differ from those committed" in errors[0]
+
+
+# Kills itself (SIGKILL) when Lance is asked to tag the second table: the tag exists on one table only.
+KILLED_TAG = textwrap.dedent(
+    """
+    import os, signal, sys
+    from mvh.store import EmbeddingStore
+
+    store = EmbeddingStore.open(sys.argv[1])
+    tags = type(store.tables.tiles.tags)
+    original, calls = tags.create, []
+
+    def create(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return original(self, *args, **kwargs)
+
+    tags.create = create
+    store.create_tag("v1")
+    """
+)
+
+
+@pytest.mark.parametrize("then", ["create", "delete"])
+def test_a_tag_creation_killed_midway_is_repaired_by_the_next_create_or_delete(tmp_path, then) -> None:
+    store = store_with(tmp_path / "k.lance", {"a": distinct(3, 1)})
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", KILLED_TAG, store.uri], env=env, timeout=120)
+    assert done.returncode == -9  # killed between the first and the second table
+    store = EmbeddingStore.open(store.uri)
+    parts = {name: "v1" in t.tags.list() for name, t in store.tables.by_name().items()}
+    assert sum(parts.values()) == 1 and store.tags() == {}  # half made, and hidden
+    result = runner.invoke(app, ["tag", then, "v1", "--store", store.uri])
+    assert result.exit_code == 0, result.output
+    store = EmbeddingStore.open(store.uri)
+    if then == "create":
+        assert store.tags() == {"v1": store.table_versions()}
+    else:
+        assert not any("v1" in t.tags.list() for t in store.tables.by_name().values())

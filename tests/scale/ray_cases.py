@@ -6,6 +6,7 @@ advertise a non-loopback address.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -97,13 +98,35 @@ def _kill_one_worker_after_first_commit(store_path: Path, killed: list[int]) -> 
         except Exception:  # noqa: BLE001 (the store is being created by the run)
             pass
         time.sleep(0.2)
-    found = subprocess.run(
-        ["pgrep", "-f", "ray::SlideEmbedder"], capture_output=True, text=True
-    ).stdout.split()
+    found = _embedding_actors()
     if found:
-        pid = int(found[0])
-        os.kill(pid, signal.SIGKILL)
-        killed.append(pid)
+        os.kill(found[0], signal.SIGKILL)
+        killed.append(found[0])
+
+
+def _embedding_actors() -> list[int]:
+    """Pids of the embedding actors of the test's own cluster (its nodes are this process's children)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    ours = {os.getpid()}
+    grew = True
+    while grew:
+        more = {pid for pid, parent in parents.items() if parent in ours} - ours
+        ours |= more
+        grew = bool(more)
+    actors = []
+    for pid in sorted(ours):
+        try:
+            if b"ray::SlideEmbedder" in (Path("/proc") / str(pid) / "cmdline").read_bytes():
+                actors.append(pid)
+        except OSError:
+            continue
+    return actors
 
 
 def test_a_killed_worker_is_survived_without_loss_or_duplicates(cluster, sample_slide, tmp_path):
@@ -121,6 +144,25 @@ def test_a_killed_worker_is_survived_without_loss_or_duplicates(cluster, sample_
     store, rows, _ = _rows(store_path)
     assert rows["tile_id"].is_unique and len(rows) == 6 * 54
     assert store.slides(status="done")["n_tiles"].tolist() == [54] * 6
+
+
+def test_json_is_all_of_stdout_when_a_worker_dies_and_the_retry_is_counted(cluster, sample_slide, tmp_path):
+    """`mvh extract --json` as a process: Ray's driver prints the worker's death; stdout stays JSON."""
+    slides = _copies(sample_slide, tmp_path / "slides", 4, corrupt=False)
+    store_path = tmp_path / "json.lance"
+    killed: list[int] = []
+    killer = threading.Thread(target=_kill_one_worker_after_first_commit, args=(store_path, killed))
+    killer.start()
+    command = [sys.executable, "-m", "mvh", "extract", *map(str, slides), "--store", str(store_path),
+               "--model", "mv_hybrid_tiny", "--random-init", "--workers", "0", "--batch-size", "32",
+               "--ray-address", cluster.address, "--json"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    killer.join()
+    assert killed, "no embedding worker was found to kill"
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)  # nothing but the JSON
+    assert [s["status"] for s in result["slides"]] == ["done"] * 4
+    assert result["retries"] >= 1 and result["retries"] == sum(s["retries"] for s in result["slides"])
 
 
 def test_devices_run_one_worker_per_device_and_progress_names_each_workers_device(

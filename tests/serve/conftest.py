@@ -17,12 +17,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from mvh.core.synthetic_slides import write_synthetic_slide
-from mvh.extractor.extract import ExtractConfig, extract_slides
+from mvh.extractor.extract import ExtractConfig, SlideInput, extract_slides
 from mvh.index.vector import build_index
 from mvh.serve import ServeConfig, create_app
 from mvh.store import EmbeddingStore
 
 REAL = "CMU-1-Small-Region"
+RESCAN = "CMU-1-Small-Region-rescan"
 TOKEN = "s3cret-token-for-tests"
 
 
@@ -36,6 +37,18 @@ def serve_store(sample_slide: Path, tmp_path_factory: pytest.TempPathFactory) ->
     uri = str(folder / "embeddings.lance")
     cfg = ExtractConfig("mv_hybrid_tiny", random_init=True, batch_size=32, workers=0)
     extract_slides([sample_slide, synth], uri, cfg, device="cpu")
+    build_index(EmbeddingStore.open(uri))
+    return uri
+
+
+@pytest.fixture(scope="session")
+def rescan_store(sample_slide: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A store named `rescans` holding the real slide file twice, as REAL and RESCAN (the same file hash, as
+    two registrations of one scan), tiny random-init MV_Hybrid, Flat index."""
+    uri = str(tmp_path_factory.mktemp("rescans") / "rescans.lance")
+    cfg = ExtractConfig("mv_hybrid_tiny", random_init=True, batch_size=32, workers=0)
+    extract_slides([SlideInput(sample_slide, name=REAL), SlideInput(sample_slide, name=RESCAN)], uri, cfg,
+                   device="cpu")
     build_index(EmbeddingStore.open(uri))
     return uri
 
@@ -108,10 +121,11 @@ def _start(args: list[str]) -> tuple[subprocess.Popen[str], str]:
 
 
 @pytest.fixture(scope="session")
-def live_server(serve_store: str, results_dir: Path, st_dir: Path) -> Iterator[str]:
-    """`mvh serve` as a real process with a token, on a free loopback port: its base URL."""
-    proc, url = _start(["--store", serve_store, "--results", str(results_dir), "--results", str(st_dir),
-                        "--token", TOKEN])
+def live_server(serve_store: str, rescan_store: str, results_dir: Path, st_dir: Path) -> Iterator[str]:
+    """`mvh serve` as a real process with a token over both stores (`embeddings`, `rescans`), on a free
+    loopback port: its base URL."""
+    proc, url = _start(["--store", serve_store, "--store", rescan_store, "--results", str(results_dir),
+                        "--results", str(st_dir), "--token", TOKEN])
     yield url
     proc.terminate()
     proc.wait(timeout=20)

@@ -15,7 +15,7 @@ def test_live_server_binds_loopback_and_needs_the_token(live_server: str) -> Non
     ok = httpx.get(live_server + "/api/health", headers={"Authorization": f"Bearer {TOKEN}"})
     assert ok.status_code == 200 and ok.json()["token_required"] is True
     stores = httpx.get(live_server + "/api/stores", headers={"Authorization": f"Bearer {TOKEN}"}).json()
-    assert [s["name"] for s in stores] == ["embeddings"]
+    assert [s["name"] for s in stores] == ["embeddings", "rescans"]
 
 
 def test_public_host_needs_a_token(serve_store: str) -> None:

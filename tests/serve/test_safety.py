@@ -103,6 +103,11 @@ def test_no_parameter_is_a_path(
         f"/api/tiles/{REAL}/1120/896.jpg?store={e}", f"/api/dzi/{e}/{REAL}", f"/api/dzi/embeddings/{e}",
         f"/api/dzi/embeddings/{e}/0/0_0.jpeg", f"/api/dzi/{e}/{REAL}/0/0_0.jpeg", f"/slides/{e}",
         f"/static/{e}", f"/vendor/openseadragon/{e}", f"/api/queries/{e}.png",
+        f"/api/stores/embeddings/slides/{e}/metadata", f"/api/stores/{e}/slides/{REAL}/metadata",
+        f"/api/stores/embeddings/slides/{REAL}/associated/{e}.jpg",
+        f"/api/stores/embeddings/slides/{e}/associated/label.jpg",
+        f"/api/stores/embeddings/slides/{e}/thumbnail.jpg", f"/api/stores/{e}/slides/{REAL}/thumbnail.jpg",
+        f"/api/stores/embeddings/slides/{e}/tiles.geojson", f"/api/stores/{e}/slides/{REAL}/tiles.geojson",
     ]
     for url in urls:
         response = app_client.get(url)
@@ -112,6 +117,11 @@ def test_no_parameter_is_a_path(
     for body in ({"tile": f"{evil}:0:0"}, {"tile": f"{REAL}:1120:896", "store": evil}, {"tile": evil}):
         response = app_client.post("/api/search", json=body)
         assert 400 <= response.status_code < 500, (body, response.text)
+    hits = {"hits": [{"rank": 1, "x": 1120, "y": 896, "score": 0.5}], "n_hits": 1}
+    for url in (f"/api/stores/embeddings/slides/{e}/hits.geojson",
+                f"/api/stores/{e}/slides/{REAL}/hits.geojson"):
+        response = app_client.post(url, json=hits)
+        assert response.status_code in (400, 404, 405, 422), (url, response.text)
     with io.BytesIO() as buffer:
         Image.new("RGB", (32, 32), "white").save(buffer, format="PNG")
         response = app_client.post("/api/search", files={"image": (evil, buffer.getvalue(), "image/png")},
@@ -181,7 +191,11 @@ def _tree(folder: Path) -> dict[str, tuple[int, int]]:
 def test_read_only(app_client: TestClient, serve_store: str, he_tile: Path) -> None:
     before = _tree(Path(serve_store))
     for url in ["/api/stores", "/api/stores/embeddings/slides", f"/api/tiles/{REAL}/1120/896.jpg",
-                f"/api/dzi/embeddings/{REAL}", f"/api/stores/embeddings/slides/{REAL}/tiles"]:
+                f"/api/dzi/embeddings/{REAL}", f"/api/stores/embeddings/slides/{REAL}/tiles",
+                f"/api/stores/embeddings/slides/{REAL}/metadata",
+                f"/api/stores/embeddings/slides/{REAL}/thumbnail.jpg",
+                f"/api/stores/embeddings/slides/{REAL}/associated/label.jpg",
+                f"/api/stores/embeddings/slides/{REAL}/tiles.geojson"]:
         assert app_client.get(url).status_code == 200
     with he_tile.open("rb") as fh:
         assert app_client.post("/api/search", files={"image": ("he.png", fh, "image/png")}).status_code == 200

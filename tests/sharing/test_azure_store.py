@@ -108,7 +108,7 @@ def test_round_trip_search_equals_a_local_copy_and_every_command_works(lab_store
     labels = tmp_path / "labels.csv"
     pairs = zip(rows.tile_id, rows.x, strict=True)
     labels.write_text("tile_id,label\n" + "".join(f"{t},{int(x) // 224 % 2}\n" for t, x in pairs))
-    out = tmp_path / "results.json"
+    out = tmp_path / "eval"
     evaluated = _mvh(
         "eval",
         "retrieval",
@@ -122,7 +122,7 @@ def test_round_trip_search_equals_a_local_copy_and_every_command_works(lab_store
         str(out),
     )
     assert evaluated.exit_code == 0, evaluated.output
-    written = out.read_text()
+    written = (out / "results.json").read_text()
     assert json.loads(written)["store"] == lab_store and ACCOUNT_KEY not in written
 
     tile = f"{REAL}:896:448"
