@@ -23,6 +23,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
+from mvh.core.files import sha256_file
 from mvh.errors import StoreError
 from mvh.store import EmbeddingStore
 from mvh.store.location import StoreLocation, cache_root
@@ -32,15 +33,6 @@ META_FILE = "index.json"
 AREA = "index"
 INDEX_DIRNAME = "_index"
 _BLOCK = 8 << 20
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, read in blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def build_folder() -> Path:
@@ -106,7 +98,7 @@ def publish(
         local = folder / name
         if name not in present:
             _upload(remote, local)
-        sums[name] = meta.get("sha256", {}).get(name) or file_sha256(local)
+        sums[name] = meta.get("sha256", {}).get(name) or sha256_file(local)
     published = {**meta, "sha256": sums}
     text = json.dumps(published, indent=1).encode()
     remote.put(f"build-{meta['build']}.json", text)
@@ -120,7 +112,7 @@ def publish(
 def _verified(folder: Path, meta: dict[str, Any]) -> bool:
     try:
         sums = meta["sha256"]
-        return all(file_sha256(folder / name) == sums[name] for name in meta["files"])
+        return all(sha256_file(folder / name) == sums[name] for name in meta["files"])
     except (OSError, KeyError):
         return False
 

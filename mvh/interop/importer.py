@@ -19,13 +19,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mvh.core.files import sha256_file
 from mvh.errors import DataError, UsageError
 from mvh.interop.geometry import Geometry, resolve_geometry
 from mvh.interop.kept_attrs import file_order, kept_attrs
 from mvh.interop.provenance import (
     FileModel,
     choose_model,
-    file_sha256,
     imported_fingerprint,
     imported_hashes,
     read_file_model,
@@ -299,7 +299,7 @@ def run_import(cfg: ImportConfig, *, progress: Progress | None = None) -> Import
     for slide_id, header, geometry in scanned:
         report(progress, Event.STATUS, FILES, 0, header.path.name)
         try:
-            sha256 = file_sha256(header.path)
+            sha256 = sha256_file(header.path)  # an unchanged re-import is recognised by it
             if imported.get(slide_id) == sha256:  # as extract skips done slides: no commit, index stays fresh
                 result.skipped.append(slide_id)
                 report(progress, Event.ADVANCE, FILES, 1)

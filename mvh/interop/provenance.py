@@ -18,7 +18,6 @@ tag, the dataset card and every slide, those without tissue (done with 0 tiles) 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -224,15 +223,6 @@ def parquet_metadata(store: EmbeddingStore) -> dict[bytes, bytes]:
         "mvh.slides": slide_table(store),
     }
     return {key.encode(): json.dumps(value, allow_nan=False).encode() for key, value in values.items()}
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes (1 MiB blocks): what an unchanged re-import is recognised by."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def imported_hashes(store: EmbeddingStore | None) -> dict[str, str]:

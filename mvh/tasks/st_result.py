@@ -106,11 +106,11 @@ class StoreInfo:
 
 @dataclass
 class FileIdentity:
-    """Cheap identity of an image file: name, size, sha256 of its first and last MiB."""
+    """Cheap identity of an image file: name, size and `mvh.core.files.sampled_hash` (`sha256-3mib:`)."""
 
     name: str
     size: int
-    edge_sha256: str
+    file_hash: str
 
 
 @dataclass

@@ -4,14 +4,14 @@ Each sample is one slide of the store (slide_id = sample id) and each spot one t
 barcode): a `tile_px` tile at the store's um/px (224 px at 0.5 um/px = 112 um) centred on the spot,
 top-left = floor(centre) - size // 2 in level-0 px (HEST's convention), or where a patches file says.
 A stored spot embedding is reused only when the barcode AND its tile position match and the image file
-is the one it was cut from (size and a hash of its first and last MiB, and the slide's um/px, kept in the
-slide's `slide_attrs` with the h5ad's sha256); everything else is embedded again and reported. The store is
-read in one scan.
+is the one it was cut from (its size and `sampled_hash`, the store's one file identity, and the slide's um/px,
+kept in the slide's `slide_attrs` with the h5ad's sha256; records from before carry `edge_sha256`, a hash of
+the first and last MiB, and are still recognised); everything else is embedded again and reported. The
+store is read in one scan.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mvh.core.files import sha256_file
+from mvh.core.files import legacy_edge_sha256, sampled_hash, sha256_file
 from mvh.errors import DataError, MissingMppError, UsageError
 from mvh.progress import SAMPLES, Event, Progress, report
 from mvh.store import EmbeddingStore
@@ -33,19 +33,10 @@ from mvh.tasks.stores import read_slides
 
 log = logging.getLogger(__name__)
 
-_EDGE_BYTES = 1 << 20
-
 
 def file_identity(path: Path) -> dict[str, Any]:
-    """Cheap identity of a (possibly huge) image file: name, size, sha256 of its first and last MiB."""
-    size = path.stat().st_size
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        digest.update(fh.read(_EDGE_BYTES))
-        if size > _EDGE_BYTES:
-            fh.seek(max(size - _EDGE_BYTES, _EDGE_BYTES))
-            digest.update(fh.read())
-    return {"name": path.name, "size": size, "edge_sha256": digest.hexdigest()}
+    """Cheap identity of a (possibly huge) image file: name, size and its `sampled_hash`."""
+    return {"name": path.name, "size": path.stat().st_size, "file_hash": sampled_hash(path)}
 
 
 @dataclass
@@ -184,10 +175,30 @@ def _embed_tiles(tiles: SpotTiles, rows: np.ndarray, embedder: Any, fp: Any, bat
     return embed_grid(embedder, grid, batch_size=batch_size, workers=workers)
 
 
+def _same_image(stored: Any, plan: SpotTiles) -> bool:
+    """Whether a recorded image identity names the plan's image file, in the current or the older key."""
+    current = plan.identity["image"]
+    if not isinstance(stored, dict) or "edge_sha256" not in stored:
+        return stored == current
+    # written before ST used sampled_hash: compare the key it recorded, so old stores are not all "changed"
+    return (stored == {"name": current["name"], "size": current["size"],
+                       "edge_sha256": stored["edge_sha256"]}
+            and stored["edge_sha256"] == legacy_edge_sha256(plan.image))
+
+
+def _same_identity(attrs: dict[str, Any] | None, plan: SpotTiles) -> bool:
+    """Whether recorded slide attrs say the same as the plan's (an older image key counts as the same)."""
+    if attrs is None:
+        return False
+    rest = {key: value for key, value in attrs.items() if key != "image"}
+    return _same_image(attrs.get("image"), plan) and rest == {
+        key: value for key, value in plan.identity.items() if key != "image"}
+
+
 def _image_changed(attrs: dict[str, Any] | None, plan: SpotTiles) -> str | None:
     if attrs is None:
         return None
-    if attrs.get("image") != plan.identity["image"]:
+    if not _same_image(attrs.get("image"), plan):
         return f"image file {plan.image.name} differs from the one embedded"
     if attrs.get("slide_mpp") != plan.identity.get("slide_mpp"):
         return f"slide um/px changed ({attrs.get('slide_mpp')} -> {plan.identity.get('slide_mpp')})"
@@ -274,7 +285,7 @@ def sync_store(
                 embedder = embedder_factory()
             log.info("embedding %d spots of %s into %s", len(todo), sid, store.uri)
             sample_emb[todo] = _embed_tiles(plan, todo, embedder, fp, batch_size, workers)
-        if len(todo) or extra > 0 or sid not in done or (has_attrs and attrs != plan.identity):
+        if len(todo) or extra > 0 or sid not in done or (has_attrs and not _same_identity(attrs, plan)):
             _commit(store, plan, sample_emb, time.perf_counter() - started)
         if len(stored) == 0:
             status = "embedded"

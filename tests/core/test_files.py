@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mvh.core.files import SAMPLED, sampled_hash, sha256_file
+from mvh.core.files import SAMPLED, legacy_edge_sha256, sampled_hash, sha256_file
 
 MIB = 1 << 20
 
@@ -50,3 +50,13 @@ def test_the_real_slide_hashes_as_the_previous_release_recorded(sample_slide: Pa
     assert sampled_hash(sample_slide) == (
         "sha256-3mib:c325b784b709caf818517779f4a79145592b3ab0a427a5a6ff4f91b6ee7ffa70"
     )
+
+
+@pytest.mark.parametrize("size", [10, MIB, MIB + 5, 3 * MIB + 12345])
+def test_the_legacy_st_key_is_the_first_mib_then_the_rest_up_to_the_last_mib(tmp_path: Path, size: int) -> None:
+    """What ST stores recorded as `edge_sha256` before they used `sampled_hash`, written out."""
+    data = bytes((i * 7 + i // 4099) % 256 for i in range(size))
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    tail = data[max(size - MIB, MIB) :] if size > MIB else b""
+    assert legacy_edge_sha256(path) == hashlib.sha256(data[:MIB] + tail).hexdigest()

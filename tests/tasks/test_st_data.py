@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import anndata
@@ -11,6 +12,7 @@ import pyarrow as pa
 import pytest
 import scipy.sparse as sp
 
+from mvh.core.files import sampled_hash
 from mvh.errors import DataError, UsageError
 from mvh.extractor.embedder import Embedder
 from mvh.store import EmbeddingStore
@@ -328,7 +330,7 @@ def test_recorded_image_or_h5ad_change_is_detected_through_slide_attrs(cohort, e
     plans = [plan_spot_tiles(s, expr.spots.iloc[groups[s.sample_id]], 0.5, 224, False)[0] for s in samples]
     # The slides' attrs as a store with the `slide_attrs` column keeps them: A0 was cut from another image
     # file, B0's h5ad had another hash; positions and barcodes are unchanged.
-    a0 = {**plans[0].identity, "image": {**plans[0].identity["image"], "edge_sha256": "0" * 64}}
+    a0 = {**plans[0].identity, "image": {**plans[0].identity["image"], "file_hash": "sha256-3mib:" + "0" * 64}}
     b0 = {**plans[1].identity, "h5ad_sha256": "f" * 64}
     slides = store.slides().assign(slide_attrs=[json.dumps({"st": a0}), json.dumps({"st": b0})])
     store.slides = lambda status=None: slides
@@ -406,3 +408,40 @@ def test_unwritable_store_is_refused_before_any_embedding(cohort, tmp_path, embe
     with pytest.raises(StoreError, match="read-only"):
         _sync(samples, expr, store, lambda: built.append(1) or embedder)
     assert built == []
+
+
+def _legacy_image_key(path) -> dict:
+    """The image record ST stores wrote before `sampled_hash`: sha256 of the first MiB and the last MiB."""
+    data = path.read_bytes()
+    mib = 1 << 20
+    tail = data[max(len(data) - mib, mib) :] if len(data) > mib else b""
+    return {"name": path.name, "size": len(data), "edge_sha256": hashlib.sha256(data[:mib] + tail).hexdigest()}
+
+
+def test_image_records_use_the_core_file_key_and_older_records_are_still_recognised(cohort, embedder, tmp_path):
+    samples, _ = find_samples([cohort.root], cohort.meta)
+    expr = load_expression(samples)
+    store = EmbeddingStore.create(tmp_path / "s.lance", embedder.fingerprint(mpp=0.5, tile_px=224))
+    _sync(samples, expr, store, lambda: embedder)
+    recorded = [json.loads(text)["st"] for text in store.slides()["slide_attrs"]]
+    for sample, attrs in zip(samples, recorded, strict=True):
+        image = sample.wsi if sample.wsi is not None else sample.patches
+        assert attrs["image"] == {"name": image.name, "size": image.stat().st_size,
+                                  "file_hash": sampled_hash(image)}
+        assert attrs["image"]["file_hash"].startswith("sha256-3mib:")
+    groups = expr.spots.groupby("sample_id", sort=False).indices
+    plans = [plan_spot_tiles(s, expr.spots.iloc[groups[s.sample_id]], 0.5, 224, False)[0] for s in samples]
+    # A0 recorded the old way from the same file (reused, not rewritten); B0 the old way from another file.
+    old = [{**attrs, "image": _legacy_image_key(plan.image)} for attrs, plan in zip(recorded, plans, strict=True)]
+    old[1]["image"]["edge_sha256"] = "0" * 64
+    slides = store.slides().assign(slide_attrs=[json.dumps({"st": attrs}) for attrs in old])
+    store.slides = lambda status=None: slides
+    version = store.version
+    _, report = sync_store(plans[:1], store, lambda: pytest.fail("a recognised record needs no embedder"))
+    (a,) = report.samples
+    assert (a.status, a.n_reused, a.n_embedded, a.reasons) == ("reused", 6, 0, [])
+    assert store.version == version
+    _, report = sync_store(plans[1:], store, lambda: embedder)
+    (b,) = report.samples
+    assert b.n_embedded == 6 and "differs from the one embedded" in b.reasons[0]
+    assert b.image.file_hash == sampled_hash(plans[1].image)
