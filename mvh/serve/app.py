@@ -27,7 +27,7 @@ from mvh.serve.config import ServeConfig
 from mvh.serve.form import parse_form, read_body
 from mvh.serve.responses import JPEG, tile_response
 from mvh.serve.responses import error as _error
-from mvh.serve.results import figures_for, layers_for, read_results_folder
+from mvh.serve.results import check_results_folders, figures_for, layers_for, read_results_folder
 from mvh.serve.search import SearchService
 from mvh.serve.slide_routes import slide_router
 from mvh.serve.tiles import TileServer
@@ -159,6 +159,7 @@ class Gate:
 
 def create_app(config: ServeConfig) -> FastAPI:
     """Build the app over the stores and results folders of `config` (stores are opened now)."""
+    check_results_folders(config.results)
     catalog = Catalog(config.stores, max_batch=config.max_batch, batch_wait_s=config.batch_wait_ms / 1000,
                       torch_threads=config.torch_threads)
     tiles = TileServer(cache_bytes=int(config.tile_cache_mb * 2**20))

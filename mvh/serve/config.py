@@ -1,4 +1,4 @@
-"""Settings of `mvh serve`, validated in one place (UsageError naming the flag and the fix)."""
+"""Settings of `mvh serve`, validated in one place (UsageError naming the flag and the fix); no file I/O."""
 
 from __future__ import annotations
 
@@ -84,13 +84,7 @@ class ServeConfig:
             raise UsageError(f"torch_threads must be at least 1, got {self.torch_threads}")
         if not self.tile_cache_mb >= 0:
             raise UsageError(f"tile_cache_mb must be 0 or more, got {self.tile_cache_mb}")
-        self.results = [Path(r) for r in self.results]
-        for folder in self.results:
-            if not (folder / "results.json").is_file():
-                raise UsageError(
-                    f"--results {folder}: no results.json there; point it at the --out folder of "
-                    "`mvh eval survival` or `mvh eval st`"
-                )
+        self.results = [Path(r) for r in self.results]  # the folders are checked when the app is built
 
     @property
     def max_upload_bytes(self) -> int:

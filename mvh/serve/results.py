@@ -27,6 +27,8 @@ from urllib.parse import quote
 
 import pandas as pd
 
+from mvh.errors import UsageError
+
 ID_COLUMNS = ("slide_id", "sample_id", "sample")
 NON_VALUE_COLUMNS = {"slide_id", "sample_id", "sample", "x", "y", "barcode", "tile_id", "fold", "split",
                      "patient_id", "model", "tile_px", "mpp", "gene"}
@@ -174,6 +176,16 @@ def _figures(results: dict[str, Any], folder: Path, notes: list[str]) -> dict[st
         slide = _heatmap_slide(results) if key == "heatmap" else None
         out[str(key)] = Figure(str(key), resolved, slide)
     return out
+
+
+def check_results_folders(folders: list[Path]) -> None:
+    """Refuse (exit 2) a --results folder without a results.json, before anything is opened."""
+    for folder in folders:
+        if not (Path(folder) / "results.json").is_file():
+            raise UsageError(
+                f"--results {folder}: no results.json there; point it at the --out folder of "
+                "`mvh eval survival` or `mvh eval st`"
+            )
 
 
 def read_results_folder(folder: Path, name: str) -> ResultsFolder:

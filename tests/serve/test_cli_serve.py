@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 from typer.testing import CliRunner
 
 from mvh.cli import app
+from mvh.errors import UsageError
+from mvh.serve import ServeConfig, create_app
 from tests.serve.conftest import TOKEN
 
 
@@ -34,3 +37,10 @@ def test_port_in_use_is_a_usage_error(serve_store: str, live_server: str) -> Non
     port = live_server.rsplit(":", 1)[1]
     result = CliRunner().invoke(app, ["serve", "--store", serve_store, "--port", port])
     assert result.exit_code == 2 and "cannot listen there" in result.output
+
+
+def test_the_config_reads_no_files_and_the_app_checks_the_results_folders(serve_store: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """ServeConfig validates settings; a folder without results.json is refused when the app is built."""
+    config = ServeConfig(stores=[serve_store], results=[tmp_path / "absent"])  # no file is looked at here
+    with pytest.raises(UsageError, match=r"--results .*absent: no results.json there; point it at the --out"):
+        create_app(config)
