@@ -17,7 +17,7 @@ from mvh.cli._render import JsonOption, StoreOption, store_access
 @store_access
 def export_cmd(
     out: Annotated[
-        Path, typer.Option("--out", help="Output folder (or .parquet file); not an existing file.")
+        Path, typer.Option("--out", help="Output folder (parquet: OUT/tiles.parquet); not an existing file.")
     ],
     store: StoreOption = "embeddings.lance",
     fmt: Annotated[

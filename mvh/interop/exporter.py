@@ -3,9 +3,10 @@
 `h5`: one `<slide_id>.h5` per done slide; slides imported from h5 files get their attributes, dtypes and
 row order back exactly, slides mvh tiled get every coords attribute TRIDENT writes (`mvh.interop.trident`).
 `clam`: CLAM's `h5_files/<slide_id>.h5` and `pt_files/<slide_id>.pt` (a float32 tensor [N, D]).
-`parquet`: the tiles table of done slides; its schema metadata (JSON) carries the fingerprint
-(`mvh.fingerprint`), mvh's version, the store's version and tag, the dataset card and every slide with its
-level-0 size and um/px, slides without tissue included (`mvh.interop.provenance.parquet_metadata`).
+`parquet`: the tiles table of done slides as `tiles.parquet` in the output folder; its schema metadata
+(JSON) carries the fingerprint (`mvh.fingerprint`), mvh's version, the store's version and tag, the
+dataset card and every slide with its level-0 size and um/px, slides without tissue included
+(`mvh.interop.provenance.parquet_metadata`).
 Every file is resolved inside the output folder.
 """
 
@@ -30,12 +31,15 @@ from mvh.interop.kept_attrs import saved_attrs, to_file_order
 from mvh.interop.provenance import parquet_metadata
 from mvh.interop.trident import decode_attrs, write_h5
 from mvh.interop.whole_file import write_whole
-from mvh.jobs import JobResult
+from mvh.jobs import JobResult, check_out_folder, out_folder
 from mvh.progress import SLIDES, Event, Progress, report
 from mvh.store import DONE, EmbeddingStore, StoreFingerprint, embeddings_to_arrow
 from mvh.store.slide_ids import path_inside
 
 FORMATS = ("h5", "clam", "parquet", "geojson")
+PARQUET_FILE = "tiles.parquet"  # what `--format parquet` writes into the --out folder
+WRITES = {"h5": "one SLIDE_ID.h5 per slide", "clam": "h5_files/ and pt_files/", "parquet": PARQUET_FILE,
+          "geojson": "one SLIDE_ID.geojson per slide"}
 INTERNAL_COLUMNS = ("commit",)  # store bookkeeping, not exported
 MVH_ONLY = ("mpp", "slide_mpp")  # mvh's own coords attributes, not added to files imported without them
 
@@ -54,8 +58,8 @@ class ExportConfig:
         object.__setattr__(self, "out", Path(self.out))
         if self.fmt not in FORMATS:
             raise UsageError(f"--format {self.fmt!r} is unknown: use one of {', '.join(FORMATS)}")
-        if self.fmt != "parquet" and self.out.suffix == ".parquet":
-            raise UsageError(f"--out {self.out} names a Parquet file; use --format parquet or name a folder")
+        # --out is a folder for every format (parquet writes OUT/tiles.parquet); `x.parquet` is refused
+        object.__setattr__(self, "out", out_folder(self.out, WRITES[self.fmt]))
 
 
 @dataclass
@@ -230,13 +234,11 @@ def _export_slides(
 
 
 def export_parquet(store: EmbeddingStore, out: Path | str, progress: Progress | None = None) -> Path:
-    """Write the tiles of all done slides into one Parquet file (a directory gets `tiles.parquet`)."""
-    out = Path(out)
-    if out.suffix != ".parquet":
-        out.mkdir(parents=True, exist_ok=True)
-        out = path_inside(out, "tiles.parquet")
-    else:
-        out.parent.mkdir(parents=True, exist_ok=True)
+    """Write the tiles of all done slides into `out/tiles.parquet` (`out` is a folder) and return its path."""
+    folder = out_folder(out, PARQUET_FILE)
+    check_out_folder(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = path_inside(folder, PARQUET_FILE)
     fp = store.fingerprint
     tiles_schema = store.schema()["tiles"]
     internal = [tiles_schema.get_field_index(n) for n in INTERNAL_COLUMNS if n in tiles_schema.names]

@@ -89,6 +89,20 @@ def test_export_out_existing_file_exits_2(tmp_path) -> None:
     assert bad.exit_code == 2 and "--format" in bad.stderr
 
 
+def test_export_parquet_out_is_a_folder_and_the_file_form_exits_2_naming_the_fix(tmp_path) -> None:
+    store = make_mvh_store(tmp_path / "s.lance")
+    old = runner.invoke(app, ["export", "--store", store.uri, "--format", "parquet", "--out",
+                              str(tmp_path / "x.parquet")])
+    assert old.exit_code == 2 and not (tmp_path / "x.parquet").exists()
+    line = " ".join(old.stderr.split())
+    assert "names a file" in line and f"--out {tmp_path / 'x'}" in line and "Traceback" not in old.output
+    ok = runner.invoke(app, ["export", "--store", store.uri, "--format", "parquet", "--out",
+                             str(tmp_path / "pq"), "--json"])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.stdout)["files"] == [str(tmp_path / "pq" / "tiles.parquet")]
+    assert "OUT/tiles.parquet" in " ".join(runner.invoke(app, ["export", "--help"]).output.split())
+
+
 def test_export_clam_with_verify(tmp_path) -> None:
     store = make_mvh_store(tmp_path / "s.lance")
     result = runner.invoke(

@@ -181,11 +181,13 @@ def test_import_flags_checked_before_any_work(tmp_path, flags, flag) -> None:
 
 
 def test_export_out_naming_an_existing_file_is_refused(mvh_store, tmp_path) -> None:
-    target = tmp_path / "exists.txt"
+    target = tmp_path / "exists"
     target.write_text("keep me")
-    for fmt in ("h5", "clam", "parquet"):
+    for fmt in ("h5", "clam", "parquet", "geojson"):
         with pytest.raises(UsageError, match="--out .* is an existing file"):
             run_export(ExportConfig(mvh_store.uri, target, fmt))
+    with pytest.raises(UsageError, match="--out .* is a file"):
+        export_parquet(mvh_store, target)
     assert target.read_text() == "keep me"
     with pytest.raises(UsageError, match="--format 'csv' is unknown"):
         ExportConfig(mvh_store.uri, tmp_path / "o", "csv")
@@ -203,8 +205,21 @@ def test_export_writes_nothing_outside_out(tmp_path) -> None:
     assert not (tmp_path / "out" / "escaped.h5").exists()
 
 
+def test_parquet_export_out_is_a_folder_and_the_old_file_form_is_refused(mvh_store, tmp_path) -> None:
+    result = run_export(ExportConfig(mvh_store.uri, tmp_path / "pq", "parquet"))
+    assert result.files == [str(tmp_path / "pq" / "tiles.parquet")]
+    assert sorted(p.name for p in (tmp_path / "pq").iterdir()) == ["tiles.parquet"]
+    old = tmp_path / "x.parquet"  # the file form of earlier releases
+    with pytest.raises(UsageError, match=r"--out .*x\.parquet names a file, .* e\.g\. --out \S*x$"):
+        ExportConfig(mvh_store.uri, old, "parquet")
+    with pytest.raises(UsageError, match="names a file"):
+        export_parquet(mvh_store, old)
+    assert not old.exists()
+
+
 def test_parquet_export(mvh_store, tmp_path) -> None:
     out = export_parquet(mvh_store, tmp_path / "pq")
+    assert out == tmp_path / "pq" / "tiles.parquet"
     table = pq.read_table(out)
     assert table.num_rows == 11 and "commit" not in table.column_names
     fp = StoreFingerprint.from_dict(json.loads(table.schema.metadata[b"mvh.fingerprint"]))
@@ -360,7 +375,7 @@ def test_no_local_path_in_exported_files(tmp_path) -> None:
     assert found and not [s for s in found if "/home/me" in s or str(tmp_path) in s]
     assert (shared["weights_path"], shared["extra"]["imported_from"]) == ("uni.pt", "feats")
     assert shared["weights_sha256"] == "ab" * 32
-    out = export_parquet(store, tmp_path / "t.parquet")
+    out = export_parquet(store, tmp_path / "t")
     meta = pq.read_schema(out).metadata
     assert not [s for v in meta.values() for s in _strings(v) if "/home/me" in s]
 
