@@ -2,8 +2,8 @@
 build share these steps, so both give the same index.
 
 1. `plan_shards`: the done slides in id order, cut into shards of about `shard_tiles` tiles.
-2. `training_sample`: a bounded random sample of tiles (IVF-PQ training), read from a random subset of
-   slides holding at least 4x the sample (never the whole store).
+2. `training_sample`: a bounded random sample of tiles (IVF-PQ training) drawn from every done slide in
+   proportion to its tile count, streamed in one scan (memory: the sample, never the whole store).
 3. `add_shard`: stream one shard's tiles from the store (`EmbeddingStore.scan_tiles`, 65,536 rows a
    batch), write its row part (`mvh.index.row_parts`) and add the normalised vectors to an index.
 4. `merge_into`: append a shard's index to the merged one (FAISS `merge_from`, the documented way to
@@ -30,7 +30,6 @@ from mvh.index.row_parts import ROW_COLUMNS, PartWriter
 from mvh.store import EmbeddingStore
 
 SHARD_TILES = 1_000_000
-SAMPLE_FACTOR = 4  # the sample is drawn from slides holding at least this many times its size
 
 
 @dataclass(frozen=True)
@@ -70,29 +69,55 @@ def raw_embeddings(store: EmbeddingStore, batch: pa.RecordBatch) -> np.ndarray:
     return raw
 
 
+def slide_quotas(counts: np.ndarray, size: int) -> np.ndarray:
+    """Rows to sample from each slide: `size` split in proportion to `counts` (largest remainders)."""
+    exact = size * counts / counts.sum()
+    quotas = np.floor(exact).astype(np.int64)
+    fractions = exact - quotas
+    # sum(fractions) is the rows left over and each is < 1, so only slides with a fraction get one
+    quotas[np.argsort(-fractions, kind="stable")[: size - int(quotas.sum())]] += 1
+    return quotas
+
+
 def training_sample(store: EmbeddingStore, state: dict[str, list[Any]], size: int, seed: int) -> np.ndarray:
-    """`size` tiles [size, dim] float32, drawn at random from a random subset of the done slides."""
+    """`size` tiles [size, dim] float32 from every done slide, in proportion to its tiles (seeded).
+
+    Each slide gives `slide_quotas` rows, chosen uniformly at random within it, so the quantiser sees
+    every slide's kinds of tissue; one streamed scan keeps memory to the sample and one batch.
+    """
     rng = np.random.default_rng(seed)
     slides = sorted(state)
-    chosen, total = [], 0
-    for i in rng.permutation(len(slides)):
-        chosen.append(slides[i])
-        total += int(state[slides[i]][0])
-        if total >= SAMPLE_FACTOR * size:
-            break
+    counts = np.array([int(state[s][0]) for s in slides], dtype=np.int64)
+    total = int(counts.sum())
     size = min(size, total)
-    wanted = np.sort(rng.choice(total, size=size, replace=False))
+    quotas = slide_quotas(counts, size) if size else np.zeros(len(slides), dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    # positions in a virtual concatenation of the slides: offset of the slide + rank of the row within it
+    wanted = np.sort(
+        np.concatenate(
+            [np.empty(0, dtype=np.int64)]
+            + [off + rng.choice(n, size=q, replace=False) for off, n, q in zip(offsets, counts, quotas) if q]
+        )
+    )
     out = np.empty((size, store.dim), dtype=np.float32)
-    seen = filled = 0
-    for _, batch in store.scan_tiles(sorted(chosen), ["slide_id", "embedding"]):
-        lo, hi = np.searchsorted(wanted, [seen, seen + batch.num_rows])
-        if hi > lo:
-            out[filled : filled + hi - lo] = raw_embeddings(store, batch)[wanted[lo:hi] - seen]
-            filled += hi - lo
-        seen += batch.num_rows
-    if filled != size:
+    seen = np.zeros(len(slides), dtype=np.int64)
+    filled = 0
+    for index, batch in store.scan_tiles(slides, ["slide_id", "embedding"]):
+        order = np.argsort(index, kind="stable")
+        grouped = index[order]
+        first = np.searchsorted(grouped, grouped)  # each row's group start: ranks rows within a slide
+        rank = np.empty_like(index)
+        rank[order] = np.arange(len(index)) - first
+        position = offsets[index] + seen[index] + rank
+        seen += np.bincount(index, minlength=len(slides))
+        at = np.minimum(np.searchsorted(wanted, position), max(len(wanted) - 1, 0))
+        hit = np.flatnonzero(wanted[at] == position) if len(wanted) else at[:0]
+        if len(hit):
+            out[filled : filled + len(hit)] = raw_embeddings(store, batch)[hit]
+            filled += len(hit)
+    if filled != size or not np.array_equal(seen, counts):
         raise StoreDamagedError(
-            f"store {store.uri}: the sampled slides hold {seen} tiles, their rows count {total}; run "
+            f"store {store.uri}: the slides hold {int(seen.sum())} tiles, their rows count {total}; run "
             f"`mvh verify --store {store.uri}`"
         )
     return out
