@@ -91,14 +91,10 @@ def training_sample(store: EmbeddingStore, state: dict[str, list[Any]], size: in
     total = int(counts.sum())
     size = min(size, total)
     quotas = slide_quotas(counts, size) if size else np.zeros(len(slides), dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    offsets = np.cumsum(counts) - counts
     # positions in a virtual concatenation of the slides: offset of the slide + rank of the row within it
-    wanted = np.sort(
-        np.concatenate(
-            [np.empty(0, dtype=np.int64)]
-            + [off + rng.choice(n, size=q, replace=False) for off, n, q in zip(offsets, counts, quotas) if q]
-        )
-    )
+    picks = [o + rng.choice(n, q, replace=False) for o, n, q in zip(offsets, counts, quotas, strict=True)]
+    wanted = np.sort(np.concatenate([np.empty(0, dtype=np.int64), *picks]))
     out = np.empty((size, store.dim), dtype=np.float32)
     seen = np.zeros(len(slides), dtype=np.int64)
     filled = 0
@@ -110,6 +106,8 @@ def training_sample(store: EmbeddingStore, state: dict[str, list[Any]], size: in
         rank[order] = np.arange(len(index)) - first
         position = offsets[index] + seen[index] + rank
         seen += np.bincount(index, minlength=len(slides))
+        if (seen > counts).any():  # more rows than counted: positions would spill into the next slide
+            break
         at = np.minimum(np.searchsorted(wanted, position), max(len(wanted) - 1, 0))
         hit = np.flatnonzero(wanted[at] == position) if len(wanted) else at[:0]
         if len(hit):

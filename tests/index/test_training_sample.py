@@ -6,7 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+from mvh.errors import StoreDamagedError
 from mvh.index.index_files import slide_state
 from mvh.index.shards import training_sample
 from tests.index.test_faiss_indexes import DIM, add_slide, make_store
@@ -31,3 +33,15 @@ def test_sample_draws_from_every_slide_in_proportion(tmp_path: Path) -> None:
     assert {tuple(v) for v in sample} <= stored and len({tuple(v) for v in sample}) == 24
     np.testing.assert_array_equal(training_sample(store, state, 24, seed=3), sample)
     assert not np.array_equal(training_sample(store, state, 24, seed=4), sample)
+
+
+@pytest.mark.parametrize("change", [-5, 5])
+def test_rows_that_do_not_add_up_are_a_damaged_store(tmp_path: Path, change: int) -> None:
+    store = make_store(tmp_path)
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        add_slide(store, f"s{i}", rng.standard_normal((30, DIM)).astype(np.float32))
+    state = slide_state(store)
+    state["s1"][0] += change  # the slide table's count disagrees with the tile rows
+    with pytest.raises(StoreDamagedError, match="mvh verify"):
+        training_sample(store, state, 90 + change, seed=0)
