@@ -133,7 +133,7 @@ def forward_times(uri: str, batches: list[int], repeats: int = 10) -> str:
     """Median forward time of the store's model on 1 and on n tiles, with the server's intra-op threads."""
     import torch
 
-    from mvh.tasks.query import query_embedder
+    from mvh.tasks.query_embedder import query_embedder
 
     torch.set_num_threads(default_torch_threads())
     embedder = query_embedder(EmbeddingStore.open(uri), device="cpu")

@@ -21,11 +21,11 @@ from mvh.store import EmbeddingStore
 from mvh.tasks.query import (
     SearchConfig,
     parse_tile_ref,
-    prepare_query_image,
-    query_embedder,
     run_query,
     tile_ref_candidates,
 )
+from mvh.tasks.query_embedder import query_embedder
+from mvh.tasks.query_image import prepare_query_image
 
 MODEL = "mv_hybrid_tiny"
 CFG = ExtractConfig(MODEL, random_init=True, batch_size=32, workers=0)
