@@ -35,7 +35,8 @@ import pandas as pd
 
 from mvh.core.synthetic_embeddings import clustered_embeddings
 from mvh.core.synthetic_slides import write_synthetic_slide
-from mvh.extractor.extract import ExtractConfig, extract_slides
+from mvh.extractor.extract import extract_slides
+from mvh.extractor.extract_config import ExtractConfig
 from mvh.index.vector import build_index
 from mvh.serve.config import default_torch_threads
 from mvh.store import EmbeddingStore

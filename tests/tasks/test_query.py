@@ -13,7 +13,8 @@ from PIL import Image
 from mvh.core.synthetic_slides import write_synthetic_slide
 from mvh.errors import CheckpointError, FingerprintMismatchError, StaleIndexError, UsageError
 from mvh.extractor.embedder import Embedder
-from mvh.extractor.extract import ExtractConfig, extract_slides
+from mvh.extractor.extract import extract_slides
+from mvh.extractor.extract_config import ExtractConfig
 from mvh.extractor.slide import open_slide
 from mvh.extractor.tiling import make_tile_grid_at, read_tile
 from mvh.index.build import build_index
