@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo_out
 
-.PHONY: venv demo test bench clean serve-assets azurite chromium netns-tools
+.PHONY: venv demo test test-slow bench clean serve-assets azurite chromium netns-tools
 
 # torch/torchvision first, pinned to the pair that ships on local disk (no network download where it
 # exists; the only pair with which torchvision and timm import there); elsewhere pip picks a current torch.
@@ -23,6 +23,10 @@ demo: $(STAMP)
 
 test: $(STAMP) serve-assets azurite chromium netns-tools
 	$(BIN)/python -m pytest -q
+
+# The tests marked slow (minutes each on 2 cores): CI runs them after `make test`.
+test-slow: $(STAMP) serve-assets azurite chromium netns-tools
+	$(BIN)/python -m pytest -q -m slow
 
 # `mvh serve`: OpenSeadragon from the npm registry (served by the app, no CDN), and Debian's chromium
 # for the browser tests (apt, only where /usr/bin/chromium is missing).

@@ -32,7 +32,8 @@ import numpy as np
 import torch
 
 from mvh.extractor.embedder import Embedder
-from mvh.extractor.extract import ExtractConfig, SlideInput, _plan, run_pipeline
+from mvh.extractor.extract_config import ExtractConfig, SlideInput
+from mvh.extractor.pipeline import _plan, run_pipeline
 from mvh.extractor.sample import sample_slide_path
 from mvh.extractor.slide import open_slide
 from mvh.extractor.tiling import make_tile_grid, read_tile

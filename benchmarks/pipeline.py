@@ -40,8 +40,9 @@ import numpy as np
 import torch
 
 from mvh.extractor.embedder import Embedder
-from mvh.extractor.extract import ExtractConfig, SlideInput, _plan, run_pipeline
+from mvh.extractor.extract_config import ExtractConfig, SlideInput
 from mvh.extractor.jpeg_tiles import JpegPyramid
+from mvh.extractor.pipeline import _plan, run_pipeline
 from mvh.extractor.slide import open_slide
 from mvh.store import EmbeddingStore
 
@@ -152,7 +153,8 @@ _BASELINE = """
 import json, sys, tempfile, time, torch
 from pathlib import Path
 from mvh.extractor.embedder import Embedder
-from mvh.extractor.extract import ExtractConfig, SlideInput, run_pipeline
+from mvh.extractor.extract_config import ExtractConfig, SlideInput
+from mvh.extractor.pipeline import run_pipeline
 from mvh.index.store import EmbeddingStore
 slide, workers, batch, device, scratch = sys.argv[1:6]
 workers, batch = int(workers), int(batch)

@@ -67,7 +67,7 @@ def _product(cfg) -> tuple[float, int, list[float]]:
 # ------------------------------------------------------------------ the alternative: tiling in CPU tasks
 def _plan_task(source, cfg) -> tuple[dict[str, Any], Any, float]:
     """A Ray CPU task: open and tile one slide; its record, grid and the wall-clock time it started."""
-    from mvh.extractor.extract import _plan
+    from mvh.extractor.pipeline import _plan
 
     started = time.time()
     record, grid = _plan(source, cfg)
@@ -100,7 +100,7 @@ def _tasks(cfg, n_workers: int) -> tuple[float, int, list[float]]:
     """The alternative pipeline end to end (actors started, every slide committed by this driver)."""
     import ray
 
-    from mvh.extractor.extract import find_slides
+    from mvh.extractor.slide_inputs import find_slides
     from mvh.store import EmbeddingStore
 
     start = time.perf_counter()
@@ -179,7 +179,7 @@ def _embeddings(store_path: Path) -> tuple[list[str], np.ndarray]:
 
 def _measure(root: Path, copies: int, args: argparse.Namespace, cluster_address: str) -> dict[str, Any]:
     """Every way on `copies` copies of the sample slide: seconds, rates and latency per way."""
-    from mvh.extractor.extract import ExtractConfig
+    from mvh.extractor.extract_config import ExtractConfig
     from mvh.extractor.sample import sample_slide_path
 
     folder = root / f"copies-{copies}"

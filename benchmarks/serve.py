@@ -35,7 +35,8 @@ import pandas as pd
 
 from mvh.core.synthetic_embeddings import clustered_embeddings
 from mvh.core.synthetic_slides import write_synthetic_slide
-from mvh.extractor.extract import ExtractConfig, extract_slides
+from mvh.extractor.extract import extract_slides
+from mvh.extractor.extract_config import ExtractConfig
 from mvh.index.vector import build_index
 from mvh.serve.config import default_torch_threads
 from mvh.store import EmbeddingStore
@@ -133,7 +134,7 @@ def forward_times(uri: str, batches: list[int], repeats: int = 10) -> str:
     """Median forward time of the store's model on 1 and on n tiles, with the server's intra-op threads."""
     import torch
 
-    from mvh.tasks.query import query_embedder
+    from mvh.tasks.query_embedder import query_embedder
 
     torch.set_num_threads(default_torch_threads())
     embedder = query_embedder(EmbeddingStore.open(uri), device="cpu")

@@ -19,7 +19,7 @@ from mvh.cli._render import StoreOption, store_access, weights_line
 from mvh.errors import UsageError
 
 if TYPE_CHECKING:
-    from mvh.extractor.extract import ExtractResult
+    from mvh.extractor.extract_config import ExtractResult
 
 
 def tile_px_option(tile_px: int | None, tile: int | None, default: int = 224) -> int:
@@ -132,7 +132,8 @@ def extract_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Embed the tissue tiles of slides into a LanceDB store (resumable; done slides are skipped)."""
-    from mvh.extractor.extract import ExtractConfig, parse_devices, run_extract
+    from mvh.extractor.extract import parse_devices, run_extract
+    from mvh.extractor.extract_config import ExtractConfig
 
     cfg = ExtractConfig(
         model=model,

@@ -32,7 +32,8 @@ from mvh.errors import (
     UsageError,
     WorkerStartError,
 )
-from mvh.extractor.extract import ExtractConfig, SlideInput, SlideResult, _failure, _plan, embed_grid
+from mvh.extractor.extract_config import ExtractConfig, SlideInput, SlideResult
+from mvh.extractor.pipeline import _failure, _plan, embed_grid
 from mvh.extractor.ray_connect import ray_session
 from mvh.progress import SLIDES, TILES, Event, Progress, report
 from mvh.store import DONE, EmbeddingStore

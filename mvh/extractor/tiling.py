@@ -264,7 +264,7 @@ def read_tile_grid(path: str | Path) -> TileGrid:
     raw = (table.schema.metadata or {}).get(_PARQUET_KEY)
     if raw is None:
         raise DataError(f"{path}: Parquet file without mvh grid metadata; rewrite it with `mvh tile`")
-    frame = table.to_pandas()
+    frame = table.to_pandas()  # one slide's grid: thousands of rows of coordinates, no embeddings
     return TileGrid(
         **json.loads(raw),
         x=frame["x"].to_numpy(),

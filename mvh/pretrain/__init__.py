@@ -7,7 +7,8 @@ trained-vs-random proxy evaluation (evidence).
 
 from mvh.pretrain.config import PretrainConfig, load_config, save_config
 from mvh.pretrain.evidence import Evidence, evidence_for_run, pretraining_evidence
-from mvh.pretrain.train import PretrainResult, run_pretrain
+from mvh.pretrain.train import run_pretrain
+from mvh.pretrain.train_results import PretrainResult
 
 __all__ = [
     "Evidence",

@@ -29,7 +29,7 @@ RUNTIME_FIELDS = frozenset(
 )
 
 
-@dataclass
+@dataclass(frozen=True)
 class PretrainConfig:
     """Every setting of a pretraining run (the authors' recipe by default); validated on construction."""
 
@@ -112,7 +112,7 @@ class PretrainConfig:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(f.default, tuple) and isinstance(value, list):
-                setattr(self, f.name, tuple(float(v) for v in value))
+                object.__setattr__(self, f.name, tuple(float(v) for v in value))
         validate_config(self)
 
     def to_dict(self) -> dict[str, Any]:

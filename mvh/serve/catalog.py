@@ -23,7 +23,8 @@ from mvh.index.index_files import load_index
 from mvh.serve.batcher import MicroBatcher
 from mvh.store import DONE, RANDOM_INIT, EmbeddingStore
 from mvh.store.location import parse_location
-from mvh.tasks.query import ImageQuery, QueryResult, image_query_results, query_embedder
+from mvh.tasks.query import ImageQuery, QueryResult, image_query_results
+from mvh.tasks.query_embedder import query_embedder
 
 # The FAISS flat (exact) search computes queries on their own below 20 at once (BLAS above); keeping
 # batches under it keeps a batched query's scores those of a lone one.

@@ -41,7 +41,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-@dataclass
+@dataclass(frozen=True)
 class ServeConfig:
     """What `mvh serve` serves and how: stores, results folders, address, token and upload limits."""
 
@@ -84,7 +84,8 @@ class ServeConfig:
             raise UsageError(f"torch_threads must be at least 1, got {self.torch_threads}")
         if not self.tile_cache_mb >= 0:
             raise UsageError(f"tile_cache_mb must be 0 or more, got {self.tile_cache_mb}")
-        self.results = [Path(r) for r in self.results]  # the folders are checked when the app is built
+        # the folders are checked when the app is built
+        object.__setattr__(self, "results", [Path(r) for r in self.results])
 
     @property
     def max_upload_bytes(self) -> int:

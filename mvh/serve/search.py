@@ -25,9 +25,9 @@ from mvh.tasks.query import (
     QueryResult,
     SearchConfig,
     parse_tile_ref,
-    prepare_query_image,
     run_search,
 )
+from mvh.tasks.query_image import prepare_query_image
 
 # The search page's um/px field, named in notes about the query's scale (the CLI names --query-mpp).
 MPP_FIELD = "'um/px of the image'"

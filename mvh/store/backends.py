@@ -202,12 +202,12 @@ _EMULATOR_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/
 _EMULATOR_URL = "http://127.0.0.1:10000"  # object_store's default for AZURITE_BLOB_STORAGE_URL
 
 
-def connection_string_options(text: str, *, strict: bool = True) -> Options:
+def connection_string_options(text: str, *, check_fields: bool = True) -> Options:
     """`AccountName=..;AccountKey=..;BlobEndpoint=..` (an Azure connection string) -> option names."""
     fields: dict[str, str] = {}
     for part in filter(None, (p.strip() for p in text.split(";"))):
         key, sep, value = part.partition("=")
-        if not sep and strict:
+        if not sep and check_fields:
             raise UsageError(
                 f"AZURE_STORAGE_CONNECTION_STRING: {key!r} is not KEY=VALUE; copy the string from the portal"
             )

@@ -186,7 +186,7 @@ def create_tables(
         ) from exc
     meta = {"fingerprint": fingerprint.to_dict(), "mvh_version": __version__, "created": now().isoformat()}
     # The dataset card exists from the start (`mvh card` edits it), written with the meta table at once.
-    empty = SLIDES_SCHEMA.empty_table().to_pandas()
+    empty = SLIDES_SCHEMA.empty_table().to_pandas()  # no slides yet: the new store's first card
     meta["card"] = card_of(location, slides.version, fingerprint, empty, meta).to_dict()
     rows = pa.table({"key": list(meta), "value": [json.dumps(v) for v in meta.values()]}, schema=META_SCHEMA)
     try:

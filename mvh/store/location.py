@@ -61,7 +61,7 @@ def _secret_parts(key: str, value: str) -> list[str]:
     """The pieces of a secret that a message may quote on their own, the whole value first."""
     parts = [value]
     if "connection_string" in key:  # an Azure connection string holds an account key or a SAS
-        inner = connection_string_options(value, strict=False)
+        inner = connection_string_options(value, check_fields=False)
         for name in ("azure_storage_account_key", "azure_storage_sas_token"):
             parts += _secret_parts(name, inner[name]) if inner.get(name) else []
     elif "sas" in key or "signature" in key:  # HTTP errors quote a SAS's signature in URLs, maybe encoded

@@ -67,7 +67,7 @@ class StoreReader:
             query = self.tables.slides.search()
             if where is not None:
                 query = query.where(where)
-            frame = query.to_arrow().to_pandas()
+            frame = query.to_arrow().to_pandas()  # the slides table: one row per slide, no embeddings
         except Exception as exc:  # noqa: BLE001 (is_damage lets through all but damage)
             if not is_damage(exc):
                 raise

@@ -1,15 +1,12 @@
 """Queries against a store: an image, a stored tile or a whole slide; results as rows and a montage PNG.
 
-A query image is embedded with exactly the store's model, weights and preprocessing
-(`Embedder.from_fingerprint`), after being brought to the store's physical tile size: with its um/px
-(`query_mpp`) the centre region covering `tile_px * store_mpp` um is cut and resized to `tile_px`;
-without it, the centre square is resized to `tile_px` and a note says so. Hits are read back from
-their slides for the montage the way extraction read them (`make_tile_grid_at` + `read_tile`).
+This module holds the result, the stored-tile references and the search job. A query image is brought
+to the store's physical tile size by `mvh.tasks.query_image` and embedded with exactly the store's model
+by `mvh.tasks.query_embedder`; the montage PNG is drawn by `mvh.tasks.query_montage`.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 from dataclasses import dataclass, field
@@ -18,23 +15,20 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
-from mvh.errors import FingerprintMismatchError, MvhError, UsageError
+from mvh.errors import MvhError, UsageError
 from mvh.extractor.embedder import Embedder
 from mvh.extractor.slide import open_slide
-from mvh.extractor.tiling import make_tile_grid_at, read_tile
 from mvh.index.faiss_index import VectorIndex
 from mvh.index.index_files import load_index
 from mvh.index.ranking import representative_tiles, search, search_slides
 from mvh.progress import STEPS, Event, Progress, report
 from mvh.store import EmbeddingStore
-from mvh.tasks.png_decode import decode_rgb
+from mvh.tasks.query_embedder import embed_query_image
+from mvh.tasks.query_image import load_image
+from mvh.tasks.query_montage import read_stored_tile, write_montage
 
 log = logging.getLogger(__name__)
-
-_CAPTION_PX = 30
-_MONTAGE_COLUMNS = 6
 
 
 @dataclass
@@ -60,103 +54,6 @@ class QueryResult:
             "montage": None if self.montage is None else str(self.montage),
             "hits": self.hits.to_dict(orient="records"),
         }
-
-
-# ---------------------------------------------------------------------------- query images
-def load_image(path: Path) -> Image.Image:
-    """An image file as a decoded RGB Pillow image (UsageError naming the file when unreadable)."""
-    try:
-        data = path.read_bytes()
-        with Image.open(io.BytesIO(data)) as image:
-            return decode_rgb(image, data)
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise UsageError(f"cannot read query image {path}: {exc}; give a PNG/JPEG/TIFF tile") from exc
-
-
-def _centre_crop(image: Image.Image, side: int) -> Image.Image:
-    """The centre side x side square (the image itself when it is that square: no copy)."""
-    w, h = image.size
-    if (w, h) == (side, side):
-        return image
-    top = (h - side) // 2
-    left = (w - side) // 2
-    return image.crop((left, top, left + side, top + side))
-
-
-def prepare_query_image(
-    image: Image.Image, tile_px: int, mpp: float, query_mpp: float | None = None,
-    mpp_field: str = "--query-mpp",
-) -> tuple[np.ndarray, list[str]]:
-    """Bring an RGB image to the store's tile (tile_px at mpp): the tile [tile_px, tile_px, 3] and notes
-    (which name the query's um/px as `mpp_field`: the CLI option, or the web page's field).
-
-    Cropping and resizing stay in Pillow: a 1000 px upload is never unpacked to an array and packed back.
-    """
-    w, h = image.size
-    notes: list[str] = []
-    if query_mpp is not None:
-        if not query_mpp > 0:
-            raise UsageError(f"{mpp_field} must be positive, got {query_mpp}")
-        side = tile_px * mpp / query_mpp  # the store's physical tile, in query pixels
-        if min(h, w) >= side:
-            crop = max(1, int(round(side)))
-            region = _centre_crop(image, crop)
-            if (h, w) != (crop, crop):
-                notes.append(
-                    f"query image {w}x{h} px at {query_mpp:g} um/px: its centre {crop} px "
-                    f"({tile_px * mpp:g} um) was used, resized to {tile_px} px at {mpp:g} um/px"
-                )
-        else:
-            crop = min(h, w)
-            region = _centre_crop(image, crop)
-            notes.append(
-                f"query image {w}x{h} px at {query_mpp:g} um/px covers less than a store tile "
-                f"({tile_px * mpp:g} um): its centre square was upscaled to {tile_px} px"
-            )
-    else:
-        crop = min(h, w)
-        region = _centre_crop(image, crop)
-        if (h, w) != (tile_px, tile_px):
-            notes.append(
-                f"query image {w}x{h} px has no {mpp_field}: its centre {crop} px square was resized to "
-                f"{tile_px} px; give {mpp_field} to match the store's {mpp:g} um/px"
-            )
-    if region.size != (tile_px, tile_px):
-        region = region.resize((tile_px, tile_px), Image.Resampling.BILINEAR)
-    return np.ascontiguousarray(np.asarray(region)), notes
-
-
-def query_embedder(store: EmbeddingStore, weights: Path | None = None, device: str = "auto") -> Embedder:
-    """The store's own model (FingerprintMismatchError when the weights or config differ)."""
-    fp = store.fingerprint
-    if fp.model.startswith("external:"):  # imported features: no weights file can rebuild their model here
-        raise UsageError(
-            f"store {store.uri} holds features made by another tool ({fp.model}): an image query needs that "
-            "model, which mvh cannot run; query by a stored tile (--query-tile SLIDE:X:Y) or a whole slide "
-            "(--query-slide SLIDE)"
-        )
-    embedder = Embedder.from_fingerprint(fp, weights=weights, device=device)
-    rebuilt = embedder.fingerprint(fp.mpp, fp.tile_px, fp.embedding_dtype)
-    if not rebuilt.matches(fp):
-        raise FingerprintMismatchError(
-            f"the query model [{rebuilt.describe()}] differs from store {store.uri} "
-            f"[{fp.describe()}]: pass the store's checkpoint with --weights"
-        )
-    return embedder
-
-
-def embed_query_image(
-    store: EmbeddingStore,
-    image: Image.Image,
-    query_mpp: float | None = None,
-    embedder: Embedder | None = None,
-    weights: Path | None = None,
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Embedding [1, dim] of an RGB image, the tile [H, W, 3] it was cut to, and notes."""
-    fp = store.fingerprint
-    tile, notes = prepare_query_image(image, fp.tile_px, fp.mpp, query_mpp)
-    embedder = embedder if embedder is not None else query_embedder(store, weights)
-    return embedder.embed_images([tile]), tile, notes
 
 
 # ---------------------------------------------------------------------------- stored queries
@@ -223,66 +120,6 @@ def tile_embedding(store: EmbeddingStore, slide_id: str, x: int, y: int) -> np.n
             f"the nearest stored tile is {slide_id}:{nearest[0]}:{nearest[1]}"
         )
     return emb[match[:1]]
-
-
-# ---------------------------------------------------------------------------- montage
-def read_stored_tile(store: EmbeddingStore, slide_id: str, x: int, y: int, mpp: float) -> np.ndarray | None:
-    """A stored tile read back from its slide [tile_px, tile_px, 3], or None if the slide is unreadable."""
-    rows = store.slides()
-    row = rows[rows["slide_id"] == slide_id]
-    if row.empty or not isinstance(row.iloc[0]["path"], str) or not Path(row.iloc[0]["path"]).exists():
-        return None
-    record = row.iloc[0]
-    user_mpp = float(record["mpp"]) if record.get("mpp_source") == "user" else None
-    try:
-        with open_slide(record["path"], mpp=user_mpp) as slide:
-            grid = make_tile_grid_at(slide, [x], [y], mpp=mpp, tile_px=store.fingerprint.tile_px)
-            return read_tile(slide, grid, 0)
-    except (MvhError, OSError, ValueError) as exc:
-        log.warning("cannot read tile %s:%d:%d back from %s: %s", slide_id, x, y, record["path"], exc)
-        return None
-
-
-def _cell(image: np.ndarray | None, caption: str, size: int) -> Image.Image:
-    cell = Image.new("RGB", (size, size + _CAPTION_PX), "white")
-    if image is None:
-        cell.paste(Image.new("RGB", (size, size), (200, 200, 200)), (0, 0))
-        ImageDraw.Draw(cell).text((8, size // 2), "slide not found", fill="black")
-    else:
-        cell.paste(ImageOps.pad(Image.fromarray(image), (size, size), color="white"), (0, 0))
-    draw = ImageDraw.Draw(cell)
-    for i, line in enumerate(caption.split("\n")[:2]):
-        draw.text((4, size + 2 + 13 * i), line, fill="black")
-    return cell
-
-
-def write_montage(
-    store: EmbeddingStore, query_image: np.ndarray | None, hits: pd.DataFrame, out: Path, query_caption: str
-) -> tuple[Path, list[str]]:
-    """A PNG grid: the query, then each hit read back from its slide with rank, slide, x, y and score."""
-    size = store.fingerprint.tile_px
-    cells = [_cell(query_image, query_caption, size)]
-    missing = set()
-    for hit in hits.itertuples(index=False):
-        tile = read_stored_tile(store, hit.slide_id, int(hit.x), int(hit.y), float(hit.mpp))
-        if tile is None:
-            missing.add(hit.slide_id)
-        caption = f"#{hit.rank} {hit.slide_id}\n({hit.x}, {hit.y}) {hit.score:.3f}"
-        cells.append(_cell(tile, caption, size))
-    columns = min(_MONTAGE_COLUMNS, len(cells))
-    rows = (len(cells) + columns - 1) // columns
-    sheet = Image.new("RGB", (columns * size, rows * (size + _CAPTION_PX)), "white")
-    for i, cell in enumerate(cells):
-        sheet.paste(cell, ((i % columns) * size, (i // columns) * (size + _CAPTION_PX)))
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        sheet.save(out, format="PNG")
-    except OSError as exc:
-        raise UsageError(f"cannot write montage {out}: {exc}") from exc
-    if missing:
-        return out, [f"montage: slides not found at their stored paths: {', '.join(sorted(missing))}"]
-    return out, []
 
 
 # ---------------------------------------------------------------------------- the query job

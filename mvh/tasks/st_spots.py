@@ -165,7 +165,7 @@ def _embed_tiles(tiles: SpotTiles, rows: np.ndarray, embedder: Any, fp: Any, bat
                 chunk = np.asarray(images[position[part].tolist()])
                 out[part] = embedder.embed_images(chunk, batch_size)
         return out
-    from mvh.extractor.extract import embed_grid
+    from mvh.extractor.pipeline import embed_grid
     from mvh.extractor.slide import open_slide
     from mvh.extractor.tiling import make_tile_grid_at
 

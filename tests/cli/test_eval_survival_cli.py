@@ -12,7 +12,8 @@ import torch
 from typer.testing import CliRunner
 
 from mvh.cli import app
-from mvh.extractor.extract import ExtractConfig, SlideInput, extract_slides
+from mvh.extractor.extract import extract_slides
+from mvh.extractor.extract_config import ExtractConfig, SlideInput
 from mvh.store import EmbeddingStore
 
 pytestmark = [pytest.mark.real_data, pytest.mark.usefixtures("one_thread")]  # tiny models: one thread

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from mvh.cli import app
 from mvh.core.synthetic_slides import write_synthetic_slide
-from mvh.extractor.extract import ExtractConfig, extract_slides
+from mvh.extractor.extract import extract_slides
+from mvh.extractor.extract_config import ExtractConfig
 from mvh.extractor.slide import open_slide
 from mvh.extractor.tiling import make_tile_grid_at, read_tile
 from mvh.store import EmbeddingStore

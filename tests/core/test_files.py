@@ -53,7 +53,9 @@ def test_the_real_slide_hashes_as_the_previous_release_recorded(sample_slide: Pa
 
 
 @pytest.mark.parametrize("size", [10, MIB, MIB + 5, 3 * MIB + 12345])
-def test_the_legacy_st_key_is_the_first_mib_then_the_rest_up_to_the_last_mib(tmp_path: Path, size: int) -> None:
+def test_the_legacy_st_key_is_the_first_mib_then_the_rest_up_to_the_last_mib(
+    tmp_path: Path, size: int
+) -> None:
     """What ST stores recorded as `edge_sha256` before they used `sampled_hash`, written out."""
     data = bytes((i * 7 + i // 4099) % 256 for i in range(size))
     path = tmp_path / "f.bin"

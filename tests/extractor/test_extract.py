@@ -18,15 +18,11 @@ import tifffile
 from mvh.core.synthetic_slides import write_synthetic_slide
 from mvh.errors import FingerprintMismatchError, UsageError
 from mvh.extractor.embedder import Embedder
-from mvh.extractor.extract import (
-    ExtractConfig,
-    embed_grid,
-    extract_slides,
-    find_slides,
-    parse_devices,
-    tiles_of_worker,
-)
+from mvh.extractor.extract import extract_slides, parse_devices
+from mvh.extractor.extract_config import ExtractConfig
+from mvh.extractor.pipeline import embed_grid, tiles_of_worker
 from mvh.extractor.slide import open_slide
+from mvh.extractor.slide_inputs import find_slides
 from mvh.extractor.tiling import make_tile_grid, read_tile
 from mvh.progress import SLIDES, TILES, Event, Recorder
 from mvh.store import EmbeddingStore
@@ -173,7 +169,8 @@ def test_decode_workers_give_the_same_store(slide_dir, tmp_path) -> None:
 
 KILL_SCRIPT = """
 import os, sys, time
-from mvh.extractor.extract import ExtractConfig, extract_slides
+from mvh.extractor.extract import extract_slides
+from mvh.extractor.extract_config import ExtractConfig
 
 def progress(event, task, n=1, detail=""):
     if event.value == "advance" and task == "slides":
@@ -236,7 +233,7 @@ def test_extract_config_validates_itself_on_construction(changes, named) -> None
 
 
 def test_extract_result_round_trips_through_its_dict(slide_dir, tmp_path) -> None:
-    from mvh.extractor.extract import ExtractResult, SlideResult
+    from mvh.extractor.extract_config import ExtractResult, SlideResult
 
     result = ExtractResult(
         "s.lance",

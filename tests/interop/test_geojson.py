@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from mvh.cli import app as cli
 from mvh.core.synthetic_slides import write_synthetic_slide
-from mvh.extractor.extract import ExtractConfig, SlideInput, extract_slides
+from mvh.extractor.extract import extract_slides
+from mvh.extractor.extract_config import ExtractConfig, SlideInput
 from mvh.index.vector import build_index
 from mvh.interop.geojson import footprint_l0, hits_by_slide, per_slide_paths, rank_colour, tile_features
 from mvh.store import EmbeddingStore

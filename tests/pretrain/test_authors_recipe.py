@@ -139,7 +139,7 @@ def test_parameter_groups_follow_dinov2_param_groups():
 
 def test_step_applies_lr_multiplier_and_weight_decay(synthetic_tiles, tmp_path):
     from mvh.pretrain.data import MultiCropDataset, build_tile_source, collate_multicrop
-    from mvh.pretrain.train import Trainer
+    from mvh.pretrain.trainer import Trainer
 
     from .conftest import tiny_settings
 
@@ -201,7 +201,8 @@ def test_first_global_crop_is_never_blurred(monkeypatch):
 def test_run_reports_through_the_progress_protocol_and_writes_results(synthetic_tiles, tmp_path):
     import json
 
-    from mvh.pretrain.train import RESULTS, PretrainResult, run_pretrain
+    from mvh.pretrain.train import run_pretrain
+    from mvh.pretrain.train_results import RESULTS, PretrainResult
 
     from .conftest import tiny_settings
 
@@ -223,7 +224,7 @@ def test_run_reports_through_the_progress_protocol_and_writes_results(synthetic_
 def test_loss_curve_has_a_title_and_a_caption(tmp_path, monkeypatch):
     import matplotlib.figure
 
-    from mvh.pretrain.train import LOSS_CAPTION, plot_losses
+    from mvh.pretrain.train_results import LOSS_CAPTION, plot_losses
 
     saved = {}
     real = matplotlib.figure.Figure.savefig

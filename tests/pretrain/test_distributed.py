@@ -21,7 +21,8 @@ import yaml
 
 from mvh.extractor.models import create_model, load_weights
 from mvh.pretrain.config import load_config
-from mvh.pretrain.train import LOG_FILE, run_pretrain
+from mvh.pretrain.train import run_pretrain
+from mvh.pretrain.train_results import LOG_FILE
 
 from .conftest import TINY_ARCH, tiny_settings
 

@@ -17,7 +17,8 @@ from mvh.extractor.models import create_model, load_weights
 from mvh.pretrain.checkpoint import load_train_state
 from mvh.pretrain.config import load_config
 from mvh.pretrain.network import SSLNetwork, build_network, ema_update
-from mvh.pretrain.train import LOG_FILE, run_pretrain
+from mvh.pretrain.train import run_pretrain
+from mvh.pretrain.train_results import LOG_FILE
 
 from .conftest import TINY_ARCH, tiny_settings
 

@@ -15,7 +15,8 @@ from tests.reliability._faults import distinct, store_with
 ROOT = Path(__file__).resolve().parents[2]
 
 # In a private mount namespace, the store's index folder is a 32 KiB tmpfs: the rows and vectors of
-# 4,000 tiles (over 125 KiB) cannot be written. After the command, the folder is listed from inside the namespace.
+# 4,000 tiles (over 125 KiB) cannot be written. After the command, the folder is listed from inside the
+# namespace.
 FILL = """
 mount -t tmpfs -o size=32k tmpfs "$INDEX_DIR" || exit 90
 "$PY" -m mvh index build --store "$STORE"

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from mvh.core.synthetic_slides import write_synthetic_slide
 from mvh.errors import MvhError
-from mvh.extractor.extract import find_slides
 from mvh.extractor.slide import open_slide
+from mvh.extractor.slide_inputs import find_slides
 
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

@@ -13,7 +13,8 @@ import pytest
 
 from mvh.core.synthetic_slides import write_synthetic_slide
 from mvh.errors import StoreUnreachableError
-from mvh.extractor.extract import ExtractConfig, run_extract
+from mvh.extractor.extract import run_extract
+from mvh.extractor.extract_config import ExtractConfig
 from mvh.progress import SLIDES, Event
 from mvh.store import EmbeddingStore, verify_store
 from tests.reliability._faults import distinct, store_with

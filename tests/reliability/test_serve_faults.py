@@ -14,7 +14,8 @@ import httpx
 import pytest
 
 from mvh.core.synthetic_slides import write_synthetic_slide
-from mvh.extractor.extract import ExtractConfig, extract_slides
+from mvh.extractor.extract import extract_slides
+from mvh.extractor.extract_config import ExtractConfig
 from mvh.index.vector import build_index
 from mvh.store.store import EmbeddingStore
 

@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 from mvh.errors import UsageError
-from mvh.extractor.extract import ExtractConfig, run_extract
+from mvh.extractor.extract import run_extract
+from mvh.extractor.extract_config import ExtractConfig
 from mvh.progress import SLIDES, TILES, Event, Recorder
 
 ray = pytest.importorskip("ray")

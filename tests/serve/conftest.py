@@ -17,7 +17,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from mvh.core.synthetic_slides import write_synthetic_slide
-from mvh.extractor.extract import ExtractConfig, SlideInput, extract_slides
+from mvh.extractor.extract import extract_slides
+from mvh.extractor.extract_config import ExtractConfig, SlideInput
 from mvh.index.vector import build_index
 from mvh.serve import ServeConfig, create_app
 from mvh.store import EmbeddingStore

@@ -13,7 +13,8 @@ from PIL import Image
 from mvh.core.synthetic_slides import write_synthetic_slide
 from mvh.errors import CheckpointError, FingerprintMismatchError, StaleIndexError, UsageError
 from mvh.extractor.embedder import Embedder
-from mvh.extractor.extract import ExtractConfig, extract_slides
+from mvh.extractor.extract import extract_slides
+from mvh.extractor.extract_config import ExtractConfig
 from mvh.extractor.slide import open_slide
 from mvh.extractor.tiling import make_tile_grid_at, read_tile
 from mvh.index.build import build_index
@@ -21,11 +22,11 @@ from mvh.store import EmbeddingStore
 from mvh.tasks.query import (
     SearchConfig,
     parse_tile_ref,
-    prepare_query_image,
-    query_embedder,
     run_query,
     tile_ref_candidates,
 )
+from mvh.tasks.query_embedder import query_embedder
+from mvh.tasks.query_image import prepare_query_image
 
 MODEL = "mv_hybrid_tiny"
 CFG = ExtractConfig(MODEL, random_init=True, batch_size=32, workers=0)

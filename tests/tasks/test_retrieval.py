@@ -20,19 +20,21 @@ from mvh.tasks.retrieval import (
     QUERIES,
     RetrievalConfig,
     RetrievalResult,
+    evaluate_retrieval,
+    load_labels,
+    neighbour_scores,
+    run_retrieval,
+)
+from mvh.tasks.retrieval_metrics import (
     acc_at_k,
     average_precision_at_k,
     average_precision_at_k_min_r,
-    evaluate_retrieval,
-    load_labels,
     majority_labels,
     map_at_k,
     map_at_k_min_r,
     mv_at_k,
-    neighbour_scores,
     relevant_counts,
     retrieval_metrics,
-    run_retrieval,
 )
 from tests.conftest import synthetic_fingerprint
 

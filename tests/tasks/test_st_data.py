@@ -330,7 +330,8 @@ def test_recorded_image_or_h5ad_change_is_detected_through_slide_attrs(cohort, e
     plans = [plan_spot_tiles(s, expr.spots.iloc[groups[s.sample_id]], 0.5, 224, False)[0] for s in samples]
     # The slides' attrs as a store with the `slide_attrs` column keeps them: A0 was cut from another image
     # file, B0's h5ad had another hash; positions and barcodes are unchanged.
-    a0 = {**plans[0].identity, "image": {**plans[0].identity["image"], "file_hash": "sha256-3mib:" + "0" * 64}}
+    image = {**plans[0].identity["image"], "file_hash": "sha256-3mib:" + "0" * 64}
+    a0 = {**plans[0].identity, "image": image}
     b0 = {**plans[1].identity, "h5ad_sha256": "f" * 64}
     slides = store.slides().assign(slide_attrs=[json.dumps({"st": a0}), json.dumps({"st": b0})])
     store.slides = lambda status=None: slides
@@ -415,10 +416,13 @@ def _legacy_image_key(path) -> dict:
     data = path.read_bytes()
     mib = 1 << 20
     tail = data[max(len(data) - mib, mib) :] if len(data) > mib else b""
-    return {"name": path.name, "size": len(data), "edge_sha256": hashlib.sha256(data[:mib] + tail).hexdigest()}
+    edge = hashlib.sha256(data[:mib] + tail).hexdigest()
+    return {"name": path.name, "size": len(data), "edge_sha256": edge}
 
 
-def test_image_records_use_the_core_file_key_and_older_records_are_still_recognised(cohort, embedder, tmp_path):
+def test_image_records_use_the_core_file_key_and_older_records_are_still_recognised(
+    cohort, embedder, tmp_path
+):
     samples, _ = find_samples([cohort.root], cohort.meta)
     expr = load_expression(samples)
     store = EmbeddingStore.create(tmp_path / "s.lance", embedder.fingerprint(mpp=0.5, tile_px=224))
@@ -432,7 +436,9 @@ def test_image_records_use_the_core_file_key_and_older_records_are_still_recogni
     groups = expr.spots.groupby("sample_id", sort=False).indices
     plans = [plan_spot_tiles(s, expr.spots.iloc[groups[s.sample_id]], 0.5, 224, False)[0] for s in samples]
     # A0 recorded the old way from the same file (reused, not rewritten); B0 the old way from another file.
-    old = [{**attrs, "image": _legacy_image_key(plan.image)} for attrs, plan in zip(recorded, plans, strict=True)]
+    old = [
+        {**attrs, "image": _legacy_image_key(plan.image)} for attrs, plan in zip(recorded, plans, strict=True)
+    ]
     old[1]["image"]["edge_sha256"] = "0" * 64
     slides = store.slides().assign(slide_attrs=[json.dumps({"st": attrs}) for attrs in old])
     store.slides = lambda status=None: slides
