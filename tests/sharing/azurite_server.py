@@ -14,14 +14,14 @@ import datetime
 import hashlib
 import hmac
 import http.client
-import os
-import signal
 import socket
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urlencode
+
+from tests.sharing.processes import stop_process_group
 
 # The emulator's well-known account and key, published by Microsoft: not a secret, valid only on Azurite.
 ACCOUNT = "devstoreaccount1"
@@ -199,11 +199,5 @@ class Azurite:
 
     def stop(self) -> None:
         """Stop the emulator's process group."""
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        stop_process_group(self.process)
         self.process = None

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.sharing.processes import stop_process_group
 
 WRITER = ("MVHWRITERKEY", "mvh-writer-secret-0123456789")
 READER = ("MVHREADERKEY", "mvh-reader-secret-0123456789")
@@ -198,13 +198,7 @@ class SeaweedS3:
 
     def stop(self) -> None:
         """Stop the server's process group."""
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        stop_process_group(self.process)
         self.process = None
 
 
