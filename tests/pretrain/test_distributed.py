@@ -171,6 +171,7 @@ def test_fsdp_exports_the_ddp_teacher_checkpoint_for_the_extractor(setup, fsdp_r
     torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow  # ~20 s on 2 cores: `make test-slow` (CI runs it after `make test`)
 def test_fsdp_sharded_checkpoint_resumes_the_same_curve_exactly(setup, fsdp_run) -> None:
     root, config, _, _, _ = setup
     fsdp, _ = fsdp_run
@@ -197,6 +198,7 @@ def test_fsdp_sharded_checkpoint_resumes_the_same_curve_exactly(setup, fsdp_run)
     assert all(torch.equal(full[k], resumed[k]) for k in full)
 
 
+@pytest.mark.slow  # ~25 s on 2 cores: `make test-slow` (CI runs it after `make test`)
 def test_resume_refuses_another_world_size_or_checkpoint_kind(setup, fsdp_run) -> None:
     _, config, _, ddp, _ = setup
     fsdp, _ = fsdp_run

@@ -58,6 +58,7 @@ def test_refused_credentials_and_a_missing_bucket_are_one_line_exit_2(server: Se
         assert WRITER[1] not in done.stderr and "not-the-secret-42" not in done.stderr
 
 
+@pytest.mark.slow  # ~40 s on 2 cores: `make test-slow` (CI runs it after `make test`)
 def test_an_endpoint_that_stops_mid_extract_is_one_line_and_the_rerun_resumes(
     server: SeaweedS3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

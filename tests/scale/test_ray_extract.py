@@ -23,6 +23,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 
 
+@pytest.mark.slow  # ~100 s on 2 cores: `make test-slow` (CI runs it after `make test`)
 def test_ray_cases_in_a_loopback_only_namespace(tmp_path: Path) -> None:
     """All cases of ray_cases.py share one 2-node cluster (started once: ~20-60 s on 2 cores)."""
     if shutil.which("unshare") is None or shutil.which("ip") is None:
@@ -59,6 +60,7 @@ $RAY stop
 """
 
 
+@pytest.mark.slow  # ~40 s on 2 cores: `make test-slow` (CI runs it after `make test`)
 def test_the_readme_two_ray_start_recipe_works_after_a_local_run(tmp_path: Path) -> None:
     """Ray >= 2.60 saves ~/.ray/auth_token on a new local instance; the next `ray start --head` then
     demands that token of worker nodes that never saw it. mvh's local instance must leave no such file."""

@@ -163,6 +163,7 @@ def _extract_process(uri: str, slides: list[Path], env: dict[str, str]) -> subpr
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow  # ~45 s on 2 cores: `make test-slow` (CI runs it after `make test`)
 def test_two_concurrent_writers_and_a_killed_run_lose_nothing(s3_bucket, s3_server, sample_slide, tmp_path):
     folder = tmp_path / "many"
     folder.mkdir()
