@@ -131,7 +131,7 @@ class StoreReader:
             query = self.tables.tiles.search()
             if where is not None:
                 query = query.where(where)
-            table = query.select(wanted).to_arrow()
+            table = query.select(wanted).to_arrow()  # callers pass one slide's filter (or a small store)
         except Exception as exc:  # noqa: BLE001 (is_damage lets through all but damage)
             if not is_damage(exc):
                 raise
@@ -157,7 +157,7 @@ class StoreReader:
                 self.row_map = SlideRows.scan(tiles, with_commit=not self.rule.legacy)
             ids = self.row_map.row_ids(str(row["slide_id"]), self.rule.commit_of(row))
             if len(ids):
-                table = tiles.take_row_ids(ids.tolist()).select(fetch).to_arrow()
+                table = tiles.take_row_ids(ids.tolist()).select(fetch).to_arrow()  # one slide's rows
             else:
                 table = tiles.schema.empty_table().select(fetch)
         except Exception as exc:  # noqa: BLE001 (is_damage lets through all but damage)
@@ -207,7 +207,7 @@ class StoreReader:
     def slide_tiles(self, slide_id: str) -> pd.DataFrame:
         """A done slide's tile rows (no embeddings), ordered by (y, x)."""
         columns = [n for n in self.tables.tiles.schema.names if n not in ("embedding", "commit")]
-        return self.slide_table(slide_id, columns).select(columns).to_pandas()
+        return self.slide_table(slide_id, columns).select(columns).to_pandas()  # one slide
 
     def slide_embeddings(self, slide_id: str) -> tuple[np.ndarray, np.ndarray]:
         """A done slide's embeddings [N, dim] float32 and level-0 coords [N, 2] int64 (x, y), by (y, x)."""
