@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.scale.namespace import run_cases_in_loopback_namespace
 
 pytestmark = pytest.mark.ray
 
@@ -26,20 +27,9 @@ ROOT = HERE.parents[1]
 @pytest.mark.slow  # ~100 s on 2 cores: `make test-slow` (CI runs it after `make test`)
 def test_ray_cases_in_a_loopback_only_namespace(tmp_path: Path) -> None:
     """All cases of ray_cases.py share one 2-node cluster (started once: ~20-60 s on 2 cores)."""
-    if shutil.which("unshare") is None or shutil.which("ip") is None:
-        pytest.fail("the Ray tests need `unshare` (util-linux) and `ip` (iproute2) to isolate the network")
-    inner = (
-        f"ip link set lo up && exec {sys.executable} -m pytest -q -p no:cacheprovider -o addopts='' "
-        f"--basetemp={tmp_path / 'inner'} {HERE / 'ray_cases.py'}"
-    )
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(
-        ["unshare", "-n", "sh", "-c", inner], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
-    )
-    assert done.returncode == 0, (
-        f"Ray cases failed inside the namespace:\n{done.stdout[-8000:]}\n{done.stderr[-3000:]}"
-    )
-    assert re.search(r"\b6 passed", done.stdout), done.stdout[-2000:]
+    out = run_cases_in_loopback_namespace(HERE / "ray_cases.py", tmp_path / "inner")
+    assert re.search(r"\b6 passed", out), out[-2000:]
+
 
 
 # The README's "Run on a cluster" recipe, after a `--ray-address local` run on the head machine. Added
