@@ -167,33 +167,80 @@ def measure_search(store_path: Path, n_queries: int, out: Path) -> None:
     out.write_text(json.dumps(result, indent=1))
 
 
+def _tree(pid: int) -> list[int]:
+    """`pid` and its descendants (from /proc)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                todo += [int(c) for c in Path(f"/proc/{p}/task/{task}/children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
+def _rss_split_mb(pids: list[int]) -> tuple[float, float]:
+    """(anonymous, file-backed) resident MB summed over `pids`: heap vs memory-mapped file pages."""
+    anon = files = 0
+    for p in pids:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("RssAnon:"):
+                    anon += int(line.split()[1])
+                elif line.startswith("RssFile:"):
+                    files += int(line.split()[1])
+        except OSError:
+            pass
+    return anon / 1024, files / 1024
+
+
 def _timed(cmd: list[str], log: Path) -> dict:
-    """Run `cmd` under /usr/bin/time: wall s, CPU s, peak RSS MB, load average before/after."""
+    """Run `cmd` under /usr/bin/time: wall s, CPU s, peak RSS MB, load average before/after, and (sampled
+    every 0.2 s) the peak anonymous RSS (heap) and file-backed RSS (memory-mapped pages, which the kernel
+    may drop) of its process tree."""
     load = Path("/proc/loadavg").read_text().split()[0]
     stats = log.with_suffix(".time")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    peak_anon = peak_file = 0.0
     with open(log, "w") as out:
-        done = subprocess.run(
+        child = subprocess.Popen(
             ["/usr/bin/time", "-o", str(stats), "-f", "%e %U %S %M", *cmd],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,
             cwd=ROOT,
         )
+        while child.poll() is None:
+            anon, files = _rss_split_mb(_tree(child.pid))
+            peak_anon, peak_file = max(peak_anon, anon), max(peak_file, files)
+            time.sleep(0.2)
     wall, user, system, peak = stats.read_text().split("\n")[-2].split()
     return {
         "wall_s": float(wall),
         "cpu_s": float(user) + float(system),
         "peak_rss_mb": int(peak) / 1024,
+        "peak_anon_rss_mb": peak_anon,
+        "peak_file_rss_mb": peak_file,
         "load_before": float(load),
         "load_after": float(Path("/proc/loadavg").read_text().split()[0]),
-        "exit": done.returncode,
+        "exit": child.returncode,
     }
 
 
 def du_mb(path: Path) -> float:
     """Disk use of a folder (MB)."""
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20 if path.exists() else 0.0
+
+
+def _room_for_exports(store: Path, folder: Path) -> None:
+    """The h5 export (float32) and its import need ~3x the tiles table: drop the index (its size and
+    figures are already recorded) when the disk would not hold them, and say so."""
+    need = 3.2 * du_mb(store / "tiles.lance") * 2**20
+    if shutil.disk_usage(folder).free < need and (store / "_index").exists():
+        print(f"   disk: removing {store / '_index'} to make room for the h5 export and import", flush=True)
+        shutil.rmtree(store / "_index")
 
 
 def run_size(n: int, root: Path, slide_tiles: int, queries: int) -> dict:
@@ -212,9 +259,10 @@ def run_size(n: int, root: Path, slide_tiles: int, queries: int) -> dict:
         ("index build", [*mvh, "index", "build", "--store", str(store), "--json"]),
         ("search", [py, me, "_search", str(store), str(queries), str(folder / "search.json")]),
         (
-            "export h5",
-            [*mvh, "export", "--store", str(store), "--out", str(folder / "h5"), "--format", "h5", "--json"],
+            "overlap",
+            [*mvh, "overlap", "--store", str(store), "--store", str(folder / "small.lance"), "--json"],
         ),
+        ("index build --update", [*mvh, "index", "build", "--store", str(store), "--update", "--json"]),
         (
             "export parquet",
             [
@@ -228,6 +276,10 @@ def run_size(n: int, root: Path, slide_tiles: int, queries: int) -> dict:
                 "parquet",
                 "--json",
             ],
+        ),
+        (
+            "export h5",
+            [*mvh, "export", "--store", str(store), "--out", str(folder / "h5"), "--format", "h5", "--json"],
         ),
         (
             "import h5",
@@ -248,11 +300,6 @@ def run_size(n: int, root: Path, slide_tiles: int, queries: int) -> dict:
                 "--json",
             ],
         ),
-        (
-            "overlap",
-            [*mvh, "overlap", "--store", str(store), "--store", str(folder / "small.lance"), "--json"],
-        ),
-        ("index build --update", [*mvh, "index", "build", "--store", str(store), "--update", "--json"]),
     ]
     for name, cmd in steps:
         if name in results:
@@ -262,6 +309,8 @@ def run_size(n: int, root: Path, slide_tiles: int, queries: int) -> dict:
             write_store(folder / "small.lance", 0, 1, slide_tiles)
         if name == "index build --update":
             write_store(store, n_slides, 1, slide_tiles)
+        if name == "export h5":
+            _room_for_exports(store, folder)
         print(f"[{n:,}] {name} ...", flush=True)
         figures = _timed(cmd, folder / f"{name.replace(' ', '_')}.log")
         figures["disk_mb"] = {
@@ -277,8 +326,11 @@ def run_size(n: int, root: Path, slide_tiles: int, queries: int) -> dict:
         results[name] = figures
         results_file.write_text(json.dumps(results, indent=1))
         print(f"   {json.dumps(figures)}", flush=True)
+        if name == "export parquet":  # disk: only the sizes of exports and imports are kept
+            shutil.rmtree(folder / "parquet", ignore_errors=True)
         if name == "import h5":
-            shutil.rmtree(folder / "imported.lance", ignore_errors=True)  # disk: only its size is kept
+            shutil.rmtree(folder / "imported.lance", ignore_errors=True)
+            shutil.rmtree(folder / "h5", ignore_errors=True)
     return results
 
 

@@ -123,3 +123,27 @@ def test_streamed_exact_search_equals_numpy(tmp_path: Path) -> None:
     want = np.argsort(-(q @ unit.T), axis=1, kind="stable")[:, :6]
     np.testing.assert_array_equal(ids, want)
     np.testing.assert_allclose(scores, np.take_along_axis(q @ unit.T, want, axis=1), atol=1e-5)
+
+
+def test_streamed_exact_search_gives_ties_to_the_lower_row(tmp_path: Path) -> None:
+    rng = np.random.default_rng(6)
+    store = make_store(tmp_path)
+    base = rng.standard_normal((30, DIM)).astype(np.float32)
+    a = base.copy()
+    a[10:20] = base[0]  # ten copies of row 0 inside one batch: a tie across the cut of its top-3
+    b = base[::-1].copy()  # slide b repeats every vector of a, at higher row ids
+    add_slide(store, "a", a)
+    add_slide(store, "b", b)
+    queries = np.stack([base[0], base[5], rng.standard_normal(DIM).astype(np.float32)])
+    scores, ids = scan_top_k(store, queries, 3)
+    db = np.concatenate(
+        [np.asarray(batch.column("embedding").to_pylist(), dtype=np.float32)
+         for _, batch in store.scan_tiles(["a", "b"], ["slide_id", "embedding"])]
+    )
+    sims = (queries / np.linalg.norm(queries, axis=1, keepdims=True)) @ (
+        db / np.linalg.norm(db, axis=1, keepdims=True)
+    ).T
+    for row in range(len(queries)):  # written out: best score first, then the lowest row id
+        want = sorted(range(db.shape[0]), key=lambda j: (-round(float(sims[row, j]), 5), j))[:3]
+        assert list(ids[row]) == want
+    assert list(ids[0]) == [0, 10, 11]
