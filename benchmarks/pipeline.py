@@ -8,6 +8,8 @@ Per slide and repeat, alternating (a, b, c, a, b, c...), same files, same number
   `--workers` DataLoader processes, batches to the device tensor, normalisation there, one store commit)
   with the backbone replaced by a no-op returning zeros; `--models noop,mv_hybrid` adds real backbones
   (random weights; bf16 on CUDA);
+- (a, host) with `--models noop,host`: (a) with normalisation left to the device (the uint8 batch is
+  copied there and nothing runs): on a GPU this is the CPU's whole share of (a);
 - (b) the decode limit: every JPEG tile of the file that (a)'s grid touches, read and decoded once with
   libjpeg-turbo (imagecodecs) in `--workers` processes; tiles/s counts the 224 px output tiles;
 - (c) TRIDENT's pipeline from its own source (`--trident DIR`, a checkout; its extra dependencies in
@@ -67,10 +69,24 @@ def _load() -> list[float]:
     return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
 
 
+class HostShare(Embedder):
+    """The no-op embedder with normalisation left to the device: the uint8 batch is copied to the device
+    and nothing runs there. On a GPU, normalisation (and the model) run on the GPU, so this is the CPU's
+    whole share of (a); on a CPU-only machine the "device" is the same cores, and (a) pays for both."""
+
+    def embed_uint8(self, images: torch.Tensor) -> np.ndarray:
+        """Zeros [B, dim] once the uint8 batch has reached the device."""
+        on_device = images.to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return np.zeros((on_device.shape[0], self.dim), np.float32)
+
+
 def make_embedder(model: str, device: str) -> Embedder:
-    """`noop` (a ViT-S/16 embedder whose model returns zeros) or a registered backbone with random weights."""
-    if model == "noop":
-        embedder = Embedder(VIT_S16, random_init=True, device=device)
+    """`noop` (a ViT-S/16 embedder whose model returns zeros), `host` (noop without the on-device
+    normalisation: `HostShare`) or a registered backbone with random weights."""
+    if model in ("noop", "host"):
+        embedder = (HostShare if model == "host" else Embedder)(VIT_S16, random_init=True, device=device)
         embedder.model = NoOp(embedder.dim).to(embedder.device)
         return embedder
     precision = "bf16" if device.startswith("cuda") else "auto"
@@ -261,7 +277,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--models", default="noop", help="comma-separated: noop and/or registered backbones")
+    parser.add_argument("--models", default="noop", help="comma-separated: noop, host and/or registered backbones")
     parser.add_argument("--trident", type=Path, default=None, help="a TRIDENT checkout (never committed)")
     parser.add_argument("--trident-deps", type=Path, default=None, help="pip --target folder of its extras")
     parser.add_argument(
@@ -315,10 +331,13 @@ def main() -> None:
                 "runs": [round(r["tiles_per_s"], 1) for r in mine],
             }
         a, b, c = row.get("a:noop"), row.get("b:decode"), row.get("c:trident")
+        host = row.get("a:host")
         if a is not None and b is not None:
             row["a_over_b"] = a["tiles_per_s"] / b["tiles_per_s"]
             if c is not None:
                 row["a_over_c"] = a["tiles_per_s"] / c["tiles_per_s"]
+        if host is not None and b is not None:
+            row["host_over_b"] = host["tiles_per_s"] / b["tiles_per_s"]
         summary[slide.name] = row
     whole = None
     if args.whole_process is not None:

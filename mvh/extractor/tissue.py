@@ -66,8 +66,9 @@ def saturation_value(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     the same floats (the same scaling by 1/255, the same subtraction and division).
     """
     scale = 1.0 / 255.0  # skimage's img_as_float multiplies by the reciprocal
-    high = rgb.max(axis=-1).astype(np.float64) * scale
-    delta = high - rgb.min(axis=-1).astype(np.float64) * scale
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]  # pairwise max/min: ~10x faster than a reduce over 3
+    high = np.maximum(np.maximum(r, g), b).astype(np.float64) * scale
+    delta = high - np.minimum(np.minimum(r, g), b).astype(np.float64) * scale
     with np.errstate(invalid="ignore", divide="ignore"):
         saturation = np.where(delta == 0.0, 0.0, delta / high)
     return saturation, high
