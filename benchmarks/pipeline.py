@@ -277,7 +277,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--models", default="noop", help="comma-separated: noop, host and/or registered backbones")
+    parser.add_argument(
+        "--models", default="noop", help="comma-separated: noop, host and/or registered backbones"
+    )
     parser.add_argument("--trident", type=Path, default=None, help="a TRIDENT checkout (never committed)")
     parser.add_argument("--trident-deps", type=Path, default=None, help="pip --target folder of its extras")
     parser.add_argument(

@@ -111,11 +111,14 @@ class PartWriter:
         self._code = {s: i for i, s in enumerate(self.slides)}
         self.n, self.written = int(n), 0
         rows_name, vec_name = part_files(self.part_id)
-        self._vectors = np.lib.format.open_memmap(
-            folder / vec_name, mode="w+", dtype=np.dtype(dtype), shape=(self.n, dim)
+        self._dtype = np.dtype(dtype)
+        header = np.lib.format.open_memmap(
+            folder / vec_name, mode="w+", dtype=self._dtype, shape=(self.n, dim)
         )
-        with open(folder / vec_name, "r+b") as fh:  # blocks reserved now: a full disk is an OSError
-            os.posix_fallocate(fh.fileno(), 0, os.fstat(fh.fileno()).st_size)  # here, not a later SIGBUS
+        self._offset, self._row_bytes = int(header.offset), dim * self._dtype.itemsize
+        del header  # the .npy header is written; vectors go in by pwrite, never mapped (no file pages in RSS)
+        self._file = open(folder / vec_name, "r+b")  # noqa: SIM115 (closed by close())
+        os.posix_fallocate(self._file.fileno(), 0, os.fstat(self._file.fileno()).st_size)  # full disk: here
         schema = pa.schema(
             [
                 pa.field("slide_id", pa.string()),
@@ -140,15 +143,18 @@ class PartWriter:
         codes = pa.array([self._code[s] for s in slide_ids], pa.int32())
         columns = [batch.column(name).cast(self._schema.field(name).type) for name in ROW_COLUMNS]
         self._writer.write_batch(pa.RecordBatch.from_arrays([*columns, codes], schema=self._schema))
-        self._vectors[self.written : stop] = raw
+        data = memoryview(np.ascontiguousarray(raw, dtype=self._dtype)).cast("B")
+        at = self._offset + self.written * self._row_bytes
+        while len(data):  # pwrite may write less than asked; the blocks are reserved, so it goes on
+            done = os.pwrite(self._file.fileno(), data, at)
+            data, at = data[done:], at + done
         self.written = stop
 
     def close(self) -> dict[str, Any]:
         """Finish the files; the part's entry for `index.json`."""
         self._writer.close()
         self._sink.close()
-        self._vectors.flush()
-        del self._vectors
+        self._file.close()
         if self.written != self.n:
             raise StoreDamagedError(
                 f"{self.n} tiles expected but {self.written} read for slides {self.slides[:3]}: the store "
