@@ -7,10 +7,12 @@ few of 100 clusters) is written through the real append path (`EmbeddingStore.ad
 command runs as its own process under `/usr/bin/time` (wall, user+system CPU, peak RSS), with the load
 average before and after and the disk it leaves: `mvh info`, `mvh verify`, `mvh index build`,
 `mvh export` (h5 and parquet), `mvh import` (of the h5 export), `mvh overlap` (against a 2-slide store
-holding a copy of one slide), `mvh index build --update` (after one more slide). Search: recall@10 of
-the index against exact search (`mvh.index.store_scan.scan_top_k`, a streaming brute-force pass over the
-store) for 1,000 held-out queries, p50/p95 single-query latency, `--query-slide` latency of a
-15,000-tile slide, and the index's resident size (RSS after loading it, less RSS before).
+holding a copy of one slide), `mvh index build --update` (after one more slide), and `mvh serve`
+(start-up, the first tile search, which loads the index, p50/p95 of 30 more, the server's RSS).
+Search: recall@10 of the index against exact search (`mvh.index.store_scan.scan_top_k`, a streaming
+brute-force pass over the store) for 1,000 held-out queries, p50/p95 single-query latency,
+`--query-slide` latency of a 15,000-tile slide, and the index's resident size (RSS after loading it,
+less RSS before).
 
 Resumable: each size keeps its store and `results.json` under `--root/<size>/`; finished steps are
 skipped on a rerun (delete the folder to measure again). Figures are printed as a Markdown table.
@@ -167,6 +169,64 @@ def measure_search(store_path: Path, n_queries: int, out: Path) -> None:
     out.write_text(json.dumps(result, indent=1))
 
 
+def measure_serve(store_path: Path, out: Path, searches: int = 30) -> None:
+    """`mvh serve` on the store: seconds to answer /api/health, the first tile search (it loads the index),
+    p50/p95 of the next searches (stored tiles of other slides as queries), and the server's RSS after."""
+    import socket
+    import urllib.request
+
+    from mvh.store import EmbeddingStore
+
+    slide_ids = EmbeddingStore.open(str(store_path)).slide_ids()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    base = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mvh", "serve", "--store", str(store_path), "--port", str(port)]
+        + ["--read-only"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        start = time.perf_counter()
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/api/health", timeout=5).read()
+                break
+            except OSError:
+                if server.poll() is not None or time.perf_counter() - start > 600:
+                    raise RuntimeError("mvh serve did not start") from None
+                time.sleep(0.2)
+        ready = time.perf_counter() - start
+        side = int(np.ceil(np.sqrt(SLIDE_TILES)))
+        lat = []
+        for i in range(searches + 1):
+            x, y = (i * 37 % side) * 448, (i * 53 % side) * 448
+            body = json.dumps({"tile": f"{slide_ids[i * 7 % len(slide_ids)]}:{x}:{y}", "k": 10}).encode()
+            request = urllib.request.Request(
+                f"{base}/api/search", data=body, headers={"content-type": "application/json"}
+            )
+            t = time.perf_counter()
+            urllib.request.urlopen(request, timeout=600).read()
+            lat.append(time.perf_counter() - t)
+        anon, files = _rss_split_mb([server.pid])
+        result = {
+            "ready_s": ready,
+            "first_search_s": lat[0],
+            "search_p50_ms": 1000 * float(np.percentile(lat[1:], 50)),
+            "search_p95_ms": 1000 * float(np.percentile(lat[1:], 95)),
+            "server_anon_rss_mb": anon,
+            "server_file_rss_mb": files,
+        }
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    out.write_text(json.dumps(result, indent=1))
+
+
 def _tree(pid: int) -> list[int]:
     """`pid` and its descendants (from /proc)."""
     out, todo = [], [pid]
@@ -258,6 +318,7 @@ def run_size(n: int, root: Path, slide_tiles: int, queries: int) -> dict:
         ("verify", [*mvh, "verify", "--store", str(store), "--json"]),
         ("index build", [*mvh, "index", "build", "--store", str(store), "--json"]),
         ("search", [py, me, "_search", str(store), str(queries), str(folder / "search.json")]),
+        ("serve", [py, me, "_serve", str(store), str(folder / "serve.json")]),
         (
             "overlap",
             [*mvh, "overlap", "--store", str(store), "--store", str(folder / "small.lance"), "--json"],
@@ -320,8 +381,8 @@ def run_size(n: int, root: Path, slide_tiles: int, queries: int) -> dict:
             "export parquet": du_mb(folder / "parquet"),
             "import h5": du_mb(folder / "imported.lance"),
         }.get(name)
-        if name == "search":
-            figures.update(json.loads((folder / "search.json").read_text()))
+        if name in ("search", "serve"):
+            figures.update(json.loads((folder / f"{name}.json").read_text()))
         figures["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         results[name] = figures
         results_file.write_text(json.dumps(results, indent=1))
@@ -380,6 +441,8 @@ def main() -> None:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_write":
         write_store(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "_serve":
+        measure_serve(Path(sys.argv[2]), Path(sys.argv[3]))
     elif len(sys.argv) > 1 and sys.argv[1] == "_search":
         measure_search(Path(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4]))
     else:
