@@ -309,6 +309,7 @@ def run_size(n: int, root: Path, slide_tiles: int, queries: int) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     results_file = folder / "results.json"
     results = json.loads(results_file.read_text()) if results_file.exists() else {"n": n}
+    results.setdefault("tiles", max(1, n // slide_tiles) * slide_tiles)
     store = folder / "store.lance"
     py, me, mvh = sys.executable, str(Path(__file__).resolve()), [sys.executable, "-m", "mvh"]
     n_slides = max(1, n // slide_tiles)
@@ -395,24 +396,39 @@ def run_size(n: int, root: Path, slide_tiles: int, queries: int) -> dict:
     return results
 
 
+def _tiles(result: dict) -> int:
+    """Tiles of the written store: whole slides of SLIDE_TILES (the size asked for, rounded down)."""
+    return int(result.get("tiles", max(1, result["n"] // SLIDE_TILES) * SLIDE_TILES))
+
+
+def _cell(f: dict, n: int) -> str:
+    rss = f"{f['peak_rss_mb']:,.0f} MB"
+    if "peak_anon_rss_mb" in f:
+        rss += f" (heap {f['peak_anon_rss_mb']:,.0f})"
+    cpu = f"CPU {f['cpu_s']:,.0f} s ({1e6 * f['cpu_s'] / n:.0f} us/tile)"
+    return f"{f['wall_s']:,.0f} s, {cpu}, {rss}; load {f['load_before']:.1f}"
+
+
 def table(all_results: list[dict]) -> str:
-    """A Markdown table: per command and size, wall / CPU / peak RSS / load."""
-    sizes = [r["n"] for r in all_results]
+    """A Markdown table: per command and size, wall / CPU (per tile) / peak RSS (heap) / load before."""
+    sizes = [_tiles(r) for r in all_results]
     head = "| command | " + " | ".join(f"{n:,} tiles" for n in sizes) + " |"
     lines = [head, "|---" * (len(sizes) + 1) + "|"]
-    names = [k for k in all_results[0] if k != "n"]
+    names = list(dict.fromkeys(k for r in all_results for k in r if k not in ("n", "tiles")))
     for name in names:
-        cells = []
-        for r in all_results:
-            f = r.get(name)
-            cells.append(
-                "-"
-                if f is None
-                else f"{f['wall_s']:.0f} s, CPU {f['cpu_s']:.0f} s, {f['peak_rss_mb']:.0f} MB "
-                f"(load {f['load_before']:.1f})"
-            )
+        cells = ["-" if r.get(name) is None else _cell(r[name], _tiles(r)) for r in all_results]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def per_tile_ratio(small: dict, large: dict) -> str:
+    """CPU per tile at the larger size over the smaller, for the commands the issue's goal names."""
+    out = []
+    for name in ("import h5", "index build", "verify", "export h5", "export parquet", "write"):
+        if name in small and name in large:
+            ratio = (large[name]["cpu_s"] / _tiles(large)) / (small[name]["cpu_s"] / _tiles(small))
+            out.append(f"{name} {ratio:.2f}x")
+    return f"CPU per tile, {_tiles(large):,} vs {_tiles(small):,} tiles: " + ", ".join(out)
 
 
 def main() -> None:
@@ -422,11 +438,17 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=Path("/tmp/scale-bench"))
     parser.add_argument("--slide-tiles", type=int, default=SLIDE_TILES)
     parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--table-only", action="store_true", help="print the tables of finished sizes")
     args = parser.parse_args()
-    results = [
-        run_size(parse_size(s), args.root, args.slide_tiles, args.queries) for s in args.sizes.split(",")
-    ]
+    if args.table_only:
+        results = [json.loads((args.root / s / "results.json").read_text()) for s in args.sizes.split(",")]
+    else:
+        results = [
+            run_size(parse_size(s), args.root, args.slide_tiles, args.queries) for s in args.sizes.split(",")
+        ]
     print(table(results))
+    for small, large in zip(results, results[1:], strict=False):
+        print(per_tile_ratio(small, large))
     for r in results:
         if "search" in r:
             s = r["search"]
