@@ -27,7 +27,7 @@ def verify_cmd(
     from mvh.store import EmbeddingStore
     from mvh.store.integrity import verify_store
 
-    opened = EmbeddingStore.open(store)
+    opened = EmbeddingStore.open_snapshot(store)
     with progress_reporter(enabled=not as_json) as progress:
         result = verify_store(opened, slides or None, progress=progress)
     if as_json:

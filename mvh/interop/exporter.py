@@ -300,7 +300,7 @@ def run_export(cfg: ExportConfig, *, progress: Progress | None = None) -> Export
     """Export a store's done slides as TRIDENT-complete h5, CLAM's h5_files/pt_files, Parquet, or GeoJSON."""
     if cfg.out.exists() and not cfg.out.is_dir():
         raise UsageError(f"--out {cfg.out} is an existing file; remove it or name a new folder")
-    store = EmbeddingStore.open(cfg.store)
+    store = EmbeddingStore.open_snapshot(cfg.store)
     result = ExportResult(store=cfg.store, format=cfg.fmt, out=str(cfg.out))
     if cfg.verify:
         _verify(store, result)

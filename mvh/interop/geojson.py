@@ -131,7 +131,7 @@ def write_search_hits(path: Path, hits: Sequence[Mapping[str, Any]], store_uri: 
 
     if not hits:
         raise UsageError(f"the search found no hits: nothing to write to {path}")
-    store = EmbeddingStore.open(store_uri)
+    store = EmbeddingStore.open_snapshot(store_uri)
     slides = store.slides()
     slide_mpps = {str(s): (None if m is None or m != m else float(m))
                   for s, m in zip(slides["slide_id"], slides["mpp"], strict=True)}

@@ -10,7 +10,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from mvh.errors import StoreDamagedError
+from mvh.errors import StoreDamagedError, StoreUnusableError
 from mvh.store import EmbeddingStore, tiles_schema
 from mvh.store.integrity import CHECKSUM, verify_store
 from mvh.store.location import parse_location
@@ -224,3 +224,15 @@ def test_slide_rows_scan_groups_row_ids_by_slide_and_commit(tmp_path, batch_rows
     assert rows.version == table.version and rows.row_ids("a", "2").size == 0
     taken = table.take_row_ids(rows.row_ids("a", "1").tolist()).select(["v"]).to_arrow()
     assert taken["v"].to_pylist() == [0, 3, 6]
+
+
+def test_open_snapshot_reads_every_slide_by_rows_and_never_writes(many) -> None:
+    """verify, export and survival open this way: one scan of the row map, then a take per slide."""
+    store, expected = many
+    snapshot = EmbeddingStore.open_snapshot(store.uri)
+    assert_reads_equal(snapshot, store)
+    report = verify_store(EmbeddingStore.open_snapshot(store.uri))
+    assert report.n_slides == 12 and not report.problems
+    with pytest.raises(StoreUnusableError, match="--read-only"):
+        add(snapshot, "s99", 3, seed=5)
+    assert "s99" not in store.slide_ids()

@@ -235,7 +235,7 @@ def run_survival(config: SurvivalConfig, *, progress: Progress | None = None) ->
             f"{', '.join(REQUIRED_COLUMNS)}"
         )
     check_out_folder(config.out)
-    store = EmbeddingStore.open(config.store)
+    store = EmbeddingStore.open_snapshot(config.store)
     cohort = read_cohort(config.cohort, store.slide_ids(), skip_missing=config.skip_missing)
     if cohort.skipped_slides:
         note(f"skipped {len(cohort.skipped_slides)} slide(s) absent from the store: "
