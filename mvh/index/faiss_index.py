@@ -135,11 +135,12 @@ class VectorIndex:
         return int(self.index.ntotal)
 
     def search_ids(
-        self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
+        self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None, k_factor: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Scores [Q, k] and row ids [Q, k] (-1 when fewer rows qualify) of the top-k rows per query.
 
         `allowed` [n] bool restricts the candidate rows (a FAISS ID selector on the CPU index).
+        `k_factor` overrides the index's re-rank width (k_factor * k candidates re-scored on stored vectors).
         """
         if k < 1:
             raise UsageError(f"-k must be at least 1, got {k}")
@@ -161,7 +162,8 @@ class VectorIndex:
         if self.params.refine != "stored":
             scores, ids = self.index.search(q, k, params=params)
             return scores, ids.astype(np.int64)
-        wide = min(max(k, k * int(self.params.k_factor or 1)), max(self.n, 1))
+        factor = int(k_factor or self.params.k_factor or 1)
+        wide = min(max(k, k * factor), max(self.n, 1))
         _, candidates = self.index.search(q, wide, params=params)
         return self._rerank(q, candidates.astype(np.int64), k)
 

@@ -27,11 +27,13 @@ def search(
     exclude_slides: Sequence[str] | None = None,
     index: VectorIndex | None = None,
     exclude_tiles: Sequence[str | None] | None = None,
+    k_factor: int | None = None,
 ) -> pd.DataFrame:
     """Top-k tiles per query [Q, dim] as rows: query, rank, slide_id, tile_id, x, y, mpp, score (cosine).
 
     `exclude_tiles` [Q] names, per query, a tile it must not retrieve (its own tile, for a stored-tile
     query; None = none): one more hit is searched and that tile dropped, so k hits remain when possible.
+    `k_factor` overrides the index's re-rank width (`VectorIndex.search_ids`).
     """
     index = index if index is not None else load_index(store)
     queries = check_queries(query_embeddings, index.index.d)
@@ -40,7 +42,8 @@ def search(
     if own is not None and len(own) != len(queries):
         raise ValueError(f"exclude_tiles has {len(own)} entries for {len(queries)} queries")
     extra = 1 if own is not None and any(t is not None for t in own) else 0
-    scores, ids = index.search_ids(queries, min(k + extra, max(index.n, 1)), allowed=allowed)
+    wanted = min(k + extra, max(index.n, 1))
+    scores, ids = index.search_ids(queries, wanted, allowed=allowed, k_factor=k_factor)
     hits = index.hits(scores, ids)
     if extra:
         drop = hits["tile_id"].to_numpy() == np.asarray(own, dtype=object)[hits["query"].to_numpy()]
@@ -62,7 +65,10 @@ def search_slides(
     """Slides ranked by similarity to a query made of one or more tiles [Q, dim] (see below).
 
     For each query tile q the index returns its K best tiles (K = `tiles_per_query`, default
-    max(100, 10 k)). A target slide S gets best_q(S) = the best score among q's hits in S, or, when
+    max(100, 10 k)); an IVF-PQ index re-scores exactly the K best of its PQ order (k_factor 1: the
+    slide's ranking needs many hits per tile, not the exact order of each tile's top few, and the
+    128-tile mosaic of a 15,000-tile slide then reads 12,800 stored vectors, not 102,400). A target
+    slide S gets best_q(S) = the best score among q's hits in S, or, when
     none of q's K hits is in S, q's K-th score (an upper bound of S's true best). The slide score is the
     mean of best_q(S) over the query tiles, so a slide ranks high when most query tiles find a close
     tile in it. Columns: rank, slide_id, score, n_hits (query tiles with a hit in S), n_query_tiles, and
@@ -72,7 +78,7 @@ def search_slides(
     queries = check_queries(query_embeddings, index.index.d)
     big_k = min(index.n, tiles_per_query or max(100, 10 * k))
     hits = search(store, queries, k=big_k, exclude_slides=exclude_slides, index=index,
-                  exclude_tiles=exclude_tiles)
+                  exclude_tiles=exclude_tiles, k_factor=1)
     if hits.empty:
         return pd.DataFrame(columns=list(SLIDE_COLUMNS))
     floor = hits.groupby("query")["score"].min()

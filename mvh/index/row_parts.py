@@ -15,6 +15,7 @@ array (tests, benchmarks of the index alone).
 
 from __future__ import annotations
 
+import mmap
 import os
 import uuid
 from collections.abc import Sequence
@@ -163,6 +164,26 @@ class PartWriter:
         return {"id": self.part_id, "n": self.n, "slides": self.slides}
 
 
+def map_for_random_reads(path: Path) -> np.ndarray:
+    """A read-only memory map of the .npy at `path`, advised MADV_RANDOM: a re-rank reads scattered rows
+    of 1.5 KB, and the kernel's default read-ahead around each fault made cold reads ~3x slower (50,000
+    rows from ten 1.5 GB parts: 16.5 s -> 5.1 s, `benchmarks/scale.py`'s 10M store)."""
+    with open(path, "rb") as fh:
+        version = np.lib.format.read_magic(fh)
+        read_header = (
+            np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        )
+        shape, fortran, dtype = read_header(fh)
+        offset = fh.tell()
+        if fortran or len(shape) != 2:
+            raise ValueError(f"{path}: not a C-ordered [n, dim] array")
+        if np.prod(shape) == 0:
+            return np.zeros(shape, dtype)
+        mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    mapped.madvise(mmap.MADV_RANDOM)
+    return np.ndarray(shape, dtype, buffer=mapped, offset=offset)
+
+
 @dataclass
 class _Part:
     rows: pa.Table
@@ -183,7 +204,7 @@ class PartSet:
             rows_name, vec_name = part_files(entry["id"])
             try:
                 rows = pa.ipc.open_file(pa.memory_map(str(self.folder / rows_name))).read_all()
-                vectors = np.load(self.folder / vec_name, mmap_mode="r")
+                vectors = map_for_random_reads(self.folder / vec_name)
             except (OSError, ValueError, pa.ArrowInvalid) as exc:
                 raise StoreError(
                     f"index part {entry['id']} in {self.folder} is unreadable ({exc}): run `mvh index build`"
