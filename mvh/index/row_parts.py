@@ -177,6 +177,9 @@ def map_for_random_reads(path: Path) -> np.ndarray:
         offset = fh.tell()
         if fortran or len(shape) != 2:
             raise ValueError(f"{path}: not a C-ordered [n, dim] array")
+        size = os.fstat(fh.fileno()).st_size
+        if size < offset + int(np.prod(shape)) * dtype.itemsize:
+            raise ValueError(f"{path}: {size} bytes, shorter than its header says (a truncated file)")
         if np.prod(shape) == 0:
             return np.zeros(shape, dtype)
         mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)

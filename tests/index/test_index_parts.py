@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mvh.errors import UsageError
+from mvh.errors import StoreError, UsageError
 from mvh.index.build import BuildResult, IndexBuildConfig, run_index_build
 from mvh.index.exact import exact_search
 from mvh.index.index_files import load_index
@@ -121,3 +121,15 @@ def test_index_build_job_shape_and_progress(tmp_path: Path) -> None:
     data = result.to_dict()
     assert data["n_tiles"] == 17 and data["params"]["kind"] == "flat" and data["description"] == "Flat"
     assert BuildResult.from_dict(data) == result
+
+
+def test_a_truncated_row_part_is_a_one_line_store_error(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    slides = {f"s{i}": rng.standard_normal((40, DIM)).astype(np.float32) for i in range(3)}
+    store = make_store(tmp_path, slides)
+    run_index_build(IndexBuildConfig(store=store.uri, kind="ivfpq", nlist=2, m=4, nbits=4))
+    part = next((tmp_path / "store" / "_index").glob("part-*.npy"))
+    with open(part, "r+b") as fh:
+        fh.truncate(part.stat().st_size - 64)  # the last row's bytes are gone
+    with pytest.raises(StoreError, match="unreadable.*truncated"):
+        load_index(EmbeddingStore.open(store.uri))
