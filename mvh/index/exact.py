@@ -23,20 +23,18 @@ def exact_search(
     exclude_rows: np.ndarray | None = None,
     query_groups: np.ndarray | None = None,
     database_groups: np.ndarray | None = None,
-    unit_database: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Brute-force cosine top-k: scores [Q, k] float32 and database row ids [Q, k] (-1 past the end).
 
-    `database` [N, D] and `queries` [Q, D] are normalised here (the database is used as it is when
-    `unit_database`: the rows of a Flat index, normalised when added). Candidates can be restricted three
-    ways: `allowed` [N] bool (the same rows for every query); `exclude_rows` [Q] int (query i never retrieves
+    `database` [N, D] and `queries` [Q, D] are normalised here. Candidates can be restricted three ways:
+    `allowed` [N] bool (the same rows for every query); `exclude_rows` [Q] int (query i never retrieves
     database row `exclude_rows[i]`, -1 = none: a query that is itself a database row); and
     `query_groups` [Q] / `database_groups` [N] int codes (query i never retrieves a row of its own group:
     leave-one-slide-out, leave-one-patient-out). Ties are broken by the lower row id.
     """
     if k < 1:
         raise UsageError(f"-k must be at least 1, got {k}")
-    db = np.asarray(database, dtype=np.float32) if unit_database else l2_normalise(database)
+    db = l2_normalise(database)
     qs = l2_normalise(queries)
     if db.shape[1] != qs.shape[1]:
         raise UsageError(f"queries have dim {qs.shape[1]} but the database holds dim {db.shape[1]}")
