@@ -19,7 +19,7 @@ from mvh.errors import StoreError, UsageError
 
 FLAT_MAX_TILES = 200_000
 # Re-ranked candidates per hit of an automatic IVF-PQ index. benchmarks/scale.py, recall@10 vs exact:
-# 4 gave 0.976 at 1M tiles but 0.932 at 10M (the misses are re-rank misses); 8 gives 0.999 at 1M.
+# 4 gave 0.976 at 1M tiles but 0.932 at 10M (the misses are re-rank misses); 8 gives 0.997 / 0.988.
 AUTO_K_FACTOR = 8
 KINDS = ("auto", "flat", "ivfpq", "hnsw")
 NBITS = (4, 5, 6, 7, 8)
