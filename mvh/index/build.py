@@ -153,7 +153,7 @@ def build_index(
         sample = training_sample(store, state, training_rows(n, params), seed)
         trained_on = len(sample)
         report(progress, Event.STATUS, STEPS, 0, f"training {params.describe()} on {len(sample)} tiles")
-        train_index(index, sample, params, seed=seed, use_gpu=use_gpu)
+        train_index(index, sample, params, seed=seed)
         del sample
     shards = plan_shards(state, shard_tiles)
     report(progress, Event.TOTAL, VECTORS, n)

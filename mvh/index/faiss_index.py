@@ -18,12 +18,14 @@ import pandas as pd
 
 from mvh.core.vectors import l2_normalise
 from mvh.errors import DataError, UsageError
-from mvh.index.params import IndexParams
+from mvh.index.coarse import coarse_centroids
+from mvh.index.params import COARSE_EF_SEARCH, IndexParams
 from mvh.index.row_parts import ROW_COLUMNS, FrameRows, RowSource
 
 __all__ = ["HIT_COLUMNS", "ROW_COLUMNS", "VectorIndex", "build_faiss_index", "empty_index", "train_index"]
 
 _RERANK_BLOCK = 1 << 24  # floats of the [queries, candidates, dim] block of one re-rank step
+_RERANK_ROWS = 1 << 16  # candidates (queries x k_factor x k) whose stored vectors one search reads at once
 HIT_COLUMNS = ("query", "rank", "slide_id", "tile_id", "x", "y", "mpp", "score")
 
 
@@ -37,19 +39,17 @@ def empty_index(params: IndexParams, dim: int) -> faiss.Index:
     return index
 
 
-def train_index(index: faiss.Index, sample: np.ndarray, params: IndexParams, seed: int = 0,
-                use_gpu: bool | None = None) -> None:
-    """Train an IVF-PQ `index` on the L2-normalised `sample` (other kinds need no training)."""
+def train_index(index: faiss.Index, sample: np.ndarray, params: IndexParams, seed: int = 0) -> None:
+    """Train an IVF-PQ `index` on `sample` (other kinds need no training): its cells by two-level k-means
+    (`mvh.index.coarse`), then FAISS trains the product quantiser on the residuals."""
     if params.kind != "ivfpq":
         return
+    unit = l2_normalise(sample)
     ivf = faiss.extract_index_ivf(index)
-    ivf.cp.seed = seed
-    gpu_quantizer = to_gpu(faiss.IndexFlatIP(index.d)) if want_gpu(use_gpu) else None
-    if gpu_quantizer is not None:
-        ivf.clustering_index = gpu_quantizer  # k-means assignment on the GPU
-    index.train(l2_normalise(sample))
-    if gpu_quantizer is not None:
-        ivf.clustering_index = None
+    ivf.quantizer.add(coarse_centroids(unit, int(params.nlist or 1), seed))
+    if params.coarse == "hnsw":
+        faiss.downcast_index(ivf.quantizer).hnsw.efSearch = COARSE_EF_SEARCH
+    index.train(unit)  # the quantiser holds nlist centroids, so FAISS trains only the PQ codebooks
 
 
 def training_rows(n: int, params: IndexParams) -> int:
@@ -67,7 +67,7 @@ def build_faiss_index(
     target = to_gpu(index) if want_gpu(use_gpu) and params.kind == "flat" else index
     if params.kind == "ivfpq":
         rows = np.sort(np.random.default_rng(seed).choice(n, size=training_rows(n, params), replace=False))
-        train_index(index, x[rows], params, seed=seed, use_gpu=use_gpu)
+        train_index(index, x[rows], params, seed=seed)
     target.add(x)
     return faiss.index_gpu_to_cpu(target) if target is not index else index
 
@@ -164,8 +164,14 @@ class VectorIndex:
             return scores, ids.astype(np.int64)
         factor = int(k_factor or self.params.k_factor or 1)
         wide = min(max(k, k * factor), max(self.n, 1))
-        _, candidates = self.index.search(q, wide, params=params)
-        return self._rerank(q, candidates.astype(np.int64), k)
+        # queries in blocks of at most _RERANK_ROWS candidates: an overlap's batch of 65,536 tiles would
+        # otherwise read up to 5M stored vectors at once (3.4 GB of heap at 10M tiles)
+        step = max(1, _RERANK_ROWS // wide)
+        blocks = []
+        for start in range(0, max(len(q), 1), step):
+            _, candidates = self.index.search(q[start : start + step], wide, params=params)
+            blocks.append(self._rerank(q[start : start + step], candidates.astype(np.int64), k))
+        return np.concatenate([b[0] for b in blocks]), np.concatenate([b[1] for b in blocks])
 
     def _rerank(self, q: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact cosine of each query with its candidates' stored vectors; top-k (ties: lower row id).

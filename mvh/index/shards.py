@@ -26,6 +26,7 @@ import pyarrow as pa
 
 from mvh.core.vectors import l2_normalise
 from mvh.errors import StoreDamagedError
+from mvh.index.coarse import proportional_counts
 from mvh.index.row_parts import ROW_COLUMNS, PartWriter
 from mvh.store import EmbeddingStore
 
@@ -69,20 +70,10 @@ def raw_embeddings(store: EmbeddingStore, batch: pa.RecordBatch) -> np.ndarray:
     return raw
 
 
-def slide_quotas(counts: np.ndarray, size: int) -> np.ndarray:
-    """Rows to sample from each slide: `size` split in proportion to `counts` (largest remainders)."""
-    exact = size * counts / counts.sum()
-    quotas = np.floor(exact).astype(np.int64)
-    fractions = exact - quotas
-    # sum(fractions) is the rows left over and each is < 1, so only slides with a fraction get one
-    quotas[np.argsort(-fractions, kind="stable")[: size - int(quotas.sum())]] += 1
-    return quotas
-
-
 def training_sample(store: EmbeddingStore, state: dict[str, list[Any]], size: int, seed: int) -> np.ndarray:
     """`size` tiles [size, dim] float32 from every done slide, in proportion to its tiles (seeded).
 
-    Each slide gives `slide_quotas` rows, chosen uniformly at random within it, so the quantiser sees
+    Each slide gives `proportional_counts` rows, chosen uniformly at random within it, so the quantiser sees
     every slide's kinds of tissue; one streamed scan keeps memory to the sample and one batch.
     """
     rng = np.random.default_rng(seed)
@@ -90,7 +81,7 @@ def training_sample(store: EmbeddingStore, state: dict[str, list[Any]], size: in
     counts = np.array([int(state[s][0]) for s in slides], dtype=np.int64)
     total = int(counts.sum())
     size = min(size, total)
-    quotas = slide_quotas(counts, size) if size else np.zeros(len(slides), dtype=np.int64)
+    quotas = proportional_counts(counts, size) if size else np.zeros(len(slides), dtype=np.int64)
     offsets = np.cumsum(counts) - counts
     # positions in a virtual concatenation of the slides: offset of the slide + rank of the row within it
     picks = [o + rng.choice(n, q, replace=False) for o, n, q in zip(offsets, counts, quotas, strict=True)]

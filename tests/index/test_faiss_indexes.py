@@ -13,6 +13,7 @@ import pytest
 from mvh.core.synthetic_embeddings import clustered_embeddings
 from mvh.errors import IndexNotFoundError, StaleIndexError, UsageError
 from mvh.index.index_cache import index_dir
+from mvh.index.params import IndexParams
 from mvh.index.row_parts import FrameRows
 from mvh.index.vector import (
     FLAT_MAX_TILES,
@@ -125,12 +126,15 @@ def test_recall_at_k_hand_example() -> None:
 def test_auto_params_thresholds() -> None:
     assert auto_params(FLAT_MAX_TILES, 768).kind == "flat"
     p = auto_params(FLAT_MAX_TILES + 1, 768)
-    assert p.kind == "ivfpq" and p.factory_string() == f"IVF{p.nlist},PQ96x4fs" and p.refine == "stored"
+    assert p.kind == "ivfpq" and p.refine == "stored" and p.coarse == "hnsw"
+    assert p.factory_string() == f"IVF{p.nlist}_HNSW32,PQ96x4fs"
     assert p.nlist & (p.nlist - 1) == 0 and 39 * p.nlist <= FLAT_MAX_TILES + 1 and p.nprobe >= 8
     assert auto_params(10_000_000, 768).nlist > auto_params(1_000_000, 768).nlist
     assert auto_params(5000, 1000, "ivfpq").m == 125  # a divisor of the dimension
     sq8 = auto_params(5000, 768, "ivfpq", nlist=32, nbits=8, refine="sq8")
-    assert sq8.factory_string() == "IVF32,PQ96x8,Refine(SQ8)"
+    assert sq8.factory_string() == "IVF32_HNSW32,PQ96x8,Refine(SQ8)"
+    saved_before_coarse = {k: v for k, v in sq8.to_dict().items() if k != "coarse"}
+    assert IndexParams.from_dict(saved_before_coarse).factory_string() == "IVF32,PQ96x8,Refine(SQ8)"
     assert auto_params(5000, 768, "hnsw", ef_search=99).ef_search == 99
     assert auto_params(5000, 768, "hnsw").ef_search < auto_params(10**6, 768, "hnsw").ef_search
     with pytest.raises(UsageError, match="must divide"):
