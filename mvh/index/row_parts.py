@@ -4,9 +4,9 @@ An index over N tiles keeps no copy of the tiles in RAM. Its rows live in parts,
 slides added (a build has one or more; an `--update` adds one): `part-<id>.arrow` (an uncompressed
 Arrow IPC file: slide_id, tile_id, x, y, tile_px, mpp, and `slide_code`, the slide's position in the
 part's slide list) and `part-<id>.npy` (the embeddings exactly as stored, float16 or float32, in index
-row order). Both are memory-mapped: a search touches only the pages of its hits, and its re-rank reads
-the stored vectors of its candidates by row id (the "refine" of an IVF-PQ index) instead of holding
-them in RAM. Part files are immutable, so builds that share a part (an update, a kept tagged build)
+row order). The Arrow file is memory-mapped (a search touches only the pages of its hits). A re-rank
+reads the stored vectors of its candidates by row id (the "refine" of an IVF-PQ index) with positional
+reads (`VectorFile`) that leave no pages in the process, instead of holding them in RAM. Part files are immutable, so builds that share a part (an update, a kept tagged build)
 name the same files.
 
 `FrameRows` is the in-memory equivalent (a DataFrame and optional vectors) for indexes built from an
@@ -15,9 +15,9 @@ array (tests, benchmarks of the index alone).
 
 from __future__ import annotations
 
-import mmap
 import os
 import uuid
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,39 +164,67 @@ class PartWriter:
         return {"id": self.part_id, "n": self.n, "slides": self.slides}
 
 
-def map_for_random_reads(path: Path) -> np.ndarray:
-    """A read-only memory map of the .npy at `path`, advised MADV_RANDOM: a re-rank reads scattered rows
-    of 1.5 KB, and the kernel's default read-ahead around each fault made cold reads ~3x slower (50,000
-    rows from ten 1.5 GB parts: 16.5 s -> 5.1 s, `benchmarks/scale.py`'s 10M store)."""
-    with open(path, "rb") as fh:
-        version = np.lib.format.read_magic(fh)
-        read_header = (
-            np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        )
-        shape, fortran, dtype = read_header(fh)
-        offset = fh.tell()
+class VectorFile:
+    """The [n, dim] rows of a part's .npy, read by row id with `os.preadv`: a re-rank reads scattered
+    rows of 1.5 KB, and nothing stays mapped in the process. (A memory map left every page it had
+    touched in the RSS: an overlap at 10M tiles reached 13.7 GB of RSS, 10.4 GB of it mapped parts.)
+    Reads are positional, so threads may share one `VectorFile`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, fortran, self.dtype = read_header(fh)
+            self.offset = fh.tell()
+            size = os.fstat(fh.fileno()).st_size
         if fortran or len(shape) != 2:
             raise ValueError(f"{path}: not a C-ordered [n, dim] array")
-        size = os.fstat(fh.fileno()).st_size
-        if size < offset + int(np.prod(shape)) * dtype.itemsize:
+        self.n, self.dim = int(shape[0]), int(shape[1])
+        self.row_bytes = self.dim * self.dtype.itemsize
+        if size < self.offset + self.n * self.row_bytes:
             raise ValueError(f"{path}: {size} bytes, shorter than its header says (a truncated file)")
-        if np.prod(shape) == 0:
-            return np.zeros(shape, dtype)
-        mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-    mapped.madvise(mmap.MADV_RANDOM)
-    return np.ndarray(shape, dtype, buffer=mapped, offset=offset)
+        self._fd = os.open(path, os.O_RDONLY)
+        weakref.finalize(self, os.close, self._fd)  # closed with the index that holds it
+
+    def __len__(self) -> int:
+        return self.n
+
+    def rows(self, local: np.ndarray) -> np.ndarray:
+        """Rows `local` [k] (any order, repeats allowed) as stored, [k, dim]: one read per run of
+        consecutive rows."""
+        wanted, back = np.unique(np.asarray(local, dtype=np.int64), return_inverse=True)
+        out = np.empty((len(wanted), self.dim), self.dtype)
+        if not len(wanted):
+            return out
+        if wanted[0] < 0 or wanted[-1] >= self.n:
+            raise IndexError(f"{self.path}: rows {wanted[0]}..{wanted[-1]} outside 0..{self.n - 1}")
+        view = memoryview(out.reshape(-1).view(np.uint8))
+        cuts = np.flatnonzero(np.diff(wanted) != 1) + 1
+        starts = np.concatenate([[0], cuts]).tolist()
+        stops = np.concatenate([cuts, [len(wanted)]]).tolist()
+        fd, size = self._fd, self.row_bytes
+        for begin, end in zip(starts, stops, strict=True):
+            got = os.preadv(fd, [view[begin * size : end * size]], self.offset + int(wanted[begin]) * size)
+            if got != (end - begin) * size:
+                raise StoreError(f"{self.path}: short read at row {int(wanted[begin])}: run `mvh index build`")
+        return out[back.reshape(-1)]
 
 
 @dataclass
 class _Part:
     rows: pa.Table
-    vectors: np.ndarray
+    vectors: VectorFile
     slides: list[str]
 
 
 @dataclass
 class PartSet:
-    """The parts of one build, memory-mapped; global row id = offset of its part + row in the part."""
+    """The parts of one build, opened for reads by row id; global row id = offset of its part + row in it."""
 
     folder: Path
     entries: list[dict[str, Any]]
@@ -207,7 +235,7 @@ class PartSet:
             rows_name, vec_name = part_files(entry["id"])
             try:
                 rows = pa.ipc.open_file(pa.memory_map(str(self.folder / rows_name))).read_all()
-                vectors = map_for_random_reads(self.folder / vec_name)
+                vectors = VectorFile(self.folder / vec_name)
             except (OSError, ValueError, pa.ArrowInvalid) as exc:
                 raise StoreError(
                     f"index part {entry['id']} in {self.folder} is unreadable ({exc}): run `mvh index build`"
@@ -244,12 +272,11 @@ class PartSet:
         return frame.iloc[np.argsort(np.concatenate(order), kind="stable")].reset_index(drop=True)
 
     def vectors(self, ids: np.ndarray) -> np.ndarray:
-        """Stored vectors of `ids` as float32 (each part read in row order: sequential pages)."""
+        """Stored vectors of `ids` as float32 (each part read in row order)."""
         ids = np.asarray(ids, dtype=np.int64)
-        out = np.empty((len(ids), self._parts[0].vectors.shape[1] if self._parts else 0), np.float32)
+        out = np.empty((len(ids), self._parts[0].vectors.dim if self._parts else 0), np.float32)
         for p, where, local in self._split(ids):
-            order = np.argsort(local, kind="stable")
-            out[where[order]] = self._parts[p].vectors[local[order]]
+            out[where] = self._parts[p].vectors.rows(local)
         return out
 
     def slide_mask(self, slide_ids: Sequence[str]) -> np.ndarray:

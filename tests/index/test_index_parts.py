@@ -15,6 +15,7 @@ from mvh.index.exact import exact_search
 from mvh.index.index_files import load_index
 from mvh.index.params import auto_params, check_params
 from mvh.index.ranking import search
+from mvh.index.row_parts import VectorFile
 from mvh.progress import VECTORS, Event, Recorder
 from mvh.store import EmbeddingStore
 from tests.conftest import synthetic_fingerprint
@@ -133,3 +134,18 @@ def test_a_truncated_row_part_is_a_one_line_store_error(tmp_path: Path) -> None:
         fh.truncate(part.stat().st_size - 64)  # the last row's bytes are gone
     with pytest.raises(StoreError, match="unreadable.*truncated"):
         load_index(EmbeddingStore.open(store.uri))
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_vector_file_reads_rows_by_id_as_numpy_loads_them(tmp_path: Path, dtype: type) -> None:
+    stored = np.random.default_rng(4).standard_normal((300, 24)).astype(dtype)
+    np.save(tmp_path / "part.npy", stored)
+    vectors = VectorFile(tmp_path / "part.npy")
+    assert (len(vectors), vectors.dim, vectors.dtype) == (300, 24, np.dtype(dtype))
+    # unsorted, repeated, runs of consecutive rows, the first and the last row
+    ids = np.array([299, 5, 6, 7, 5, 0, 150, 151, 42, 299])
+    np.testing.assert_array_equal(vectors.rows(ids), stored[ids])
+    np.testing.assert_array_equal(vectors.rows(np.arange(300)), stored)
+    assert vectors.rows(np.array([], dtype=np.int64)).shape == (0, 24)
+    with pytest.raises(IndexError, match="outside 0..299"):
+        vectors.rows(np.array([3, 300]))
