@@ -24,16 +24,18 @@ ROW_ID = "_rowid"
 
 @dataclass(frozen=True)
 class SlideRows:
-    """Row ids of the tiles of each (slide_id, commit) in one version of the tiles table."""
+    """Row ids of the tiles of each (slide_id, commit) in one version of the tiles table, kept as runs
+    of consecutive ids: a slide appended in one commit is one run (16 bytes), so the map of a 10M-tile
+    store is a few KB a slide, not 8 bytes a tile."""
 
     version: int
-    rows: dict[tuple[str, str | None], np.ndarray]
+    runs: dict[tuple[str, str | None], np.ndarray]  # [r, 2] int64: first row id, length
 
     @classmethod
     def scan(cls, table: Any, *, with_commit: bool, batch_rows: int = 262_144) -> SlideRows:
         """Scan the key columns of `table` (a LanceDB table at a fixed version) once, in batches.
 
-        Only the row ids are kept (8 bytes a row); the key strings live one batch at a time.
+        Only runs of row ids are kept; the key strings and ids live one batch at a time.
         """
         version = int(table.version)
         keys = ["slide_id", "commit"] if with_commit else ["slide_id"]
@@ -46,10 +48,33 @@ class SlideRows:
             slide_ids = grouped.column("slide_id").to_pylist()
             commits = grouped.column("commit").to_pylist() if with_commit else [None] * len(slide_ids)
             for i, key in enumerate(zip(slide_ids, commits, strict=True)):
-                parts.setdefault(key, []).append(ids[i].values.to_numpy(zero_copy_only=False))
-        rows = {key: np.sort(np.concatenate(chunks).astype(np.uint64)) for key, chunks in parts.items()}
-        return cls(version=version, rows=rows)
+                chunk = np.sort(ids[i].values.to_numpy(zero_copy_only=False).astype(np.int64))
+                parts.setdefault(key, []).append(_runs(chunk))
+        return cls(version=version, runs={key: _merged(np.concatenate(r)) for key, r in parts.items()})
 
     def row_ids(self, slide_id: str, commit: str | None) -> np.ndarray:
-        """Sorted row ids of the tiles of `slide_id` written by `commit` (empty when there are none)."""
-        return self.rows.get((slide_id, commit), np.empty(0, dtype=np.uint64))
+        """Sorted row ids (uint64) of the tiles of `slide_id` written by `commit` (empty when none)."""
+        runs = self.runs.get((slide_id, commit))
+        if runs is None:
+            return np.empty(0, dtype=np.uint64)
+        lengths = runs[:, 1]
+        first_position = np.cumsum(lengths) - lengths
+        ids = np.arange(int(lengths.sum()), dtype=np.int64) + np.repeat(runs[:, 0] - first_position, lengths)
+        return ids.astype(np.uint64)
+
+
+def _runs(ids: np.ndarray) -> np.ndarray:
+    """Sorted row ids as runs [r, 2] (first id, length) of consecutive ids."""
+    cuts = np.flatnonzero(np.diff(ids) != 1) + 1
+    starts = np.concatenate([[0], cuts])
+    stops = np.concatenate([cuts, [len(ids)]])
+    return np.stack([ids[starts], stops - starts], axis=1).astype(np.int64)
+
+
+def _merged(runs: np.ndarray) -> np.ndarray:
+    """Runs sorted by first id, with runs that continue one another (across batches) joined."""
+    runs = runs[np.argsort(runs[:, 0], kind="stable")]
+    new = np.ones(len(runs), dtype=bool)
+    new[1:] = runs[1:, 0] != runs[:-1, 0] + runs[:-1, 1]
+    lengths = np.bincount(np.cumsum(new) - 1, weights=runs[:, 1]).astype(np.int64)
+    return np.stack([runs[new, 0], lengths], axis=1)

@@ -84,8 +84,10 @@ def test_a_read_only_handle_reads_every_slide_by_rows_as_the_filter_does(many) -
     assert_reads_equal(ro, store)
     for slide_id, emb in expected.items():  # and both are what was written, by (y, x)
         np.testing.assert_array_equal(ro.slide_embeddings(slide_id)[0], emb)
-    rows = ro.reader.row_map.rows
-    assert len(rows) == 12 and all(len(rows[(s, c)]) == 1 + 3 * int(s[1:]) for s, c in rows)
+    row_map = ro.reader.row_map
+    assert len(row_map.runs) == 12
+    assert all(len(row_map.row_ids(s, c)) == 1 + 3 * int(s[1:]) for s, c in row_map.runs)
+    assert all(len(runs) == 1 for runs in row_map.runs.values())  # a slide appended at once: one run
 
 
 def test_after_compaction_fragments_hold_several_slides_and_reads_still_agree(many) -> None:
@@ -94,7 +96,7 @@ def test_after_compaction_fragments_hold_several_slides_and_reads_still_agree(ma
     assert store.tables.tiles.stats()["fragment_stats"]["num_fragments"] < 12  # slides share fragments now
     ro = reader(store)
     assert_reads_equal(ro, store)
-    fragments = {int(ids[0]) >> 32 for ids in ro.reader.row_map.rows.values()}
+    fragments = {int(runs[0, 0]) >> 32 for runs in ro.reader.row_map.runs.values()}
     assert len(fragments) < 12
     np.testing.assert_array_equal(ro.slide_embeddings("s07")[0], expected["s07"])
 
@@ -202,7 +204,7 @@ def test_a_store_of_an_older_mvh_reads_by_slide_id_rows(tmp_path) -> None:
     writable, ro = EmbeddingStore.open(uri), reader(EmbeddingStore.open(uri))
     assert ro.legacy
     assert_reads_equal(ro, writable)
-    assert set(ro.reader.row_map.rows) == {("a", None), ("b", None), ("c", None)}
+    assert set(ro.reader.row_map.runs) == {("a", None), ("b", None), ("c", None)}
 
 
 @pytest.mark.parametrize("batch_rows", [2, 65536], ids=["keys-across-batches", "one-batch"])
@@ -216,7 +218,7 @@ def test_slide_rows_scan_groups_row_ids_by_slide_and_commit(tmp_path, batch_rows
     assert max(b.num_rows for b in batches) == min(batch_rows, 5)  # the scan really comes in batches
     rows = SlideRows.scan(table, with_commit=True, batch_rows=batch_rows)
     fragment_1 = 1 << 32
-    assert {k: v.tolist() for k, v in rows.rows.items()} == {
+    assert {k: rows.row_ids(*k).tolist() for k in rows.runs} == {
         ("a", "1"): [0, 3, fragment_1 + 1],
         ("b", "2"): [1, 4, fragment_1],
         ("a", "9"): [2],
@@ -236,3 +238,12 @@ def test_open_snapshot_reads_every_slide_by_rows_and_never_writes(many) -> None:
     with pytest.raises(StoreUnusableError, match="--read-only"):
         add(snapshot, "s99", 3, seed=5)
     assert "s99" not in store.slide_ids()
+
+
+def test_slide_rows_keep_runs_and_join_a_run_cut_by_batches(tmp_path) -> None:
+    db = lancedb.connect(str(tmp_path / "plain"))
+    table = db.create_table("t", data=pa.table({"slide_id": ["a"] * 5 + ["b", "a", "a"], "v": range(8)}))
+    rows = SlideRows.scan(table, with_commit=False, batch_rows=2)  # rows 0-4 of "a" come in 3 batches
+    assert rows.runs[("a", None)].tolist() == [[0, 5], [6, 2]]
+    assert rows.row_ids("a", None).tolist() == [0, 1, 2, 3, 4, 6, 7]
+    assert rows.row_ids("b", None).tolist() == [5] and rows.row_ids("c", None).dtype == np.uint64
