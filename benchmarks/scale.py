@@ -369,8 +369,8 @@ def run_size(n: int, root: Path, slide_tiles: int, queries: int) -> dict:
         if name == "overlap":  # a 2-slide store: a copy of slide 0 and one new slide
             write_store(folder / "small.lance", n_slides + 1, 1, slide_tiles)
             write_store(folder / "small.lance", 0, 1, slide_tiles)
-        if name == "index build --update":
-            write_store(store, n_slides, 1, slide_tiles)
+        if name == "index build --update":  # one slide more than the store holds (a re-run adds another)
+            write_store(store, _slide_count(store), 1, slide_tiles)
         if name == "export h5":
             _room_for_exports(store, folder)
         print(f"[{n:,}] {name} ...", flush=True)
@@ -384,6 +384,8 @@ def run_size(n: int, root: Path, slide_tiles: int, queries: int) -> dict:
         }.get(name)
         if name in ("search", "serve"):
             figures.update(json.loads((folder / f"{name}.json").read_text()))
+        if name == "index build":  # the tiles it indexed: more than written when an update step ran before
+            figures["tiles"] = _json_output(folder / "index_build.log")["n_tiles"]
         figures["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         results[name] = figures
         results_file.write_text(json.dumps(results, indent=1))
@@ -396,9 +398,27 @@ def run_size(n: int, root: Path, slide_tiles: int, queries: int) -> dict:
     return results
 
 
+def _slide_count(store: Path) -> int:
+    from mvh.store import EmbeddingStore
+
+    return len(EmbeddingStore.open(str(store)).slide_ids())
+
+
+def _json_output(log: Path) -> dict:
+    """The `--json` object a command printed to its log (after any warnings)."""
+    text = log.read_text()
+    start = 0 if text.startswith("{") else text.index("\n{") + 1
+    return json.JSONDecoder().raw_decode(text, start)[0]
+
+
 def _tiles(result: dict) -> int:
     """Tiles of the written store: whole slides of SLIDE_TILES (the size asked for, rounded down)."""
     return int(result.get("tiles", max(1, result["n"] // SLIDE_TILES) * SLIDE_TILES))
+
+
+def _step_tiles(result: dict, name: str) -> int:
+    """The tiles a step worked on: its own count when it recorded one, else the written store's."""
+    return int(result[name].get("tiles", _tiles(result)))
 
 
 def _cell(f: dict, n: int) -> str:
@@ -416,7 +436,7 @@ def table(all_results: list[dict]) -> str:
     lines = [head, "|---" * (len(sizes) + 1) + "|"]
     names = list(dict.fromkeys(k for r in all_results for k in r if k not in ("n", "tiles")))
     for name in names:
-        cells = ["-" if r.get(name) is None else _cell(r[name], _tiles(r)) for r in all_results]
+        cells = ["-" if r.get(name) is None else _cell(r[name], _step_tiles(r, name)) for r in all_results]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -426,7 +446,8 @@ def per_tile_ratio(small: dict, large: dict) -> str:
     out = []
     for name in ("import h5", "index build", "verify", "export h5", "export parquet", "write"):
         if name in small and name in large:
-            ratio = (large[name]["cpu_s"] / _tiles(large)) / (small[name]["cpu_s"] / _tiles(small))
+            per_tile = [r[name]["cpu_s"] / _step_tiles(r, name) for r in (large, small)]
+            ratio = per_tile[0] / per_tile[1]
             out.append(f"{name} {ratio:.2f}x")
     return f"CPU per tile, {_tiles(large):,} vs {_tiles(small):,} tiles: " + ", ".join(out)
 
