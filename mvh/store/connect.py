@@ -31,13 +31,19 @@ from mvh.store.versions import snapshot_versions
 from mvh.store.visibility import Visibility
 from mvh.store.writer import now
 
+# Lance caches, each per connection: metadata (manifests, file metadata) and indexes (the slide_id and
+# commit B-trees). Lance's defaults are 1 GB and 6 GB; a writer caches every version it commits, so a
+# process writing 666 slides held 907 MB of heap (a 300-slide test: 245 MB, 154 MB with a 32 MB cap).
+LANCE_CACHE_BYTES = 256 << 20
+
 
 class CreationRace(Exception):
     """Another process seems to be creating the same store right now (open_or_create waits and retries)."""
 
 
-def connect(location: StoreLocation) -> Any:
-    """A LanceDB connection to `location` (StoreUnusableError when a local path is a regular file)."""
+def connect(location: StoreLocation, cache_bytes: int = LANCE_CACHE_BYTES) -> Any:
+    """A LanceDB connection to `location` (StoreUnusableError when a local path is a regular file), whose
+    Lance metadata and index caches hold at most `cache_bytes` each."""
     local = location.local_path
     if local is not None and local.exists() and not local.is_dir():
         raise StoreUnusableError(
@@ -48,9 +54,13 @@ def connect(location: StoreLocation) -> Any:
     # other processes. A frozen handle reads one version: no re-check per read (on object storage each
     # re-check is a round trip).
     interval = None if location.read_only or location.pinned else timedelta(0)
+    session = lancedb.Session(index_cache_size_bytes=cache_bytes, metadata_cache_size_bytes=cache_bytes)
     try:
         return lancedb.connect(
-            location.uri, storage_options=location.storage_options or None, read_consistency_interval=interval
+            location.uri,
+            storage_options=location.storage_options or None,
+            read_consistency_interval=interval,
+            session=session,
         )
     except LANCE_ERRORS as exc:  # LanceDB lists the store's namespace on connect: S3 answers here first
         raise remote_failure(exc, location) or exc from exc
