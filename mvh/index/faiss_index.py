@@ -25,6 +25,7 @@ from mvh.index.row_parts import ROW_COLUMNS, FrameRows, RowSource
 __all__ = ["HIT_COLUMNS", "ROW_COLUMNS", "VectorIndex", "build_faiss_index", "empty_index", "train_index"]
 
 _RERANK_BLOCK = 1 << 24  # floats of the [queries, candidates, dim] block of one re-rank step
+PQ_TRAIN_ROWS = 65_536  # 256 points for each of 256 centroids: what FAISS keeps of an 8-bit PQ's sample
 _RERANK_ROWS = 1 << 16  # candidates (queries x k_factor x k) whose stored vectors one search reads at once
 HIT_COLUMNS = ("query", "rank", "slide_id", "tile_id", "x", "y", "mpp", "score")
 
@@ -49,7 +50,11 @@ def train_index(index: faiss.Index, sample: np.ndarray, params: IndexParams, see
     ivf.quantizer.add(coarse_centroids(unit, int(params.nlist or 1), seed))
     if params.coarse == "hnsw":
         faiss.downcast_index(ivf.quantizer).hnsw.efSearch = COARSE_EF_SEARCH
-    index.train(unit)  # the quantiser holds nlist centroids, so FAISS trains only the PQ codebooks
+    # The quantiser holds nlist centroids, so FAISS trains only the PQ codebooks, on a seeded subset:
+    # FAISS samples 256 points per PQ centroid anyway, and residuals of the whole sample are its size again
+    if len(unit) > PQ_TRAIN_ROWS:
+        unit = unit[np.sort(np.random.default_rng(seed).choice(len(unit), PQ_TRAIN_ROWS, replace=False))]
+    index.train(unit)
 
 
 def training_rows(n: int, params: IndexParams) -> int:
