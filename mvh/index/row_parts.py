@@ -6,8 +6,8 @@ Arrow IPC file: slide_id, tile_id, x, y, tile_px, mpp, and `slide_code`, the sli
 part's slide list) and `part-<id>.npy` (the embeddings exactly as stored, float16 or float32, in index
 row order). The Arrow file is memory-mapped (a search touches only the pages of its hits). A re-rank
 reads the stored vectors of its candidates by row id (the "refine" of an IVF-PQ index) with positional
-reads (`VectorFile`) that leave no pages in the process, instead of holding them in RAM. Part files are immutable, so builds that share a part (an update, a kept tagged build)
-name the same files.
+reads (`VectorFile`) that leave no pages in the process, instead of holding them in RAM. Part files are
+immutable, so builds that share a part (an update, a kept tagged build) name the same files.
 
 `FrameRows` is the in-memory equivalent (a DataFrame and optional vectors) for indexes built from an
 array (tests, benchmarks of the index alone).
@@ -211,7 +211,8 @@ class VectorFile:
         for begin, end in zip(starts, stops, strict=True):
             got = os.preadv(fd, [view[begin * size : end * size]], self.offset + int(wanted[begin]) * size)
             if got != (end - begin) * size:
-                raise StoreError(f"{self.path}: short read at row {int(wanted[begin])}: run `mvh index build`")
+                row = int(wanted[begin])
+                raise StoreError(f"{self.path}: short read at row {row}: run `mvh index build`")
         return out[back.reshape(-1)]
 
 
