@@ -21,6 +21,7 @@ from mvh.errors import DataError, UsageError
 from mvh.index.coarse import coarse_centroids
 from mvh.index.params import COARSE_EF_SEARCH, IndexParams
 from mvh.index.row_parts import ROW_COLUMNS, FrameRows, RowSource
+from mvh.index.top_k import flat_top_k
 
 __all__ = ["HIT_COLUMNS", "ROW_COLUMNS", "VectorIndex", "build_faiss_index", "empty_index", "train_index"]
 
@@ -160,6 +161,11 @@ class VectorIndex:
             allowed = np.asarray(allowed, dtype=bool)
             if allowed.shape != (self.n,):
                 raise UsageError(f"allowed mask has shape {allowed.shape}, expected ({self.n},)")
+        if self.params.kind == "flat":  # FAISS's own vectors, searched block by block (mvh.index.top_k)
+            d = self.index.d
+            base = faiss.rev_swig_ptr(self.index.get_xb(), self.n * d) if self.n else np.zeros(0, np.float32)
+            return flat_top_k(base.reshape(self.n, d), q, k, allowed)
+        if allowed is not None:
             bitmap = np.packbits(allowed, bitorder="little")
             selector = faiss.IDSelectorBitmap(self.n, faiss.swig_ptr(bitmap))
         # The selector borrows `bitmap`, which stays alive in this frame until the search returns.

@@ -22,6 +22,7 @@ from mvh.index.faiss_index import VectorIndex
 from mvh.index.params import IndexParams
 from mvh.index.row_parts import ROW_COLUMNS
 from mvh.index.shards import raw_embeddings
+from mvh.index.top_k import TopK
 from mvh.store import DONE, EmbeddingStore
 
 EXACT = IndexParams(kind="exact")
@@ -35,50 +36,21 @@ def _batches(store: EmbeddingStore, columns: Sequence[str]) -> Iterator[tuple[in
         seen += batch.num_rows
 
 
-def _top_k_of_batch(sims: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The k best columns of each row of `sims` [Q, B] (ties: lower id), as (scores, ids) [Q, <=k].
-
-    An `argpartition` pass; rows whose k-th best score is tied past the cut (rare) are re-done by a full
-    sort, so the lower-id rule holds exactly.
-    """
-    if sims.shape[1] <= k:
-        return sims, np.broadcast_to(ids, sims.shape)
-    part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-    part_s = np.take_along_axis(sims, part, axis=1)
-    kth = part_s.min(axis=1)
-    tied = np.flatnonzero((sims >= kth[:, None]).sum(axis=1) > k)
-    part_i = ids[part]
-    if len(tied):
-        order = np.lexsort((np.broadcast_to(ids, (len(tied), len(ids))), -sims[tied]), axis=1)[:, :k]
-        part_s[tied] = np.take_along_axis(sims[tied], order, axis=1)
-        part_i[tied] = ids[order]
-    return part_s, part_i
-
-
 def scan_top_k(
     store: EmbeddingStore, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact cosine top-k over every done tile: scores [Q, k] and scan row ids [Q, k] (-1 past the end).
 
-    Ties go to the lower row id. Per batch: the batch's own top-k (`_top_k_of_batch`), merged with the
-    best so far by a sort of [Q, 2k].
+    Ties go to the lower row id (`mvh.index.top_k.TopK`, one store batch a block).
     """
     q = l2_normalise(queries)
-    best_s = np.full((len(q), k), -np.inf, dtype=np.float32)
-    best_i = np.full((len(q), k), -1, dtype=np.int64)
+    best = TopK(len(q), k)
     for first, batch in _batches(store, ["embedding"]):
         sims = q @ l2_normalise(raw_embeddings(store, batch)).T
-        ids = np.arange(first, first + batch.num_rows, dtype=np.int64)
         if allowed is not None:
             sims[:, ~allowed[first : first + batch.num_rows]] = -np.inf
-        top_s, top_i = _top_k_of_batch(sims, ids, k)
-        all_s = np.concatenate([best_s, top_s], axis=1)
-        all_i = np.concatenate([best_i, top_i], axis=1)
-        order = np.lexsort((np.where(all_i < 0, np.iinfo(np.int64).max, all_i), -all_s), axis=1)[:, :k]
-        best_s = np.take_along_axis(all_s, order, axis=1)
-        best_i = np.take_along_axis(all_i, order, axis=1)
-    best_i[~np.isfinite(best_s)] = -1
-    return best_s, best_i
+        best.add(sims, np.arange(first, first + batch.num_rows, dtype=np.int64))
+    return best.result()
 
 
 class StoreRows:
