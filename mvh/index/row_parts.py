@@ -19,6 +19,7 @@ import os
 import uuid
 import weakref
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,6 +31,8 @@ import pyarrow.compute as pc
 
 from mvh.errors import StoreDamagedError, StoreError
 
+READ_THREADS = 8  # concurrent positional reads of one re-rank
+THREADED_READ_RUNS = 256  # fewer runs of rows than this are read in the calling thread
 ROW_COLUMNS = ("slide_id", "tile_id", "x", "y", "tile_px", "mpp")
 CODE = "slide_code"
 
@@ -196,23 +199,33 @@ class VectorFile:
 
     def rows(self, local: np.ndarray) -> np.ndarray:
         """Rows `local` [k] (any order, repeats allowed) as stored, [k, dim]: one read per run of
-        consecutive rows."""
+        consecutive rows; many runs are read by `READ_THREADS` threads at once (cold scattered reads
+        wait on the disk, not the CPU: 12,800 rows took 0.8-0.9 s in one thread, 0.26-0.3 s in 8)."""
         wanted, back = np.unique(np.asarray(local, dtype=np.int64), return_inverse=True)
         out = np.empty((len(wanted), self.dim), self.dtype)
         if not len(wanted):
             return out
         if wanted[0] < 0 or wanted[-1] >= self.n:
             raise IndexError(f"{self.path}: rows {wanted[0]}..{wanted[-1]} outside 0..{self.n - 1}")
-        view = memoryview(out.reshape(-1).view(np.uint8))
         cuts = np.flatnonzero(np.diff(wanted) != 1) + 1
-        starts = np.concatenate([[0], cuts]).tolist()
-        stops = np.concatenate([cuts, [len(wanted)]]).tolist()
-        fd, size = self._fd, self.row_bytes
-        for begin, end in zip(starts, stops, strict=True):
-            got = os.preadv(fd, [view[begin * size : end * size]], self.offset + int(wanted[begin]) * size)
-            if got != (end - begin) * size:
-                row = int(wanted[begin])
-                raise StoreError(f"{self.path}: short read at row {row}: run `mvh index build`")
+        starts = np.concatenate([[0], cuts])
+        stops = np.concatenate([cuts, [len(wanted)]])
+        view = memoryview(out.reshape(-1).view(np.uint8))
+
+        def read(runs: np.ndarray) -> None:
+            size = self.row_bytes
+            for begin, end in zip(starts[runs].tolist(), stops[runs].tolist(), strict=True):
+                first = int(wanted[begin])
+                got = os.preadv(self._fd, [view[begin * size : end * size]], self.offset + first * size)
+                if got != (end - begin) * size:
+                    raise StoreError(f"{self.path}: short read at row {first}: run `mvh index build`")
+
+        runs = np.arange(len(starts))
+        if len(runs) < THREADED_READ_RUNS:
+            read(runs)
+        else:
+            with ThreadPoolExecutor(READ_THREADS) as pool:
+                list(pool.map(read, np.array_split(runs, READ_THREADS)))  # list(): re-raise errors
         return out[back.reshape(-1)]
 
 

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from mvh.errors import StoreError, UsageError
+from mvh.index import row_parts
 from mvh.index.build import BuildResult, IndexBuildConfig, run_index_build
 from mvh.index.exact import exact_search
 from mvh.index.index_files import load_index
@@ -136,8 +137,12 @@ def test_a_truncated_row_part_is_a_one_line_store_error(tmp_path: Path) -> None:
         load_index(EmbeddingStore.open(store.uri))
 
 
+@pytest.mark.parametrize("threaded_from", [10**9, 2], ids=["one-thread", "threads"])
 @pytest.mark.parametrize("dtype", [np.float16, np.float32])
-def test_vector_file_reads_rows_by_id_as_numpy_loads_them(tmp_path: Path, dtype: type) -> None:
+def test_vector_file_reads_rows_by_id_as_numpy_loads_them(
+    tmp_path: Path, dtype: type, threaded_from: int, monkeypatch
+) -> None:
+    monkeypatch.setattr(row_parts, "THREADED_READ_RUNS", threaded_from)
     stored = np.random.default_rng(4).standard_normal((300, 24)).astype(dtype)
     np.save(tmp_path / "part.npy", stored)
     vectors = VectorFile(tmp_path / "part.npy")
