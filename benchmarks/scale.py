@@ -474,7 +474,7 @@ def main() -> None:
         if "search" in r:
             s = r["search"]
             print(
-                f"{r['n']:,}: recall@10 {s['recall@10']:.3f}, p50 {s['p50_ms']:.1f} ms, "
+                f"{_tiles(r):,} tiles: recall@10 {s['recall@10']:.3f}, p50 {s['p50_ms']:.1f} ms, "
                 f"p95 {s['p95_ms']:.1f} ms, query-slide p95 {s['query_slide_p95_s']:.2f} s, "
                 f"index resident {s['index_resident_mb']:.0f} MB"
             )
