@@ -139,4 +139,59 @@ def merge_into(merged: faiss.Index, part: faiss.Index) -> None:
     except RuntimeError:
         merged.merge_from(part, 0)  # flat codes: appended in order, ids are positions
         return
+    if isinstance(faiss.downcast_index(merged), faiss.IndexIVFFastScan):
+        _merge_fast_scan(faiss.downcast_index(merged), faiss.downcast_index(part))
+        return
     merged.merge_from(part, merged.ntotal)
+
+
+def _merge_fast_scan(merged: faiss.IndexIVFFastScan, part: faiss.IndexIVFFastScan) -> None:
+    """`merge_from` for fast-scan IVF lists, which FAISS gets wrong: `BlockInvertedLists::add_entries`
+    copies whole blocks past the end of a list that already holds a multiple of `block_size` entries
+    (1.15: `o % block_size == 0`, a byte count compared with an entry count), corrupting the heap. Such a
+    list is re-packed from its codes and the part's; every other list goes through FAISS as before."""
+    merged.check_compatible_for_merge(part)
+    into = faiss.downcast_InvertedLists(merged.invlists)
+    other = faiss.downcast_InvertedLists(part.invlists)
+    shift = merged.ntotal
+    for lst in range(merged.nlist):
+        n = other.list_size(lst)
+        if n == 0:
+            continue
+        ids = faiss.rev_swig_ptr(other.get_ids(lst), n).astype(np.int64) + shift
+        held = into.list_size(lst)
+        if held == 0 or held % into.block_size:
+            into.add_entries(lst, n, faiss.swig_ptr(ids), other.get_codes(lst))
+            continue
+        old_ids = faiss.rev_swig_ptr(into.get_ids(lst), held).astype(np.int64)
+        flat = np.concatenate([_unpack(into, lst, held), _unpack(other, lst, n)])
+        all_ids, packed = np.concatenate([old_ids, ids]), _pack(into, flat)  # named: swig_ptr holds no ref
+        into.resize(lst, 0)
+        into.add_entries(lst, len(all_ids), faiss.swig_ptr(all_ids), faiss.swig_ptr(packed))
+    merged.ntotal += part.ntotal
+    part.ntotal = 0
+
+
+def _unpack(lists: Any, lst: int, n: int) -> np.ndarray:
+    """The `n` codes of list `lst` of block lists, flat [n, code_size]."""
+    packer = lists.packer
+    blocks = -(-n // packer.nvec)
+    packed = faiss.rev_swig_ptr(lists.get_codes(lst), blocks * packer.block_size)
+    flat = np.empty((blocks * packer.nvec, packer.code_size), dtype=np.uint8)
+    for b in range(blocks):
+        block = faiss.swig_ptr(packed[b * packer.block_size :])
+        packer.unpack_all(block, faiss.swig_ptr(flat[b * packer.nvec :]))
+    return flat[:n]
+
+
+def _pack(lists: Any, flat: np.ndarray) -> np.ndarray:
+    """Flat codes [n, code_size] packed into the blocks of `lists` (the last block padded with zeros)."""
+    packer = lists.packer
+    blocks = -(-len(flat) // packer.nvec)
+    padded = np.zeros((blocks * packer.nvec, packer.code_size), dtype=np.uint8)
+    padded[: len(flat)] = flat
+    out = np.zeros(blocks * packer.block_size, dtype=np.uint8)  # PQ4 packing ORs nibbles into place
+    for b in range(blocks):
+        codes = faiss.swig_ptr(padded[b * packer.nvec :])
+        packer.pack_all(codes, faiss.swig_ptr(out[b * packer.block_size :]))
+    return out
