@@ -48,7 +48,13 @@ def train_index(index: faiss.Index, sample: np.ndarray, params: IndexParams, see
         return
     unit = l2_normalise(sample)
     ivf = faiss.extract_index_ivf(index)
-    ivf.quantizer.add(coarse_centroids(unit, int(params.nlist or 1), seed))
+    centroids = coarse_centroids(unit, int(params.nlist or 1), seed)
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)  # FAISS links HNSW nodes in parallel, in no fixed order: one thread
+    try:  # builds the same graph every time, so two builds from one sample assign every vector alike
+        ivf.quantizer.add(centroids)
+    finally:
+        faiss.omp_set_num_threads(threads)
     if params.coarse == "hnsw":
         faiss.downcast_index(ivf.quantizer).hnsw.efSearch = COARSE_EF_SEARCH
     # The quantiser holds nlist centroids, so FAISS trains only the PQ codebooks, on a seeded subset:
