@@ -7,8 +7,13 @@ few of 100 clusters) is written through the real append path (`EmbeddingStore.ad
 command runs as its own process under `/usr/bin/time` (wall, user+system CPU, peak RSS), with the load
 average before and after and the disk it leaves: `mvh info`, `mvh verify`, `mvh index build`,
 `mvh export` (h5 and parquet), `mvh import` (of the h5 export), `mvh overlap` (against a 2-slide store
-holding a copy of one slide), `mvh index build --update` (after one more slide), and `mvh serve`
-(start-up, the first tile search, which loads the index, p50/p95 of 30 more, the server's RSS).
+holding a copy of one slide), `mvh index build --update` (after one more slide), `mvh serve`
+(start-up, the first tile search, which loads the index, p50/p95 of 30 more, the server's RSS), and
+`mvh eval retrieval|classify|survival`: retrieval and classification of 100,000 labelled tiles spread
+over every slide (one streamed scan of the store picks them out, so what grows with the store is that
+scan), survival of one patient a slide (every tile read into the bags; 2 folds of 2 epochs, since the
+figure is the read and the memory, not the model). `mvh eval st` is not run: it reads only its
+samples' slides (`select_tiles(..., slide_ids=samples)`), so the store's size does not enter its cost.
 Search: recall@10 of the index against exact search (`mvh.index.store_scan.scan_top_k`, a streaming
 brute-force pass over the store) for 1,000 held-out queries, p50/p95 single-query latency,
 `--query-slide` latency of a 15,000-tile slide, and the index's resident size (RSS after loading it,
@@ -35,6 +40,9 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 DIM, SLIDE_TILES, CLUSTERS, PER_SLIDE = 768, 15_000, 100, 8
+LABELLED_TILES = 100_000  # the eval steps' labelled tiles, whatever the store's size
+# survival reads every tile (its bags are the cohort); trained briefly: the figure is memory and the read
+SURVIVAL_ARGS = ["--folds", "2", "--epochs", "2", "--max-tiles", "512", "--coxph-folds", "2"]
 
 
 def parse_size(text: str) -> int:
@@ -55,17 +63,68 @@ class Generator:
         self.bases = rng.standard_normal((CLUSTERS, intrinsic, DIM), dtype=np.float32) * (scale * spread)
         self.noise, self.scale, self.intrinsic = noise, scale, intrinsic
 
-    def slide(self, index: int, n: int) -> np.ndarray:
-        """Embeddings [n, DIM] float32 of slide number `index` (deterministic)."""
+    @staticmethod
+    def _draw(index: int, n: int) -> tuple[np.random.Generator, np.ndarray]:
+        """The slide's random stream and the cluster [n] of each of its tiles."""
         rng = np.random.default_rng(1_000_003 + index)
         clusters = rng.choice(CLUSTERS, size=PER_SLIDE, replace=False)
-        labels = clusters[rng.integers(0, PER_SLIDE, size=n)]
+        return rng, clusters[rng.integers(0, PER_SLIDE, size=n)]
+
+    def clusters(self, index: int, n: int) -> np.ndarray:
+        """The cluster [n] each tile of slide number `index` was drawn from (the eval steps' labels)."""
+        return self._draw(index, n)[1]
+
+    def slide(self, index: int, n: int) -> np.ndarray:
+        """Embeddings [n, DIM] float32 of slide number `index` (deterministic)."""
+        rng, labels = self._draw(index, n)
         out = rng.standard_normal((n, DIM), dtype=np.float32) * (self.scale * np.float32(self.noise))
         for c in np.unique(labels):
             rows = np.flatnonzero(labels == c)
             z = rng.standard_normal((rows.size, self.intrinsic), dtype=np.float32)
             out[rows] += self.centres[c] + z @ self.bases[c]
         return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def tile_grid(slide_tiles: int) -> tuple[np.ndarray, np.ndarray]:
+    """Level-0 (x, y) of a synthetic slide's tiles: a square grid of 448 px steps."""
+    side = int(np.ceil(np.sqrt(slide_tiles)))
+    return (np.arange(slide_tiles) % side) * 448, (np.arange(slide_tiles) // side) * 448
+
+
+def tile_ids(slide_id: str, xs: np.ndarray, ys: np.ndarray) -> list[str]:
+    """The stored tile ids of the tiles at (xs, ys) of `slide_id`."""
+    return [f"{slide_id}:{x}:{y}:448" for x, y in zip(xs, ys, strict=True)]
+
+
+def write_eval_inputs(folder: Path, n_slides: int, slide_tiles: int) -> None:
+    """The eval steps' inputs for slides 0 .. n_slides - 1: `labels.csv` (tile_id, label, group) for
+    about LABELLED_TILES tiles spread evenly over every slide, labelled by the cluster they were drawn
+    from (100 clusters in 10 classes), grouped by slide; and `cohort.csv` (one patient a slide), whose
+    survival times shorten with the slide's share of tiles from the first 50 clusters."""
+    gen, rng = Generator(), np.random.default_rng(7)
+    xs, ys = tile_grid(slide_tiles)
+    per_slide = min(slide_tiles, -(-LABELLED_TILES // n_slides))
+    picked = np.unique(np.linspace(0, slide_tiles - 1, per_slide).astype(np.int64))
+    labels, cohort = [], []
+    for i in range(n_slides):
+        slide_id = f"slide{i:05d}"
+        clusters = gen.clusters(i, slide_tiles)
+        labels.append(
+            pd.DataFrame(
+                {
+                    "tile_id": tile_ids(slide_id, xs[picked], ys[picked]),
+                    "label": [f"class{c // 10}" for c in clusters[picked]],
+                    "group": slide_id,
+                }
+            )
+        )
+        risk = float(np.mean(clusters < CLUSTERS // 2))
+        months = rng.exponential(60.0 * np.exp(-2.0 * risk))
+        cohort.append((slide_id, f"patient{i:05d}", round(months, 2), int(rng.random() < 0.7)))
+    pd.concat(labels, ignore_index=True).to_csv(folder / "labels.csv", index=False)
+    pd.DataFrame(cohort, columns=["slide_id", "patient_id", "time", "event"]).to_csv(
+        folder / "cohort.csv", index=False
+    )
 
 
 def write_store(path: Path, first: int, n_slides: int, slide_tiles: int) -> None:
@@ -87,15 +146,14 @@ def write_store(path: Path, first: int, n_slides: int, slide_tiles: int) -> None
     store = EmbeddingStore.open_or_create(str(path), fp)
     done = set(store.slide_ids())
     gen = Generator()
-    side = int(np.ceil(np.sqrt(slide_tiles)))
     for i in range(first, first + n_slides):
         slide_id = f"slide{i:05d}"
         if slide_id in done:
             continue
-        xs, ys = (np.arange(slide_tiles) % side) * 448, (np.arange(slide_tiles) // side) * 448
+        xs, ys = tile_grid(slide_tiles)
         tiles = pd.DataFrame(
             {
-                "tile_id": [f"{slide_id}:{x}:{y}:448" for x, y in zip(xs, ys, strict=True)],
+                "tile_id": tile_ids(slide_id, xs, ys),
                 "x": xs,
                 "y": ys,
                 "tile_px": 224,
@@ -169,7 +227,7 @@ def measure_search(store_path: Path, n_queries: int, out: Path) -> None:
     out.write_text(json.dumps(result, indent=1))
 
 
-def measure_serve(store_path: Path, out: Path, searches: int = 30) -> None:
+def measure_serve(store_path: Path, out: Path, slide_tiles: int, searches: int = 30) -> None:
     """`mvh serve` on the store: seconds to answer /api/health, the first tile search (it loads the index),
     p50/p95 of the next searches (stored tiles of other slides as queries), and the server's RSS after."""
     import socket
@@ -201,10 +259,10 @@ def measure_serve(store_path: Path, out: Path, searches: int = 30) -> None:
                     raise RuntimeError("mvh serve did not start") from None
                 time.sleep(0.2)
         ready = time.perf_counter() - start
-        side = int(np.ceil(np.sqrt(SLIDE_TILES)))
+        xs, ys = tile_grid(slide_tiles)
         lat = []
         for i in range(searches + 1):
-            x, y = (i * 37 % side) * 448, (i * 53 % side) * 448
+            x, y = xs[i * 7_919 % slide_tiles], ys[i * 7_919 % slide_tiles]
             body = json.dumps({"tile": f"{slide_ids[i * 7 % len(slide_ids)]}:{x}:{y}", "k": 10}).encode()
             request = urllib.request.Request(
                 f"{base}/api/search", data=body, headers={"content-type": "application/json"}
@@ -319,12 +377,27 @@ def run_size(n: int, root: Path, slide_tiles: int, queries: int) -> dict:
         ("verify", [*mvh, "verify", "--store", str(store), "--json"]),
         ("index build", [*mvh, "index", "build", "--store", str(store), "--json"]),
         ("search", [py, me, "_search", str(store), str(queries), str(folder / "search.json")]),
-        ("serve", [py, me, "_serve", str(store), str(folder / "serve.json")]),
+        ("serve", [py, me, "_serve", str(store), str(folder / "serve.json"), str(slide_tiles)]),
         (
             "overlap",
             [*mvh, "overlap", "--store", str(store), "--store", str(folder / "small.lance"), "--json"],
         ),
         ("index build --update", [*mvh, "index", "build", "--store", str(store), "--update", "--json"]),
+        (
+            "eval retrieval",
+            [*mvh, "eval", "retrieval", "--labels", str(folder / "labels.csv"), "--store", str(store),
+             "--out", str(folder / "eval-retrieval"), "--json"],
+        ),
+        (
+            "eval classify",
+            [*mvh, "eval", "classify", "--labels", str(folder / "labels.csv"), "--store", str(store),
+             "--out", str(folder / "eval-classify"), "--json"],
+        ),
+        (
+            "eval survival",
+            [*mvh, "eval", "survival", "--cohort", str(folder / "cohort.csv"), "--store", str(store),
+             *SURVIVAL_ARGS, "--out", str(folder / "eval-survival"), "--json"],
+        ),
         (
             "export parquet",
             [
@@ -371,6 +444,8 @@ def run_size(n: int, root: Path, slide_tiles: int, queries: int) -> dict:
             write_store(folder / "small.lance", 0, 1, slide_tiles)
         if name == "index build --update":  # one slide more than the store holds (a re-run adds another)
             write_store(store, _slide_count(store), 1, slide_tiles)
+        if name.startswith("eval") and not (folder / "cohort.csv").exists():
+            write_eval_inputs(folder, n_slides, slide_tiles)
         if name == "export h5":
             _room_for_exports(store, folder)
         print(f"[{n:,}] {name} ...", flush=True)
@@ -485,7 +560,7 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_write":
         write_store(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
     elif len(sys.argv) > 1 and sys.argv[1] == "_serve":
-        measure_serve(Path(sys.argv[2]), Path(sys.argv[3]))
+        measure_serve(Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]))
     elif len(sys.argv) > 1 and sys.argv[1] == "_search":
         measure_search(Path(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4]))
     else:

@@ -11,7 +11,9 @@ import numpy as np
 from mvh.core.vectors import l2_normalise
 from mvh.errors import UsageError
 
-_EXACT_BLOCK = 1 << 26  # similarity entries per block of exact search: 256 MB of float32
+# Similarity entries per block of exact search: 128 MB of float32 similarities, their negation and
+# argpartition's int64 positions make ~640 MB a block (~770 MB in float64, as the kNN probe runs).
+_EXACT_BLOCK = 1 << 25
 
 
 def exact_search(

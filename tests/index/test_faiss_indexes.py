@@ -114,6 +114,26 @@ def test_exact_search_allowed_mask_and_short_database() -> None:
     assert (ids[0, 3:] == -1).all() and np.isneginf(scores[0, 3:]).all()
 
 
+def test_exact_search_in_query_blocks_matches_a_full_sort(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With blocks of 3 queries (a 64-entry block over 20 rows; a partial last block), the top-k equals
+    a full sort of every query's cosines, groups and self-exclusion applied."""
+    from mvh.index import exact
+
+    rng = np.random.default_rng(5)
+    db = rng.standard_normal((20, 6))
+    groups = np.arange(20) % 4
+    monkeypatch.setattr(exact, "_EXACT_BLOCK", 64)
+    scores, ids = exact_search(db, db, 4, exclude_rows=np.arange(20), query_groups=groups,
+                               database_groups=groups)
+    unit = db / np.linalg.norm(db, axis=1, keepdims=True)
+    for q in range(20):
+        candidates = [r for r in range(20) if groups[r] != groups[q]]
+        cosines = unit[candidates] @ unit[q]
+        best = [candidates[i] for i in np.argsort(-cosines, kind="stable")[:4]]
+        assert ids[q].tolist() == best
+        np.testing.assert_allclose(scores[q], np.sort(cosines)[::-1][:4], atol=1e-6)
+
+
 def test_recall_at_k_hand_example() -> None:
     exact = np.array([[1, 2, 3], [4, 5, 6]])
     approx = np.array([[3, 2, 9], [-1, -1, -1]])

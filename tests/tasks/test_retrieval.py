@@ -16,6 +16,7 @@ from mvh.index.build import build_index
 from mvh.index.exact import exact_search, recall_at_k
 from mvh.progress import Event, Recorder
 from mvh.store import EmbeddingStore
+from mvh.tasks import retrieval
 from mvh.tasks.retrieval import (
     QUERIES,
     RetrievalConfig,
@@ -282,3 +283,18 @@ def test_neighbour_scores_are_cosines() -> None:
     unit = x / np.linalg.norm(x, axis=1, keepdims=True)
     expected = [[unit[i] @ unit[j] if j >= 0 else -np.inf for j in row] for i, row in enumerate(ids)]
     np.testing.assert_allclose(neighbour_scores(x, ids), expected, atol=1e-6)
+
+
+def test_neighbour_scores_in_blocks_equal_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows gathered a block at a time (blocks of 4 over 10 rows: a partial last block) score exactly
+    as when every row is in one block."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((10, 5)).astype(np.float32)
+    ids = rng.integers(-1, 10, size=(10, 3))
+    whole = neighbour_scores(x, ids)
+    monkeypatch.setattr(retrieval, "_SCORE_ROWS", 4)
+    blocked = neighbour_scores(x, ids)
+    np.testing.assert_array_equal(blocked, whole)
+    unit = x.astype(np.float64) / np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)
+    expected = [[unit[i] @ unit[j] if j >= 0 else -np.inf for j in row] for i, row in enumerate(ids)]
+    np.testing.assert_allclose(blocked, expected, atol=1e-6)
