@@ -3,6 +3,7 @@ the streamed reader that takes the tiles a task needs out of it (`select_tiles`)
 
 from __future__ import annotations
 
+import mmap
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -66,6 +67,33 @@ def allocate(n: int, dim: int, dtype: Any = np.float32) -> np.ndarray:
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=folder, suffix=".npy") as handle:
         return np.lib.format.open_memmap(handle.name, mode="w+", dtype=dtype, shape=(n, dim))
+
+
+RESIDENT_BYTES = 256 << 20  # pages of a memory-mapped selection kept mapped before they are let go
+
+
+class MappedPages:
+    """Keeps the resident pages of a memory-mapped array (from `allocate`) near `limit` bytes.
+
+    Pages written or read through a shared file mapping count in the process's RSS until the kernel
+    needs the memory; a cohort-sized array would so grow the RSS to the whole file. Call `touched(n)`
+    after n bytes went through the array: past `limit`, the mapping's pages are dropped from this
+    process (MADV_DONTNEED; their contents stay in the file and the page cache, and the next access
+    maps them back). Arrays in RAM are left alone.
+    """
+
+    def __init__(self, array: np.ndarray, limit: int = RESIDENT_BYTES) -> None:
+        self._mapping = array._mmap if isinstance(array, np.memmap) else None  # the array's mmap.mmap
+        self.limit, self._since = int(limit), 0
+
+    def touched(self, nbytes: int) -> None:
+        """Count `nbytes` more through the array; drop its pages once past the limit."""
+        if self._mapping is None:
+            return
+        self._since += int(nbytes)
+        if self._since > self.limit:
+            self._mapping.madvise(mmap.MADV_DONTNEED)
+            self._since = 0
 
 
 def select_tiles(

@@ -36,3 +36,35 @@ def test_selected_tiles_equal_per_slide_reads(tmp_path: Path, monkeypatch, memma
     assert sorted(rows["tile_id"]) == sorted(truth["a"][0] + truth["c"][0])
     by_tile = dict(zip(rows["tile_id"], emb, strict=True))
     np.testing.assert_array_equal(np.stack([by_tile[t] for t in truth["a"][0]]), truth["a"][1])
+
+
+def _mapped_rss_kb(path: str) -> int:
+    """Resident kB of this process's mappings of `path` (from /proc/self/smaps)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        first = line.split(maxsplit=1)[0]
+        if "-" in first and not first.endswith(":"):  # a mapping's header line
+            inside = path in line
+        elif inside and first == "Rss:":
+            total += int(line.split()[1])
+    return total
+
+
+def test_mapped_pages_leave_the_resident_set_and_keep_their_values(tmp_path: Path, monkeypatch) -> None:
+    """A memory-mapped selection written through holds its pages in RSS until `MappedPages` passes its
+    limit; then they are dropped, and every value reads back unchanged (from the file)."""
+    monkeypatch.setattr(stores, "MEMMAP_BYTES", 0)
+    monkeypatch.setenv("MVH_CACHE_DIR", str(tmp_path / "cache"))
+    array = stores.allocate(4096, 1024, np.float32)  # 16 MiB
+    assert isinstance(array, np.memmap)
+    pages = stores.MappedPages(array, limit=8 << 20)
+    values = np.random.default_rng(0).standard_normal(array.shape).astype(np.float32)
+    array[:2048] = values[:2048]
+    pages.touched(array[:2048].nbytes)  # 8 MiB: at the limit, kept
+    assert _mapped_rss_kb(array.filename) >= 8 * 1024
+    array[2048:] = values[2048:]
+    pages.touched(array[2048:].nbytes)  # past the limit: dropped
+    assert _mapped_rss_kb(array.filename) < 1024
+    np.testing.assert_array_equal(array, values)
+    in_ram = stores.allocate(4, 4)
+    stores.MappedPages(in_ram, limit=0).touched(10)  # arrays in RAM: nothing to drop

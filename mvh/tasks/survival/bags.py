@@ -3,9 +3,10 @@
 A cohort of a thousand slides used to cost one filtered LanceDB scan per slide (most of a GBSG2-scale
 run). `StoreBags.load` instead counts each slide's rows from the store's `slides` table, allocates one
 array for the whole cohort (memory-mapped from a temporary file above 1 GiB,
-`mvh.tasks.stores.allocate`, so a 10M-tile cohort never has to fit in RAM), streams the `tiles` table
-once (filtered to the cohort's slides) and writes each batch straight to its rows; patient bags are
-then contiguous views of that array. Within a slide, tiles are ordered by (y, x, tile_id), as
+`mvh.tasks.stores.allocate`, so a 10M-tile cohort never has to fit in RAM, and its pages leave the
+process's resident set every 256 MB written or read: `mvh.tasks.stores.MappedPages`), streams the
+`tiles` table once (filtered to the cohort's slides) and writes each batch straight to its rows;
+patient bags are then contiguous views of that array. Within a slide, tiles are ordered by (y, x, tile_id), as
 `EmbeddingStore.slide_embeddings` orders them. Embeddings keep the store's dtype (float16 stores stay
 half the size in memory); training casts each batch to float32.
 
@@ -29,7 +30,7 @@ from mvh.progress import TILES as TILES_TASK
 from mvh.progress import Event, Progress, report
 from mvh.store import DONE, EmbeddingStore
 from mvh.store.schema import TILES
-from mvh.tasks.stores import allocate
+from mvh.tasks.stores import MappedPages, allocate
 from mvh.tasks.survival.cohort import listing
 
 SCAN_BATCH_ROWS = 65536
@@ -68,7 +69,7 @@ def _copy_runs(dest: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:
 
 def _sort_within_slides(
     embeddings: np.ndarray, coords: np.ndarray, offsets: np.ndarray,
-    id_chunks: list[tuple[pa.Array, np.ndarray]],
+    id_chunks: list[tuple[pa.Array, np.ndarray]], pages: MappedPages,
 ) -> None:
     """Reorder each slide's rows [offsets[i], offsets[i+1]) by (y, x, tile_id) in place."""
     slide_of_row = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
@@ -85,6 +86,7 @@ def _sort_within_slides(
         block = perm[start:stop]
         embeddings[start:stop] = embeddings[block]
         coords[start:stop] = coords[block]
+        pages.touched(2 * embeddings[start:stop].nbytes)
 
 
 class StoreBags(Mapping[str, np.ndarray]):
@@ -98,6 +100,7 @@ class StoreBags(Mapping[str, np.ndarray]):
         slide_rows: Mapping[str, tuple[int, int]],
     ) -> None:
         self.embeddings = embeddings
+        self._pages = MappedPages(embeddings)  # a memory-mapped cohort: bags read back a few at a time
         self.coords = coords
         self.slides_by_patient = {str(k): list(v) for k, v in slides_by_patient.items()}
         self.slide_rows = dict(slide_rows)
@@ -127,6 +130,7 @@ class StoreBags(Mapping[str, np.ndarray]):
         offsets = np.concatenate([[0], np.cumsum(counts)])
         dtype = store.schema()[TILES].field("embedding").type.value_type.to_pandas_dtype()
         embeddings = allocate(int(offsets[-1]), store.dim, dtype)  # memory-mapped above 1 GiB
+        pages = MappedPages(embeddings)  # written pages leave the RSS every 256 MB
         coords = np.empty((int(offsets[-1]), 2), dtype=np.int64)
         fill = offsets[:-1].copy()
         id_chunks: list[tuple[pa.Array, np.ndarray]] = []
@@ -150,6 +154,7 @@ class StoreBags(Mapping[str, np.ndarray]):
                     "(damaged data); re-extract them with --overwrite"
                 )
             _copy_runs(embeddings, rows, values)
+            pages.touched(values.nbytes)
             coords[rows, 0] = batch.column("x").to_numpy()
             coords[rows, 1] = batch.column("y").to_numpy()
             id_chunks.append((batch.column("tile_id"), rows))
@@ -160,7 +165,7 @@ class StoreBags(Mapping[str, np.ndarray]):
                 f"store {store.uri}: slide(s) {listing(short)} have fewer tile rows than their recorded "
                 "n_tiles (damaged store); re-extract them with --overwrite"
             )
-        _sort_within_slides(embeddings, coords, offsets, id_chunks)
+        _sort_within_slides(embeddings, coords, offsets, id_chunks, pages)
         slide_rows = {s: (int(offsets[i]), int(offsets[i + 1])) for i, s in enumerate(order)}
         return cls(embeddings, coords, slides_by_patient, slide_rows)
 
@@ -172,7 +177,9 @@ class StoreBags(Mapping[str, np.ndarray]):
 
     def __getitem__(self, patient_id: str) -> np.ndarray:
         start, stop = self._patient_rows(patient_id)
-        return self.embeddings[start:stop]
+        bag = self.embeddings[start:stop]
+        self._pages.touched(bag.nbytes)  # may unmap earlier bags' pages: views stay valid, read from the file
+        return bag
 
     def slide_span(self, patient_id: str, slide_id: str) -> tuple[int, int]:
         """Rows [start, stop) of `slide_id` inside the bag of `patient_id`."""
