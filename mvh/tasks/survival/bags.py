@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
+from typing import overload
 
 import numpy as np
 import pyarrow as pa
@@ -157,7 +158,8 @@ class StoreBags(Mapping[str, np.ndarray]):
             pages.touched(values.nbytes)
             coords[rows, 0] = batch.column("x").to_numpy()
             coords[rows, 1] = batch.column("y").to_numpy()
-            id_chunks.append((batch.column("tile_id"), rows))
+            # a copy: a column of the batch would keep the whole batch (its embeddings) alive
+            id_chunks.append((pa.concat_arrays([batch.column("tile_id")]), rows))
             report(progress, Event.ADVANCE, TILES_TASK, len(rows))
         short = [order[i] for i in np.flatnonzero(fill != offsets[1:])]
         if short:
@@ -197,6 +199,31 @@ class StoreBags(Mapping[str, np.ndarray]):
 
     def __len__(self) -> int:
         return len(self.slides_by_patient)
+
+
+class BagList(Sequence[np.ndarray]):
+    """The bags of `patient_ids`, each taken from `bags` only when indexed.
+
+    A list of a memory-mapped cohort's bags would hold views whose pages stay mapped once read, so a pass
+    over them maps the whole cohort; taken one at a time, `StoreBags` lets earlier bags' pages go.
+    """
+
+    def __init__(self, bags: Mapping[str, np.ndarray], patient_ids: Sequence[str]) -> None:
+        self._bags, self._ids = bags, list(patient_ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    @overload
+    def __getitem__(self, i: int) -> np.ndarray: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> BagList: ...
+
+    def __getitem__(self, i: int | slice) -> np.ndarray | BagList:
+        if isinstance(i, slice):
+            return BagList(self._bags, self._ids[i])
+        return self._bags[self._ids[i]]
 
 
 def mean_pool(bags: Mapping[str, np.ndarray], patient_ids: Sequence[str]) -> np.ndarray:

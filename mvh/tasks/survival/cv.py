@@ -19,7 +19,7 @@ from mvh.core.device import resolve_device
 from mvh.errors import DataError
 from mvh.progress import FOLDS, Event, Progress, report
 from mvh.tasks.survival.abmil import predict_abmil, train_abmil
-from mvh.tasks.survival.bags import mean_pool
+from mvh.tasks.survival.bags import BagList, mean_pool
 from mvh.tasks.survival.cohort import listing
 from mvh.tasks.survival.coxph import CoxphChoice, fit_coxph
 from mvh.tasks.survival.folds import inner_folds, inner_split, patient_folds
@@ -129,6 +129,7 @@ def _cross_validate(
 
     device = resolve_device(settings.device)
     ids = patients["patient_id"].astype(str).tolist()
+    id_array = np.asarray(ids, dtype=object)  # fancy-indexed by fold rows
     time = patients["time"].to_numpy(np.float64)
     event = patients["event"].to_numpy(np.int64)
     site = patients["site"].to_numpy() if "site" in patients.columns else None
@@ -161,19 +162,19 @@ def _cross_validate(
             note(f"{tag}: the training set ({len(tr)} patients, {int(event[tr].sum())} events) is too small "
                  f"for a validation split; ABMIL trained all {settings.epochs} epochs without early stopping")
         edges = time_bin_edges(time[tr], event[tr], settings.n_bins) if settings.loss == "nll" else None
-        val = ([bags[ids[i]] for i in val_idx], time[val_idx], event[val_idx]) if len(val_idx) else None
+        val = (BagList(bags, id_array[val_idx]), time[val_idx], event[val_idx]) if len(val_idx) else None
 
         def epoch_status(epoch: int, loss: float, tag: str = tag) -> None:
             report(progress, Event.STATUS, FOLDS, detail=f"{tag} ABMIL epoch {epoch} loss {loss:.4g}")
 
         model, trained = train_abmil(
-            [bags[ids[i]] for i in fit_idx], time[fit_idx], event[fit_idx], settings,
+            BagList(bags, id_array[fit_idx]), time[fit_idx], event[fit_idx], settings,
             val=val, bin_edges=edges, seed=settings.seed * 1000 + fold.index, device=device,
             on_epoch=epoch_status,
         )
         train_risk = {}
-        train_risk["abmil"], _ = predict_abmil(model, [bags[ids[i]] for i in tr], settings.loss, device)
-        test_risk, test_attention = predict_abmil(model, [bags[ids[i]] for i in te], settings.loss, device)
+        train_risk["abmil"], _ = predict_abmil(model, BagList(bags, id_array[tr]), settings.loss, device)
+        test_risk, test_attention = predict_abmil(model, BagList(bags, id_array[te]), settings.loss, device)
         risk["abmil"][te] = test_risk
         for i, att in zip(te, test_attention, strict=True):
             if ids[i] in wanted:
