@@ -181,7 +181,7 @@ def measure_search(store_path: Path, n_queries: int, out: Path) -> None:
     import faiss
 
     from mvh.index.index_files import load_index
-    from mvh.index.ranking import search_slides
+    from mvh.index.ranking import representative_tiles, search_slides
     from mvh.index.store_scan import scan_top_k
     from mvh.store import EmbeddingStore
 
@@ -208,8 +208,6 @@ def measure_search(store_path: Path, n_queries: int, out: Path) -> None:
     for slide_id in slide_ids[:3]:
         emb, _ = store.slide_embeddings(slide_id)
         t = time.perf_counter()
-        from mvh.index.ranking import representative_tiles
-
         chosen = representative_tiles(emb)
         search_slides(store, emb[chosen], k=10, exclude_slides=[slide_id], index=index)
         slide_lat.append(time.perf_counter() - t)
