@@ -310,6 +310,27 @@ def test_invisible_leftovers_older_than_an_hour_go_with_the_next_commit(store, m
     assert store.orphan_tile_count() == 3 and store.n_tiles == 3
 
 
+def test_one_handle_reads_its_slides_tile_commits_once_not_per_commit(store, monkeypatch) -> None:
+    """Finding a slide's leftover commits filtered the whole tiles table on every commit (quadratic at
+    10M tiles); a handle now reads (slide_id, commit) once and keeps the set current itself."""
+    import lancedb.table
+
+    searched: list[str] = []
+    search = lancedb.table.LanceTable.search
+
+    def counted(self, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        searched.append(self.name)
+        return search(self, *args, **kwargs)
+
+    monkeypatch.setattr(lancedb.table.LanceTable, "search", counted)
+    for sid in ("a", "b", "c", "d"):
+        store.add_slide(record(sid), tiles_of(sid, 3), np.zeros((3, DIM)))
+    store.add_slide(record("b"), tiles_of("b", 2), np.ones((2, DIM)))  # an overwrite: b's old tiles go
+    assert searched.count("tiles") == 1
+    assert store.writer.tile_commits("b") == {store.slides().set_index("slide_id").loc["b", "commit"]}
+    assert store.n_tiles == 11 and store.orphan_tile_count() == 0
+
+
 def test_a_creator_losing_the_race_between_its_two_checks_opens_the_winners_store(
     tmp_path, monkeypatch
 ) -> None:
