@@ -12,7 +12,7 @@ from mvh.core.vectors import l2_normalise
 from mvh.errors import UsageError
 
 # Similarity entries per block of exact search: 128 MB of float32 similarities, their negation and
-# argpartition's int64 positions make ~640 MB a block (~770 MB in float64, as the kNN probe runs).
+# argpartition's int64 positions make ~640 MB a block (~770 MB in float64, as the kNN classifier calls it).
 _EXACT_BLOCK = 1 << 25
 
 
